@@ -1,0 +1,5 @@
+import sys
+
+from bnmatrix.cli import main
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""The embedded default: one virtualenv per cell, on a Python interpreter found on this host."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnmatrix.backends import CellNotRun, CellSetupError, ScenarioRun, StepReporter
+from bnmatrix.plan import Cell
+
+READY_MARKER = "bnmatrix-ready.json"
+# pip settings about transport (certificates, proxies) are the host's business and kept; every
+# other PIP_* setting and every pip config file is dropped, so a cell installs from its index only.
+PIP_TRANSPORT_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
+                          "PIP_RETRIES")
+INSTALL_TIMEOUT_S = 3600
+
+
+def default_cache_dir() -> Path:
+    configured = os.environ.get("BNMATRIX_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "bnmatrix"
+
+
+@dataclass(frozen=True)
+class Interpreter:
+    path: Path
+    version: str  # full, e.g. 3.7.16
+
+
+def _probe(candidate: Path) -> Interpreter | None:
+    """The real interpreter behind `candidate` if it runs and has venv, else None."""
+    code = "import sys, venv; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])"
+    try:
+        out = subprocess.run([str(candidate), "-c", code], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2:
+        return None
+    return Interpreter(Path(lines[0]), lines[1])
+
+
+def find_interpreter(python: str) -> tuple[Interpreter | None, list[str]]:
+    """A Python X.Y from pyenv's versions, uv's managed Pythons or PATH (pyenv shims skipped).
+
+    Returns the interpreter (or None) and the places looked in, for the not-run reason.
+    """
+    looked: list[str] = []
+    candidates: list[Path] = []
+    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+    looked.append(str(pyenv_root / "versions"))
+    candidates += sorted((pyenv_root / "versions").glob(f"{python}.*/bin/python{python}"), reverse=True)
+    uv = shutil.which("uv")
+    if uv:
+        looked.append("uv python find")
+        found = subprocess.run([uv, "python", "find", python], capture_output=True, text=True)
+        if found.returncode == 0 and found.stdout.strip():
+            candidates.append(Path(found.stdout.strip()))
+    looked.append("PATH")
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory) / f"python{python}"
+        if candidate.is_file() and "shims" not in candidate.parts:
+            candidates.append(candidate)
+    if sys.version_info[:2] == tuple(int(p) for p in python.split(".")):
+        candidates.append(Path(sys.executable))
+    for candidate in candidates:
+        interpreter = _probe(candidate)
+        if interpreter and interpreter.version.startswith(python + "."):
+            return interpreter, looked
+    return None, looked
+
+
+def gpu_available() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    listing = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    return listing.returncode == 0 and "GPU" in listing.stdout
+
+
+def pip_environment(index_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in PIP_TRANSPORT_SETTINGS}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=index_url, PIP_DISABLE_PIP_VERSION_CHECK="1",
+               PIP_NO_INPUT="1")
+    env.pop("PYTHONPATH", None)
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+class VenvBackend:
+    name = "venv"
+
+    def __init__(self, cache_dir: Path):
+        self.cache_dir = cache_dir
+
+    @contextmanager
+    def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[VenvSession]:
+        if cell.device == "gpu" and not gpu_available():
+            raise CellNotRun("no GPU on this host (nvidia-smi lists none)")
+        report_step(f"finding Python {cell.python}")
+        interpreter, looked = find_interpreter(cell.python)
+        if interpreter is None:
+            raise CellNotRun(f"no Python {cell.python} on this host (looked in {', '.join(looked)})")
+        venv = self._venv(cell, interpreter, setup_log, report_step)
+        yield VenvSession(venv, cell)
+
+    def venv_path(self, cell: Cell, interpreter: Interpreter) -> Path:
+        key = json.dumps([str(interpreter.path), interpreter.version, cell.requirements, cell.index_url])
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.cache_dir / "venvs" / f"tf-{cell.tf}-py{interpreter.version}-{digest}"
+
+    def _venv(self, cell: Cell, interpreter: Interpreter, setup_log: Path, report_step: StepReporter) -> Path:
+        venv = self.venv_path(cell, interpreter)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        with open(venv.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing the cache build a venv once
+            if (venv / READY_MARKER).exists():
+                report_step(f"reusing {venv.name}")
+                setup_log.write_text(f"reused {venv}\n" + (venv / READY_MARKER).read_text(), encoding="utf-8")
+                return venv
+            self._create(cell, interpreter, venv, setup_log, report_step)
+        return venv
+
+    def _create(self, cell: Cell, interpreter: Interpreter, venv: Path, setup_log: Path,
+                report_step: StepReporter) -> None:
+        shutil.rmtree(venv, ignore_errors=True)  # a half-built venv from an interrupted run
+        env = pip_environment(cell.index_url)
+        python = str(venv / "bin" / "python")
+        steps = [
+            (f"creating venv (Python {interpreter.version})", [str(interpreter.path), "-m", "venv", str(venv)]),
+            # The venv's own pip may be too old to read manylinux2010+ tags or to backtrack.
+            ("upgrading pip", [python, "-m", "pip", "install", "--no-cache-dir", "--upgrade", "pip"]),
+            (f"installing {' '.join(cell.requirements)}",
+             [python, "-m", "pip", "install", "--no-cache-dir", *cell.requirements]),
+        ]
+        with open(setup_log, "w", encoding="utf-8") as log:
+            for label, command in steps:
+                report_step(label)
+                log.write(f"$ {' '.join(command)}\n")
+                log.flush()
+                try:
+                    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                          timeout=INSTALL_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    done = None
+                if done is None or done.returncode != 0:
+                    log.close()
+                    shutil.rmtree(venv, ignore_errors=True)
+                    text = setup_log.read_text(encoding="utf-8", errors="replace")
+                    why = "timed out" if done is None else f"exit {done.returncode}"
+                    raise CellSetupError(f"{label} failed ({why})", text)
+        freeze = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, env=env)
+        ready = {"python": str(interpreter.path), "python_version": interpreter.version,
+                 "requirements": list(cell.requirements), "index_url": cell.index_url,
+                 "packages": freeze.stdout.split()}
+        (venv / READY_MARKER).write_text(json.dumps(ready, indent=1), encoding="utf-8")
+
+
+class VenvSession:
+    """Runs scenario scripts with the cell's venv Python, each in its own process group."""
+
+    def __init__(self, venv: Path, cell: Cell):
+        self.venv = venv
+        self.cell = cell
+        ready = json.loads((venv / READY_MARKER).read_text(encoding="utf-8"))
+        self.environment: dict[str, Any] = {
+            "kind": "venv",
+            "venv": str(venv),
+            "python": ready["python"],
+            "python_version": ready["python_version"],
+            "packages": ready["packages"],
+        }
+
+    def run(self, script: Path, args: list[str], timeout_s: float) -> ScenarioRun:
+        env = pip_environment(self.cell.index_url)
+        env.update(self.cell.env)
+        if self.cell.device == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell measures the CPU kernels even on a GPU host
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="bnmatrix-cell-") as scratch:
+            env["TMPDIR"] = scratch
+            process = subprocess.Popen([str(self.venv / "bin" / "python"), str(script), *args], cwd=scratch,
+                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       errors="replace", start_new_session=True)
+            timed_out = False
+            try:
+                stdout, stderr = process.communicate(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+            except BaseException:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                raise
+        return ScenarioRun(stdout, stderr, None if timed_out else process.returncode, timed_out,
+                           round(time.monotonic() - started, 3))

@@ -1,0 +1,178 @@
+"""The `bnmatrix` command: plan, run, report. Maps a user's mistake to one message and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bnmatrix import __version__
+from bnmatrix.backends import select_backend
+from bnmatrix.backends.venv import default_cache_dir
+from bnmatrix.config import Matrix, default_matrix_path
+from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
+from bnmatrix.plan import Cell, plan
+from bnmatrix.results import RunStore
+from bnmatrix.runner import run_plan
+
+STATUS_STYLE = {"updated": "green", "stale": "red", "wrong": "magenta", "unsupported": "yellow",
+                "error": "bold red", "not-run": "dim", "build-error": "bold red"}
+
+
+def _selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--matrix", type=Path, default=None,
+                        help="the matrix file (default: ./matrix.yaml, else the one bnmatrix ships)")
+    parser.add_argument("--select", action="append", default=[], metavar="GLOB",
+                        help="only cells whose id matches (repeatable), e.g. 'tf-1.*' or 'tf-2.15*-cpu'")
+    parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
+                        help="leave out cells whose id matches (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnmatrix", description="Which TensorFlow versions update "
+                                     "BatchNormalization statistics, pattern by pattern, from real runs.")
+    parser.add_argument("--version", action="version", version=f"bnmatrix {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    plan_parser = commands.add_parser("plan", help="list the cells a run would do")
+    _selection_options(plan_parser)
+    plan_parser.add_argument("--json", action="store_true", help="print the cells as JSON")
+
+    run_parser = commands.add_parser("run", help="run the selected cells and keep a JSON result per cell")
+    _selection_options(run_parser)
+    run_parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                            help="only this scenario (repeatable)")
+    run_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto")
+    run_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                            help="results root; the run goes to DIR/<run-id>, DIR/latest points at it")
+    run_parser.add_argument("--force", action="store_true", help="redo cells whose inputs did not change")
+
+    report_parser = commands.add_parser("report", help="render the HTML matrix of a run")
+    report_parser.add_argument("--results", type=Path, default=Path("results/latest"), metavar="DIR",
+                               help="a run directory or a results root (default: results/latest)")
+    report_parser.add_argument("--out", type=Path, default=Path("public"), metavar="DIR")
+    return parser
+
+
+def _load_matrix(path: Path | None) -> Matrix:
+    return Matrix.from_file(path or default_matrix_path())
+
+
+def command_plan(args: argparse.Namespace, console: Console) -> int:
+    matrix = _load_matrix(args.matrix)
+    cells = plan(matrix, args.select, args.skip)
+    if args.json:
+        print(json.dumps([cell.describe() for cell in cells], indent=1))
+        return EXIT_OK
+    table = Table(title=f"{len(cells)} cells from {matrix.path}")
+    for column in ("cell", "python", "requirements", "image", "steps"):
+        table.add_column(column)
+    for cell in cells:
+        table.add_row(cell.id, cell.python, " ".join(cell.requirements), cell.image, str(cell.steps))
+    console.print(table)
+    return EXIT_OK
+
+
+def command_run(args: argparse.Namespace, console: Console) -> int:
+    matrix = _load_matrix(args.matrix)
+    cells = plan(matrix, args.select, args.skip, args.scenario)
+    if not cells:
+        raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
+    backend, why = select_backend(args.backend, default_cache_dir())
+    console.print(why)
+    store = RunStore(args.results, {
+        "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
+        "bnmatrix_version": __version__, "selection": {"select": args.select, "skip": args.skip,
+                                                       "scenario": args.scenario, "force": args.force},
+        "cells": [cell.id for cell in cells],
+    })
+    console.print(f"run {store.run_id}: {len(cells)} cells -> {store.directory}")
+    started = time.monotonic()
+    columns = (TextColumn("cell"), MofNCompleteColumn(), BarColumn(bar_width=20),
+               TextColumn("[bold]{task.fields[cell]}[/] {task.description}"), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("", total=len(cells), cell="")
+            cell_started = [time.monotonic()]
+
+            def report_progress(index: int, count: int, cell: Cell, step: str) -> None:
+                if step == "starting":
+                    cell_started[0] = time.monotonic()
+                elapsed = time.monotonic() - cell_started[0]
+                progress.update(task, completed=index - 1, cell=cell.id, description=f"{step} ({elapsed:.0f}s)")
+                if step in ("done", "reused"):
+                    progress.update(task, completed=index)
+
+            results = run_plan(cells, backend, store, matrix.scenario_dir, matrix.timeout_s, args.force,
+                               report_progress)
+    except KeyboardInterrupt:
+        store.finish("interrupted")
+        console.print(f"[bold red]interrupted[/]: finished cells are kept in {store.directory}; "
+                      "run again to go on (unchanged cells are reused)")
+        return 130
+    store.finish("complete")
+    console.print(_verdict_table(results, matrix.scenarios))
+    failed = [r for r in results if r["status"] != "ran"]
+    console.print(f"{len(results) - len(failed)}/{len(results)} cells ran in {time.monotonic() - started:.0f} s; "
+                  f"results in {store.directory}")
+    for result in failed:
+        console.print(f"  [bold]{result['cell']['id']}[/]: {result['status']}: {escape(str(result['reason']))}")
+    if any(r["status"] == "not-run" and r["cell"]["device"] == "gpu" for r in failed):
+        console.print("  (GPU cells need a GPU host; --skip '*-gpu' leaves them out)")
+    return EXIT_CELL_FAILED if failed else EXIT_OK
+
+
+def _verdict_table(results: list[dict[str, Any]], scenarios: Sequence[str]) -> Table:
+    table = Table(title="verdicts")
+    table.add_column("cell")
+    for name in scenarios:
+        table.add_column(name)
+    for result in results:
+        row = [result["cell"]["id"]]
+        for name in scenarios:
+            scenario = result["scenarios"].get(name)
+            if scenario is None:
+                status = result["status"] if result["status"] != "ran" else "-"
+                row.append(f"[{STATUS_STYLE.get(status, '')}]{status}[/]" if status != "-" else "-")
+                continue
+            updates = scenario.get("effective_updates")
+            numbers = f" ({updates:.1f}/{scenario['steps']})" if updates is not None else ""
+            row.append(f"[{STATUS_STYLE[scenario['status']]}]{scenario['status']}[/]{numbers}")
+        table.add_row(*row)
+    return table
+
+
+def command_report(args: argparse.Namespace, console: Console) -> int:
+    from bnmatrix.report import write_report
+
+    index = write_report(args.results, args.out)
+    console.print(f"report written: {index}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console = Console(stderr=False)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed the usage error (exit 2) or help (exit 0)
+        return int(exc.code or 0)
+    handlers = {"plan": command_plan, "run": command_run, "report": command_report}
+    try:
+        return handlers[args.command](args, console)
+    except BnMatrixError as exc:
+        Console(stderr=True).print(f"[bold red]bnmatrix:[/] {escape(str(exc))}", highlight=False)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

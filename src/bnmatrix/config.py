@@ -1,0 +1,283 @@
+"""matrix.yaml -> a frozen `Matrix`, checked against matrix.schema.json with errors that name
+the file, line, key, the value found and what was expected."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+
+from bnmatrix.errors import BnMatrixError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def data_path(name: str) -> Path:
+    """A file shipped beside the package (matrix.yaml, scenarios/, report/): in the wheel or the checkout."""
+    packaged = PACKAGE_DIR / "_data" / name
+    return packaged if packaged.exists() else PACKAGE_DIR.parents[1] / name
+
+
+def default_matrix_path() -> Path:
+    local = Path("matrix.yaml")
+    return local if local.exists() else data_path("matrix.yaml")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    name: str
+    description: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TFVersion:
+    tf: str
+    python: str
+    pins: tuple[str, ...]
+    devices: tuple[str, ...]
+    steps: int
+    packages: dict[str, str]
+    images: dict[str, str]
+    variants: dict[str, tuple[str, ...]]
+
+    @property
+    def major(self) -> int:
+        return int(self.tf.split(".")[0])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Matrix:
+    path: Path
+    digest: str
+    scenarios: tuple[str, ...]
+    scenario_dir: Path
+    timeout_s: float
+    index_url: str
+    variants: dict[str, Variant]
+    versions: tuple[TFVersion, ...]
+
+    @classmethod
+    def from_file(cls, path: Path) -> Matrix:
+        """Load and check `path`; raises BnMatrixError naming file, line, key and value."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BnMatrixError(f"{path}: cannot read the matrix file: {exc.strerror}") from None
+        return cls.from_text(text, path)
+
+    @classmethod
+    def from_text(cls, text: str, path: Path, scenario_dir: Path | None = None) -> Matrix:
+        raw, lines = _parse_yaml(text, path)
+        where = _Locator(path, lines)
+        if raw is None:
+            raise BnMatrixError(f"{path}: the matrix file is empty; expected a mapping with 'versions'")
+        _check_schema(raw, where)
+        scenario_dir = scenario_dir or data_path("scenarios")
+        settings = raw.get("settings", {})
+        variants = {
+            name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})))
+            for name, spec in raw.get("variants", {}).items()
+        }
+        _check_scenarios(raw["scenarios"], scenario_dir, where)
+        first_index: dict[str, int] = {}
+        for index, spec in enumerate(raw["versions"]):
+            if spec["tf"] in first_index:
+                raise where.error(("versions", index, "tf"), f"duplicate version '{spec['tf']}' (also "
+                                  f"versions[{first_index[spec['tf']]}]); expected each TF version once")
+            first_index[spec["tf"]] = index
+        versions = tuple(_version(i, spec, settings, variants, where) for i, spec in enumerate(raw["versions"]))
+        return cls(
+            path=path,
+            digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            scenarios=tuple(raw["scenarios"]),
+            scenario_dir=scenario_dir,
+            timeout_s=float(settings.get("scenario_timeout_s", 900)),
+            index_url=settings.get("index_url", "https://pypi.org/simple"),
+            variants=variants,
+            versions=versions,
+        )
+
+
+class _Locator:
+    """Turns a path into the data (('versions', 3, 'python')) into 'file:line: versions[3].python'."""
+
+    def __init__(self, path: Path, lines: dict[tuple[Any, ...], int]):
+        self.path = path
+        self.lines = lines
+
+    def __call__(self, keys: tuple[Any, ...]) -> str:
+        probe = tuple(keys)
+        while probe not in self.lines and probe:
+            probe = probe[:-1]
+        line = self.lines.get(probe)
+        dotted = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in keys).lstrip(".")
+        prefix = f"{self.path}:{line}" if line else f"{self.path}"
+        return f"{prefix}: {dotted}" if dotted else prefix
+
+    def error(self, keys: tuple[Any, ...], message: str) -> BnMatrixError:
+        return BnMatrixError(f"{self(keys)}: {message}")
+
+
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """The data and the 1-based line of every key and item; duplicate keys are an error."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise BnMatrixError(f"{path}{line}: YAML syntax error: {problem}") from None
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, keys: tuple[Any, ...]) -> None:
+        lines[keys] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    raise BnMatrixError(
+                        f"{path}:{key_node.start_mark.line + 1}: duplicate key '{key}' "
+                        f"(first at line {seen[key]}); expected each key once")
+                seen[key] = key_node.start_mark.line + 1
+                walk(value_node, keys + (key,))
+                lines[keys + (key,)] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, keys + (index,))
+
+    if root is not None:
+        walk(root, ())
+    return data, lines
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads(data_path("matrix.schema.json").read_text(encoding="utf-8"))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"{value!r} (a boolean)"
+    if isinstance(value, (int, float)):
+        return f"{value!r} (a number)"
+    if isinstance(value, str):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def _check_schema(raw: Any, where: _Locator) -> None:
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if not errors:
+        return
+    error = errors[0]
+    keys = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = [k for k in error.instance if k not in allowed]
+        if unknown and allowed:
+            hint = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+            perhaps = f" Perhaps you meant '{hint[0]}'?" if hint else ""
+            raise where.error(keys + (unknown[0],), f"unknown key '{unknown[0]}'; expected one of "
+                              f"{', '.join(allowed)}.{perhaps}")
+    if error.validator == "required":
+        raise where.error(keys, f"{error.message}; found keys: {', '.join(map(str, error.instance)) or 'none'}")
+    if error.validator == "type":
+        expected = error.schema["type"]
+        hint = ""
+        if expected == "string" and isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool):
+            hint = f" (quote it: \"{error.instance}\"; YAML reads 3.10 as the number 3.1)"
+        raise where.error(keys, f"found {_describe(error.instance)}, expected a {expected}{hint}")
+    if error.validator == "pattern":
+        described = error.schema.get("description", f"a value matching {error.schema['pattern']}")
+        raise where.error(keys, f"found {_describe(error.instance)}, expected {described[0].lower()}{described[1:]}")
+    if error.validator == "minItems" and not error.instance:
+        raise where.error(keys, "is empty; expected at least one entry")
+    raise where.error(keys, f"found {_describe(error.instance)}: {error.message}")
+
+
+def _check_scenarios(names: list[str], scenario_dir: Path, where: _Locator) -> None:
+    available = sorted(p.stem for p in scenario_dir.glob("*.py") if not p.stem.startswith("bnm_"))
+    for index, name in enumerate(names):
+        if name not in available:
+            hint = difflib.get_close_matches(name, available, n=1)
+            perhaps = f" Perhaps you meant '{hint[0]}'?" if hint else ""
+            raise where.error(("scenarios", index), f"unknown scenario '{name}'; expected one of "
+                              f"{', '.join(available)} (scripts in {scenario_dir}).{perhaps}")
+
+
+def _wheel_pythons() -> dict[str, tuple[int, int]]:
+    """TF minor -> (lowest, highest) Python minor with a wheel, from wheels.yaml."""
+    ranges = yaml.safe_load((PACKAGE_DIR / "wheels.yaml").read_text(encoding="utf-8"))
+    result = {}
+    for minor, span in ranges.items():
+        low, _, high = span.partition("-")
+        result[minor] = (int(low.split(".")[1]), int((high or low).split(".")[1]))
+    return result
+
+
+def _check_requirements(requirements: list[str], keys: tuple[Any, ...], where: _Locator) -> tuple[str, ...]:
+    for index, text in enumerate(requirements):
+        try:
+            Requirement(text)
+        except InvalidRequirement as exc:
+            raise where.error(keys + (index,), f"found {text!r}, expected a PEP 508 requirement "
+                              f"such as 'numpy<2' ({exc})") from None
+    return tuple(requirements)
+
+
+def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variants: dict[str, Variant],
+             where: _Locator) -> TFVersion:
+    keys: tuple[Any, ...] = ("versions", index)
+    tf, python = spec["tf"], spec["python"]
+    minor = ".".join(tf.split(".")[:2])
+    span = _wheel_pythons().get(minor)
+    python_minor = int(python.split(".")[1])
+    if span and not span[0] <= python_minor <= span[1]:
+        raise where.error(keys + ("python",), f"found '{python}', but TF {tf} has Linux wheels only for "
+                          f"Python 3.{span[0]} to 3.{span[1]}; expected one of those")
+    for name in spec.get("variants", {}):
+        if name not in variants:
+            hint = difflib.get_close_matches(name, list(variants), n=1)
+            perhaps = f" Perhaps you meant '{hint[0]}'?" if hint else ""
+            raise where.error(keys + ("variants", name), f"unknown variant '{name}'; expected one of "
+                              f"{', '.join(variants) or '(none defined under variants:)'}.{perhaps}")
+    default_packages = {"cpu": "tensorflow=={tf}", "gpu": "tensorflow=={tf}", **settings.get("package", {})}
+    default_images = {"cpu": "python:{python}-slim", "gpu": "tensorflow/tensorflow:{tf}-gpu",
+                      **settings.get("images", {})}
+    devices = tuple(spec.get("devices", settings.get("devices", ["cpu", "gpu"])))
+
+    def fill(key: str, defaults: dict[str, str]) -> dict[str, str]:
+        templates = {**defaults, **spec.get(key, {})}
+        filled = {}
+        for device in devices:
+            try:
+                filled[device] = templates[device].format(tf=tf, python=python)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise where.error(keys + (key, device), f"found {templates[device]!r}, expected a template "
+                                  f"using only {{tf}} and {{python}} ({type(exc).__name__}: {exc})") from None
+        return filled
+
+    packages = fill("package", default_packages)
+    images = fill("images", default_images)
+    _check_requirements(list(packages.values()), keys + ("package",), where)
+    return TFVersion(
+        tf=tf,
+        python=python,
+        pins=_check_requirements(spec.get("pins", []), keys + ("pins",), where),
+        devices=devices,
+        steps=int(spec.get("steps", settings.get("steps", 100))),
+        packages=packages,
+        images=images,
+        variants={name: _check_requirements(pins, keys + ("variants", name), where)
+                  for name, pins in spec.get("variants", {}).items()},
+    )

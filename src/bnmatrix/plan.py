@@ -1,0 +1,85 @@
+"""Matrix x selection -> the cells a run does (pure: no Docker, no TensorFlow)."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bnmatrix.config import Matrix
+from bnmatrix.errors import BnMatrixError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """One TF version on one device (optionally a variant): one environment, every scenario."""
+
+    id: str
+    tf: str
+    python: str
+    device: str
+    variant: str | None
+    requirements: tuple[str, ...]
+    env: dict[str, str]
+    image: str
+    steps: int
+    scenarios: tuple[str, ...]
+    index_url: str
+
+    def describe(self) -> dict[str, Any]:
+        """The cell as JSON data (lists, not tuples)."""
+        return json.loads(json.dumps(asdict(self)))  # type: ignore[no-any-return]
+
+    def inputs_hash(self, scenario_sources: dict[str, str]) -> str:
+        """What decides the cell's outcome: its definition and its scenarios' code."""
+        payload = json.dumps({"cell": self.describe(), "sources": scenario_sources}, sort_keys=True)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def all_cells(matrix: Matrix, scenarios: Sequence[str] = ()) -> list[Cell]:
+    """Every cell of the matrix in file order (newest TF first in the default matrix)."""
+    chosen = tuple(scenarios) or matrix.scenarios
+    cells = []
+    for version in matrix.versions:
+        for device in version.devices:
+            base = (version.packages[device], *version.pins)
+            flavours: list[tuple[str | None, tuple[str, ...], dict[str, str]]] = [(None, (), {})]
+            flavours += [(name, pins, matrix.variants[name].env) for name, pins in version.variants.items()]
+            for variant, extra, env in flavours:
+                suffix = f"-{variant}" if variant else ""
+                cells.append(Cell(
+                    id=f"tf-{version.tf}-{device}{suffix}",
+                    tf=version.tf,
+                    python=version.python,
+                    device=device,
+                    variant=variant,
+                    requirements=base + extra,
+                    env=dict(env),
+                    image=version.images[device],
+                    steps=version.steps,
+                    scenarios=chosen,
+                    index_url=matrix.index_url,
+                ))
+    return cells
+
+
+def plan(matrix: Matrix, select: Sequence[str] = (), skip: Sequence[str] = (),
+         scenarios: Sequence[str] = ()) -> list[Cell]:
+    """The cells whose id matches any --select glob (all if none) and no --skip glob."""
+    unknown = [name for name in scenarios if name not in matrix.scenarios]
+    if unknown:
+        raise BnMatrixError(f"--scenario {unknown[0]}: unknown scenario; expected one of "
+                            f"{', '.join(matrix.scenarios)} (from {matrix.path})")
+    cells = all_cells(matrix, scenarios)
+    for pattern in select:
+        if not any(fnmatch.fnmatchcase(cell.id, pattern) for cell in cells):
+            raise BnMatrixError(f"--select {pattern!r} matches no cell of {matrix.path}; "
+                                f"cell ids look like {cells[0].id} (see 'bnmatrix plan')")
+    return [
+        cell for cell in cells
+        if (not select or any(fnmatch.fnmatchcase(cell.id, p) for p in select))
+        and not any(fnmatch.fnmatchcase(cell.id, p) for p in skip)
+    ]

@@ -1,0 +1,171 @@
+"""The results store: one JSON file per cell in a run directory, written atomically, a run
+manifest, `results/latest`, reuse of unchanged cells from the previous run, and loading with
+clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from bnmatrix.config import PACKAGE_DIR
+from bnmatrix.errors import BnMatrixError
+
+CELL_SCHEMA = "bnmatrix.cell/1"
+RUN_SCHEMA = "bnmatrix.run/1"
+SCENARIO_STATUSES = ("updated", "stale", "wrong", "unsupported", "error")
+CELL_STATUSES = ("ran", "not-run", "build-error", "error")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((PACKAGE_DIR / "result.schema.json").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def check_cell_result(data: Any, origin: str) -> dict[str, Any]:
+    """`data` if it is a valid cell result; else BnMatrixError naming `origin` and the field."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise BnMatrixError(f"{origin}: {where}: {error.message}; expected a {CELL_SCHEMA} result")
+    return data  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Run:
+    directory: Path
+    manifest: dict[str, Any]
+    cells: list[dict[str, Any]]
+
+
+def resolve_run_dir(path: Path) -> Path:
+    """A run directory, given it or a results root holding `latest`."""
+    if (path / "manifest.json").is_file():
+        return path
+    if (path / "latest" / "manifest.json").is_file():
+        return (path / "latest").resolve()
+    raise BnMatrixError(f"{path}: no run here (expected manifest.json, or latest/manifest.json in a results "
+                        "root); run 'bnmatrix run' first")
+
+
+def load_run(path: Path) -> Run:
+    directory = resolve_run_dir(path)
+    manifest_path = directory / "manifest.json"
+    manifest = _read_json(manifest_path)
+    if not isinstance(manifest, dict) or manifest.get("schema") != RUN_SCHEMA:
+        raise BnMatrixError(f"{manifest_path}: schema: found {manifest.get('schema') if isinstance(manifest, dict) else manifest!r}, expected {RUN_SCHEMA!r}")
+    cells = [check_cell_result(_read_json(p), str(p)) for p in sorted((directory / "cells").glob("*.json"))]
+    return Run(directory, manifest, cells)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BnMatrixError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    except OSError as exc:
+        raise BnMatrixError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+class RunStore:
+    """A run directory being written: results/<run-id>/{manifest.json, cells/, logs/}."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]):
+        self.root = root
+        previous = root / "latest"
+        self.previous = previous.resolve() if (previous / "manifest.json").is_file() else None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.run_id = stamp
+        suffix = 1
+        while (root / self.run_id).exists():
+            suffix += 1
+            self.run_id = f"{stamp}-{suffix}"
+        self.directory = root / self.run_id
+        try:
+            (self.directory / "cells").mkdir(parents=True)
+        except OSError as exc:
+            raise BnMatrixError(f"--results {root}: cannot create the run directory: {exc.strerror}") from None
+        self.manifest = {
+            "schema": RUN_SCHEMA,
+            "run_id": self.run_id,
+            "status": "running",
+            "started": now(),
+            "finished": None,
+            "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                     "python": platform.python_version()},
+            "previous_run": self.previous.name if self.previous else None,
+            **manifest,
+        }
+        write_json(self.directory / "manifest.json", self.manifest)
+        self._point_latest()
+
+    def _point_latest(self) -> None:
+        link = self.root / "latest"
+        temporary = self.root / f".latest.{os.getpid()}"
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(self.run_id)
+        os.replace(temporary, link)
+
+    def log_path(self, cell_id: str, name: str) -> Path:
+        path = self.directory / "logs" / cell_id / f"{name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def relative(self, path: Path) -> str:
+        return str(path.relative_to(self.directory))
+
+    def reusable(self, cell_id: str, inputs_hash: str) -> dict[str, Any] | None:
+        """The previous run's result for this cell if it ran with the same inputs (logs copied over)."""
+        if self.previous is None:
+            return None
+        path = self.previous / "cells" / f"{cell_id}.json"
+        if not path.is_file():
+            return None
+        try:
+            result = check_cell_result(_read_json(path), str(path))
+        except BnMatrixError:
+            return None  # a damaged old result is redone, not fatal
+        if result.get("status") != "ran" or result.get("inputs_hash") != inputs_hash:
+            return None
+        logs = self.previous / "logs" / cell_id
+        if logs.is_dir():
+            shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True)
+        result["reused_from"] = result.get("reused_from") or self.previous.name
+        return result
+
+    def write_cell(self, result: dict[str, Any]) -> None:
+        check_cell_result(result, f"cell {result.get('cell', {}).get('id')}")
+        write_json(self.directory / "cells" / f"{result['cell']['id']}.json", result)
+
+    def finish(self, status: str) -> None:
+        self.manifest.update(status=status, finished=now())
+        write_json(self.directory / "manifest.json", self.manifest)
