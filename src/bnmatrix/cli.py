@@ -104,13 +104,15 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
             task = progress.add_task("", total=len(cells), cell="")
             cell_started = [time.monotonic()]
 
-            def report_progress(index: int, count: int, cell: Cell, step: str) -> None:
+            def report_progress(index: int, count: int, cell: Cell, step: str, result: dict[str, Any] | None) -> None:
                 if step == "starting":
                     cell_started[0] = time.monotonic()
                 elapsed = time.monotonic() - cell_started[0]
                 progress.update(task, completed=index - 1, cell=cell.id, description=f"{step} ({elapsed:.0f}s)")
-                if step in ("done", "reused"):
+                if result is not None:
                     progress.update(task, completed=index)
+                    progress.console.print(f"[{index}/{count}] {cell.id}: {step} in {elapsed:.0f} s: "
+                                           f"{_verdict_line(result)}", highlight=False)
 
             results = run_plan(cells, backend, store, matrix.scenario_dir, matrix.timeout_s, args.force,
                                report_progress)
@@ -127,8 +129,14 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     for result in failed:
         console.print(f"  [bold]{result['cell']['id']}[/]: {result['status']}: {escape(str(result['reason']))}")
     if any(r["status"] == "not-run" and r["cell"]["device"] == "gpu" for r in failed):
-        console.print("  (GPU cells need a GPU host; --skip '*-gpu' leaves them out)")
+        console.print("  (GPU cells need a GPU host; --skip '*-gpu*' leaves them out)")
     return EXIT_CELL_FAILED if failed else EXIT_OK
+
+
+def _verdict_line(result: dict[str, Any]) -> str:
+    if result["status"] != "ran":
+        return f"{result['status']}: {escape(str(result['reason']))}"
+    return ", ".join(f"{name} [{STATUS_STYLE[s['status']]}]{s['status']}[/]" for name, s in result["scenarios"].items())
 
 
 def _verdict_table(results: list[dict[str, Any]], scenarios: Sequence[str]) -> Table:
@@ -170,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args, console)
     except BnMatrixError as exc:
-        Console(stderr=True).print(f"[bold red]bnmatrix:[/] {escape(str(exc))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(str(exc))}", highlight=False)
         return exc.exit_code
 
 

@@ -196,7 +196,8 @@ def _check_schema(raw: Any, where: _Locator) -> None:
         hint = ""
         if expected == "string" and isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool):
             hint = f" (quote it: \"{error.instance}\"; YAML reads 3.10 as the number 3.1)"
-        raise where.error(keys, f"found {_describe(error.instance)}, expected a {expected}{hint}")
+        article = "an" if str(expected)[0] in "aeiou" else "a"
+        raise where.error(keys, f"found {_describe(error.instance)}, expected {article} {expected}{hint}")
     if error.validator == "pattern":
         described = error.schema.get("description", f"a value matching {error.schema['pattern']}")
         raise where.error(keys, f"found {_describe(error.instance)}, expected {described[0].lower()}{described[1:]}")
@@ -263,7 +264,8 @@ def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variant
             try:
                 filled[device] = templates[device].format(tf=tf, python=python)
             except (KeyError, IndexError, ValueError) as exc:
-                raise where.error(keys + (key, device), f"found {templates[device]!r}, expected a template "
+                origin = keys + (key, device) if device in spec.get(key, {}) else ("settings", key, device)
+                raise where.error(origin, f"found {templates[device]!r}, expected a template "
                                   f"using only {{tf}} and {{python}} ({type(exc).__name__}: {exc})") from None
         return filled
 

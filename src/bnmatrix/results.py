@@ -70,7 +70,7 @@ class Run:
 def resolve_run_dir(path: Path) -> Path:
     """A run directory, given it or a results root holding `latest`."""
     if (path / "manifest.json").is_file():
-        return path
+        return path.resolve()
     if (path / "latest" / "manifest.json").is_file():
         return (path / "latest").resolve()
     raise BnMatrixError(f"{path}: no run here (expected manifest.json, or latest/manifest.json in a results "

@@ -21,8 +21,8 @@ RESULT_MARKER = "BNMATRIX_RESULT "
 SCENARIO_HELPER = "bnm_common.py"
 TAIL_LINES = 40
 
-# (cell index, cell count, cell, step text); called whenever a cell moves on.
-ProgressCallback = Callable[[int, int, Cell, str], None]
+# (cell index, cell count, cell, step text, the cell's result once it is done).
+ProgressCallback = Callable[[int, int, Cell, str, dict[str, Any] | None], None]
 
 
 def tail(text: str, lines: int = TAIL_LINES) -> str:
@@ -100,10 +100,10 @@ def run_plan(cells: list[Cell], backend: Backend, store: RunStore, scenario_dir:
         inputs_hash = cell.inputs_hash(scenario_sources(cell, scenario_dir))
         result = None if force else store.reusable(cell.id, inputs_hash)
         if result is None:
-            progress(index, len(cells), cell, "starting")
+            progress(index, len(cells), cell, "starting", None)
             result = run_cell(cell, backend, store, scenario_dir, timeout_s, inputs_hash,
-                              lambda text, i=index, c=cell: progress(i, len(cells), c, text))  # type: ignore[misc]
-        progress(index, len(cells), cell, "done" if not result.get("reused_from") else "reused")
+                              lambda text, i=index, c=cell: progress(i, len(cells), c, text, None))  # type: ignore[misc]
         store.write_cell(result)
+        progress(index, len(cells), cell, "reused" if result.get("reused_from") else "done", result)
         results.append(result)
     return results

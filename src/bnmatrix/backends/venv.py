@@ -125,7 +125,7 @@ class VenvBackend:
     def _venv(self, cell: Cell, interpreter: Interpreter, setup_log: Path, report_step: StepReporter) -> Path:
         venv = self.venv_path(cell, interpreter)
         venv.parent.mkdir(parents=True, exist_ok=True)
-        with open(venv.with_suffix(".lock"), "w") as lock:
+        with open(venv.parent / f"{venv.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing the cache build a venv once
             if (venv / READY_MARKER).exists():
                 report_step(f"reusing {venv.name}")

@@ -1,0 +1,33 @@
+"""Shared fixtures. In CI (CI=true) an end-to-end test that would skip fails instead."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = REPO / "scenarios"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when `condition` is false, except in CI, where a skipped end-to-end test is a failure."""
+    if condition:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI must run this test, but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def common():
+    """The scenarios' shared helper (verdict maths), imported as the scenarios import it."""
+    sys.path.insert(0, str(SCENARIOS))
+    try:
+        import bnm_common
+
+        yield bnm_common
+    finally:
+        sys.path.remove(str(SCENARIOS))

@@ -1,0 +1,60 @@
+"""The command-line contract: commands, exit codes, one clear message for a user's mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bnmatrix.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_plan_json_lists_selected_cells(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--matrix", str(REPO / "matrix.yaml"), "--select", "tf-1.15.5-*", "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)
+    assert [c["id"] for c in cells] == ["tf-1.15.5-cpu", "tf-1.15.5-gpu"]
+    assert cells[0]["requirements"][0] == "tensorflow==1.15.5"
+
+
+def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--matrix", str(REPO / "matrix.yaml"), "--select", "tf-2.16*", "--skip", "*gpu*"]) == 0
+    out = capsys.readouterr().out
+    assert "2 cells" in out and "tf-2.16.2-cpu" in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--select", "tf-9.*"], "matches no cell"),
+        (["run", "--scenario", "nope"], "--scenario nope: unknown scenario"),
+        (["plan", "--matrix", "missing.yaml"], "missing.yaml: cannot read the matrix file"),
+        (["report", "--results", "nowhere"], "nowhere: no run here"),
+        (["run", "--backend", "docker", "--select", "tf-1.15.5-cpu"], "--backend docker"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], args: list[str],
+                                              message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    if args[0] != "report" and "--matrix" not in args:
+        args = [*args, "--matrix", str(REPO / "matrix.yaml"), "--results", str(tmp_path / "results")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_bad_matrix_exits_2_naming_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "matrix.yaml"
+    bad.write_text("schema_version: 1\nscenarios: [layers_bn_session]\nversions:\n  - {tf: 1.15.5, python: 3.7}\n")
+    assert main(["run", "--matrix", str(bad), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4: versions[0].python: found 3.7 (a number), expected a string" in err
+
+
+def test_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--sellect", "x"]) == 2
+    assert "unrecognized arguments: --sellect" in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""matrix.yaml loading: the shipped matrix is valid, and every mistake names file, line, key, value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bnmatrix.config import Matrix
+from bnmatrix.errors import BnMatrixError
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+schema_version: 1
+settings:
+  steps: 100
+scenarios: [keras_bn_custom_estimator, layers_bn_session]
+variants:
+  tfkeras: {description: legacy Keras, env: {TF_USE_LEGACY_KERAS: "1"}}
+versions:
+  - {tf: 2.16.2, python: "3.12", variants: {tfkeras: ["tf_keras~=2.16.0"]}}
+  - tf: 1.15.5
+    python: "3.7"
+    pins: ["numpy<1.19"]
+"""
+
+
+def load(text: str, tmp_path: Path) -> Matrix:
+    path = tmp_path / "matrix.yaml"
+    path.write_text(text)
+    return Matrix.from_file(path)
+
+
+def error_of(text: str, tmp_path: Path) -> str:
+    with pytest.raises(BnMatrixError) as caught:
+        load(text, tmp_path)
+    assert caught.value.exit_code == 2
+    message = str(caught.value)
+    assert message.startswith(str(tmp_path / "matrix.yaml")), message
+    return message
+
+
+def test_shipped_matrix_covers_1x_and_2x_with_both_devices() -> None:
+    matrix = Matrix.from_file(REPO / "matrix.yaml")
+    versions = [v.tf for v in matrix.versions]
+    assert "1.15.5" in versions and "2.15.1" in versions
+    assert any(v.startswith("1.8") for v in versions) and any(v.startswith("1.9") for v in versions)
+    assert all(v.devices == ("cpu", "gpu") for v in matrix.versions)
+    assert all("tfkeras" in v.variants for v in matrix.versions if v.major == 2 and int(v.tf.split(".")[1]) >= 16)
+    tf115 = next(v for v in matrix.versions if v.tf == "1.15.5")
+    assert tf115.packages == {"cpu": "tensorflow==1.15.5", "gpu": "tensorflow-gpu==1.15.5"}
+    assert tf115.images["gpu"] == "tensorflow/tensorflow:1.15.5-gpu-py3"
+
+
+def test_good_matrix_loads_with_defaults_filled_in(tmp_path: Path) -> None:
+    matrix = load(GOOD, tmp_path)
+    assert matrix.scenarios == ("keras_bn_custom_estimator", "layers_bn_session")
+    assert matrix.versions[1].pins == ("numpy<1.19",)
+    assert matrix.versions[1].images == {"cpu": "python:3.7-slim", "gpu": "tensorflow/tensorflow:1.15.5-gpu"}
+    assert matrix.variants["tfkeras"].env == {"TF_USE_LEGACY_KERAS": "1"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "good", "expected"),
+    [
+        # wrong type: YAML reads 3.10 as a number
+        ('python: "3.7"', "python: 3.7", [":10:", "versions[1].python", "3.7 (a number)", "expected a string", "quote it"]),
+        # unknown key, with a suggestion
+        ('python: "3.7"', 'pyhton: "3.7"', [":10:", "unknown key 'pyhton'", "Perhaps you meant 'python'?"]),
+        # unknown scenario, with a suggestion
+        ("layers_bn_session]", "layers_bn_sesion]", [":4:", "scenarios[1]", "unknown scenario 'layers_bn_sesion'",
+                                                    "Perhaps you meant 'layers_bn_session'?"]),
+        # duplicate version
+        ("tf: 1.15.5", "tf: 2.16.2", [":9:", "versions[1].tf", "duplicate version '2.16.2'", "versions[0]"]),
+        # a Python that version has no wheel for
+        ('python: "3.7"', 'python: "3.8"', [":10:", "versions[1].python", "found '3.8'", "3.6 to 3.7"]),
+        # YAML syntax error
+        ("steps: 100", "steps: [100", [":4:", "YAML syntax error"]),
+        # steps of the wrong type
+        ("steps: 100", "steps: many", [":3:", "settings.steps", "'many'", "expected an integer"]),
+        # steps out of range
+        ("steps: 100", "steps: 0", [":3:", "settings.steps", "found 0"]),
+        # tf not an exact release
+        ("tf: 1.15.5", "tf: '1.15'", [":9:", "versions[1].tf", "'1.15'", "an exact TF release"]),
+        # an invalid pin
+        ('pins: ["numpy<1.19"]', 'pins: ["numpy<<1.19"]', [":11:", "versions[1].pins[0]", "'numpy<<1.19'",
+                                                           "PEP 508"]),
+        # pins not a list
+        ('pins: ["numpy<1.19"]', 'pins: "numpy<1.19"', [":11:", "versions[1].pins", "expected an array"]),
+        # unknown device
+        ("steps: 100", "devices: [cpu, tpu]", [":3:", "settings.devices[1]", "'tpu'"]),
+        # unknown variant on a version
+        ("variants: {tfkeras:", "variants: {tfkears:", [":8:", "unknown variant 'tfkears'",
+                                                        "Perhaps you meant 'tfkeras'?"]),
+        # duplicate key
+        ("  steps: 100\n", "  steps: 100\n  steps: 200\n", [":4:", "duplicate key 'steps'", "first at line 3"]),
+        # missing required key
+        ('  - tf: 1.15.5\n    python: "3.7"\n', "  - tf: 1.15.5\n", [":9:", "versions[1]", "'python' is a required"]),
+        # unknown top-level key
+        ("schema_version: 1", "schema_version: 1\nversion: 2", [":2:", "unknown key 'version'"]),
+        # wrong schema_version
+        ("schema_version: 1", "schema_version: 2", [":1:", "schema_version", "found 2"]),
+        # a template with an unknown placeholder
+        ("  steps: 100", "  steps: 100\n  images: {cpu: 'python:{py}-slim'}", [":4:", "settings.images.cpu",
+                                                                               "only {tf} and {python}"]),
+    ],
+)
+def test_bad_input_names_file_line_key_value_and_expectation(tmp_path: Path, bad: str, good: str,
+                                                             expected: list[str]) -> None:
+    assert bad in GOOD
+    message = error_of(GOOD.replace(bad, good, 1), tmp_path)
+    for part in expected:
+        assert part in message, (part, message)
+
+
+def test_empty_file_and_empty_versions(tmp_path: Path) -> None:
+    assert "is empty" in error_of("", tmp_path)
+    message = error_of("schema_version: 1\nscenarios: [layers_bn_session]\nversions: []\n", tmp_path)
+    assert ":3: versions: is empty; expected at least one entry" in message
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BnMatrixError, match="cannot read the matrix file"):
+        Matrix.from_file(tmp_path / "nope.yaml")
