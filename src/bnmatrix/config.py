@@ -161,7 +161,8 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]
 
 
 def _schema() -> dict[str, Any]:
-    return json.loads(data_path("matrix.schema.json").read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(data_path("matrix.schema.json").read_text(encoding="utf-8"))
+    return schema
 
 
 def _describe(value: Any) -> str:
@@ -183,10 +184,10 @@ def _check_schema(raw: Any, where: _Locator) -> None:
     keys = tuple(error.absolute_path)
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(error.schema.get("properties", {}))
-        unknown = [k for k in error.instance if k not in allowed]
+        unknown = [str(k) for k in error.instance if k not in allowed]
         if unknown and allowed:
-            hint = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
-            perhaps = f" Perhaps you meant '{hint[0]}'?" if hint else ""
+            suggestion = difflib.get_close_matches(unknown[0], allowed, n=1)
+            perhaps = f" Perhaps you meant '{suggestion[0]}'?" if suggestion else ""
             raise where.error(keys + (unknown[0],), f"unknown key '{unknown[0]}'; expected one of "
                               f"{', '.join(allowed)}.{perhaps}")
     if error.validator == "required":

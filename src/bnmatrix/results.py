@@ -81,8 +81,9 @@ def load_run(path: Path) -> Run:
     directory = resolve_run_dir(path)
     manifest_path = directory / "manifest.json"
     manifest = _read_json(manifest_path)
-    if not isinstance(manifest, dict) or manifest.get("schema") != RUN_SCHEMA:
-        raise BnMatrixError(f"{manifest_path}: schema: found {manifest.get('schema') if isinstance(manifest, dict) else manifest!r}, expected {RUN_SCHEMA!r}")
+    found = manifest.get("schema") if isinstance(manifest, dict) else manifest
+    if found != RUN_SCHEMA:
+        raise BnMatrixError(f"{manifest_path}: schema: found {found!r}, expected {RUN_SCHEMA!r}")
     cells = [check_cell_result(_read_json(p), str(p)) for p in sorted((directory / "cells").glob("*.json"))]
     return Run(directory, manifest, cells)
 

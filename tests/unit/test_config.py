@@ -65,7 +65,8 @@ def test_good_matrix_loads_with_defaults_filled_in(tmp_path: Path) -> None:
     ("bad", "good", "expected"),
     [
         # wrong type: YAML reads 3.10 as a number
-        ('python: "3.7"', "python: 3.7", [":10:", "versions[1].python", "3.7 (a number)", "expected a string", "quote it"]),
+        ('python: "3.7"', "python: 3.7",
+         [":10:", "versions[1].python", "3.7 (a number)", "expected a string", "quote it"]),
         # unknown key, with a suggestion
         ('python: "3.7"', 'pyhton: "3.7"', [":10:", "unknown key 'pyhton'", "Perhaps you meant 'python'?"]),
         # unknown scenario, with a suggestion

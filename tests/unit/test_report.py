@@ -7,8 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from bnmatrix.results import Run
 from bnmatrix.report import render, write_report
+from bnmatrix.results import Run
 
 
 def scenario(name: str, status: str, mean: float | None, updates: float | None, **extra: object) -> dict:

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def scenario_output(name: str, status: str = "updated", mean: float = 0.95) -> str:
-    result = {"schema": "bnmatrix.scenario/1", "scenario": name, "status": status, "reason": "r", "tf_version": "1.15.5",
+    result = {"schema": "bnmatrix.scenario/1", "scenario": name, "status": status, "reason": "r",
+              "tf_version": "1.15.5",
               "keras_version": "2.2.4-tf", "python": "3.7.16", "device": "cpu", "steps": 100, "moving_mean": mean,
               "moving_variance": 1.15, "expected_moving_mean": 0.95, "expected_moving_variance": 1.15,
               "effective_updates": 100.0, "update_ops": 2, "train_loss": 1.0, "eval_loss": 1.1, "duration_s": 0.1,

@@ -37,7 +37,7 @@ def test_double_updates_are_wrong_and_say_so(common) -> None:
     mean, variance = common.expected_statistics(200)
     status, reason = common.verdict(100, mean, variance)
     assert status == "wrong"
-    assert "200.00 effective updates for 100 steps (2.00x, extra)" == reason
+    assert reason == "200.00 effective updates for 100 steps (2.00x, extra)"
 
 
 def test_partial_updates_are_wrong(common) -> None:
