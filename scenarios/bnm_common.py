@@ -5,6 +5,7 @@ so it keeps to Python 3.6 syntax. Each scenario script calls `main(name, train)`
 builds the pattern, trains `cfg.steps` steps on the constant batch and returns its observations.
 """
 import argparse
+import importlib
 import json
 import math
 import os
@@ -131,13 +132,13 @@ def build_info(tf):
 
 
 def keras_version(tf):
-    keras = getattr(tf, "keras", None)
-    version = getattr(keras, "__version__", None)
-    if version is None:
-        try:
-            version = keras.version()
-        except Exception:  # Keras 3 exposes version() only; older ones neither
-            version = None
+    """The version of the Keras behind tf.keras: tf.keras's own (1.x), keras (2.x), or tf_keras."""
+    try:
+        package = tf.keras.layers.Dense.__module__.split(".")[0]
+        module = tf.keras if package == "tensorflow" else importlib.import_module(package)
+        version = getattr(module, "__version__", None)
+    except Exception:  # an exotic build without tf.keras: the field stays empty
+        version = None
     return str(version) if version is not None else None
 
 
@@ -268,8 +269,8 @@ def estimator_api(tf):
     """The Estimator module, or Unsupported where TF removed it (2.16+)."""
     compat = v1(tf)
     if getattr(compat, "estimator", None) is None and getattr(tf, "estimator", None) is None:
-        raise Unsupported("tf.estimator", "tf.estimator is absent in TensorFlow {} (removed in 2.16)".format(
-            tf.__version__))
+        raise Unsupported("tf.estimator", "neither tf.estimator nor {}.estimator exists in TensorFlow {} "
+                          "(the Estimator API was removed in 2.16)".format(v1_name(tf), tf.__version__))
     return getattr(compat, "estimator", None) or tf.estimator
 
 

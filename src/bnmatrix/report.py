@@ -20,7 +20,7 @@ STATES = {
     "wrong": ("≠", "wrong", "the statistics changed, but not as one update per step would (partial, double, ...)"),
     "unsupported": ("∅", "unsupported", "an API the pattern needs is absent in this TensorFlow"),
     "error": ("‼", "error", "the scenario failed; see its traceback"),
-    "build-error": ("⛔", "build error", "the cell's environment could not be built; see the setup log"),
+    "build-error": ("⚠", "build error", "the cell's environment could not be built; see the setup log"),
     "not-run": ("–", "not run", "this host cannot serve the cell (no such Python, no GPU)"),
 }
 
