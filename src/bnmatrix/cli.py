@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,10 +20,10 @@ from rich.table import Table
 from bnmatrix import __version__
 from bnmatrix.backends import select_backend
 from bnmatrix.backends.venv import default_cache_dir
-from bnmatrix.config import Matrix, default_matrix_path
+from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
 from bnmatrix.plan import Cell, plan
-from bnmatrix.results import RunStore
+from bnmatrix.results import RunStore, new_run_id
 from bnmatrix.runner import run_plan
 
 STATUS_STYLE = {"updated": "green", "stale": "red", "wrong": "magenta", "unsupported": "yellow",
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                             help="results root; the run goes to DIR/<run-id>, DIR/latest points at it")
     run_parser.add_argument("--force", action="store_true", help="redo cells whose inputs did not change")
+    run_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                            help="cells at once (default: the CPU count)")
+    run_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
+                            help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
 
     report_parser = commands.add_parser("report", help="render the HTML matrix of a run")
     report_parser.add_argument("--results", type=Path, default=Path("results/latest"), metavar="DIR",
@@ -84,12 +90,15 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
 
 def command_run(args: argparse.Namespace, console: Console) -> int:
     matrix = _load_matrix(args.matrix)
-    cells = plan(matrix, args.select, args.skip, args.scenario)
+    if args.jobs < 1:
+        raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
+    cells = plan(matrix, args.select, args.skip, args.scenario, parse_image_map(args.image_map))
     if not cells:
         raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
-    backend, why = select_backend(args.backend, default_cache_dir())
+    run_id = new_run_id()
+    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir())
     console.print(why)
-    store = RunStore(args.results, {
+    store = RunStore(args.results, run_id, {
         "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
         "bnmatrix_version": __version__, "selection": {"select": args.select, "skip": args.skip,
                                                        "scenario": args.scenario, "force": args.force},
@@ -97,30 +106,37 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     })
     console.print(f"run {store.run_id}: {len(cells)} cells -> {store.directory}")
     started = time.monotonic()
-    columns = (TextColumn("cell"), MofNCompleteColumn(), BarColumn(bar_width=20),
-               TextColumn("[bold]{task.fields[cell]}[/] {task.description}"), TimeElapsedColumn())
+    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+               TextColumn("{task.description}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("", total=len(cells), cell="")
-            cell_started = [time.monotonic()]
+        with Progress(*columns, console=console) as progress:
+            overall = progress.add_task("", total=len(cells), label="cells")
+            running: dict[str, Any] = {}  # cell id -> its progress task
+            lock = threading.Lock()
 
             def report_progress(index: int, count: int, cell: Cell, step: str, result: dict[str, Any] | None) -> None:
-                if step == "starting":
-                    cell_started[0] = time.monotonic()
-                elapsed = time.monotonic() - cell_started[0]
-                progress.update(task, completed=index - 1, cell=cell.id, description=f"{step} ({elapsed:.0f}s)")
-                if result is not None:
-                    progress.update(task, completed=index)
+                with lock:
+                    if cell.id not in running:
+                        running[cell.id] = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
+                    task = running[cell.id]
+                    progress.update(task, description=escape(step))
+                    if result is None:
+                        return
+                    elapsed = progress.tasks[task].elapsed or 0.0
+                    progress.remove_task(running.pop(cell.id))
+                    progress.advance(overall)
                     progress.console.print(f"[{index}/{count}] {cell.id}: {step} in {elapsed:.0f} s: "
                                            f"{_verdict_line(result)}", highlight=False)
 
             results = run_plan(cells, backend, store, matrix.scenario_dir, matrix.timeout_s, args.force,
-                               report_progress)
+                               report_progress, jobs=args.jobs)
     except KeyboardInterrupt:
         store.finish("interrupted")
         console.print(f"[bold red]interrupted[/]: finished cells are kept in {store.directory}; "
                       "run again to go on (unchanged cells are reused)")
         return 130
+    finally:
+        backend.close()
     store.finish("complete")
     console.print(_verdict_table(results, matrix.scenarios))
     failed = [r for r in results if r["status"] != "ran"]

@@ -17,6 +17,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from bnmatrix.errors import BnMatrixError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# Local image substitutions, next to matrix.yaml (docker/base/build.sh writes one).
+IMAGE_MAP_FILE = "image-map.yaml"
 
 
 def data_path(name: str) -> Path:
@@ -54,6 +56,20 @@ class TFVersion:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ContainerSettings:
+    """How the container backend runs a cell: hardened by default (matrix.yaml settings.container)."""
+
+    network: str = "none"
+    read_only: bool = True
+    user: str = "65534:65534"
+    memory: str = "6g"
+    pids: int = 1024
+    tmpfs_size: str = "2g"
+    no_new_privileges: bool = True
+    drop_capabilities: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Matrix:
     path: Path
     digest: str
@@ -61,6 +77,8 @@ class Matrix:
     scenario_dir: Path
     timeout_s: float
     index_url: str
+    container: ContainerSettings
+    image_map: dict[str, str]
     variants: dict[str, Variant]
     versions: tuple[TFVersion, ...]
 
@@ -74,14 +92,14 @@ class Matrix:
         return cls.from_text(text, path)
 
     @classmethod
-    def from_text(cls, text: str, path: Path, scenario_dir: Path | None = None) -> Matrix:
+    def from_text(cls, text: str, path: Path) -> Matrix:
         raw, lines = _parse_yaml(text, path)
         where = _Locator(path, lines)
         if raw is None:
             raise BnMatrixError(f"{path}: the matrix file is empty; expected a mapping with 'versions'")
         _check_schema(raw, where)
-        scenario_dir = scenario_dir or data_path("scenarios")
         settings = raw.get("settings", {})
+        scenario_dir = path.parent / settings["scenario_dir"] if "scenario_dir" in settings else data_path("scenarios")
         variants = {
             name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})))
             for name, spec in raw.get("variants", {}).items()
@@ -101,6 +119,8 @@ class Matrix:
             scenario_dir=scenario_dir,
             timeout_s=float(settings.get("scenario_timeout_s", 900)),
             index_url=settings.get("index_url", "https://pypi.org/simple"),
+            container=ContainerSettings(**settings.get("container", {})),
+            image_map=load_image_map(path.parent / IMAGE_MAP_FILE),
             variants=variants,
             versions=versions,
         )
@@ -207,7 +227,39 @@ def _check_schema(raw: Any, where: _Locator) -> None:
     raise where.error(keys, f"found {_describe(error.instance)}: {error.message}")
 
 
+def load_image_map(path: Path) -> dict[str, str]:
+    """Image substitutions from `path` (FROM: TO per line), or none where the file is absent."""
+    if not path.exists():
+        return {}
+    raw, lines = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    if raw is None:
+        return {}
+    where = _Locator(path, lines)
+    if not isinstance(raw, dict):
+        raise where.error((), f"found {_describe(raw)}, expected a mapping 'image: replacement image'")
+    for key, value in raw.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not value:
+            raise where.error((key,), f"found {_describe(value)}, expected an image name such as "
+                              "bnmatrix-local/python:3.7")
+    return dict(raw)
+
+
+def parse_image_map(entries: list[str]) -> dict[str, str]:
+    """--image-map FROM=TO options as a mapping."""
+    mapping = {}
+    for entry in entries:
+        source, sep, target = entry.partition("=")
+        if not sep or not source or not target:
+            raise BnMatrixError(f"--image-map {entry!r}: expected FROM=TO, e.g. "
+                                "python:3.7-slim=bnmatrix-local/python:3.7")
+        mapping[source] = target
+    return mapping
+
+
 def _check_scenarios(names: list[str], scenario_dir: Path, where: _Locator) -> None:
+    if not scenario_dir.is_dir():
+        raise where.error(("settings", "scenario_dir"), f"found {str(scenario_dir)!r}, expected a directory "
+                          "of scenario scripts")
     available = sorted(p.stem for p in scenario_dir.glob("*.py") if not p.stem.startswith("bnm_"))
     for index, name in enumerate(names):
         if name not in available:

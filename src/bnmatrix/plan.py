@@ -24,7 +24,8 @@ class Cell:
     variant: str | None
     requirements: tuple[str, ...]
     env: dict[str, str]
-    image: str
+    image: str  # the base image the container backend uses (after --image-map / image-map.yaml)
+    requested_image: str  # the image matrix.yaml names
     steps: int
     scenarios: tuple[str, ...]
     index_url: str
@@ -39,9 +40,10 @@ class Cell:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def all_cells(matrix: Matrix, scenarios: Sequence[str] = ()) -> list[Cell]:
+def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str, str] | None = None) -> list[Cell]:
     """Every cell of the matrix in file order (newest TF first in the default matrix)."""
     chosen = tuple(scenarios) or matrix.scenarios
+    images = {**matrix.image_map, **(image_map or {})}
     cells = []
     for version in matrix.versions:
         for device in version.devices:
@@ -58,7 +60,8 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = ()) -> list[Cell]:
                     variant=variant,
                     requirements=base + extra,
                     env=dict(env),
-                    image=version.images[device],
+                    image=images.get(version.images[device], version.images[device]),
+                    requested_image=version.images[device],
                     steps=version.steps,
                     scenarios=chosen,
                     index_url=matrix.index_url,
@@ -67,13 +70,13 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = ()) -> list[Cell]:
 
 
 def plan(matrix: Matrix, select: Sequence[str] = (), skip: Sequence[str] = (),
-         scenarios: Sequence[str] = ()) -> list[Cell]:
+         scenarios: Sequence[str] = (), image_map: dict[str, str] | None = None) -> list[Cell]:
     """The cells whose id matches any --select glob (all if none) and no --skip glob."""
     unknown = [name for name in scenarios if name not in matrix.scenarios]
     if unknown:
         raise BnMatrixError(f"--scenario {unknown[0]}: unknown scenario; expected one of "
                             f"{', '.join(matrix.scenarios)} (from {matrix.path})")
-    cells = all_cells(matrix, scenarios)
+    cells = all_cells(matrix, scenarios, image_map)
     for pattern in select:
         if not any(fnmatch.fnmatchcase(cell.id, pattern) for cell in cells):
             raise BnMatrixError(f"--select {pattern!r} matches no cell of {matrix.path}; "

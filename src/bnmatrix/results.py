@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import tempfile
@@ -97,22 +98,24 @@ def _read_json(path: Path) -> Any:
         raise BnMatrixError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def new_run_id() -> str:
+    """A run id that sorts by time and does not collide within a host."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
 class RunStore:
     """A run directory being written: results/<run-id>/{manifest.json, cells/, logs/}."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any]):
+    def __init__(self, root: Path, run_id: str, manifest: dict[str, Any]):
         self.root = root
         previous = root / "latest"
         self.previous = previous.resolve() if (previous / "manifest.json").is_file() else None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        self.run_id = stamp
-        suffix = 1
-        while (root / self.run_id).exists():
-            suffix += 1
-            self.run_id = f"{stamp}-{suffix}"
-        self.directory = root / self.run_id
+        self.run_id = run_id
+        self.directory = root / run_id
         try:
             (self.directory / "cells").mkdir(parents=True)
+        except FileExistsError:
+            raise BnMatrixError(f"--results {root}: run {run_id} exists already") from None
         except OSError as exc:
             raise BnMatrixError(f"--results {root}: cannot create the run directory: {exc.strerror}") from None
         self.manifest = {
@@ -144,8 +147,8 @@ class RunStore:
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.directory))
 
-    def reusable(self, cell_id: str, inputs_hash: str) -> dict[str, Any] | None:
-        """The previous run's result for this cell if it ran with the same inputs (logs copied over)."""
+    def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> dict[str, Any] | None:
+        """The previous run's result for this cell if it ran with the same inputs and backend (logs copied)."""
         if self.previous is None:
             return None
         path = self.previous / "cells" / f"{cell_id}.json"
@@ -155,7 +158,7 @@ class RunStore:
             result = check_cell_result(_read_json(path), str(path))
         except BnMatrixError:
             return None  # a damaged old result is redone, not fatal
-        if result.get("status") != "ran" or result.get("inputs_hash") != inputs_hash:
+        if result.get("status") != "ran" or result.get("inputs_hash") != inputs_hash or result["backend"] != backend:
             return None
         logs = self.previous / "logs" / cell_id
         if logs.is_dir():

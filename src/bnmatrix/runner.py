@@ -7,9 +7,11 @@ KeyboardInterrupt stops it, and then every finished cell is already on disk.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,6 @@ from bnmatrix.plan import Cell
 from bnmatrix.results import RunStore, now
 
 RESULT_MARKER = "BNMATRIX_RESULT "
-SCENARIO_HELPER = "bnm_common.py"
 TAIL_LINES = 40
 
 # (cell index, cell count, cell, step text, the cell's result once it is done).
@@ -29,9 +30,9 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def scenario_sources(cell: Cell, scenario_dir: Path) -> dict[str, str]:
-    names = [f"{name}.py" for name in cell.scenarios] + [SCENARIO_HELPER]
-    return {name: (scenario_dir / name).read_text(encoding="utf-8") for name in names}
+def scenario_sources(scenario_dir: Path) -> dict[str, str]:
+    """Every script of the scenario directory (the scenarios and their helper) by file name."""
+    return {p.name: p.read_text(encoding="utf-8") for p in sorted(scenario_dir.glob("*.py"))}
 
 
 def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) -> dict[str, Any]:
@@ -93,17 +94,38 @@ def run_cell(cell: Cell, backend: Backend, store: RunStore, scenario_dir: Path, 
 
 
 def run_plan(cells: list[Cell], backend: Backend, store: RunStore, scenario_dir: Path, timeout_s: float,
-             force: bool, progress: ProgressCallback) -> list[dict[str, Any]]:
-    """Run every cell (reusing unchanged ones unless `force`), storing each result as it finishes."""
-    results = []
-    for index, cell in enumerate(cells, 1):
-        inputs_hash = cell.inputs_hash(scenario_sources(cell, scenario_dir))
-        result = None if force else store.reusable(cell.id, inputs_hash)
+             force: bool, progress: ProgressCallback, jobs: int = 1) -> list[dict[str, Any]]:
+    """Run every cell, `jobs` at a time (reusing unchanged ones unless `force`), storing each as it finishes.
+
+    On KeyboardInterrupt the backend stops what still runs, and nothing half-done is stored.
+    """
+    sources = scenario_sources(scenario_dir)
+    stopping = threading.Event()
+
+    def one(index: int, cell: Cell) -> dict[str, Any]:
+        inputs_hash = cell.inputs_hash(sources)
+        result = None if force else store.reusable(cell.id, inputs_hash, backend.name)
         if result is None:
             progress(index, len(cells), cell, "starting", None)
             result = run_cell(cell, backend, store, scenario_dir, timeout_s, inputs_hash,
-                              lambda text, i=index, c=cell: progress(i, len(cells), c, text, None))  # type: ignore[misc]
+                              lambda text: progress(index, len(cells), cell, text, None))
+        if stopping.is_set():
+            raise KeyboardInterrupt
         store.write_cell(result)
         progress(index, len(cells), cell, "reused" if result.get("reused_from") else "done", result)
-        results.append(result)
-    return results
+        return result
+
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-cell")
+    futures = [pool.submit(one, index, cell) for index, cell in enumerate(cells, 1)]
+    try:
+        for future in as_completed(futures):
+            future.result()
+    except BaseException:
+        stopping.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        backend.close()  # kills the scenarios and containers still running
+        wait(futures)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    return [future.result() for future in futures]

@@ -32,13 +32,16 @@ def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
         (["run", "--scenario", "nope"], "--scenario nope: unknown scenario"),
         (["plan", "--matrix", "missing.yaml"], "missing.yaml: cannot read the matrix file"),
         (["report", "--results", "nowhere"], "nowhere: no run here"),
-        (["run", "--backend", "docker", "--select", "tf-1.15.5-cpu"], "--backend docker"),
+        (["run", "--backend", "docker", "--select", "tf-1.15.5-cpu"], "--backend docker: no Docker daemon answered"),
+        (["run", "--jobs", "0"], "--jobs 0: expected a whole number of at least 1"),
+        (["run", "--image-map", "python:3.7-slim"], "--image-map 'python:3.7-slim': expected FROM=TO"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str], args: list[str],
                                               message: str) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-daemon.sock")
     if args[0] != "report" and "--matrix" not in args:
         args = [*args, "--matrix", str(REPO / "matrix.yaml"), "--results", str(tmp_path / "results")]
     assert main(args) == 2

@@ -18,7 +18,7 @@ from bnmatrix.backends import CellNotRun, CellSetupError, ScenarioRun
 from bnmatrix.config import Matrix
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, plan
-from bnmatrix.results import RunStore, load_run, write_json
+from bnmatrix.results import RunStore, load_run, new_run_id, write_json
 from bnmatrix.runner import RESULT_MARKER, run_plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +42,10 @@ class ReplayBackend:
     def __init__(self, plan_by_cell: dict[str, Any]):
         self.plan_by_cell = plan_by_cell
         self.opened: list[str] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: Any) -> Iterator[Any]:
@@ -72,7 +76,7 @@ def cells() -> list[Cell]:
 
 
 def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = False) -> RunStore:
-    store = RunStore(root, {"backend": backend.name, "matrix": "m", "matrix_hash": "h", "bnmatrix_version": "t",
+    store = RunStore(root, new_run_id(), {"backend": backend.name, "matrix": "m", "matrix_hash": "h", "bnmatrix_version": "t",
                             "selection": {}, "cells": [c.id for c in cells]})
     try:
         run_plan(cells, backend, store, REPO / "scenarios", 5.0, force, lambda *a: None)
@@ -112,8 +116,10 @@ def test_timeout_and_crash_are_scenario_errors(tmp_path: Path, cells: list[Cell]
 
 def test_interrupted_run_keeps_finished_cells_and_the_next_run_reuses_them(tmp_path: Path,
                                                                         cells: list[Cell]) -> None:
+    interrupting = ReplayBackend({"tf-1.15.5-gpu": KeyboardInterrupt()})
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path, cells, ReplayBackend({"tf-1.15.5-gpu": KeyboardInterrupt()}))
+        run(tmp_path, cells, interrupting)
+    assert interrupting.closed  # the backend was told to stop what still runs
     interrupted = load_run(tmp_path)
     assert interrupted.manifest["status"] == "interrupted"
     assert [c["cell"]["id"] for c in interrupted.cells] == ["tf-1.15.5-cpu"]

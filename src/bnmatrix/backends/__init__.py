@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from bnmatrix.config import Matrix
+from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell
 
 StepReporter = Callable[[str], None]
@@ -53,16 +55,28 @@ class Backend(Protocol):
         """Prepare the cell's environment (reusing a cached one) and yield a session to run scenarios."""
         ...
 
+    def close(self) -> None:
+        """Stop whatever still runs (Ctrl-C) and release what the backend holds; safe to call twice."""
+        ...
 
-def select_backend(name: str, cache_dir: Path) -> tuple[Backend, str]:
-    """The backend for --backend NAME and one line saying which and why."""
+
+def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path) -> tuple[Backend, str]:
+    """The backend for --backend NAME and one line saying which and why.
+
+    auto takes Docker when a daemon answers (DOCKER_HOST honoured), the venv backend otherwise.
+    """
+    from bnmatrix.backends.docker import DockerBackend, connect
     from bnmatrix.backends.venv import VenvBackend
-    from bnmatrix.errors import BnMatrixError
 
-    if name == "docker":
-        raise BnMatrixError("--backend docker: the container backend is not available in this version; "
-                            "use --backend venv (or auto)")
-    why = "venv backend: one virtualenv per cell in " + str(cache_dir)
-    if name == "auto":
-        why += " (auto: no container backend in this version)"
-    return VenvBackend(cache_dir), why
+    if name in ("auto", "docker"):
+        client, about = connect()
+        if client is not None:
+            backend = DockerBackend(client, matrix.container, run_id, matrix.scenario_dir)
+            return backend, f"docker backend: {about} answered ({'chosen' if name == 'docker' else 'auto'})"
+        if name == "docker":
+            raise BnMatrixError(f"--backend docker: no Docker daemon answered ({about}); start one, set "
+                                "DOCKER_HOST, or use --backend venv")
+        why = f"venv backend (auto: no Docker daemon answered: {about})"
+    else:
+        why = "venv backend (chosen)"
+    return VenvBackend(cache_dir), f"{why}; one virtualenv per cell in {cache_dir}"

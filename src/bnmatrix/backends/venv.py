@@ -11,9 +11,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,55 @@ def pip_environment(index_url: str) -> dict[str, str]:
     return env
 
 
+class ProcessGroups:
+    """Child processes in their own process groups, so that close() can kill each with its children."""
+
+    def __init__(self) -> None:
+        self._running: set[subprocess.Popen[str]] = set()
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def run(self, command: list[str], timeout_s: float, **options: Any) -> tuple[subprocess.Popen[str], str, str,
+                                                                                  bool]:
+        """(process, stdout, stderr, timed_out) of `command`, killed with its group after `timeout_s`."""
+        with self._lock:
+            if self.closed:
+                raise KeyboardInterrupt
+            process = subprocess.Popen(command, text=True, errors="replace", start_new_session=True, **options)
+            self._running.add(process)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            self._kill(process)
+            stdout, stderr = process.communicate()
+            timed_out = True
+        finally:
+            with self._lock:
+                self._running.discard(process)
+        return process, stdout or "", stderr or "", timed_out
+
+    @staticmethod
+    def _kill(process: subprocess.Popen[str]) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            for process in self._running:
+                self._kill(process)
+
+
 class VenvBackend:
     name = "venv"
 
     def __init__(self, cache_dir: Path):
         self.cache_dir = cache_dir
+        self.processes = ProcessGroups()
+
+    def close(self) -> None:
+        self.processes.close()
 
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[VenvSession]:
@@ -115,7 +160,7 @@ class VenvBackend:
         if interpreter is None:
             raise CellNotRun(f"no Python {cell.python} on this host (looked in {', '.join(looked)})")
         venv = self._venv(cell, interpreter, setup_log, report_step)
-        yield VenvSession(venv, cell)
+        yield VenvSession(venv, cell, self.processes)
 
     def venv_path(self, cell: Cell, interpreter: Interpreter) -> Path:
         key = json.dumps([str(interpreter.path), interpreter.version, cell.requirements, cell.index_url])
@@ -151,16 +196,13 @@ class VenvBackend:
                 report_step(label)
                 log.write(f"$ {' '.join(command)}\n")
                 log.flush()
-                try:
-                    done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          timeout=INSTALL_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    done = None
-                if done is None or done.returncode != 0:
+                done, _, _, timed_out = self.processes.run(command, INSTALL_TIMEOUT_S, stdout=log,
+                                                           stderr=subprocess.STDOUT, env=env)
+                if timed_out or done.returncode != 0:
                     log.close()
                     shutil.rmtree(venv, ignore_errors=True)
                     text = setup_log.read_text(encoding="utf-8", errors="replace")
-                    why = "timed out" if done is None else f"exit {done.returncode}"
+                    why = "timed out" if timed_out else f"exit {done.returncode}"
                     raise CellSetupError(f"{label} failed ({why})", text)
         freeze = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, env=env)
         ready = {"python": str(interpreter.path), "python_version": interpreter.version,
@@ -172,9 +214,10 @@ class VenvBackend:
 class VenvSession:
     """Runs scenario scripts with the cell's venv Python, each in its own process group."""
 
-    def __init__(self, venv: Path, cell: Cell):
+    def __init__(self, venv: Path, cell: Cell, processes: ProcessGroups):
         self.venv = venv
         self.cell = cell
+        self.processes = processes
         ready = json.loads((venv / READY_MARKER).read_text(encoding="utf-8"))
         self.environment: dict[str, Any] = {
             "kind": "venv",
@@ -192,19 +235,8 @@ class VenvSession:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="bnmatrix-cell-") as scratch:
             env["TMPDIR"] = scratch
-            process = subprocess.Popen([str(self.venv / "bin" / "python"), str(script), *args], cwd=scratch,
-                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                       errors="replace", start_new_session=True)
-            timed_out = False
-            try:
-                stdout, stderr = process.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                os.killpg(process.pid, signal.SIGKILL)
-                stdout, stderr = process.communicate()
-            except BaseException:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-                raise
+            process, stdout, stderr, timed_out = self.processes.run(
+                [str(self.venv / "bin" / "python"), str(script), *args], timeout_s, cwd=scratch, env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         return ScenarioRun(stdout, stderr, None if timed_out else process.returncode, timed_out,
                            round(time.monotonic() - started, 3))

@@ -1,0 +1,244 @@
+"""The container backend: one image and one hardened container per cell, through the Docker SDK.
+
+Images are content-addressed (the hash of the rendered Dockerfile) and reused when their tag
+exists. Every container carries our labels and is removed after success, failure, timeout and
+Ctrl-C. The scenarios reach the container through a read-only volume, so editing one never
+rebuilds TensorFlow, and a remote daemon (DOCKER_HOST=ssh://...) works the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import jinja2
+from docker.types import DeviceRequest
+
+import docker
+from bnmatrix.backends import CellNotRun, CellSetupError, ScenarioRun, StepReporter
+from bnmatrix.config import ContainerSettings, data_path
+from bnmatrix.plan import Cell
+
+LABEL = "org.bnmatrix.tool"
+LABEL_CELL = "org.bnmatrix.cell"
+LABEL_RUN = "org.bnmatrix.run"
+IMAGE_REPOSITORY = "bnmatrix-cell"
+SCENARIO_MOUNT = "/scenarios"
+# `timeout` sends SIGKILL to the scenario; 137 (128 + 9) is its exit status then.
+KILLED_EXIT = 137
+
+
+def render_dockerfile(cell: Cell) -> str:
+    """The cell's Dockerfile (pure)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path("docker")), undefined=jinja2.StrictUndefined,
+                             autoescape=False, keep_trailing_newline=True)
+    env.filters["shell"] = shlex.quote
+    return env.get_template("Dockerfile.j2").render(cell=cell)
+
+
+def image_tag(cell: Cell, dockerfile: str) -> str:
+    """A content-addressed tag: the same Dockerfile gives the same tag, so an image is built once."""
+    digest = hashlib.sha256(dockerfile.encode("utf-8")).hexdigest()[:16]
+    return f"{IMAGE_REPOSITORY}:{cell.id.removeprefix('tf-')}-{digest}"
+
+
+def image_labels(cell: Cell) -> dict[str, str]:
+    return {LABEL: "bnmatrix", LABEL_CELL: cell.id, "org.bnmatrix.tf": cell.tf, "org.bnmatrix.device": cell.device}
+
+
+def gpu_requests() -> list[DeviceRequest]:
+    """All GPUs, as `docker run --gpus all` asks for them."""
+    return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+
+
+def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_volume: str) -> dict[str, Any]:
+    """Keyword arguments of containers.run for the cell's container (pure): hardened unless matrix.yaml says."""
+    environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **cell.env}
+    if cell.device == "cpu":
+        environment["CUDA_VISIBLE_DEVICES"] = ""
+    options: dict[str, Any] = {
+        "command": ["sleep", "infinity"],
+        "detach": True,
+        "init": True,
+        "labels": {**image_labels(cell), LABEL_RUN: run_id},
+        "environment": environment,
+        "working_dir": "/tmp",
+        "volumes": {scenarios_volume: {"bind": SCENARIO_MOUNT, "mode": "ro"}},
+        "network_mode": settings.network,
+        "read_only": settings.read_only,
+        "tmpfs": {"/tmp": f"rw,exec,size={settings.tmpfs_size},mode=1777"},
+        "user": settings.user,
+        "mem_limit": settings.memory,
+        "pids_limit": settings.pids,
+    }
+    if settings.drop_capabilities:
+        options["cap_drop"] = ["ALL"]
+    if settings.no_new_privileges:
+        options["security_opt"] = ["no-new-privileges"]
+    if cell.device == "gpu":
+        options["device_requests"] = gpu_requests()
+    return options
+
+
+def connect() -> tuple[docker.DockerClient | None, str]:
+    """A client whose daemon answered (DOCKER_HOST honoured), or None and why not."""
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        version = client.version().get("Version", "?")
+    except docker.errors.DockerException as exc:
+        return None, str(exc).splitlines()[0]
+    return client, f"Docker {version} at {client.api.base_url}"
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str, scenario_dir: Path):
+        self.client = client
+        self.settings = settings
+        self.run_id = run_id
+        self.scenario_dir = scenario_dir
+        self._lock = threading.Lock()
+        self._volume: str | None = None
+        self.closed = False
+        runtimes = client.info().get("Runtimes") or {}
+        self.gpu_runtime = "nvidia" in runtimes
+
+    @contextmanager
+    def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[DockerSession]:
+        if cell.device == "gpu" and not self.gpu_runtime:
+            raise CellNotRun("no GPU runtime: the Docker daemon lists no 'nvidia' runtime")
+        dockerfile = render_dockerfile(cell)
+        tag = image_tag(cell, dockerfile)
+        self._image(cell, dockerfile, tag, setup_log, report_step)
+        volume = self._scenarios_volume(tag)
+        report_step("starting container")
+        container = self.client.containers.run(tag, **run_options(cell, self.settings, self.run_id, volume))
+        try:
+            yield DockerSession(container, cell, self.client, tag)
+        finally:
+            self._remove(container)
+
+    def _image(self, cell: Cell, dockerfile: str, tag: str, setup_log: Path, report_step: StepReporter) -> None:
+        with open(setup_log, "w", encoding="utf-8") as log:
+            log.write(dockerfile + "\n")
+            try:
+                self.client.images.get(tag)
+                report_step(f"reusing image {tag}")
+                log.write(f"reused image {tag}\n")
+                return
+            except docker.errors.ImageNotFound:
+                pass
+            report_step(f"building {tag} from {cell.image}")
+            error = None
+            with tempfile.TemporaryDirectory(prefix="bnmatrix-build-") as context:
+                Path(context, "Dockerfile").write_text(dockerfile, encoding="utf-8")
+                try:
+                    for chunk in self.client.api.build(path=context, tag=tag, rm=True, forcerm=True, decode=True,
+                                                       labels=image_labels(cell)):
+                        log.write(chunk.get("stream", ""))
+                        log.flush()
+                        if "error" in chunk:
+                            error = chunk["error"].strip()
+                            log.write(error + "\n")
+                except docker.errors.APIError as exc:
+                    error = str(exc)
+                    log.write(error + "\n")
+        if error is not None:
+            hint = ""
+            if "pull access denied" in error or "registry" in error or "dial tcp" in error:
+                hint = (f"; is {cell.image} available here? Without a registry, build local bases with "
+                        "docker/base/build.sh or map the image with --image-map")
+            raise CellSetupError(f"image build failed: {error.splitlines()[-1]}{hint}",
+                                 setup_log.read_text(encoding="utf-8", errors="replace"))
+
+    def _scenarios_volume(self, image: str) -> str:
+        """A volume holding the scenario scripts, filled once per run through a short-lived container."""
+        with self._lock:
+            if self._volume is not None:
+                return self._volume
+            archive = io.BytesIO()
+            with tarfile.open(fileobj=archive, mode="w") as tar:
+                for path in sorted(self.scenario_dir.glob("*.py")):
+                    info = tar.gettarinfo(str(path), arcname=path.name)
+                    info.uid = info.gid = 0
+                    info.mode = 0o644
+                    with open(path, "rb") as handle:
+                        tar.addfile(info, handle)
+            labels = {LABEL: "bnmatrix", LABEL_RUN: self.run_id}
+            volume = self.client.volumes.create(name=f"bnmatrix-scenarios-{self.run_id}", labels=labels)
+            filler = self.client.containers.create(image, command=["true"], labels=labels, network_disabled=True,
+                                                   volumes={volume.name: {"bind": SCENARIO_MOUNT, "mode": "rw"}})
+            try:
+                filler.put_archive(SCENARIO_MOUNT, archive.getvalue())
+            finally:
+                self._remove(filler)
+            self._volume = volume.name
+            return volume.name
+
+    def _remove(self, container: Any) -> None:
+        with suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+    def close(self) -> None:
+        """Remove every container and the scenarios volume of this run (also on Ctrl-C)."""
+        self.closed = True
+        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+            self._remove(container)
+        with self._lock:
+            if self._volume is not None:
+                with suppress(docker.errors.NotFound):
+                    self.client.volumes.get(self._volume).remove(force=True)
+                self._volume = None
+
+
+class DockerSession:
+    """Runs each scenario as its own process in the cell's container (docker exec), with a timeout."""
+
+    def __init__(self, container: Any, cell: Cell, client: docker.DockerClient, tag: str):
+        self.container = container
+        self.cell = cell
+        python = self._exec(["python3", "-c", "import sys; print(sys.executable, sys.version.split()[0])"])
+        executable, _, version = python.strip().partition(" ")
+        base = client.images.get(cell.image)
+        built = client.images.get(tag)
+        self.environment: dict[str, Any] = {
+            "kind": "docker",
+            "image": cell.image,
+            "requested_image": cell.requested_image,
+            "image_id": base.id,
+            "image_digests": base.attrs.get("RepoDigests") or [],
+            "cell_image": tag,
+            "cell_image_id": built.id,
+            "cell_image_size": built.attrs.get("Size"),
+            "python": executable,
+            "python_version": version,
+            "packages": self._exec(["cat", "/etc/bnmatrix-packages.txt"]).split(),
+        }
+
+    def _exec(self, command: list[str]) -> str:
+        code, output = self.container.exec_run(command, demux=False)
+        text: str = output.decode("utf-8", "replace")
+        if code != 0:
+            raise RuntimeError(f"{' '.join(command)} failed in the container (exit {code}): {text[-500:]}")
+        return text
+
+    def run(self, script: Path, args: list[str], timeout_s: float) -> ScenarioRun:
+        command = ["timeout", "--signal=KILL", f"{timeout_s:g}s", "python3", f"{SCENARIO_MOUNT}/{script.name}", *args]
+        started = time.monotonic()
+        code, (stdout, stderr) = self.container.exec_run(command, demux=True, workdir="/tmp")
+        duration = time.monotonic() - started
+        timed_out = code == KILLED_EXIT and duration >= timeout_s * 0.99
+        return ScenarioRun((stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace"),
+                           None if timed_out else code, timed_out, round(duration, 3))
