@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bnmatrix import __version__
@@ -111,22 +111,24 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     try:
         with Progress(*columns, console=console) as progress:
             overall = progress.add_task("", total=len(cells), label="cells")
-            running: dict[str, Any] = {}  # cell id -> its progress task
+            running: dict[str, tuple[TaskID, float]] = {}  # cell id -> its progress task, start time
             lock = threading.Lock()
 
             def report_progress(index: int, count: int, cell: Cell, step: str, result: dict[str, Any] | None) -> None:
                 with lock:
                     if cell.id not in running:
-                        running[cell.id] = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
-                    task = running[cell.id]
+                        task = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
+                        running[cell.id] = (task, time.monotonic())
+                    task, cell_started = running[cell.id]
                     progress.update(task, description=escape(step))
                     if result is None:
                         return
-                    elapsed = progress.tasks[task].elapsed or 0.0
-                    progress.remove_task(running.pop(cell.id))
+                    progress.remove_task(task)
+                    del running[cell.id]
                     progress.advance(overall)
-                    progress.console.print(f"[{index}/{count}] {cell.id}: {step} in {elapsed:.0f} s: "
-                                           f"{_verdict_line(result)}", highlight=False)
+                    progress.console.print(f"[{index}/{count}] {cell.id}: {step} in "
+                                           f"{time.monotonic() - cell_started:.0f} s: {_verdict_line(result)}",
+                                           highlight=False)
 
             results = run_plan(cells, backend, store, matrix.scenario_dir, matrix.timeout_s, args.force,
                                report_progress, jobs=args.jobs)

@@ -103,12 +103,18 @@ def run_plan(cells: list[Cell], backend: Backend, store: RunStore, scenario_dir:
     stopping = threading.Event()
 
     def one(index: int, cell: Cell) -> dict[str, Any]:
+        if stopping.is_set():
+            raise KeyboardInterrupt
         inputs_hash = cell.inputs_hash(sources)
         result = None if force else store.reusable(cell.id, inputs_hash, backend.name)
         if result is None:
             progress(index, len(cells), cell, "starting", None)
-            result = run_cell(cell, backend, store, scenario_dir, timeout_s, inputs_hash,
-                              lambda text: progress(index, len(cells), cell, text, None))
+            try:
+                result = run_cell(cell, backend, store, scenario_dir, timeout_s, inputs_hash,
+                                  lambda text: progress(index, len(cells), cell, text, None))
+            except BaseException:
+                stopping.set()
+                raise
         if stopping.is_set():
             raise KeyboardInterrupt
         store.write_cell(result)

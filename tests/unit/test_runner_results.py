@@ -76,8 +76,9 @@ def cells() -> list[Cell]:
 
 
 def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = False) -> RunStore:
-    store = RunStore(root, new_run_id(), {"backend": backend.name, "matrix": "m", "matrix_hash": "h", "bnmatrix_version": "t",
-                            "selection": {}, "cells": [c.id for c in cells]})
+    manifest = {"backend": backend.name, "matrix": "m", "matrix_hash": "h", "bnmatrix_version": "t",
+                "selection": {}, "cells": [c.id for c in cells]}
+    store = RunStore(root, new_run_id(), manifest)
     try:
         run_plan(cells, backend, store, REPO / "scenarios", 5.0, force, lambda *a: None)
     except KeyboardInterrupt:

@@ -1,0 +1,138 @@
+"""Real containers on a real Docker daemon: TF 1.15.5 and TF 2.15.1 cells, the same verdicts and
+statistics as the venv backend, and no container of ours left after success, failure, timeout
+or Ctrl-C. Without a registry, the base images come from docker/base/build.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bnmatrix.backends.docker import LABEL
+from bnmatrix.cli import main
+from bnmatrix.results import load_run
+from tests.conftest import require
+from tests.e2e.conftest import E2E_CELLS, REPO, check_verdicts
+
+pytestmark = pytest.mark.e2e
+TEST_SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def ours(client: Any) -> list[Any]:
+    return client.containers.list(all=True, filters={"label": LABEL})
+
+
+@pytest.fixture(scope="module")
+def docker_runs(docker_client: Any, image_map_args: list[str],
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    mapped = dict(entry.split("=", 1) for entry in image_map_args[1::2])
+    for cell_id, (_, python) in E2E_CELLS.items():
+        base = mapped.get(f"python:{python}-slim", f"python:{python}-slim")
+        require(bool(docker_client.images.list(name=base)),
+                f"{base} for {cell_id} is not on this daemon: build it with docker/base/build.sh")
+    results = tmp_path_factory.mktemp("docker-results")
+    args = ["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "docker", "--jobs", "1",
+            "--results", str(results), *image_map_args]
+    for cell_id in E2E_CELLS:
+        args += ["--select", cell_id]
+    assert main(args) == 0
+    assert ours(docker_client) == []  # after success
+    return {cell["cell"]["id"]: cell for cell in load_run(results).cells}
+
+
+@pytest.mark.parametrize("cell_id", sorted(E2E_CELLS))
+def test_container_verdicts_from_the_numbers(docker_runs: dict[str, dict[str, Any]], cell_id: str) -> None:
+    cell = docker_runs[cell_id]
+    check_verdicts(cell)
+    environment = cell["environment"]
+    assert environment["kind"] == "docker"
+    assert environment["cell_image"].startswith("bnmatrix-cell:" + cell_id.removeprefix("tf-"))
+    assert environment["image_id"].startswith("sha256:")
+    assert any(line.startswith("tensorflow==" + E2E_CELLS[cell_id][0]) for line in environment["packages"])
+
+
+@pytest.mark.parametrize("cell_id", sorted(E2E_CELLS))
+def test_venv_and_docker_agree(docker_runs: dict[str, dict[str, Any]], cell_id: str, tmp_path: Path) -> None:
+    from bnmatrix.backends.venv import find_interpreter
+
+    require(find_interpreter(E2E_CELLS[cell_id][1])[0] is not None, f"no Python {E2E_CELLS[cell_id][1]} here")
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell_id,
+                 "--results", str(tmp_path)]) == 0
+    (venv,) = load_run(tmp_path).cells
+    docker = docker_runs[cell_id]
+    for name, in_venv in venv["scenarios"].items():
+        in_docker = docker["scenarios"][name]
+        assert in_docker["status"] == in_venv["status"], name
+        for field in ("moving_mean", "moving_variance", "effective_updates"):
+            # The session scenario's two unordered updates per step may interleave differently.
+            assert in_docker[field] == pytest.approx(in_venv[field], rel=1e-3), (name, field)
+
+
+def probe_matrix(tmp_path: Path, timeout_s: float, scenarios: list[str], pins: str = "") -> Path:
+    """A matrix on the TF 1.15.5 CPU image (already built above) running the test scenarios."""
+    text = (REPO / "matrix.yaml").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("  - {tf: 1.15.5"))
+    version = line + "\n" + text.split(line + "\n", 1)[1].splitlines()[0]
+    if pins:
+        version = version.replace('"h5py<3"]', f'"h5py<3", "{pins}"]')
+    path = tmp_path / "matrix.yaml"
+    path.write_text(f"schema_version: 1\nsettings:\n  scenario_timeout_s: {timeout_s}\n  devices: [cpu]\n"
+                    f"  scenario_dir: {TEST_SCENARIOS}\nscenarios: {json.dumps(scenarios)}\n"
+                    f"versions:\n{version}\n")
+    return path
+
+
+def test_timeout_and_failure_leave_no_container(docker_runs: dict[str, Any], docker_client: Any,
+                                               image_map_args: list[str], tmp_path: Path) -> None:
+    matrix = probe_matrix(tmp_path, 3, ["sleeper", "broken"])
+    started = time.monotonic()
+    assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
+                 *image_map_args]) == 0
+    assert time.monotonic() - started < 120
+    (cell,) = load_run(tmp_path / "r").cells
+    assert cell["environment"]["cell_image"] == docker_runs["tf-1.15.5-cpu"]["environment"]["cell_image"]
+    sleeper, broken = cell["scenarios"]["sleeper"], cell["scenarios"]["broken"]
+    assert sleeper["status"] == "error" and sleeper["reason"] == "timeout: killed after 3 s"
+    assert broken["status"] == "error" and "exited with code 3" in broken["reason"]
+    assert "broken on purpose" in broken["error"]["traceback"]
+    assert ours(docker_client) == []
+
+
+def test_build_failure_is_a_build_error_and_leaves_no_container(docker_runs: dict[str, Any], docker_client: Any,
+                                                                image_map_args: list[str], tmp_path: Path) -> None:
+    matrix = probe_matrix(tmp_path, 3, ["broken"], pins="six==0.0.1")
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
+                 *image_map_args]) == 1
+    (cell,) = load_run(tmp_path / "r").cells
+    assert cell["status"] == "build-error"
+    assert "six==0.0.1" in cell["setup_log_tail"]
+    assert {c.id for c in docker_client.containers.list(all=True)} == before
+
+
+def test_ctrl_c_removes_the_running_container(docker_runs: dict[str, Any], docker_client: Any,
+                                              image_map_args: list[str], tmp_path: Path) -> None:
+    matrix = probe_matrix(tmp_path, 600, ["sleeper"])
+    command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker",
+               "--results", str(tmp_path / "r"), *image_map_args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "COLUMNS": "200"})
+    deadline = time.monotonic() + 120
+    while not ours(docker_client) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+    assert ours(docker_client), "the cell's container never started"
+    time.sleep(3)  # the sleeper scenario is running inside it now
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert "interrupted" in output
+    assert ours(docker_client) == []
+    assert docker_client.volumes.list(filters={"label": LABEL}) == []
+    assert load_run(tmp_path / "r").manifest["status"] == "interrupted"

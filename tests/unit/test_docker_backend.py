@@ -1,0 +1,125 @@
+"""The container backend's pure parts: Dockerfiles (golden files), tags, labels, run options,
+GPU requests, image substitution and the backend choice. Real containers: tests/e2e."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bnmatrix.backends import select_backend
+from bnmatrix.backends.docker import image_tag, render_dockerfile, run_options
+from bnmatrix.backends.venv import VenvBackend
+from bnmatrix.config import ContainerSettings, Matrix
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import Cell, plan
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Matrix:
+    """The shipped matrix without the image-map.yaml a checkout may have beside it."""
+    copy = tmp_path_factory.mktemp("matrix") / "matrix.yaml"
+    copy.write_text((REPO / "matrix.yaml").read_text())
+    return Matrix.from_file(copy)
+
+
+def cell(matrix: Matrix, cell_id: str, image_map: dict[str, str] | None = None) -> Cell:
+    (found,) = plan(matrix, select=[cell_id], image_map=image_map)
+    return found
+
+
+@pytest.mark.parametrize("cell_id", ["tf-1.15.5-cpu", "tf-1.15.5-gpu", "tf-2.16.2-cpu-tfkeras", "tf-2.15.1-gpu"])
+def test_dockerfile_matches_its_golden_file(matrix: Matrix, cell_id: str) -> None:
+    rendered = render_dockerfile(cell(matrix, cell_id))
+    golden = GOLDEN / f"Dockerfile.{cell_id}"
+    if os.environ.get("BNMATRIX_UPDATE_GOLDEN"):
+        golden.write_text(rendered)
+    assert rendered == golden.read_text()
+
+
+def test_dockerfile_quotes_requirements_for_the_shell(matrix: Matrix) -> None:
+    text = render_dockerfile(cell(matrix, "tf-1.15.5-cpu"))
+    assert "python3 -m pip install tensorflow==1.15.5 'numpy<1.19' 'protobuf<3.20' 'h5py<3'" in text
+    assert text.startswith("# bnmatrix cell tf-1.15.5-cpu") and "FROM python:3.7-slim\n" in text
+
+
+def test_tags_are_content_addressed(matrix: Matrix) -> None:
+    a = cell(matrix, "tf-1.15.5-cpu")
+    assert image_tag(a, render_dockerfile(a)) == image_tag(a, render_dockerfile(a))
+    assert image_tag(a, render_dockerfile(a)).startswith("bnmatrix-cell:1.15.5-cpu-")
+    pinned = replace(a, requirements=(*a.requirements, "six==1.16.0"))
+    assert image_tag(pinned, render_dockerfile(pinned)) != image_tag(a, render_dockerfile(a))
+    moved = replace(a, image="bnmatrix-local/python:3.7")
+    assert image_tag(moved, render_dockerfile(moved)) != image_tag(a, render_dockerfile(a))
+
+
+def test_run_options_are_hardened_by_default(matrix: Matrix) -> None:
+    options = run_options(cell(matrix, "tf-1.15.5-cpu"), ContainerSettings(), "run-1", "vol")
+    assert options["network_mode"] == "none"
+    assert options["read_only"] is True
+    assert options["tmpfs"] == {"/tmp": "rw,exec,size=2g,mode=1777"}
+    assert options["user"] == "65534:65534"
+    assert options["cap_drop"] == ["ALL"]
+    assert options["security_opt"] == ["no-new-privileges"]
+    assert options["mem_limit"] == "6g" and options["pids_limit"] == 1024
+    assert options["volumes"] == {"vol": {"bind": "/scenarios", "mode": "ro"}}
+    assert options["labels"] == {"org.bnmatrix.tool": "bnmatrix", "org.bnmatrix.cell": "tf-1.15.5-cpu",
+                                 "org.bnmatrix.tf": "1.15.5", "org.bnmatrix.device": "cpu",
+                                 "org.bnmatrix.run": "run-1"}
+    assert options["environment"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert "device_requests" not in options
+
+
+def test_run_options_follow_matrix_settings(tmp_path: Path) -> None:
+    text = (REPO / "matrix.yaml").read_text().replace(
+        "settings:\n", "settings:\n  container: {network: bridge, read_only: false, user: '1000:1000', "
+        "memory: 2g, pids: 64, drop_capabilities: false, no_new_privileges: false}\n", 1)
+    (tmp_path / "matrix.yaml").write_text(text)
+    custom = Matrix.from_file(tmp_path / "matrix.yaml")
+    options = run_options(cell(custom, "tf-1.15.5-cpu"), custom.container, "r", "v")
+    assert (options["network_mode"], options["read_only"], options["user"]) == ("bridge", False, "1000:1000")
+    assert (options["mem_limit"], options["pids_limit"]) == ("2g", 64)
+    assert "cap_drop" not in options and "security_opt" not in options
+
+
+def test_gpu_cells_request_every_gpu(matrix: Matrix) -> None:
+    options = run_options(cell(matrix, "tf-2.15.1-gpu"), ContainerSettings(), "r", "v")
+    (request,) = options["device_requests"]
+    assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
+    assert "CUDA_VISIBLE_DEVICES" not in options["environment"]
+
+
+def test_image_substitution_from_option_and_overlay_file(tmp_path: Path, matrix: Matrix) -> None:
+    mapped = cell(matrix, "tf-1.15.5-cpu", {"python:3.7-slim": "bnmatrix-local/python:3.7"})
+    assert (mapped.image, mapped.requested_image) == ("bnmatrix-local/python:3.7", "python:3.7-slim")
+    assert "FROM bnmatrix-local/python:3.7\n" in render_dockerfile(mapped)
+    (tmp_path / "matrix.yaml").write_text((REPO / "matrix.yaml").read_text())
+    (tmp_path / "image-map.yaml").write_text("python:3.7-slim: mirror.example/python:3.7-slim\n")
+    overlaid = Matrix.from_file(tmp_path / "matrix.yaml")
+    assert cell(overlaid, "tf-1.15.5-cpu").image == "mirror.example/python:3.7-slim"
+    assert cell(overlaid, "tf-1.15.5-cpu", {"python:3.7-slim": "other:1"}).image == "other:1"  # option wins
+
+
+def test_a_bad_overlay_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "matrix.yaml").write_text((REPO / "matrix.yaml").read_text())
+    (tmp_path / "image-map.yaml").write_text("python:3.7-slim: bnmatrix-local/python:3.7\npython:3.11-slim: [x]\n")
+    with pytest.raises(BnMatrixError, match=r"image-map.yaml:2: python:3.11-slim: found a list, expected an image"):
+        Matrix.from_file(tmp_path / "matrix.yaml")
+
+
+def test_auto_falls_back_to_venv_without_a_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  matrix: Matrix) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    backend, why = select_backend("auto", matrix, "r", tmp_path)
+    assert isinstance(backend, VenvBackend)
+    assert why.startswith("venv backend (auto: no Docker daemon answered")
+    with pytest.raises(BnMatrixError, match="--backend docker: no Docker daemon answered") as caught:
+        select_backend("docker", matrix, "r", tmp_path)
+    assert caught.value.exit_code == 2
+    backend, why = select_backend("venv", matrix, "r", tmp_path)
+    assert isinstance(backend, VenvBackend) and why.startswith("venv backend (chosen)")
