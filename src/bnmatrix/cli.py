@@ -22,8 +22,8 @@ from bnmatrix.backends import select_backend
 from bnmatrix.backends.venv import default_cache_dir
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
-from bnmatrix.plan import Cell, plan
-from bnmatrix.results import RunStore, new_run_id
+from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
+from bnmatrix.results import RunStore, load_run, merge_runs, new_run_id
 from bnmatrix.runner import run_plan
 
 STATUS_STYLE = {"updated": "green", "stale": "red", "wrong": "magenta", "unsupported": "yellow",
@@ -47,12 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan_parser = commands.add_parser("plan", help="list the cells a run would do")
     _selection_options(plan_parser)
-    plan_parser.add_argument("--json", action="store_true", help="print the cells as JSON")
+    plan_parser.add_argument("--format", choices=("table", "json", "github"), default="table",
+                             help="github: a GitHub Actions matrix ({\"include\": [jobs]}) for fromJSON")
+    plan_parser.add_argument("--json", action="store_const", const="json", dest="format", help="same as --format json")
+    plan_parser.add_argument("--max-jobs", type=int, default=GITHUB_JOB_LIMIT, metavar="N",
+                             help=f"with --format github: at most N jobs, cells grouped into shards (default "
+                                  f"{GITHUB_JOB_LIMIT}, GitHub's limit)")
 
     run_parser = commands.add_parser("run", help="run the selected cells and keep a JSON result per cell")
     _selection_options(run_parser)
     run_parser.add_argument("--scenario", action="append", default=[], metavar="NAME",
                             help="only this scenario (repeatable)")
+    run_parser.add_argument("--shard", default=None, metavar="K/N",
+                            help="only the K-th of N deterministic shards of the selected cells")
     run_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto")
     run_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                             help="results root; the run goes to DIR/<run-id>, DIR/latest points at it")
@@ -62,10 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
                             help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
 
+    merge_parser = commands.add_parser("merge", help="merge result directories (e.g. CI shards) into one run")
+    merge_parser.add_argument("inputs", nargs="+", type=Path, metavar="DIR",
+                              help="run directories, results roots or folders holding them")
+    merge_parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the merged run directory")
+
     report_parser = commands.add_parser("report", help="render the HTML matrix of a run")
     report_parser.add_argument("--results", type=Path, default=Path("results/latest"), metavar="DIR",
                                help="a run directory or a results root (default: results/latest)")
     report_parser.add_argument("--out", type=Path, default=Path("public"), metavar="DIR")
+    report_parser.add_argument("--previous", type=Path, default=None, metavar="DIR",
+                               help="an earlier run (or a folder holding one, or none yet): mark what changed")
     return parser
 
 
@@ -76,12 +90,17 @@ def _load_matrix(path: Path | None) -> Matrix:
 def command_plan(args: argparse.Namespace, console: Console) -> int:
     matrix = _load_matrix(args.matrix)
     cells = plan(matrix, args.select, args.skip)
-    if args.json:
+    if args.format == "json":
         print(json.dumps([cell.describe() for cell in cells], indent=1))
+        return EXIT_OK
+    if args.format == "github":
+        if args.max_jobs < 1 or args.max_jobs > GITHUB_JOB_LIMIT:
+            raise BnMatrixError(f"--max-jobs {args.max_jobs}: expected 1 to {GITHUB_JOB_LIMIT}")
+        print(json.dumps({"include": github_jobs(cells, matrix.runners, args.max_jobs)}, separators=(",", ":")))
         return EXIT_OK
     table = Table(title=f"{len(cells)} cells from {matrix.path}")
     for column in ("cell", "python", "requirements", "image", "steps"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for cell in cells:
         table.add_row(cell.id, cell.python, " ".join(cell.requirements), cell.image, str(cell.steps))
     console.print(table)
@@ -93,6 +112,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     if args.jobs < 1:
         raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
     cells = plan(matrix, args.select, args.skip, args.scenario, parse_image_map(args.image_map))
+    if args.shard:
+        cells = shard(cells, *parse_shard(args.shard))
     if not cells:
         raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
     run_id = new_run_id()
@@ -100,7 +121,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     console.print(why)
     store = RunStore(args.results, run_id, {
         "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
-        "bnmatrix_version": __version__, "selection": {"select": args.select, "skip": args.skip,
+        "bnmatrix_version": __version__, "selection": {"select": args.select, "skip": args.skip, "shard": args.shard,
                                                        "scenario": args.scenario, "force": args.force},
         "cells": [cell.id for cell in cells],
     })
@@ -177,10 +198,17 @@ def _verdict_table(results: list[dict[str, Any]], scenarios: Sequence[str]) -> T
     return table
 
 
+def command_merge(args: argparse.Namespace, console: Console) -> int:
+    out = merge_runs(args.inputs, args.out)
+    merged = load_run(out)
+    console.print(f"merged {len(merged.manifest['merged_from'])} runs, {len(merged.cells)} cells -> {out}")
+    return EXIT_OK
+
+
 def command_report(args: argparse.Namespace, console: Console) -> int:
     from bnmatrix.report import write_report
 
-    index = write_report(args.results, args.out)
+    index = write_report(args.results, args.out, args.previous)
     console.print(f"report written: {index}")
     return EXIT_OK
 
@@ -192,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error (exit 2) or help (exit 0)
         return int(exc.code or 0)
-    handlers = {"plan": command_plan, "run": command_run, "report": command_report}
+    handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report}
     try:
         return handlers[args.command](args, console)
     except BnMatrixError as exc:

