@@ -82,6 +82,7 @@ class Matrix:
     image_map: dict[str, str]
     variants: dict[str, Variant]
     versions: tuple[TFVersion, ...]
+    expect: tuple[tuple[str, str, str], ...] = ()  # (cell glob, scenario, status), last match wins
 
     @classmethod
     def from_file(cls, path: Path) -> Matrix:
@@ -106,6 +107,10 @@ class Matrix:
             for name, spec in raw.get("variants", {}).items()
         }
         _check_scenarios(raw["scenarios"], scenario_dir, where)
+        for index, rule in enumerate(raw.get("expect", [])):
+            if rule["scenario"] not in raw["scenarios"]:
+                raise where.error(("expect", index, "scenario"), f"unknown scenario '{rule['scenario']}'; expected "
+                                  f"one of {', '.join(raw['scenarios'])}")
         first_index: dict[str, int] = {}
         for index, spec in enumerate(raw["versions"]):
             if spec["tf"] in first_index:
@@ -125,6 +130,7 @@ class Matrix:
             image_map=load_image_map(path.parent / IMAGE_MAP_FILE),
             variants=variants,
             versions=versions,
+            expect=tuple((r["cells"], r["scenario"], r["status"]) for r in raw.get("expect", [])),
         )
 
 

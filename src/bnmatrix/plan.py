@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from bnmatrix.config import Matrix
@@ -30,14 +30,16 @@ class Cell:
     steps: int
     scenarios: tuple[str, ...]
     index_url: str
+    expect: dict[str, str] = field(default_factory=dict)  # scenario -> known status (matrix.yaml expect:)
 
     def describe(self) -> dict[str, Any]:
         """The cell as JSON data (lists, not tuples)."""
         return json.loads(json.dumps(asdict(self)))  # type: ignore[no-any-return]
 
     def inputs_hash(self, scenario_sources: dict[str, str]) -> str:
-        """What decides the cell's outcome: its definition and its scenarios' code."""
-        payload = json.dumps({"cell": self.describe(), "sources": scenario_sources}, sort_keys=True)
+        """What decides the cell's outcome: its definition (not its expectations) and its scenarios' code."""
+        definition = {k: v for k, v in self.describe().items() if k != "expect"}
+        payload = json.dumps({"cell": definition, "sources": scenario_sources}, sort_keys=True)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -46,15 +48,23 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str
     chosen = tuple(scenarios) or matrix.scenarios
     images = {**matrix.image_map, **(image_map or {})}
     cells = []
+
+    def expectations(cell_id: str) -> dict[str, str]:
+        found = {}
+        for pattern, scenario, status in matrix.expect:
+            if fnmatch.fnmatchcase(cell_id, pattern) and scenario in chosen:
+                found[scenario] = status
+        return found
+
     for version in matrix.versions:
         for device in version.devices:
             base = (version.packages[device], *version.pins)
             flavours: list[tuple[str | None, tuple[str, ...], dict[str, str]]] = [(None, (), {})]
             flavours += [(name, pins, matrix.variants[name].env) for name, pins in version.variants.items()]
             for variant, extra, env in flavours:
-                suffix = f"-{variant}" if variant else ""
+                cell_id = f"tf-{version.tf}-{device}" + (f"-{variant}" if variant else "")
                 cells.append(Cell(
-                    id=f"tf-{version.tf}-{device}{suffix}",
+                    id=cell_id,
                     tf=version.tf,
                     python=version.python,
                     device=device,
@@ -66,6 +76,7 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str
                     steps=version.steps,
                     scenarios=chosen,
                     index_url=matrix.index_url,
+                    expect=expectations(cell_id),
                 ))
     return cells
 

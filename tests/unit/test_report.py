@@ -1,39 +1,55 @@
-"""Report rendering: what the page says matches the results, and results cannot inject markup."""
+"""Report rendering (pure): what the pages and exports say matches the results; nothing in a
+result can inject markup; every page is valid HTML5 with relative links only."""
 
 from __future__ import annotations
 
 import html
 import json
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
-from bnmatrix.report import render, write_report
-from bnmatrix.results import Run
+import html5lib
+import jsonschema
+import pytest
+
+from bnmatrix.config import data_path
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.report import render_site, write_report
+from bnmatrix.results import Run, write_json
+
+EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
 
-def scenario(name: str, status: str, mean: float | None, updates: float | None, **extra: object) -> dict:
+def scenario(name: str, status: str, mean: float | None, updates: float | None, **extra: object) -> dict[str, Any]:
     return {"schema": "bnmatrix.scenario/1", "scenario": name, "status": status, "reason": f"{status} because",
             "tf_version": "1.15.5", "keras_version": "2.2.4-tf", "python": "3.7.16", "device": "cpu", "steps": 100,
-            "momentum": 0.99, "moving_mean": mean, "moving_variance": 1.0 if mean == 0 else 1.1584919,
-            "expected_moving_mean": 0.95095149, "expected_moving_variance": 1.15849191,
-            "effective_updates": updates, "update_ops": 0, "train_loss": 6.9, "eval_loss": 15.3, "duration_s": 3.5,
-            "error": None, "log": f"logs/x/{name}.log", "log_tail": "", **extra}
+            "momentum": 0.99, "batch_mean": 1.5, "moving_mean": mean,
+            "moving_variance": 1.0 if mean == 0 else 1.1584919, "expected_moving_mean": 0.95095149,
+            "expected_moving_variance": 1.15849191, "effective_updates": updates, "update_ops": 0,
+            "train_loss": 6.9, "eval_loss": 15.3, "duration_s": 3.5, "error": None,
+            "log": f"logs/x/{name}.log", "log_tail": "", **extra}
 
 
-def cell(cell_id: str, tf: str, device: str, status: str, scenarios: dict, reason: str | None = None) -> dict:
+def cell(cell_id: str, tf: str, device: str, status: str, scenarios: dict[str, Any], reason: str | None = None,
+         expect: dict[str, str] | None = None) -> dict[str, Any]:
     return {"schema": "bnmatrix.cell/1", "status": status, "reason": reason, "backend": "venv", "inputs_hash": "h",
-            "reused_from": None, "started": "2026-11-26T00:00:00+00:00", "duration_s": 12.0, "environment": None,
+            "reused_from": None, "started": "2026-11-26T00:00:00+00:00", "duration_s": 12.0,
+            "environment": {"kind": "venv", "venv": "/v", "python": "/p", "python_version": "3.7.16",
+                            "packages": ["tensorflow==1.15.5"]} if status == "ran" else None,
             "setup_log": None, "setup_log_tail": None, "scenarios": scenarios,
             "cell": {"id": cell_id, "tf": tf, "python": "3.7", "device": device, "variant": None,
-                     "requirements": [f"tensorflow=={tf}"], "steps": 100,
-                     "scenarios": ["keras_bn_custom_estimator", "layers_bn_session"]}}
+                     "requirements": [f"tensorflow=={tf}", "numpy<1.19"], "env": {}, "steps": 100,
+                     "scenarios": ["keras_bn_custom_estimator", "layers_bn_session"], "expect": expect or {}}}
 
 
 def sample_run(tmp_path: Path) -> Run:
     cells = [
         cell("tf-1.15.5-cpu", "1.15.5", "cpu", "ran", {
             "keras_bn_custom_estimator": scenario("keras_bn_custom_estimator", "stale", 0.0, 0.0),
-            "layers_bn_session": scenario("layers_bn_session", "wrong", 1.2990305, 200.00003)}),
+            "layers_bn_session": scenario("layers_bn_session", "wrong", 1.2990305, 200.00003)},
+             expect={"keras_bn_custom_estimator": "stale", "layers_bn_session": "updated"}),
         cell("tf-1.15.5-gpu", "1.15.5", "gpu", "not-run", {}, reason="no GPU on this host"),
         cell("tf-2.15.1-cpu", "2.15.1", "cpu", "ran", {
             "keras_bn_custom_estimator": scenario("keras_bn_custom_estimator", "unsupported", None, None),
@@ -46,57 +62,170 @@ def sample_run(tmp_path: Path) -> Run:
 
 
 def table_cells(page: str) -> list[tuple[str, str]]:
-    """(anchor, status word) of every matrix cell, in page order."""
-    found = re.findall(r'<td class="cell s-([a-z-]+)">\s*<a href="#([^"]+)"', page)
-    return [(anchor, status) for status, anchor in found]
+    """(link, status) of every matrix cell, in page order."""
+    found = re.findall(r'<td class="cell s-([a-z-]+)[^"]*"[^>]*>\s*<a href="([^"]+)"', page)
+    return [(href, status) for status, href in found]
 
 
 def test_rows_newest_first_and_every_cell_shows_its_status(tmp_path: Path) -> None:
-    page = render(sample_run(tmp_path))
-    assert table_cells(page) == [
-        ("tf-2.15.1-cpu--keras_bn_custom_estimator", "unsupported"),
-        ("tf-2.15.1-cpu--layers_bn_session", "updated"),
-        ("tf-1.15.5-cpu--keras_bn_custom_estimator", "stale"),
-        ("tf-1.15.5-cpu--layers_bn_session", "wrong"),
-        ("tf-1.15.5-gpu--keras_bn_custom_estimator", "not-run"),
-        ("tf-1.15.5-gpu--layers_bn_session", "not-run"),
+    page = render_site(sample_run(tmp_path))["index.html"]
+    assert table_cells(page) == [  # 2.15.1 has no GPU cell in this run: "not in this run" there
+        ("cells/tf-2.15.1-cpu.html#keras_bn_custom_estimator", "unsupported"),
+        ("cells/tf-2.15.1-cpu.html#layers_bn_session", "updated"),
+        ("cells/tf-1.15.5-cpu.html#keras_bn_custom_estimator", "stale"),
+        ("cells/tf-1.15.5-cpu.html#layers_bn_session", "wrong"),
+        ("cells/tf-1.15.5-gpu.html#keras_bn_custom_estimator", "not-run"),
+        ("cells/tf-1.15.5-gpu.html#layers_bn_session", "not-run"),
     ]
+    assert page.count("not in this run") == 2
+    assert '<tbody id="group-2.x"' in page and '<tbody id="group-1.x"' in page
 
 
-def test_hover_text_carries_the_numbers_behind_the_verdict(tmp_path: Path) -> None:
-    page = html.unescape(render(sample_run(tmp_path)))
+def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) -> None:
+    page = html.unescape(render_site(sample_run(tmp_path))["index.html"])
     assert ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
             "effective updates 200 / 100 steps") in page
     assert "not run: no GPU on this host" in page
-    assert 'role="tooltip" id="tip-tf-1.15.5-cpu--layers_bn_session"' in page
-    assert "stale because" in page and "wrong because" in page
+    assert 'role="tooltip" id="tip-tf-1.15.5-cpu-layers_bn_session"' in page
+    assert "layers_bn_session (cpu): wrong in 1.15.5, updated from 2.15.1 (changed between 1.15.5 and 2.15.1)" in page
+    assert "stale on 1 of 2 versions, unsupported on 1" in page
+    assert "expected updated" in page  # the unexpected verdict is marked where it stands
 
 
 def test_status_is_said_in_words_not_colour_alone(tmp_path: Path) -> None:
-    page = render(sample_run(tmp_path))
+    page = render_site(sample_run(tmp_path))["index.html"]
     for word in ("updated", "stale", "wrong", "unsupported", "not run"):
-        assert re.search(rf'<span aria-hidden="true">[^<]+</span> {word}\s*</a>', page), word
+        assert re.search(rf'<span aria-hidden="true">[^<]+</span> {word}\s*(<span|</a>)', page), word
+
+
+def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
+    previous = sample_run(tmp_path)
+    previous.cells[0]["scenarios"]["keras_bn_custom_estimator"]["status"] = "updated"
+    previous.manifest["run_id"] = "r0"
+    site = render_site(sample_run(tmp_path), previous)
+    page = re.sub(r"\s+", " ", site["index.html"])
+    assert 'data-changed="1"' in page and "was updated" in page
+    assert "Compared with the previous run <code>r0</code>: <strong>1</strong> result changed." in page
+    exported = json.loads(site["results.json"])
+    tf115 = next(c for c in exported["cells"] if c["id"] == "tf-1.15.5-cpu")
+    assert tf115["scenarios"]["keras_bn_custom_estimator"]["previous_status"] == "updated"
 
 
 def test_results_cannot_inject_markup(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
-    evil = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
-    run.cells[0]["scenarios"]["layers_bn_session"].update(reason=evil, log_tail=evil,
-                                                          error={"message": evil, "traceback": evil})
-    run.cells[1]["reason"] = evil
-    page = render(run)
-    assert "<script>" not in page and "<img" not in page
-    assert html.escape(evil, quote=True) in page or "&lt;script&gt;" in page
+    run.cells[0]["scenarios"]["layers_bn_session"].update(reason=EVIL, log_tail=EVIL,
+                                                          error={"message": EVIL, "traceback": EVIL})
+    run.cells[1]["reason"] = EVIL
+    run.cells[0]["environment"]["packages"] = [EVIL]
+    for name, text in render_site(run).items():
+        if name.endswith((".html", ".svg", ".xml")):
+            assert "<script>" not in text and "<img" not in text, name
+    junit = ET.fromstring(render_site(run)["junit.xml"])
+    assert EVIL in "".join(junit.itertext()) or any(EVIL in (e.get("message") or "") for e in junit.iter())
 
 
-def test_write_report_makes_an_offline_site(tmp_path: Path) -> None:
+def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
+    site = render_site(sample_run(tmp_path))
+    pages = {name: text for name, text in site.items() if name.endswith(".html")}
+    assert set(pages) == {"index.html", "cells/tf-1.15.5-cpu.html", "cells/tf-1.15.5-gpu.html",
+                          "cells/tf-2.15.1-cpu.html", "scenarios/keras_bn_custom_estimator.html",
+                          "scenarios/layers_bn_session.html"}
+    parser = html5lib.HTMLParser(strict=True)
+    for name, text in pages.items():
+        parser.parse(text)  # raises on any parse error
+        for url in re.findall(r'(?:src|href)="([^"]+)"', text):
+            if url.startswith("https://github.com/tensorflow/tensorflow/issues/"):
+                continue  # links to upstream issues on scenario pages: followed by a person, never loaded
+            assert not re.match(r"^([a-z]+:|/)", url), (name, url)  # works under a sub-path and from file://
+            target = url.split("#")[0]
+            if target and not target.startswith("logs/"):
+                resolved = (Path(name).parent / target).as_posix().replace("cells/../", "").replace(
+                    "scenarios/../", "")
+                assert resolved in site or resolved in ("style.css", "matrix.js"), (name, url)
+
+
+def test_cell_page_has_numbers_chart_environment_and_reproduce_command(tmp_path: Path) -> None:
+    page = render_site(sample_run(tmp_path))["cells/tf-1.15.5-cpu.html"]
+    assert '<section class="scenario" id="layers_bn_session"' in page
+    assert "<td>1.2990305</td>" in page and "<td>0.95095149</td>" in page
+    assert page.count('<svg class="chart"') == 2 and '<polyline class="expected"' in page
+    assert "venv/bin/python -m pip install tensorflow==1.15.5 &#39;numpy&lt;1.19&#39;" in page
+    assert "CUDA_VISIBLE_DEVICES= venv/bin/python scenarios/layers_bn_session.py --steps 100 --device cpu" in page
+    assert "python version" in page and "tensorflow==1.15.5" in page
+
+
+def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
+    run = sample_run(tmp_path)
+    run.cells[0]["environment"] = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
+                                   "image_id": "sha256:1", "python": "/usr/bin/python3", "python_version": "3.7.16",
+                                   "packages": []}
+    page = html.unescape(render_site(run)["cells/tf-1.15.5-cpu.html"])
+    assert ("docker run --rm --network none --read-only --tmpfs /tmp:exec --user 65534:65534 --cap-drop ALL "
+            "--security-opt no-new-privileges -e HOME=/tmp -v $PWD/scenarios:/scenarios:ro -e CUDA_VISIBLE_DEVICES= "
+            "bnmatrix-cell:1.15.5-x python3 /scenarios/layers_bn_session.py --steps 100") in page
+
+
+def test_scenario_page_has_the_highlighted_code_the_why_and_the_fix(tmp_path: Path) -> None:
+    page = render_site(sample_run(tmp_path))["scenarios/keras_bn_custom_estimator.html"]
+    assert '<div class="code">' in page and '<span class="k">def</span>' in page  # Pygments
+    assert "https://github.com/tensorflow/tensorflow/issues/16102" in page
+    assert "The fix" in page and "get_updates_for" in page
+    assert table_cells(page.replace('href="../', 'href="')) == [
+        ("cells/tf-2.15.1-cpu.html#keras_bn_custom_estimator", "unsupported"),
+        ("cells/tf-1.15.5-cpu.html#keras_bn_custom_estimator", "stale"),
+        ("cells/tf-1.15.5-gpu.html#keras_bn_custom_estimator", "not-run"),
+    ]
+
+
+def test_results_json_follows_its_published_schema(tmp_path: Path) -> None:
+    exported = json.loads(render_site(sample_run(tmp_path))["results.json"])
+    schema = json.loads(data_path("report/results.schema.json").read_text())
+    jsonschema.validate(exported, schema)
+    assert exported["schema"] == "bnmatrix.results/1"
+    tf115 = next(c for c in exported["cells"] if c["id"] == "tf-1.15.5-cpu")
+    assert tf115["scenarios"]["layers_bn_session"]["effective_updates"] == 200.00003
+    assert tf115["scenarios"]["keras_bn_custom_estimator"]["expected_status"] == "stale"
+
+
+def test_junit_fails_on_regressions_not_on_known_verdicts(tmp_path: Path) -> None:
+    suites = ET.fromstring(render_site(sample_run(tmp_path))["junit.xml"])
+    cases = {(c.get("classname"), c.get("name")): c for c in suites.iter("testcase")}
+    assert len(cases) == 6
+    outcome = {key: [child.tag for child in case] for key, case in cases.items()}
+    assert outcome[("bnmatrix.tf-1.15.5-cpu", "keras_bn_custom_estimator")] == []  # stale, as expected
+    assert outcome[("bnmatrix.tf-1.15.5-cpu", "layers_bn_session")] == ["failure"]  # expected updated
+    failure = cases[("bnmatrix.tf-1.15.5-cpu", "layers_bn_session")][0]
+    assert failure.get("message").startswith("expected updated, got wrong")
+    assert outcome[("bnmatrix.tf-2.15.1-cpu", "layers_bn_session")] == []
+    assert outcome[("bnmatrix.tf-2.15.1-cpu", "keras_bn_custom_estimator")] == ["skipped"]
+    assert outcome[("bnmatrix.tf-1.15.5-gpu", "layers_bn_session")] == ["skipped"]
+
+
+def test_badge_and_markdown_summary(tmp_path: Path) -> None:
+    site = render_site(sample_run(tmp_path))
+    badge = ET.fromstring(site["badge.svg"])
+    assert badge.get("aria-label") == "BN stats: 1 of 6 updated, 1 unexpected"
+    summary = site["summary.md"]
+    assert "| TensorFlow | Python | keras_bn_custom_estimator (cpu) |" in summary
+    assert "| 1.15.5 | 3.7 | ✘ stale (0/100) | ≠ wrong (200/100) |" in summary
+    assert "- `tf-1.15.5-cpu` layers_bn_session: expected updated, got wrong" in summary
+
+
+def test_write_report_replaces_an_old_site_but_not_other_files(tmp_path: Path) -> None:
     run = sample_run(tmp_path / "run")
-    (run.directory / "cells").mkdir(parents=True)
-    (run.directory / "manifest.json").write_text(json.dumps(run.manifest))
+    write_json(run.directory / "manifest.json", run.manifest)
     for c in run.cells:
-        (run.directory / "cells" / f"{c['cell']['id']}.json").write_text(json.dumps(c))
+        write_json(run.directory / "cells" / f"{c['cell']['id']}.json", c)
+    log = run.directory / "logs" / "tf-1.15.5-cpu" / "layers_bn_session.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("the whole log")
     index = write_report(run.directory, tmp_path / "site")
-    page = index.read_text()
-    assert (tmp_path / "site" / "style.css").exists()
-    assert not re.search(r'(src|href)="(https?:)?//', page)  # no CDN, no external request
-    assert "def train(tf, cfg, scratch)" in page  # each scenario's code is on the page
+    assert (tmp_path / "site" / "cells" / "logs" / "tf-1.15.5-cpu" / "layers_bn_session.log").read_text() == \
+        "the whole log"
+    assert write_report(run.directory, tmp_path / "site") == index  # an earlier report is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(BnMatrixError, match="is not a bnmatrix site"):
+        write_report(run.directory, mine)
+    assert (mine / "notes.txt").read_text() == "keep"
