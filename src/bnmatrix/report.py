@@ -257,7 +257,7 @@ def environment() -> jinja2.Environment:
 def _highlighted(name: str) -> str:
     path = data_path("scenarios") / f"{name}.py"
     source = path.read_text(encoding="utf-8") if path.exists() else "# (scenario script not found)\n"
-    return highlight(source, PythonLexer(), HtmlFormatter(cssclass="code", linenos="table"))
+    return highlight(source, PythonLexer(), HtmlFormatter(cssclass="highlight", linenos="table"))
 
 
 def render_site(run: Run, previous: Run | None = None) -> dict[str, str]:
@@ -276,7 +276,7 @@ def render_site(run: Run, previous: Run | None = None) -> dict[str, str]:
     files["junit.xml"] = env.get_template("junit.xml").render(**view)
     files["badge.svg"] = env.get_template("badge.svg").render(**view)
     files["summary.md"] = env.get_template("summary.md.j2").render(**view)
-    files["pygments.css"] = HtmlFormatter(cssclass="code").get_style_defs(".code")  # type: ignore[no-untyped-call]
+    files["pygments.css"] = HtmlFormatter(cssclass="highlight").get_style_defs(".highlight")  # type: ignore[no-untyped-call]
     return files
 
 

@@ -167,7 +167,7 @@ def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
 
 def test_scenario_page_has_the_highlighted_code_the_why_and_the_fix(tmp_path: Path) -> None:
     page = render_site(sample_run(tmp_path))["scenarios/keras_bn_custom_estimator.html"]
-    assert '<div class="code">' in page and '<span class="k">def</span>' in page  # Pygments
+    assert '<div class="highlight">' in page and '<span class="k">def</span>' in page  # Pygments
     assert "https://github.com/tensorflow/tensorflow/issues/16102" in page
     assert "The fix" in page and "get_updates_for" in page
     assert table_cells(page.replace('href="../', 'href="')) == [

@@ -1,0 +1,249 @@
+"""The report in a real browser (Playwright driving Debian's Chromium), on the site generated from
+a real run of the default matrix (tests/data/run: TF 1.7 to 2.21, CPU and GPU columns, all four
+scenarios). The screenshots in docs/ are made here."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bnmatrix.report import write_report
+from tests.conftest import require
+from tests.e2e.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+REAL_RUN = REPO / "tests" / "data" / "run"
+CHROMIUM = Path("/usr/bin/chromium")
+# This machine's network is closed: Chromium must not try to phone home.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+EVIL = '<script>window.pwned = 1</script>"><img src=x onerror="window.pwned = 2">'
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("site") / "public"
+    write_report(REAL_RUN, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(site: Path) -> dict[str, Any]:
+    return json.loads((site / "results.json").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    require(CHROMIUM.exists(), "Debian's Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """A page that records every request and fails on any script error or dialog."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    page.requests = []
+    page.errors = []
+    page.on("request", lambda request: page.requests.append(request.url))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on("dialog", lambda dialog: page.errors.append(f"dialog: {dialog.message}"))
+    yield page
+    assert page.errors == []
+    context.close()
+
+
+def visible_rows(page: Any) -> list[str]:
+    return page.eval_on_selector_all("#matrix tbody tr[data-tf]",
+                                     "rows => rows.filter(r => !r.hidden && r.offsetParent !== null)"
+                                     ".map(r => r.dataset.tf + (r.dataset.variant ? ' ' + r.dataset.variant : ''))")
+
+
+def test_the_real_run_has_both_major_versions_both_devices_and_all_scenarios(exported: dict[str, Any]) -> None:
+    versions = {cell["tf"] for cell in exported["cells"]}
+    assert len(versions) >= 10 and any(v.startswith("1.") for v in versions) and any(v.startswith("2.") for v in versions)
+    assert {cell["device"] for cell in exported["cells"]} == {"cpu", "gpu"}
+    assert set(exported["scenarios"]) == {"keras_bn_custom_estimator", "layers_bn_custom_estimator",
+                                          "keras_bn_model_to_estimator", "layers_bn_session"}
+
+
+def test_the_table_shows_what_the_results_say(page: Any, site: Path, exported: dict[str, Any]) -> None:
+    page.goto((site / "index.html").as_uri())
+    shown = page.eval_on_selector_all(
+        "#matrix td.cell:not(.absent)",
+        "cells => cells.map(c => [c.querySelector('a').getAttribute('href'), c.dataset.status, c.innerText])")
+    by_href = {href: (status, text) for href, status, text in shown}
+    words = {"updated": "updated", "stale": "stale", "wrong": "wrong", "unsupported": "unsupported",
+             "error": "error", "build-error": "build error", "not-run": "not run"}
+    count = 0
+    for cell in exported["cells"]:
+        for name, result in cell["scenarios"].items():
+            status, text = by_href[f"{cell['page']}#{name}"]
+            assert status == result["status"]
+            assert words[status] in text  # the word, not the colour alone
+            count += 1
+    assert count == len(shown)
+    assert all(request.startswith("file://") for request in page.requests)  # nothing from the network
+
+
+def test_filters_live_in_the_url_and_survive_a_reload(page: Any, site: Path, exported: dict[str, Any]) -> None:
+    page.goto((site / "index.html").as_uri())
+    everything = visible_rows(page)
+    page.check('input[name="status"][value="stale"]')
+    assert page.url.endswith("#status=stale")
+    stale_rows = {cell["tf"] for cell in exported["cells"]
+                  if any(s["status"] == "stale" for s in cell["scenarios"].values())}
+    assert {row.split()[0] for row in visible_rows(page)} == stale_rows
+    page.check('input[name="device"][value="cpu"]')
+    page.select_option('select[name="from"]', "1.13.2")
+    assert page.url.endswith("#status=stale&device=cpu&from=1.13.2")
+    filtered = visible_rows(page)
+    assert filtered and all(tuple(map(int, row.split()[0].split("."))) >= (1, 13, 2) for row in filtered)
+    assert page.locator('th[data-device="gpu"]').first.is_hidden()
+    page.reload()
+    assert visible_rows(page) == filtered
+    assert page.is_checked('input[name="status"][value="stale"]') and page.is_checked('input[name="device"][value="cpu"]')
+    page.click("#reset")
+    assert visible_rows(page) == everything and "#" not in page.url
+
+
+def test_version_groups_collapse(page: Any, site: Path) -> None:
+    page.goto((site / "index.html").as_uri())
+    button = page.locator('button.toggle[aria-controls="group-1.x"]')
+    button.click()
+    assert button.get_attribute("aria-expanded") == "false"
+    assert not any(row.startswith("1.") for row in visible_rows(page))
+    button.press("Enter")  # keyboard works as well as the mouse
+    assert any(row.startswith("1.") for row in visible_rows(page))
+
+
+def test_numbers_show_on_hover_and_on_keyboard_focus(page: Any, site: Path) -> None:
+    page.goto((site / "index.html").as_uri())
+    cell = page.locator("td.cell.s-wrong").first
+    tip = cell.locator(".tip")
+    assert tip.is_hidden()
+    cell.hover()
+    assert tip.is_visible() and "effective updates" in tip.inner_text()
+    page.mouse.move(0, 0)
+    stale = page.locator("td.cell.s-stale").first
+    stale.locator("a").focus()
+    assert stale.locator(".tip").is_visible()
+    assert "moving mean 0 (expected 0.950951)" in stale.locator(".tip").inner_text()
+
+
+def test_cell_and_scenario_pages_open_from_the_matrix(page: Any, site: Path) -> None:
+    page.goto((site / "index.html").as_uri())
+    page.locator("td.cell.s-stale a").first.click()
+    assert "/cells/tf-" in page.url and page.url.endswith("#keras_bn_custom_estimator")
+    assert page.locator("h1").inner_text().startswith("tf-")
+    section = page.locator("section#keras_bn_custom_estimator")
+    assert "stale" in section.locator("h2").inner_text()
+    assert section.locator("svg.chart").count() == 1
+    assert "--steps 100" in section.locator("pre.command").inner_text()
+    page.locator("section#keras_bn_custom_estimator h2 a").click()
+    assert page.url.endswith("/scenarios/keras_bn_custom_estimator.html")
+    assert page.locator("div.highlight").count() == 1 and "UPDATE_OPS" in page.locator("div.highlight").inner_text()
+    assert page.locator('a[href="https://github.com/tensorflow/tensorflow/issues/16102"]').count() == 1
+
+
+def test_a_hostile_log_and_error_render_inert(page: Any, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(REAL_RUN, run)
+    path = sorted((run / "cells").glob("tf-1.15.5-cpu.json"))[0]
+    result = json.loads(path.read_text())
+    scenario = result["scenarios"]["layers_bn_session"]
+    scenario.update(reason=EVIL, log_tail=EVIL, error={"type": "X", "message": EVIL, "traceback": EVIL})
+    path.write_text(json.dumps(result))
+    (run / "logs" / "tf-1.15.5-cpu" / "layers_bn_session.log").write_text(EVIL)
+    out = tmp_path / "site"
+    write_report(run, out)
+    for target in ("index.html", "cells/tf-1.15.5-cpu.html", "cells/logs/tf-1.15.5-cpu/layers_bn_session.log"):
+        page.goto((out / target).as_uri())
+        page.hover("body")
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("img[src=x]").count() == 0
+    page.goto((out / "cells/tf-1.15.5-cpu.html").as_uri())
+    assert EVIL in page.locator("section#layers_bn_session").inner_text()  # shown as text
+
+
+@pytest.fixture
+def served(site: Path, tmp_path: Path) -> Iterator[str]:
+    """The site under a sub-path, as GitHub Pages serves a project site: /bnmatrix/."""
+    (tmp_path / "www").mkdir()
+    shutil.copytree(site, tmp_path / "www" / "bnmatrix")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/bnmatrix/"
+    server.shutdown()
+    server.server_close()
+
+
+def test_works_under_a_sub_path(page: Any, served: str) -> None:
+    failed: list[str] = []
+    page.on("response", lambda response: failed.append(response.url) if response.status >= 400 else None)
+    page.goto(served + "index.html")
+    page.locator("td.cell.s-updated a").first.click()
+    page.locator("a", has_text="the matrix").click()
+    assert page.url.startswith(served)
+    assert failed == []
+    assert all(request.startswith(served) for request in page.requests)
+
+
+def contrast(page: Any, selector: str) -> float:
+    """The WCAG contrast ratio of an element's text against its background."""
+    return page.eval_on_selector(selector, """element => {
+        const rgb = text => text.match(/[\\d.]+/g).slice(0, 3).map(Number);
+        const lum = ([r, g, b]) => {
+            const f = c => { c /= 255; return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; };
+            return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+        };
+        let node = element, background = 'rgba(0, 0, 0, 0)';
+        while (node && (background === 'rgba(0, 0, 0, 0)' || background === 'transparent')) {
+            background = getComputedStyle(node).backgroundColor; node = node.parentElement;
+        }
+        const a = lum(rgb(getComputedStyle(element).color)), b = lum(rgb(background));
+        return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    }""")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_readable_contrast_in_light_and_dark(browser: Any, site: Path, scheme: str) -> None:
+    context = browser.new_context(color_scheme=scheme)
+    page = context.new_page()
+    page.goto((site / "index.html").as_uri())
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert (background == "rgb(255, 255, 255)") == (scheme == "light")
+    for status in ("updated", "stale", "wrong", "unsupported", "not-run"):
+        selector = f"td.cell.s-{status} a"
+        if page.locator(selector).count():
+            assert contrast(page, selector) >= 4.5, (scheme, status)
+    assert contrast(page, "main p.lead") >= 4.5
+    context.close()
+
+
+def test_screenshots_for_the_readme(browser: Any, site: Path) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.goto((site / "index.html").as_uri() + "#device=cpu")
+    docs = REPO / "docs"
+    docs.mkdir(exist_ok=True)
+    page.screenshot(path=str(docs / "report-matrix.png"))
+    page.goto((site / "cells" / "tf-1.15.5-cpu.html").as_uri() + "#keras_bn_custom_estimator")
+    page.screenshot(path=str(docs / "report-cell.png"))
+    context.close()
+    assert (docs / "report-matrix.png").stat().st_size > 10_000
