@@ -107,13 +107,13 @@ def main() -> None:
     lines = ["| matrix | cells | entries | render (s) | index.html (KiB) | site (KiB) | load in Chromium (s) "
              "| filter (s) |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        ratio = "" if row is base else " ({:.1f}x)"
-        lines.append(f"| {row['name']} | {row['cells']} | {row['entries']}{ratio.format(row['entries'] / base['entries'])} "
-                     f"| {row['render_s']:.3f}{ratio.format(row['render_s'] / base['render_s'])} "
-                     f"| {row['index_kb']:.0f}{ratio.format(row['index_kb'] / base['index_kb'])} "
-                     f"| {row['site_kb']:.0f}{ratio.format(row['site_kb'] / base['site_kb'])} "
-                     f"| {row['load_s']:.3f}{ratio.format(row['load_s'] / base['load_s'])} "
-                     f"| {row['filter_s']:.3f}{ratio.format(row['filter_s'] / base['filter_s'])} |")
+        def cell(key: str, fmt: str, row: dict[str, Any] = row) -> str:
+            ratio = "" if row is base else f" ({row[key] / base[key]:.1f}x)"
+            return format(row[key], fmt) + ratio
+
+        lines.append(f"| {row['name']} | {row['cells']} | {cell('entries', 'd')} | {cell('render_s', '.3f')} "
+                     f"| {cell('index_kb', '.0f')} | {cell('site_kb', '.0f')} | {cell('load_s', '.3f')} "
+                     f"| {cell('filter_s', '.3f')} |")
     table = "\n".join(lines)
     print(table)
     print(json.dumps(rows, indent=1))
