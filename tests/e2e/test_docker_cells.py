@@ -122,8 +122,10 @@ def test_ctrl_c_removes_the_running_container(docker_runs: dict[str, Any], docke
     matrix = probe_matrix(tmp_path, 600, ["sleeper"])
     command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker",
                "--results", str(tmp_path / "r"), *image_map_args]
+    # As from a terminal: SIGINT handled even where this test runs as a background job (which ignores it).
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "COLUMNS": "200"})
+                               env={**os.environ, "COLUMNS": "200"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not ours(docker_client) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)

@@ -239,9 +239,10 @@ def test_readable_contrast_in_light_and_dark(browser: Any, site: Path, scheme: s
 
 
 def test_screenshots_for_the_readme(browser: Any, site: Path) -> None:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 1300})
     page = context.new_page()
-    page.goto((site / "index.html").as_uri() + "#device=cpu")
+    page.goto((site / "index.html").as_uri() + "#device=cpu&to=2.16.2")
+    page.evaluate("document.getElementById('matrix-title').scrollIntoView()")
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
     page.screenshot(path=str(docs / "report-matrix.png"))
