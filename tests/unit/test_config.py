@@ -102,6 +102,12 @@ def test_good_matrix_loads_with_defaults_filled_in(tmp_path: Path) -> None:
         ("schema_version: 1", "schema_version: 1\nversion: 2", [":2:", "unknown key 'version'"]),
         # wrong schema_version
         ("schema_version: 1", "schema_version: 2", [":1:", "schema_version", "found 2"]),
+        # an expectation for a scenario the matrix does not run
+        ("versions:\n", "expect: [{cells: 'tf-*', scenario: layers_bn_sesion, status: stale}]\nversions:\n",
+         [":7:", "expect[0].scenario", "unknown scenario 'layers_bn_sesion'"]),
+        # an expectation with a status that does not exist
+        ("versions:\n", "expect: [{cells: 'tf-*', scenario: layers_bn_session, status: fine}]\nversions:\n",
+         [":7:", "expect[0].status", "'fine'"]),
         # a template with an unknown placeholder
         ("  steps: 100", "  steps: 100\n  images: {cpu: 'python:{py}-slim'}", [":4:", "settings.images.cpu",
                                                                                "only {tf} and {python}"]),

@@ -61,3 +61,33 @@ def test_inputs_hash_changes_with_the_cell_and_the_code(matrix: Matrix) -> None:
     assert a.inputs_hash(sources) == a.inputs_hash(dict(sources))
     assert a.inputs_hash(sources) != b.inputs_hash(sources)
     assert a.inputs_hash(sources) != a.inputs_hash({"x.py": "print(2)"})
+
+
+def test_the_shipped_expectations_match_the_real_run(matrix: Matrix) -> None:
+    """matrix.yaml's expect: rules say what the real run in tests/data/run found, cell by cell."""
+    from bnmatrix.results import load_run
+
+    run = load_run(REPO / "tests" / "data" / "run")
+    cells = {cell.id: cell for cell in all_cells(matrix)}
+    checked = 0
+    for result in run.cells:
+        if result["status"] != "ran":
+            continue
+        expected = cells[result["cell"]["id"]].expect
+        for name, scenario in result["scenarios"].items():
+            assert expected[name] == scenario["status"], (result["cell"]["id"], name)
+            checked += 1
+    assert checked == 37 * 4
+
+
+def test_expectations_follow_the_last_matching_rule(matrix: Matrix) -> None:
+    (old,) = plan(matrix, select=["tf-1.8.0-cpu"])
+    (new,) = plan(matrix, select=["tf-2.16.2-cpu"])
+    (legacy,) = plan(matrix, select=["tf-2.16.2-cpu-tfkeras"])
+    assert old.expect["keras_bn_custom_estimator"] == "updated"
+    assert new.expect["layers_bn_session"] == "unsupported" and legacy.expect["layers_bn_session"] == "wrong"
+    a, b = plan(matrix, select=["tf-1.15.5-cpu", "tf-2.15.1-cpu"])
+    assert a.inputs_hash({}) != b.inputs_hash({})
+    from dataclasses import replace
+
+    assert replace(a, expect={}).inputs_hash({}) == a.inputs_hash({})  # expectations never force a rerun
