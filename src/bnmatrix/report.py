@@ -245,7 +245,7 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
 
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path("report")), undefined=jinja2.StrictUndefined,
-                             autoescape=jinja2.select_autoescape(["html", "j2.html", "svg", "xml"],
+                             autoescape=jinja2.select_autoescape(["html", "svg", "xml"],
                                                                  default_for_string=True),
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _number

@@ -45,8 +45,8 @@ def test_verdicts_from_the_numbers(cell_run: tuple[Path, dict[str, Any]]) -> Non
 def test_report_of_the_real_run(cell_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     results, cell = cell_run
     page = write_report(results, tmp_path / "site").read_text()
-    statuses = dict(re.findall(r'<td class="cell s-[a-z-]+">\s*<a href="#[^"]+--([a-z_]+)"[^>]*>\s*'
-                               r'<span aria-hidden="true">[^<]+</span> ([a-z ]+?)\s*</a>', page))
+    statuses = dict(re.findall(r'<td class="cell [^"]*" data-device="cpu" data-scenario="([a-z_]+)"\s+'
+                               r'data-status="([a-z-]+)"', page))
     assert statuses == {"keras_bn_custom_estimator": "stale", "layers_bn_custom_estimator": "updated",
                         "keras_bn_model_to_estimator": "updated", "layers_bn_session": "wrong"}
     assert f"{cell['scenarios']['layers_bn_custom_estimator']['moving_mean']:.6g}" in page
