@@ -35,8 +35,12 @@ def docker_runs(docker_client: Any, image_map_args: list[str],
     mapped = dict(entry.split("=", 1) for entry in image_map_args[1::2])
     for cell_id, (_, python) in E2E_CELLS.items():
         base = mapped.get(f"python:{python}-slim", f"python:{python}-slim")
-        require(bool(docker_client.images.list(name=base)),
-                f"{base} for {cell_id} is not on this daemon: build it with docker/base/build.sh")
+        if not docker_client.images.list(name=base):
+            try:
+                docker_client.images.pull(base)  # where a registry answers
+            except Exception as exc:  # any failure means: not available here
+                require(False, f"{base} for {cell_id} is not on this daemon and cannot be pulled ({exc}): "
+                               "build it with docker/base/build.sh")
     results = tmp_path_factory.mktemp("docker-results")
     args = ["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "docker", "--jobs", "1",
             "--results", str(results), *image_map_args]

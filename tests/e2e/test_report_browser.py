@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ from tests.e2e.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 REAL_RUN = REPO / "tests" / "data" / "run"
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium by default; BNMATRIX_CHROMIUM=playwright takes the browser `playwright install` fetched
+# (as on GitHub's runners, where Chromium is a snap).
+CHROMIUM = os.environ.get("BNMATRIX_CHROMIUM", "/usr/bin/chromium")
 # This machine's network is closed: Chromium must not try to phone home.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -42,11 +45,12 @@ def exported(site: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    require(CHROMIUM.exists(), "Debian's Chromium is not installed (apt-get install chromium)")
+    bundled = CHROMIUM == "playwright"
+    require(bundled or Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=None if bundled else CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
 
