@@ -50,10 +50,6 @@ class TFVersion:
     images: dict[str, str]
     variants: dict[str, tuple[str, ...]]
 
-    @property
-    def major(self) -> int:
-        return int(self.tf.split(".")[0])
-
 
 @dataclass(frozen=True, kw_only=True)
 class ContainerSettings:
