@@ -4,6 +4,7 @@ the file, line, key, the value found and what was expected."""
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -273,6 +274,7 @@ def _check_scenarios(names: list[str], scenario_dir: Path, where: _Locator) -> N
                               f"{', '.join(available)} (scripts in {scenario_dir}).{perhaps}")
 
 
+@functools.cache
 def _wheel_pythons() -> dict[str, tuple[int, int]]:
     """TF minor -> (lowest, highest) Python minor with a wheel, from wheels.yaml."""
     ranges = yaml.safe_load((PACKAGE_DIR / "wheels.yaml").read_text(encoding="utf-8"))

@@ -4,6 +4,7 @@ clear errors."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,8 +25,6 @@ from bnmatrix.errors import BnMatrixError
 
 CELL_SCHEMA = "bnmatrix.cell/1"
 RUN_SCHEMA = "bnmatrix.run/1"
-SCENARIO_STATUSES = ("updated", "stale", "wrong", "unsupported", "error")
-CELL_STATUSES = ("ran", "not-run", "build-error", "error")
 
 
 def now() -> str:
@@ -48,6 +47,7 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+@functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
     schema = json.loads((PACKAGE_DIR / "result.schema.json").read_text(encoding="utf-8"))
     return jsonschema.Draft202012Validator(schema)
