@@ -3,33 +3,12 @@
 The report's failing pattern: Keras layers do not add their updates to the global UPDATE_OPS
 collection, so the control dependency is empty and the moving statistics never change.
 """
-import bnm_common as common
+import bnmatrix_scenario as common
 
 
 def train(tf, cfg, scratch):
-    compat = common.v1(tf)
-    estimator_module = common.estimator_api(tf)
     batch_norm = common.require(tf, "keras.layers.BatchNormalization")
-    dense = common.require(tf, "keras.layers.Dense")
-
-    def model_fn(features, labels, mode):
-        training = (mode == estimator_module.ModeKeys.TRAIN)
-        x = batch_norm()(features, training=training)
-        y = dense(1)(x)
-        predictions = {"prob": y}
-        if mode == estimator_module.ModeKeys.PREDICT:
-            return estimator_module.EstimatorSpec(mode=mode, predictions=predictions)
-        loss = tf.reduce_mean(compat.losses.mean_squared_error(labels, y))
-        if mode == estimator_module.ModeKeys.TRAIN:
-            optimizer = compat.train.AdamOptimizer(learning_rate=common.LEARNING_RATE)
-            # set batch normalization parameters to train
-            update_ops = compat.get_collection(compat.GraphKeys.UPDATE_OPS)
-            with tf.control_dependencies(update_ops):
-                train_op = optimizer.minimize(loss, global_step=compat.train.get_global_step())
-            return estimator_module.EstimatorSpec(mode=estimator_module.ModeKeys.TRAIN, loss=loss,
-                                                  train_op=train_op)
-        return estimator_module.EstimatorSpec(mode=mode, loss=loss)
-
+    estimator_module, model_fn = common.estimator_model_fn(tf, lambda: batch_norm())
     estimator = estimator_module.Estimator(model_fn=model_fn, model_dir=scratch)
     return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
 

@@ -2,7 +2,7 @@
 
 The report's second working pattern: the Keras train function includes the layer's updates.
 """
-import bnm_common as common
+import bnmatrix_scenario as common
 
 
 def train(tf, cfg, scratch):

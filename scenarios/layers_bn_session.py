@@ -1,10 +1,10 @@
 """No Estimator: tf.layers BatchNormalization, placeholders, a Session and UPDATE_OPS.
 
 The report's third pattern, kept faithful: two BN layers, a second tower built with reuse=True,
-both towers evaluated in training and inference mode. The verdict is on the first BN layer,
-whose input is the constant batch.
+both towers evaluated in training and inference mode. The first BN layer, whose input is the
+constant batch, is judged; the second is shown.
 """
-import bnm_common as common
+import bnmatrix_scenario as common
 
 
 def tower(tf, inputs, training):
@@ -15,10 +15,11 @@ def tower(tf, inputs, training):
     x = dense(units=1, name="dense1")(x)
     bn2 = batch_norm(name="bn2")
     x = bn2(x, training=training)
-    return bn1, dense(units=1, name="dense2")(x)
+    return (bn1, bn2), dense(units=1, name="dense2")(x)
 
 
-def train(tf, cfg, scratch):
+def train(tf, cfg, scratch, update_scope=None):
+    """The report's code; `update_scope` filters UPDATE_OPS by name scope (None: the whole collection)."""
     import numpy as np
     compat = common.v1(tf)
     graph = tf.Graph()
@@ -28,13 +29,13 @@ def train(tf, cfg, scratch):
         training = compat.placeholder(shape=[], dtype=tf.bool)
         with compat.variable_scope("batch_normalization_test"):
             with tf.name_scope("for_train"):
-                bn1, output1 = tower(tf, inputs, training)
+                (bn1, bn2), output1 = tower(tf, inputs, training)
         with compat.variable_scope("batch_normalization_test", reuse=True):
             with tf.name_scope("for_test"):
                 _, output2 = tower(tf, inputs, training)
         loss = tf.reduce_mean(compat.losses.mean_squared_error(labels, output1))
         optimizer = compat.train.AdamOptimizer(learning_rate=common.LEARNING_RATE)
-        update_ops = compat.get_collection(compat.GraphKeys.UPDATE_OPS)
+        update_ops = compat.get_collection(compat.GraphKeys.UPDATE_OPS, scope=update_scope)
         grads = optimizer.compute_gradients(loss)
         with tf.control_dependencies(update_ops):
             train_op = optimizer.apply_gradients(grads)
@@ -47,21 +48,19 @@ def train(tf, cfg, scratch):
         train_loss = None
         for _ in range(cfg.steps):
             train_loss, _, _, _ = sess.run((loss, train_op, output1, output2), train_feed)
-        moving_mean, moving_variance = sess.run((bn1.moving_mean, bn1.moving_variance))
+        statistics = sess.run([(bn.moving_mean, bn.moving_variance) for bn in (bn1, bn2)])
         eval_loss = sess.run(loss, {inputs: train_x, labels: train_y, training: False})
         towers = {
             "train_mode": [sess.run(out, train_feed).ravel().tolist() for out in (output1, output2)],
             "inference_mode": [sess.run(out, {inputs: train_x, training: False}).ravel().tolist()
                                for out in (output1, output2)],
         }
-    return {
-        "moving_mean": common.to_float(moving_mean),
-        "moving_variance": common.to_float(moving_variance),
-        "update_ops": len(update_ops),
-        "train_loss": float(train_loss) if train_loss is not None else None,
-        "eval_loss": float(eval_loss),
-        "details": {"towers_output1_output2": towers},
-    }
+    # bn1 sees the constant batch; bn2's input changes as dense1 trains, so it is shown, not judged.
+    return common.observations(
+        {"bn1": common.layer(statistics[0][0], statistics[0][1], common.feature_values()),
+         "bn2": common.layer(statistics[1][0], statistics[1][1])},
+        update_ops=len(update_ops), train_loss=float(train_loss) if train_loss is not None else None,
+        eval_loss=float(eval_loss), extra={"towers_output1_output2": towers})
 
 
 if __name__ == "__main__":

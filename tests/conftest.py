@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,3 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI must run this test, but: {reason}")
     pytest.skip(reason)
-
-
-@pytest.fixture
-def common():
-    """The scenarios' shared helper (verdict maths), imported as the scenarios import it."""
-    sys.path.insert(0, str(SCENARIOS))
-    try:
-        import bnm_common
-
-        yield bnm_common
-    finally:
-        sys.path.remove(str(SCENARIOS))

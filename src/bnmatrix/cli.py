@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -23,11 +22,13 @@ from bnmatrix.backends.venv import default_cache_dir
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
-from bnmatrix.results import RunStore, load_run, merge_runs, new_run_id
+from bnmatrix.results import CellResult, RunStore, load_run, merge_runs, new_run_id
 from bnmatrix.runner import run_plan
+from bnmatrix.verdict import CellStatus, Status
 
-STATUS_STYLE = {"updated": "green", "stale": "red", "wrong": "magenta", "unsupported": "yellow",
-                "error": "bold red", "not-run": "dim", "build-error": "bold red"}
+
+def _styled(status: Status) -> str:
+    return f"[{status.colour}]{status.icon} {status.word}[/]"
 
 
 def _selection_options(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,9 @@ def _selection_options(parser: argparse.ArgumentParser) -> None:
                         help="only cells whose id matches (repeatable), e.g. 'tf-1.*' or 'tf-2.15*-cpu'")
     parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
                         help="leave out cells whose id matches (repeatable)")
+    parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
+                        help="a folder of your own scenarios: every cell runs them too (repeatable; "
+                             "see docs/scenarios.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
                             help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
 
+    scenario_parser = commands.add_parser("scenario", help="work with scenarios: 'scenario new NAME'")
+    scenario_commands = scenario_parser.add_subparsers(dest="scenario_command", required=True)
+    new_parser = scenario_commands.add_parser("new", help="write a working skeleton of a scenario and its notes")
+    new_parser.add_argument("name", help="the scenario's name: lower case letters, digits and _")
+    new_parser.add_argument("--dir", type=Path, default=Path("scenarios"), metavar="DIR",
+                            help="the folder to write it into (default: ./scenarios)")
+
     merge_parser = commands.add_parser("merge", help="merge result directories (e.g. CI shards) into one run")
     merge_parser.add_argument("inputs", nargs="+", type=Path, metavar="DIR",
                               help="run directories, results roots or folders holding them")
@@ -83,12 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_matrix(path: Path | None) -> Matrix:
-    return Matrix.from_file(path or default_matrix_path())
+def _load_matrix(path: Path | None, scenario_dirs: Sequence[Path] = ()) -> Matrix:
+    matrix = Matrix.from_file(path or default_matrix_path())
+    return matrix.with_scenario_dirs(scenario_dirs) if scenario_dirs else matrix
 
 
 def command_plan(args: argparse.Namespace, console: Console) -> int:
-    matrix = _load_matrix(args.matrix)
+    matrix = _load_matrix(args.matrix, args.scenarios)
     cells = plan(matrix, args.select, args.skip)
     if args.format == "json":
         print(json.dumps([cell.describe() for cell in cells], indent=1))
@@ -108,7 +120,7 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
 
 
 def command_run(args: argparse.Namespace, console: Console) -> int:
-    matrix = _load_matrix(args.matrix)
+    matrix = _load_matrix(args.matrix, args.scenarios)
     if args.jobs < 1:
         raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
     cells = plan(matrix, args.select, args.skip, args.scenario, parse_image_map(args.image_map))
@@ -125,6 +137,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                                                        "scenario": args.scenario, "force": args.force},
         "cells": [cell.id for cell in cells],
     })
+    store.save_scenarios([matrix.catalog[name] for name in cells[0].scenarios])
     console.print(f"run {store.run_id}: {len(cells)} cells -> {store.directory}")
     started = time.monotonic()
     columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
@@ -135,7 +148,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
             running: dict[str, tuple[TaskID, float]] = {}  # cell id -> its progress task, start time
             lock = threading.Lock()
 
-            def report_progress(index: int, count: int, cell: Cell, step: str, result: dict[str, Any] | None) -> None:
+            def report_progress(index: int, count: int, cell: Cell, step: str, result: CellResult | None) -> None:
                 with lock:
                     if cell.id not in running:
                         task = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
@@ -151,8 +164,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                                            f"{time.monotonic() - cell_started:.0f} s: {_verdict_line(result)}",
                                            highlight=False)
 
-            results = run_plan(cells, backend, store, matrix.scenario_dir, matrix.timeout_s, args.force,
-                               report_progress, jobs=args.jobs)
+            results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
+                               args.force, report_progress, jobs=args.jobs)
     except KeyboardInterrupt:
         store.finish("interrupted")
         console.print(f"[bold red]interrupted[/]: finished cells are kept in {store.directory}; "
@@ -161,41 +174,60 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     finally:
         backend.close()
     store.finish("complete")
-    console.print(_verdict_table(results, matrix.scenarios))
-    failed = [r for r in results if r["status"] != "ran"]
+    console.print(_verdict_table(results, cells[0].scenarios))
+    failed = [r for r in results if r.status is not CellStatus.RAN]
     console.print(f"{len(results) - len(failed)}/{len(results)} cells ran in {time.monotonic() - started:.0f} s; "
                   f"results in {store.directory}")
     for result in failed:
-        console.print(f"  [bold]{result['cell']['id']}[/]: {result['status']}: {escape(str(result['reason']))}")
-    if any(r["status"] == "not-run" and r["cell"]["device"] == "gpu" for r in failed):
+        console.print(f"  [bold]{result.id}[/]: {result.status.value}: {escape(str(result.reason))}")
+    if any(r.status is CellStatus.NOT_RUN and r.cell["device"] == "gpu" for r in failed):
         console.print("  (GPU cells need a GPU host; --skip '*-gpu*' leaves them out)")
     return EXIT_CELL_FAILED if failed else EXIT_OK
 
 
-def _verdict_line(result: dict[str, Any]) -> str:
-    if result["status"] != "ran":
-        return f"{result['status']}: {escape(str(result['reason']))}"
-    return ", ".join(f"{name} [{STATUS_STYLE[s['status']]}]{s['status']}[/]" for name, s in result["scenarios"].items())
+def _verdict_line(result: CellResult) -> str:
+    if result.status is not CellStatus.RAN:
+        return f"{result.status.value}: {escape(str(result.reason))}"
+    return ", ".join(f"{name} {_styled(s.status)}" for name, s in result.scenarios.items())
 
 
-def _verdict_table(results: list[dict[str, Any]], scenarios: Sequence[str]) -> Table:
-    table = Table(title="verdicts")
-    table.add_column("cell")
-    for name in scenarios:
-        table.add_column(name)
-    for result in results:
-        row = [result["cell"]["id"]]
+def _verdict_text(result: CellResult, name: str) -> str:
+    scenario = result.scenarios.get(name)
+    if scenario is None:
+        return _styled(result.entry_status(name))
+    updates = scenario.effective_updates
+    numbers = f" ({updates:.1f}/{scenario.steps})" if updates is not None and scenario.moving_mean is not None else ""
+    return f"{_styled(scenario.status)}{numbers}"
+
+
+def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> Table:
+    """A few cells: a row per scenario, with words and effective updates; many: a row per cell, icons."""
+    if len(results) <= 6:
+        table = Table(title="verdicts (effective updates of the mean / steps)")
+        table.add_column("scenario")
+        for result in results:
+            table.add_column(result.id)
         for name in scenarios:
-            scenario = result["scenarios"].get(name)
-            if scenario is None:
-                status = result["status"] if result["status"] != "ran" else "-"
-                row.append(f"[{STATUS_STYLE.get(status, '')}]{status}[/]" if status != "-" else "-")
-                continue
-            updates = scenario.get("effective_updates")
-            numbers = f" ({updates:.1f}/{scenario['steps']})" if updates is not None else ""
-            row.append(f"[{STATUS_STYLE[scenario['status']]}]{scenario['status']}[/]{numbers}")
-        table.add_row(*row)
+            table.add_row(name, *[_verdict_text(result, name) for result in results])
+        return table
+    table = Table(title="verdicts", caption=" ".join(f"{i}={name}" for i, name in enumerate(scenarios, 1)))
+    table.add_column("cell")
+    for index in range(1, len(scenarios) + 1):
+        table.add_column(str(index), justify="center")
+    for result in results:
+        table.add_row(result.id, *[f"[{result.entry_status(name).colour}]{result.entry_status(name).icon}[/]"
+                                   for name in scenarios])
     return table
+
+
+def command_scenario(args: argparse.Namespace, console: Console) -> int:
+    from bnmatrix.config import new_scenario
+
+    script = new_scenario(args.name, args.dir)
+    console.print(f"wrote {script} and {script.with_suffix('.yaml')}; try it with: "
+                  f"bnmatrix run --scenarios {args.dir} --scenario {args.name} --select 'tf-2.15.1-cpu'",
+                  highlight=False, soft_wrap=True)
+    return EXIT_OK
 
 
 def command_merge(args: argparse.Namespace, console: Console) -> int:
@@ -220,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed the usage error (exit 2) or help (exit 0)
         return int(exc.code or 0)
-    handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report}
+    handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report,
+                "scenario": command_scenario}
     try:
         return handlers[args.command](args, console)
     except BnMatrixError as exc:

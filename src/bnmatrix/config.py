@@ -3,11 +3,14 @@ the file, line, key, the value found and what was expected."""
 
 from __future__ import annotations
 
+import ast
 import difflib
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,101 @@ def data_path(name: str) -> Path:
 def default_matrix_path() -> Path:
     local = Path("matrix.yaml")
     return local if local.exists() else data_path("matrix.yaml")
+
+
+HELPER_MODULE = "bnmatrix_scenario"
+SCENARIO_NAME = re.compile(r"[a-z][a-z0-9_]*")
+NOTE_KEYS = {"pattern": str, "why": str, "fix": str, "fix_code": str, "links": list}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    """A scenario script found in a scenario folder, with the notes beside it (<name>.yaml)."""
+
+    name: str
+    script: Path
+    root: Path  # the scenario folder it came from (its subfolders and helper modules travel with it)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def scenario_files(directory: Path) -> Iterator[Path]:
+    """Every file a scenario folder ships to a cell: scripts, helper modules, notes, data (no caches)."""
+    for path in directory.rglob("*"):
+        parts = path.relative_to(directory).parts
+        if path.is_file() and not path.is_symlink() and not any(p.startswith(".") or p == "__pycache__"
+                                                                  for p in parts):
+            yield path
+
+
+def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
+    """The scenarios of one folder: each top-level `<name>.py` but helpers (a leading `_`, or the
+    bnmatrix helper), checked to be a scenario of that name; `origin` says where the folder was named."""
+    if not directory.is_dir():
+        raise BnMatrixError(f"{origin}: {directory}: not a directory; expected a folder of scenario scripts")
+    found = {}
+    for script in sorted(directory.glob("*.py")):
+        name = script.stem
+        if name.startswith("_") or name == HELPER_MODULE:
+            continue
+        if not SCENARIO_NAME.fullmatch(name):
+            raise BnMatrixError(f"{script}: scenario name {name!r} is not a plain identifier; expected lower case "
+                                "letters, digits and underscores, starting with a letter (rename the file), or a "
+                                "leading '_' for a helper module")
+        _check_scenario_script(script, name)
+        found[name] = Scenario(name=name, script=script.resolve(), root=directory.resolve(),
+                               notes=load_scenario_notes(script.with_suffix(".yaml")))
+    return found
+
+
+def _check_scenario_script(script: Path, name: str) -> None:
+    """A scenario calls the helper's main() with its own name under `if __name__ == "__main__":`."""
+    try:
+        tree = ast.parse(script.read_text(encoding="utf-8"), str(script))
+    except SyntaxError as exc:
+        raise BnMatrixError(f"{script}:{exc.lineno}: not a scenario: Python syntax error: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BnMatrixError(f"{script}: cannot read the scenario: {exc}") from None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "main"
+                and node.args and isinstance(node.args[0], ast.Constant)):
+            if node.args[0].value == name:
+                return
+            raise BnMatrixError(f"{script}:{node.lineno}: main({node.args[0].value!r}, ...) names another "
+                                f"scenario; expected main({name!r}, train) in {script.name}")
+    raise BnMatrixError(f"{script}: not a scenario: found no main({name!r}, train) call; expected a script "
+                        f"that ends with `{HELPER_MODULE}.main({name!r}, train)` (see docs/scenarios.md), or a "
+                        "helper module named with a leading '_' or kept in a subfolder")
+
+
+def load_scenario_notes(path: Path) -> dict[str, Any]:
+    """The notes beside a scenario (pattern, why, links, fix, fix_code), checked; none if absent."""
+    if not path.exists():
+        return {}
+    raw, lines = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    where = _Locator(path, lines)
+    if not isinstance(raw, dict):
+        raise where.error((), f"found {_describe(raw)}, expected a mapping with keys {', '.join(NOTE_KEYS)}")
+    for key, value in raw.items():
+        if key not in NOTE_KEYS:
+            hint = difflib.get_close_matches(str(key), list(NOTE_KEYS), n=1)
+            perhaps = f" Perhaps you meant '{hint[0]}'?" if hint else ""
+            raise where.error((key,), f"unknown key '{key}'; expected one of {', '.join(NOTE_KEYS)}.{perhaps}")
+        if not isinstance(value, NOTE_KEYS[key]):
+            raise where.error((key,), f"found {_describe(value)}, expected a {NOTE_KEYS[key].__name__}")
+    for index, link in enumerate(raw.get("links", [])):
+        if not (isinstance(link, dict) and isinstance(link.get("title"), str) and isinstance(link.get("url"), str)
+                and re.match(r"https?://", link["url"])):
+            raise where.error(("links", index), f"found {_describe(link)}, expected {{title: ..., url: https://...}}")
+    return raw
+
+
+def merge_scenarios(catalog: dict[str, Scenario], more: dict[str, Scenario]) -> dict[str, Scenario]:
+    """`catalog` with `more` added; one name in two folders is an error naming both files."""
+    for name, scenario in more.items():
+        if name in catalog and catalog[name].script != scenario.script:
+            raise BnMatrixError(f"two scenarios named {name!r}: {catalog[name].script} and {scenario.script}; "
+                                "expected each scenario name once (rename one)")
+    return {**catalog, **more}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,8 +168,9 @@ class ContainerSettings:
 class Matrix:
     path: Path
     digest: str
-    scenarios: tuple[str, ...]
-    scenario_dir: Path
+    scenarios: tuple[str, ...]  # what every cell runs
+    catalog: dict[str, Scenario]  # every scenario found, by name
+    scenario_dirs: tuple[Path, ...]  # the built-in folder first, then scenario_paths and --scenarios
     timeout_s: float
     index_url: str
     container: ContainerSettings
@@ -98,14 +197,23 @@ class Matrix:
             raise BnMatrixError(f"{path}: the matrix file is empty; expected a mapping with 'versions'")
         _check_schema(raw, where)
         settings = raw.get("settings", {})
-        scenario_dir = path.parent / settings["scenario_dir"] if "scenario_dir" in settings else data_path("scenarios")
+        scenario_dirs = [data_path("scenarios").resolve()]
+        catalog = discover_scenarios(scenario_dirs[0], "the built-in scenarios")
+        for index, entry in enumerate(raw.get("scenario_paths", [])):
+            directory = (path.parent / entry).resolve()
+            if not directory.is_dir():
+                raise where.error(("scenario_paths", index), f"found {entry!r} ({directory}), expected a folder "
+                                  "of scenario scripts (relative to the matrix file)")
+            if directory not in scenario_dirs:
+                scenario_dirs.append(directory)
+                catalog = merge_scenarios(catalog, discover_scenarios(directory, f"{where(('scenario_paths', index))}"))
         variants = {
             name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})))
             for name, spec in raw.get("variants", {}).items()
         }
-        _check_scenarios(raw["scenarios"], scenario_dir, where)
+        _check_scenarios(raw["scenarios"], catalog, where)
         for index, rule in enumerate(raw.get("expect", [])):
-            if rule["scenario"] not in raw["scenarios"]:
+            if rule["scenario"] not in catalog:
                 raise where.error(("expect", index, "scenario"), f"unknown scenario '{rule['scenario']}'; expected "
                                   f"one of {', '.join(raw['scenarios'])}")
         first_index: dict[str, int] = {}
@@ -119,7 +227,8 @@ class Matrix:
             path=path,
             digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
             scenarios=tuple(raw["scenarios"]),
-            scenario_dir=scenario_dir,
+            catalog=catalog,
+            scenario_dirs=tuple(scenario_dirs),
             timeout_s=float(settings.get("scenario_timeout_s", 900)),
             index_url=settings.get("index_url", "https://pypi.org/simple"),
             container=ContainerSettings(**settings.get("container", {})),
@@ -129,6 +238,19 @@ class Matrix:
             versions=versions,
             expect=tuple((r["cells"], r["scenario"], r["status"]) for r in raw.get("expect", [])),
         )
+
+
+    def with_scenario_dirs(self, directories: Sequence[Path]) -> Matrix:
+        """This matrix with the scenarios of more folders (--scenarios DIR), each added to what cells run."""
+        catalog, dirs, names = self.catalog, list(self.scenario_dirs), list(self.scenarios)
+        for directory in directories:
+            resolved = directory.resolve()
+            found = discover_scenarios(resolved, f"--scenarios {directory}")
+            if resolved not in dirs:
+                dirs.append(resolved)
+                catalog = merge_scenarios(catalog, found)
+            names += [name for name in found if name not in names]
+        return replace(self, catalog=catalog, scenario_dirs=tuple(dirs), scenarios=tuple(names))
 
 
 class _Locator:
@@ -261,17 +383,14 @@ def parse_image_map(entries: list[str]) -> dict[str, str]:
     return mapping
 
 
-def _check_scenarios(names: list[str], scenario_dir: Path, where: _Locator) -> None:
-    if not scenario_dir.is_dir():
-        raise where.error(("settings", "scenario_dir"), f"found {str(scenario_dir)!r}, expected a directory "
-                          "of scenario scripts")
-    available = sorted(p.stem for p in scenario_dir.glob("*.py") if not p.stem.startswith("bnm_"))
+def _check_scenarios(names: list[str], catalog: dict[str, Scenario], where: _Locator) -> None:
     for index, name in enumerate(names):
-        if name not in available:
-            hint = difflib.get_close_matches(name, available, n=1)
+        if name not in catalog:
+            hint = difflib.get_close_matches(name, list(catalog), n=1)
             perhaps = f" Perhaps you meant '{hint[0]}'?" if hint else ""
             raise where.error(("scenarios", index), f"unknown scenario '{name}'; expected one of "
-                              f"{', '.join(available)} (scripts in {scenario_dir}).{perhaps}")
+                              f"{', '.join(sorted(catalog))} (scripts in the built-in folder and scenario_paths)."
+                              f"{perhaps}")
 
 
 @functools.cache
@@ -342,3 +461,64 @@ def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variant
         variants={name: _check_requirements(pins, keys + ("variants", name), where)
                   for name, pins in spec.get("variants", {}).items()},
     )
+
+
+SKELETON = '''"""{name}: describe the pattern in one line (what builds the BN layer, what trains it).
+
+A bnmatrix scenario: it observes, bnmatrix judges. See docs/scenarios.md for the contract.
+Keep to Python 3.6 syntax and to the standard library, NumPy and TensorFlow.
+"""
+import bnmatrix_scenario as bns
+
+
+def train(tf, cfg, scratch):
+    """Build the pattern, train cfg.steps steps on the constant batch, return what you observed."""
+    import numpy as np
+    keras = tf.keras
+    bn = keras.layers.BatchNormalization()  # momentum 0.99, as bns.MOMENTUM says
+    inputs = keras.Input(shape=(1,))
+    model = keras.Model(inputs=inputs, outputs=keras.layers.Dense(1)(bn(inputs)))
+    model.compile(optimizer=keras.optimizers.Adam(bns.LEARNING_RATE), loss="mse")
+    x = np.array(bns.FEATURES, dtype=np.float32)
+    y = np.array(bns.LABELS, dtype=np.float32)
+    history = model.fit(x, y, batch_size=len(x), epochs=cfg.steps, shuffle=False, verbose=0)
+    return bns.observations(
+        # The layer's statistics after training, and the batch it normalised: bnmatrix judges these.
+        {{"bn": bns.layer(bns.read_variable(tf, bn.moving_mean), bns.read_variable(tf, bn.moving_variance),
+                         bns.feature_values())}},
+        train_loss=float(history.history["loss"][-1]),
+        extra={{"note": "any other numbers you want on the cell page"}})
+
+
+if __name__ == "__main__":
+    bns.main("{name}", train)
+'''
+
+SKELETON_NOTES = '''# Notes shown on the scenario's page of the report (all optional).
+pattern: >-
+  What the code does, in a sentence or two.
+why: >-
+  Why the statistics update (or not) with this pattern, with the upstream issues below.
+links:
+  - {{title: "tensorflow/tensorflow#16102", url: "https://github.com/tensorflow/tensorflow/issues/16102"}}
+fix: >-
+  What to change where the statistics do not update.
+'''
+
+
+def new_scenario(name: str, directory: Path) -> Path:
+    """Write a working scenario skeleton `<directory>/<name>.py` and its notes; returns the script."""
+    if not SCENARIO_NAME.fullmatch(name) or name == HELPER_MODULE:
+        raise BnMatrixError(f"scenario new {name!r}: expected a plain identifier (lower case letters, digits and "
+                            f"underscores, starting with a letter), e.g. my_keras_fit")
+    script, notes = directory / f"{name}.py", directory / f"{name}.yaml"
+    for path in (script, notes):
+        if path.exists():
+            raise BnMatrixError(f"{path}: exists already; expected a new scenario name (nothing was written)")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        script.write_text(SKELETON.format(name=name), encoding="utf-8")
+        notes.write_text(SKELETON_NOTES.format(), encoding="utf-8")
+    except OSError as exc:
+        raise BnMatrixError(f"--dir {directory}: cannot write the scenario: {exc.strerror}") from None
+    return script

@@ -15,27 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 from packaging.version import Version
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from bnmatrix.config import data_path
+from bnmatrix.config import data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.results import Run, load_run, runs_under
+from bnmatrix.results import CellResult, Run, ScenarioResult, load_run, runs_under
+from bnmatrix.verdict import Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
-STATES = {
-    "updated": ("✔", "updated", "the moving statistics match the closed form for every training step"),
-    "stale": ("✘", "stale", "the moving statistics never left their initial values (0, 1)"),
-    "wrong": ("≠", "wrong", "the statistics changed, but not as one update per step would (partial, double, ...)"),
-    "unsupported": ("∅", "unsupported", "an API the pattern needs is absent in this TensorFlow"),
-    "error": ("‼", "error", "the scenario failed; see its traceback"),
-    "build-error": ("⚠", "build error", "the cell's environment could not be built; see the setup log"),
-    "not-run": ("–", "not run", "this host cannot serve the cell (no such Python, no GPU)"),
-}
+STATES = {s.value: (s.icon, s.word, s.meaning) for s in Status}
 CHANGED = ("Δ", "changed", "the verdict differs from the previous published run")
 
 
@@ -43,14 +35,18 @@ CHANGED = ("Δ", "changed", "the verdict differs from the previous published run
 class Entry:
     """One cell x scenario: what the matrix shows and what its permalink holds."""
 
-    cell: dict[str, Any]
+    cell: CellResult
     scenario: str
     status: str
-    result: dict[str, Any] | None
+    result: ScenarioResult | None
     summary: str
     href: str
     previous: str | None = None  # the status in the previous run, where it differs
     expected: str | None = None  # the status matrix.yaml expects, if any
+
+    @property
+    def state(self) -> Status:
+        return Status(self.status)
 
     @property
     def unexpected(self) -> bool:
@@ -78,43 +74,60 @@ def _number(value: Any, digits: int = 6) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
-def _summary(result: dict[str, Any] | None, cell: dict[str, Any]) -> str:
+def _summary(result: ScenarioResult | None, cell: CellResult) -> str:
     if result is None:
-        return f"{STATES[cell['status']][1]}: {cell['reason']}"
-    if result["moving_mean"] is None:
-        return f"{result['status']}: {result['reason']}"
-    updates = result["effective_updates"]
-    return (f"moving mean {_number(result['moving_mean'])} (expected {_number(result['expected_moving_mean'])}), "
-            f"moving variance {_number(result['moving_variance'])} (expected "
-            f"{_number(result['expected_moving_variance'])}); effective updates "
-            f"{_number(updates, 5) if updates is not None else 'n/a'} / {result['steps']} steps")
+        return f"{cell.entry_status('').word}: {cell.reason}"
+    if result.moving_mean is None:
+        return f"{result.status.value}: {result.reason}"
+    updates, variance_updates = result.effective_updates, result.effective_updates_variance
+    correction = f", follows the {result.variance_correction} batch variance" if result.variance_correction else ""
+    forward = (f"; training-mode forward pass used the {result.forward_statistics} statistics"
+               if result.forward_statistics else "")
+    return (f"moving mean {_number(result.moving_mean)} (expected {_number(result.expected_moving_mean)}), "
+            f"moving variance {_number(result.moving_variance)} (expected "
+            f"{_number(result.expected_moving_variance)}{correction}); effective updates "
+            f"{_number(updates, 5) if updates is not None else 'n/a'} (mean), "
+            f"{_number(variance_updates, 5) if variance_updates is not None else 'n/a'} (variance) / "
+            f"{result.steps} steps{forward}")
 
 
 def _statuses(run: Run) -> dict[tuple[str, str], str]:
     """(cell id, scenario) -> status of every entry of a run."""
-    return {(c["cell"]["id"], name): (c["scenarios"][name]["status"] if name in c["scenarios"] else c["status"])
-            for c in run.cells for name in c["cell"]["scenarios"]}
+    return {(c.id, name): c.entry_status(name).value for c in run.cells for name in c.cell["scenarios"]}
 
 
-def _scenario_notes() -> dict[str, dict[str, Any]]:
-    notes: dict[str, dict[str, Any]] = yaml.safe_load(data_path("report/scenarios.yaml").read_text(encoding="utf-8"))
-    return notes
+def scenario_page_sources(run: Run) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each scenario's code and notes as the run kept them (older runs: the built-in scenarios)."""
+    found = {}
+    names = {name for cell in run.cells for name in cell.cell["scenarios"]}
+    for name in names:
+        kept = run.directory / "scenarios" / name
+        if (kept / "scenario.py").is_file():
+            notes = json.loads((kept / "notes.json").read_text(encoding="utf-8")) if (kept / "notes.json").is_file() \
+                else {}
+            found[name] = ((kept / "scenario.py").read_text(encoding="utf-8"), notes)
+            continue
+        builtin = data_path("scenarios") / f"{name}.py"
+        code = builtin.read_text(encoding="utf-8") if builtin.exists() else "# (scenario script not kept)\n"
+        found[name] = (code, load_scenario_notes(builtin.with_suffix(".yaml")))
+    return found
 
 
 def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
     """What the pages show: rows newest TF first, columns device x scenario; changes since `previous`."""
+    sources = scenario_page_sources(run)
     before = _statuses(previous) if previous else {}
     scenarios: list[str] = []
     devices: list[str] = []
     rows: dict[tuple[str, str | None], Row] = {}
     for cell_result in run.cells:
-        cell = cell_result["cell"]
+        cell = cell_result.cell
         scenarios += [name for name in cell["scenarios"] if name not in scenarios]
         devices += [cell["device"]] if cell["device"] not in devices else []
         row = rows.setdefault((cell["tf"], cell["variant"]), Row(cell["tf"], cell["variant"], cell["python"]))
         for name in cell["scenarios"]:
-            result = cell_result["scenarios"].get(name)
-            status = result["status"] if result else cell_result["status"]
+            result = cell_result.scenarios.get(name)
+            status = cell_result.entry_status(name).value
             earlier = before.get((cell["id"], name))
             row.entries[(cell["device"], name)] = Entry(
                 cell=cell_result, scenario=name, status=status, result=result,
@@ -135,10 +148,11 @@ def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
     return {
         "run": run.manifest, "groups": groups, "rows": ordered, "devices": devices, "scenarios": scenarios,
         "columns": columns, "summaries": summaries, "states": STATES, "changed_state": CHANGED, "counts": counts,
-        "cells": sorted(run.cells, key=lambda c: c["cell"]["id"]),
+        "cells": sorted(run.cells, key=lambda c: c.id),
         "previous_run": previous.manifest["run_id"] if previous else None,
         "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
-        "versions": sorted({r.tf for r in ordered}, key=Version), "notes": _scenario_notes(),
+        "versions": sorted({r.tf for r in ordered}, key=Version),
+        "notes": {name: notes for name, (_, notes) in sources.items()},
     }
 
 
@@ -166,12 +180,13 @@ def _column_summary(entries: list[Entry]) -> str:
     return f"{parts[0]} of {len(entries)} versions" + "".join(f", {p}" for p in parts[1:]) if parts else ""
 
 
-def curve_points(result: dict[str, Any], width: int = 320, height: int = 160) -> dict[str, Any]:
+def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) -> dict[str, Any]:
     """Coordinates for the SVG chart of the expected moving mean against the observed one."""
-    steps: int = result["steps"]
-    momentum: float = result.get("momentum") or 0.99
-    mu: float = result.get("batch_mean") or 1.5
-    top = max(mu, result["moving_mean"] or 0.0) * 1.05
+    steps = result.steps
+    momentum = result.momentum or 0.99
+    mu = result.batch_mean if result.batch_mean is not None else 1.5
+    observed = result.moving_mean or 0.0
+    top = max(mu, observed, 1e-9) * 1.05
     pad = 30
 
     def x(k: float) -> float:
@@ -182,23 +197,22 @@ def curve_points(result: dict[str, Any], width: int = 320, height: int = 160) ->
 
     samples = [steps * i / 50 for i in range(51)]
     curve = " ".join(f"{x(k):.1f},{y(mu * (1 - momentum ** k)):.1f}" for k in samples)
-    observed = result["moving_mean"]
     return {"width": width, "height": height, "pad": pad, "curve": curve, "x_end": x(steps),
-            "y_expected": y(result["expected_moving_mean"]), "y_observed": y(observed), "y_mu": y(mu),
+            "y_expected": y(result.expected_moving_mean or 0.0), "y_observed": y(observed), "y_mu": y(mu),
             "y_zero": y(0.0), "mu": mu, "steps": steps}
 
 
-def reproduce_command(cell_result: dict[str, Any], scenario: str) -> str:
+def reproduce_command(cell_result: CellResult, scenario: str) -> str:
     """A copy-paste command that runs the scenario as the cell did (from a bnmatrix checkout)."""
-    cell = cell_result["cell"]
-    environment = cell_result.get("environment") or {}
+    cell = cell_result.cell
+    environment = cell_result.environment or {}
     args = ["--steps", str(cell["steps"]), "--device", cell["device"], "--tf-version", cell["tf"]]
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(cell.get("env", {}).items()))
     cpu_only = "CUDA_VISIBLE_DEVICES= " if cell["device"] == "cpu" else ""
     if environment.get("kind") == "docker":
         flags = ["--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp:exec", "--user", "65534:65534",
                  "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", "HOME=/tmp",
-                 "-v", "$PWD/scenarios:/scenarios:ro"]
+                 "-e", "PYTHONPATH=/scenarios", "-v", "$PWD/scenarios:/scenarios:ro"]
         flags += ["--gpus", "all"] if cell["device"] == "gpu" else ["-e", "CUDA_VISIBLE_DEVICES="]
         flags += [item for k, v in sorted(cell.get("env", {}).items()) for item in ("-e", f"{k}={v}")]
         quoted = " ".join(f if f.startswith("$PWD") else shlex.quote(f) for f in flags)
@@ -207,34 +221,37 @@ def reproduce_command(cell_result: dict[str, Any], scenario: str) -> str:
     requirements = " ".join(shlex.quote(r) for r in cell["requirements"])
     return (f"python{cell['python']} -m venv venv && venv/bin/python -m pip install --upgrade pip && "
             f"venv/bin/python -m pip install {requirements}\n"
-            f"{cpu_only}{env + ' ' if env else ''}venv/bin/python scenarios/{scenario}.py {' '.join(args)}\n"
+            f"{cpu_only}PYTHONPATH=scenarios {env + ' ' if env else ''}venv/bin/python scenarios/{scenario}.py "
+            f"{' '.join(args)}\n"
             f"# or: bnmatrix run --backend venv --select {cell['id']} --scenario {scenario}")
 
 
 def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
     """results.json: the stable, versioned contract for other tools (see report/results.schema.json)."""
-    entries = {(e.cell["cell"]["id"], e.scenario): e for row in view["rows"] for e in row.entries.values()}
+    entries = {(e.cell.id, e.scenario): e for row in view["rows"] for e in row.entries.values()}
     cells = []
     for cell_result in view["cells"]:
-        cell = cell_result["cell"]
+        cell = cell_result.cell
         scenarios = {}
         for name in cell["scenarios"]:
             entry = entries[(cell["id"], name)]
-            result = entry.result or {}
+            result = entry.result.to_dict() if entry.result else {}
             scenarios[name] = {
-                "status": entry.status, "reason": result.get("reason", cell_result["reason"]),
+                "status": entry.status, "reason": result.get("reason", cell_result.reason),
                 "expected_status": entry.expected, "previous_status": entry.previous,
                 **{key: result.get(key) for key in ("moving_mean", "moving_variance", "expected_moving_mean",
-                                                    "expected_moving_variance", "effective_updates", "update_ops",
+                                                    "expected_moving_variance", "effective_updates",
+                                                    "effective_updates_variance", "variance_correction",
+                                                    "forward_statistics", "update_ops",
                                                     "train_loss", "eval_loss", "tf_version", "keras_version",
                                                     "python", "devices_seen", "duration_s")},
                 "steps": cell["steps"],
             }
-        environment = cell_result.get("environment") or {}
+        environment = cell_result.environment or {}
         cells.append({
             "id": cell["id"], "tf": cell["tf"], "python": cell["python"], "device": cell["device"],
-            "variant": cell["variant"], "status": cell_result["status"], "reason": cell_result["reason"],
-            "backend": cell_result["backend"], "image": environment.get("image"),
+            "variant": cell["variant"], "status": cell_result.status.value, "reason": cell_result.reason,
+            "backend": cell_result.backend, "image": environment.get("image"),
             "image_id": environment.get("image_id"), "page": f"cells/{cell['id']}.html", "scenarios": scenarios,
         })
     manifest = run.manifest
@@ -254,9 +271,7 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _highlighted(name: str) -> str:
-    path = data_path("scenarios") / f"{name}.py"
-    source = path.read_text(encoding="utf-8") if path.exists() else "# (scenario script not found)\n"
+def _highlighted(source: str) -> str:
     return highlight(source, PythonLexer(), HtmlFormatter(cssclass="highlight", linenos="table"))
 
 
@@ -266,11 +281,12 @@ def render_site(run: Run, previous: Run | None = None) -> dict[str, str]:
     env = environment()
     files = {"index.html": env.get_template("index.html").render(**view, root="")}
     for cell_result in view["cells"]:
-        cell_id = cell_result["cell"]["id"]
+        cell_id = cell_result.id
         files[f"cells/{cell_id}.html"] = env.get_template("cell.html").render(**view, root="../", result=cell_result)
+    sources = scenario_page_sources(run)
     for name in view["scenarios"]:
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
-            **view, root="../", name=name, code=_highlighted(name))
+            **view, root="../", name=name, code=_highlighted(sources[name][0]))
     export = export_results(run, view)
     files["results.json"] = json.dumps(export, indent=1, sort_keys=True) + "\n"
     files["junit.xml"] = env.get_template("junit.xml").render(**view)
@@ -306,9 +322,9 @@ def write_report(results: Path, out: Path, previous: Path | None = None) -> Path
     for asset in ("style.css", "matrix.js"):
         shutil.copyfile(data_path("report") / asset, staging / asset)
     for cell_result in run.cells:  # the full logs, next to the cell's page
-        logs = run.directory / "logs" / cell_result["cell"]["id"]
+        logs = run.directory / "logs" / cell_result.id
         if logs.is_dir():
-            shutil.copytree(logs, staging / "cells" / "logs" / cell_result["cell"]["id"])
+            shutil.copytree(logs, staging / "cells" / "logs" / cell_result.id)
     if out.exists():
         shutil.rmtree(out)
     staging.rename(out)

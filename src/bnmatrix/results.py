@@ -13,15 +13,16 @@ import secrets
 import shutil
 import socket
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from bnmatrix.config import PACKAGE_DIR
+from bnmatrix.config import PACKAGE_DIR, Scenario
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.verdict import CellStatus, Status
 
 CELL_SCHEMA = "bnmatrix.cell/1"
 RUN_SCHEMA = "bnmatrix.run/1"
@@ -62,11 +63,102 @@ def check_cell_result(data: Any, origin: str) -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
+@dataclass(kw_only=True)
+class ScenarioResult:
+    """One scenario of one cell as the host judged it: the verdict and the numbers behind it."""
+
+    scenario: str
+    status: Status
+    reason: str | None
+    device: str
+    steps: int
+    momentum: float | None = None
+    tf_version: str | None = None
+    keras_version: str | None = None
+    python: str | None = None
+    devices_seen: list[str] | None = None
+    build_info: dict[str, str] = field(default_factory=dict)
+    # The judged layer's numbers (the first layer with data); every layer's are in `layers`.
+    judged_layer: str | None = None
+    moving_mean: float | None = None
+    moving_variance: float | None = None
+    expected_moving_mean: float | None = None
+    expected_moving_variance: float | None = None
+    effective_updates: float | None = None
+    effective_updates_variance: float | None = None
+    variance_correction: str | None = None
+    forward_statistics: str | None = None
+    batch_mean: float | None = None
+    batch_variance: float | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    update_ops: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: dict[str, Any] | None = None
+    duration_s: float | None = None
+    log: str | None = None
+    log_tail: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
+        """From a stored result (schema-checked); fields of older results that no longer exist are dropped."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "details" in data and "extra" not in data:  # bnmatrix.scenario/1 results called it details
+            values["extra"] = data["details"] or {}
+        return cls(**{**values, "status": Status(data["status"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status.value}
+
+
+@dataclass(kw_only=True)
+class CellResult:
+    """One cell of one run: how it went, its environment, and each scenario's result."""
+
+    cell: dict[str, Any]  # the cell's definition (plan.Cell.describe())
+    status: CellStatus
+    reason: str | None
+    backend: str
+    inputs_hash: str
+    started: str
+    duration_s: float = 0.0
+    reused_from: str | None = None
+    run_id: str | None = None
+    environment: dict[str, Any] | None = None
+    setup_log: str | None = None
+    setup_log_tail: str | None = None
+    scenarios: dict[str, ScenarioResult] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return str(self.cell["id"])
+
+    def entry_status(self, scenario: str) -> Status:
+        """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
+        if scenario in self.scenarios:
+            return self.scenarios[scenario].status
+        return {CellStatus.NOT_RUN: Status.NOT_RUN, CellStatus.BUILD_ERROR: Status.BUILD_ERROR}.get(
+            self.status, Status.ERROR)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(**{**values, "status": CellStatus(data["status"]),
+                      "scenarios": {k: ScenarioResult.from_dict(v) for k, v in data["scenarios"].items()}})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": CELL_SCHEMA, **{f.name: getattr(self, f.name) for f in fields(self)},
+                "status": self.status.value, "scenarios": {k: v.to_dict() for k, v in self.scenarios.items()}}
+
+
 @dataclass(frozen=True)
 class Run:
     directory: Path
     manifest: dict[str, Any]
-    cells: list[dict[str, Any]]
+    cells: list[CellResult]
 
 
 def resolve_run_dir(path: Path) -> Path:
@@ -86,8 +178,13 @@ def load_run(path: Path) -> Run:
     found = manifest.get("schema") if isinstance(manifest, dict) else manifest
     if found != RUN_SCHEMA:
         raise BnMatrixError(f"{manifest_path}: schema: found {found!r}, expected {RUN_SCHEMA!r}")
-    cells = [check_cell_result(_read_json(p), str(p)) for p in sorted((directory / "cells").glob("*.json"))]
+    cells = [read_cell(p) for p in sorted((directory / "cells").glob("*.json"))]
     return Run(directory, manifest, cells)
+
+
+def read_cell(path: Path) -> CellResult:
+    """A stored cell result; BnMatrixError naming the file and the field when it is damaged."""
+    return CellResult.from_dict(check_cell_result(_read_json(path), str(path)))
 
 
 def _read_json(path: Path) -> Any:
@@ -140,6 +237,14 @@ class RunStore:
         temporary.symlink_to(self.run_id)
         os.replace(temporary, link)
 
+    def save_scenarios(self, scenarios: list[Scenario]) -> None:
+        """The code and notes of the run's scenarios, so that its report shows exactly what ran."""
+        for scenario in scenarios:
+            target = self.directory / "scenarios" / scenario.name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(scenario.script, target / "scenario.py")
+            write_json(target / "notes.json", scenario.notes)
+
     def log_path(self, cell_id: str, name: str) -> Path:
         path = self.directory / "logs" / cell_id / f"{name}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +253,7 @@ class RunStore:
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.directory))
 
-    def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> dict[str, Any] | None:
+    def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
         """The previous run's result for this cell if it ran with the same inputs and backend (logs copied)."""
         if self.previous is None:
             return None
@@ -156,21 +261,22 @@ class RunStore:
         if not path.is_file():
             return None
         try:
-            result = check_cell_result(_read_json(path), str(path))
+            result = read_cell(path)
         except BnMatrixError:
             return None  # a damaged old result is redone, not fatal
-        if result.get("status") != "ran" or result.get("inputs_hash") != inputs_hash or result["backend"] != backend:
+        if result.status is not CellStatus.RAN or result.inputs_hash != inputs_hash or result.backend != backend:
             return None
         logs = self.previous / "logs" / cell_id
         if logs.is_dir():
             shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True)
-        result["reused_from"] = result.get("reused_from") or self.previous.name
+        result.reused_from = result.reused_from or self.previous.name
         return result
 
-    def write_cell(self, result: dict[str, Any]) -> None:
-        result.setdefault("run_id", self.run_id)  # the run that produced it (a reused one keeps its own)
-        check_cell_result(result, f"cell {result.get('cell', {}).get('id')}")
-        write_json(self.directory / "cells" / f"{result['cell']['id']}.json", result)
+    def write_cell(self, result: CellResult) -> None:
+        result.run_id = result.run_id or self.run_id  # the run that produced it (a reused one keeps its own)
+        data = result.to_dict()
+        check_cell_result(data, f"cell {result.id}")
+        write_json(self.directory / "cells" / f"{result.id}.json", data)
 
     def finish(self, status: str) -> None:
         self.manifest.update(status=status, finished=now())
@@ -243,6 +349,9 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         write_json(staging / "cells" / f"{key}.json", result)
         if (directory / "logs" / key).is_dir():
             shutil.copytree(directory / "logs" / key, staging / "logs" / key)
+    for directory in runs:  # the scenarios' code and notes; a later run's copy wins
+        if (directory / "scenarios").is_dir():
+            shutil.copytree(directory / "scenarios", staging / "scenarios", dirs_exist_ok=True)
     write_json(staging / "manifest.json", merged)
     if out.exists():
         shutil.rmtree(out)

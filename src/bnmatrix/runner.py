@@ -1,11 +1,15 @@
-"""Runs the planned cells on a backend, one after another, and stores each outcome as a value.
+"""Runs the planned cells on a backend and stores each outcome as a value.
 
-A cell that cannot run, fails to build or breaks is recorded and the matrix goes on; only
-KeyboardInterrupt stops it, and then every finished cell is already on disk.
+A cell that cannot run, fails to build or breaks is recorded and the matrix goes on; a scenario
+whose result is missing, malformed, non-finite, too long or from the wrong TensorFlow is an
+`error` with the reason; only KeyboardInterrupt stops the run, and then every finished cell is
+already on disk.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import threading
 import time
@@ -15,94 +19,167 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
-from bnmatrix.backends import Backend, CellNotRun, CellSetupError, ScenarioRun
-from bnmatrix.plan import Cell
-from bnmatrix.results import RunStore, now
+import jsonschema
 
-RESULT_MARKER = "BNMATRIX_RESULT "
-TAIL_LINES = 40
+from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
+from bnmatrix.config import PACKAGE_DIR, Scenario, scenario_files
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import Cell
+from bnmatrix.results import CellResult, RunStore, ScenarioResult, now
+from bnmatrix.verdict import BatchData, CellStatus, Status, judge
+
+SCENARIO_SCHEMA = "bnmatrix.scenario/2"
 
 # (cell index, cell count, cell, step text, the cell's result once it is done).
-ProgressCallback = Callable[[int, int, Cell, str, dict[str, Any] | None], None]
+ProgressCallback = Callable[[int, int, Cell, str, CellResult | None], None]
 
 
-def tail(text: str, lines: int = TAIL_LINES) -> str:
+def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def scenario_sources(scenario_dir: Path) -> dict[str, str]:
-    """Every script of the scenario directory (the scenarios and their helper) by file name."""
-    return {p.name: p.read_text(encoding="utf-8") for p in sorted(scenario_dir.glob("*.py"))}
+def scenario_sources(directories: tuple[Path, ...]) -> dict[str, str]:
+    """A digest of every Python file of every scenario folder: what a cell's outcome depends on besides its
+    definition (editing a scenario's notes does not redo cells)."""
+    return {f"{index}/{path.relative_to(directory)}": hashlib.sha256(path.read_bytes()).hexdigest()
+            for index, directory in enumerate(directories) for path in sorted(scenario_files(directory))
+            if path.suffix == ".py"}
 
 
-def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) -> dict[str, Any]:
-    """The scenario's own JSON result, or an `error` result saying why there is none."""
-    for line in reversed(run.stdout.splitlines()):
-        if line.startswith(RESULT_MARKER):
-            try:
-                result: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
-            except json.JSONDecodeError as exc:
-                reason = f"unreadable result line: {exc}"
-                break
-            return result
-    else:
-        if run.timed_out:
+@functools.cache
+def _scenario_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((PACKAGE_DIR / "scenario.schema.json").read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+class ResultRefused(Exception):
+    """The scenario's result line cannot be taken; the message says why."""
+
+
+def _reject_constant(name: str) -> None:
+    raise ResultRefused(f"non-finite number {name} in the result line; expected finite numbers or null")
+
+
+def read_observation(line: bytes, name: str, cell: Cell) -> dict[str, Any]:
+    """The observations of a result line, checked: JSON, finite, the schema, this scenario, this cell's TF."""
+    try:
+        data = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ResultRefused(f"the result line is not UTF-8 ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise ResultRefused(f"the result line is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    error = jsonschema.exceptions.best_match(_scenario_validator().iter_errors(data))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ResultRefused(f"the result does not match {SCENARIO_SCHEMA}: {where}: {error.message[:300]}")
+    if data["scenario"] != name:
+        raise ResultRefused(f"the result is for scenario {data['scenario']!r}; expected {name!r}")
+    if data["tf_version"] is not None and data["tf_version"] != cell.tf:
+        raise ResultRefused(f"imported TF {data['tf_version']} but the cell installed {cell.tf}")
+    if data["outcome"] == "observed" and cell.device == "gpu" and "GPU" not in (data.get("devices_seen") or []):
+        raise ResultRefused(f"GPU cell, but TF sees only {data.get('devices_seen')}")
+    return data  # type: ignore[no-any-return]
+
+
+def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) -> ScenarioResult:
+    """The host's verdict on a scenario's result line, or an `error` saying why there is none."""
+    base: dict[str, Any] = {"scenario": name, "device": cell.device, "steps": cell.steps,
+                            "duration_s": run.duration_s}
+    if run.result_line is None:
+        if run.result_too_long:
+            reason = f"result line longer than {MAX_RESULT_BYTES} bytes; refused unread"
+        elif run.timed_out:
             reason = f"timeout: killed after {timeout_s:g} s"
         else:
             reason = f"no result: the scenario process exited with code {run.returncode}"
-    return {
-        "schema": "bnmatrix.scenario/1", "scenario": name, "status": "error", "reason": reason,
-        "tf_version": None, "keras_version": None, "python": None, "device": cell.device, "steps": cell.steps,
-        "moving_mean": None, "moving_variance": None, "expected_moving_mean": None,
-        "expected_moving_variance": None, "effective_updates": None, "update_ops": None, "train_loss": None,
-        "eval_loss": None, "duration_s": run.duration_s,
-        "error": {"type": "timeout" if run.timed_out else "crash", "message": reason, "traceback": tail(run.stderr)},
-    }
-
-
-def run_cell(cell: Cell, backend: Backend, store: RunStore, scenario_dir: Path, timeout_s: float,
-             inputs_hash: str, step: Callable[[str], None]) -> dict[str, Any]:
-    started, clock = now(), time.monotonic()
-    result: dict[str, Any] = {
-        "schema": "bnmatrix.cell/1", "cell": cell.describe(), "status": "ran", "reason": None,
-        "backend": backend.name, "inputs_hash": inputs_hash, "reused_from": None, "started": started,
-        "environment": None, "setup_log": None, "setup_log_tail": None, "scenarios": {},
-    }
-    setup_log = store.log_path(cell.id, "setup")
-    result["setup_log"] = store.relative(setup_log)
+        kind = "timeout" if run.timed_out else "refused" if run.result_too_long else "crash"
+        return ScenarioResult(**base, status=Status.ERROR, reason=reason,
+                              error={"type": kind, "message": reason, "traceback": run.stderr_tail})
     try:
-        with backend.open(cell, setup_log, step) as session:
-            result["environment"] = session.environment
-            for index, name in enumerate(cell.scenarios, 1):
-                step(f"scenario {index}/{len(cell.scenarios)}: {name}")
-                args = ["--steps", str(cell.steps), "--device", cell.device, "--tf-version", cell.tf]
-                run = session.run(scenario_dir / f"{name}.py", args, timeout_s)
-                log = store.log_path(cell.id, name)
-                log.write_text(f"{run.stdout}\n--- stderr ---\n{run.stderr}", encoding="utf-8")
-                scenario = parse_scenario(name, cell, run, timeout_s)
-                scenario.update(log=store.relative(log), log_tail=tail(run.stderr, 15))
-                result["scenarios"][name] = scenario
-    except CellNotRun as exc:
-        result.update(status="not-run", reason=str(exc))
-    except CellSetupError as exc:
-        result.update(status="build-error", reason=str(exc), setup_log_tail=tail(exc.log))
-    except Exception as exc:  # a bnmatrix bug must not stop the other cells
-        result.update(status="error", reason=f"{type(exc).__name__}: {exc}",
-                      setup_log_tail=tail(traceback.format_exc()))
-    result["duration_s"] = round(time.monotonic() - clock, 3)
+        data = read_observation(run.result_line, name, cell)
+    except ResultRefused as exc:
+        return ScenarioResult(**base, status=Status.ERROR, reason=f"result refused: {exc}",
+                              error={"type": "refused", "message": str(exc), "traceback": run.stderr_tail})
+    observed: dict[str, Any] = {key: data.get(key) for key in ("tf_version", "keras_version", "python", "devices_seen",
+                                                "update_ops", "train_loss", "eval_loss")}
+    base.update(steps=data["steps"], duration_s=data.get("duration_s", run.duration_s))
+    result = ScenarioResult(**base, status=Status.ERROR, reason=None, **observed, momentum=data["momentum"],
+                            build_info=data.get("build_info") or {}, layers=data["layers"],
+                            extra=data.get("extra") or {})
+    if data["steps"] != cell.steps:
+        result.reason = f"result refused: the scenario trained {data['steps']} steps; the cell asked for {cell.steps}"
+        return result
+    if data["outcome"] == "unsupported":
+        unsupported = data["unsupported"]
+        result.status, result.reason = Status.UNSUPPORTED, f"{unsupported['api']}: {unsupported['message']}"
+        result.error = {"type": "Unsupported", **data["unsupported"]}
+        return result
+    if data["outcome"] == "error":
+        lines = [line.strip() for line in data["error"]["message"].splitlines() if line.strip()]
+        last = lines[-1] if lines else ""  # TF's multi-line errors end with the one that says what broke
+        result.reason = last if last.startswith(data["error"]["type"]) else f"{data['error']['type']}: {last[:500]}"
+        result.error = data["error"]
+        return result
+    status, reason, verdicts = judge(data)
+    result.status, result.reason = status, reason
+    for layer_name, verdict in verdicts.items():
+        result.layers[layer_name] = {**result.layers[layer_name], "verdict": verdict.to_dict()}
+    if verdicts:
+        layer_name, verdict = next(iter(verdicts.items()))
+        layer = data["layers"][layer_name]
+        batch = BatchData.from_observation(layer["data"])
+        result.judged_layer = layer_name
+        result.moving_mean, result.moving_variance = layer["moving_mean"], layer["moving_variance"]
+        result.expected_moving_mean = verdict.expected_moving_mean
+        result.expected_moving_variance = verdict.expected_moving_variance
+        result.effective_updates = verdict.effective_updates
+        result.effective_updates_variance = verdict.effective_updates_variance
+        result.variance_correction = verdict.variance_correction
+        result.forward_statistics = verdict.forward_statistics
+        result.batch_mean, result.batch_variance = batch.mean, batch.variance_biased
     return result
 
 
-def run_plan(cells: list[Cell], backend: Backend, store: RunStore, scenario_dir: Path, timeout_s: float,
-             force: bool, progress: ProgressCallback, jobs: int = 1) -> list[dict[str, Any]]:
+def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: RunStore, timeout_s: float,
+             inputs_hash: str, step: Callable[[str], None]) -> CellResult:
+    clock = time.monotonic()
+    result = CellResult(cell=cell.describe(), status=CellStatus.RAN, reason=None, backend=backend.name,
+                        inputs_hash=inputs_hash, started=now())
+    setup_log = store.log_path(cell.id, "setup")
+    result.setup_log = store.relative(setup_log)
+    try:
+        with backend.open(cell, setup_log, step) as session:
+            result.environment = session.environment
+            for index, name in enumerate(cell.scenarios, 1):
+                step(f"scenario {index}/{len(cell.scenarios)}: {name}")
+                args = ["--steps", str(cell.steps), "--device", cell.device, "--tf-version", cell.tf]
+                log = store.log_path(cell.id, name)
+                run = session.run(catalog[name], args, timeout_s, log)
+                scenario = parse_scenario(name, cell, run, timeout_s)
+                scenario.log, scenario.log_tail = store.relative(log), tail(run.stderr_tail, 15)
+                result.scenarios[name] = scenario
+    except CellNotRun as exc:
+        result.status, result.reason = CellStatus.NOT_RUN, str(exc)
+    except CellSetupError as exc:
+        result.status, result.reason, result.setup_log_tail = CellStatus.BUILD_ERROR, str(exc), tail(exc.log)
+    except Exception as exc:  # a bnmatrix bug must not stop the other cells
+        result.status, result.reason = CellStatus.ERROR, f"{type(exc).__name__}: {exc}"
+        result.setup_log_tail = tail(traceback.format_exc())
+    result.duration_s = round(time.monotonic() - clock, 3)
+    return result
+
+
+def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, store: RunStore,
+             scenario_dirs: tuple[Path, ...], timeout_s: float, force: bool, progress: ProgressCallback,
+             jobs: int = 1) -> list[CellResult]:
     """Run every cell, `jobs` at a time (reusing unchanged ones unless `force`), storing each as it finishes.
 
     On KeyboardInterrupt the backend stops what still runs, and nothing half-done is stored.
     """
-    sources = scenario_sources(scenario_dir)
+    sources = scenario_sources(scenario_dirs)
     stopping = threading.Event()
 
-    def one(index: int, cell: Cell) -> dict[str, Any]:
+    def one(index: int, cell: Cell) -> CellResult:
         if stopping.is_set():
             raise KeyboardInterrupt
         inputs_hash = cell.inputs_hash(sources)
@@ -110,15 +187,21 @@ def run_plan(cells: list[Cell], backend: Backend, store: RunStore, scenario_dir:
         if result is None:
             progress(index, len(cells), cell, "starting", None)
             try:
-                result = run_cell(cell, backend, store, scenario_dir, timeout_s, inputs_hash,
+                result = run_cell(cell, catalog, backend, store, timeout_s, inputs_hash,
                                   lambda text: progress(index, len(cells), cell, text, None))
             except BaseException:
                 stopping.set()
                 raise
         if stopping.is_set():
             raise KeyboardInterrupt
-        store.write_cell(result)
-        progress(index, len(cells), cell, "reused" if result.get("reused_from") else "done", result)
+        try:
+            store.write_cell(result)
+        except BnMatrixError as exc:  # a bnmatrix bug must cost one cell, not the run
+            result = CellResult(cell=cell.describe(), status=CellStatus.ERROR, reason=f"result not stored: {exc}",
+                                backend=backend.name, inputs_hash=result.inputs_hash, started=result.started,
+                                duration_s=result.duration_s)
+            store.write_cell(result)
+        progress(index, len(cells), cell, "reused" if result.reused_from else "done", result)
         return result
 
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-cell")

@@ -1,4 +1,4 @@
-"""What the end-to-end tests share: the verdicts the numbers must give, and a Docker daemon."""
+"""What the end-to-end tests share: the verdicts the numbers must give, real runs, a Docker daemon."""
 
 from __future__ import annotations
 
@@ -7,39 +7,116 @@ from typing import Any
 
 import pytest
 
+from bnmatrix.results import CellResult, ScenarioResult
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 100
-MU, MOMENTUM, SIGMA2 = 1.5, 0.99, 1.25
+MU, MOMENTUM, SIGMA2, SIGMA2_UNBIASED = 1.5, 0.99, 1.25, 5 / 3
 E2E_CELLS = {"tf-1.15.5-cpu": ("1.15.5", "3.7"), "tf-2.15.1-cpu": ("2.15.1", "3.11")}
+# Keras 3 (TF 2.16+): the scenarios whose answer changes with it.
+KERAS3_CELL = ("tf-2.16.2-cpu", "2.16.2", "3.12")
+KERAS3_SCENARIOS = ["keras3_bn_fit", "keras_fit", "keras_fit_4d_variance", "keras_fit_4d_variance_unfused",
+                    "keras_bn_trainable_false"]
+
+# What each scenario must show, per TF: (status, variance followed, forward statistics) where it matters.
+UPDATED, UNBIASED = ("updated", "biased", None), ("updated", "unbiased", None)
+EXPECTED: dict[str, dict[str, tuple[str, str | None, str | None]]] = {
+    "1.15.5": {
+        "keras_bn_custom_estimator": ("stale", None, None), "layers_bn_custom_estimator": UPDATED,
+        "keras_bn_model_to_estimator": UPDATED, "layers_bn_session": ("wrong", "biased", None),
+        "keras_bn_custom_estimator_fixed": UPDATED, "layers_bn_session_train_tower": UPDATED,
+        "compat_v1_keras_bn_custom_estimator": ("stale", None, None),
+        "keras_bn_model_to_estimator_tf_optimizer": UPDATED, "keras_fit": UPDATED, "keras_gradient_tape": UPDATED,
+        "keras_tf_function": ("error", None, None),  # TF 1.15: "Tensor.consumers is meaningless" under eager
+        "keras_bn_trainable_false": ("stale", None, "batch"),
+        "keras_fit_4d_variance": UNBIASED, "keras_fit_4d_variance_unfused": UPDATED,
+        "layers_bn_4d_variance": UNBIASED, "layers_bn_4d_variance_unfused": UPDATED,
+        "keras_bn_sync_mirrored": ("unsupported", None, None), "keras3_bn_fit": ("unsupported", None, None),
+    },
+    "2.15.1": {
+        "keras_bn_custom_estimator": ("stale", None, None), "layers_bn_custom_estimator": UPDATED,
+        "keras_bn_model_to_estimator": UPDATED, "layers_bn_session": ("wrong", "biased", None),
+        "keras_bn_custom_estimator_fixed": UPDATED, "layers_bn_session_train_tower": UPDATED,
+        "compat_v1_keras_bn_custom_estimator": ("stale", None, None),
+        "keras_bn_model_to_estimator_tf_optimizer": UPDATED, "keras_fit": UPDATED, "keras_gradient_tape": UPDATED,
+        "keras_tf_function": UPDATED, "keras_bn_trainable_false": ("stale", None, "moving"),
+        "keras_fit_4d_variance": UNBIASED, "keras_fit_4d_variance_unfused": UPDATED,
+        "layers_bn_4d_variance": UNBIASED, "layers_bn_4d_variance_unfused": UPDATED,
+        "keras_bn_sync_mirrored": UPDATED,  # follows the global batch of 8, not the replicas' average
+        "keras3_bn_fit": ("unsupported", None, None),
+    },
+    "2.16.2": {  # Keras 3: no fused kernel, no fused= argument
+        "keras3_bn_fit": UPDATED, "keras_fit": UPDATED, "keras_fit_4d_variance": UPDATED,
+        "keras_fit_4d_variance_unfused": ("unsupported", None, None),
+        "keras_bn_trainable_false": ("stale", None, "moving"),
+    },
+}
 
 
-def check_verdicts(cell: dict[str, Any]) -> None:
-    """The four scenarios' verdicts, from their numbers, for TF 1.15.5 and 2.15.1 on the CPU."""
-    assert cell["status"] == "ran", cell["reason"]
-    tf, python = E2E_CELLS[cell["cell"]["id"]]
-    scenarios = cell["scenarios"]
-    assert set(scenarios) == {"keras_bn_custom_estimator", "layers_bn_custom_estimator",
-                              "keras_bn_model_to_estimator", "layers_bn_session"}
-    for s in scenarios.values():
-        assert s["tf_version"] == tf and s["python"].startswith(python + ".")
-        assert "CPU" in s["devices_seen"] and "GPU" not in s["devices_seen"]
-        assert s["steps"] == STEPS
-        assert s["expected_moving_mean"] == pytest.approx(MU * (1 - MOMENTUM**STEPS))
-    stale = scenarios["keras_bn_custom_estimator"]
-    assert stale["status"] == "stale", stale["reason"]
-    assert (stale["moving_mean"], stale["moving_variance"], stale["update_ops"]) == (0.0, 1.0, 0)
-    for name in ("layers_bn_custom_estimator", "keras_bn_model_to_estimator"):
-        s = scenarios[name]
-        assert s["status"] == "updated", s["reason"]
-        assert s["moving_mean"] == pytest.approx(MU * (1 - MOMENTUM**STEPS), rel=1e-5)
-        assert s["moving_variance"] == pytest.approx(SIGMA2 + (1 - SIGMA2) * MOMENTUM**STEPS, rel=1e-5)
-        assert s["effective_updates"] == pytest.approx(STEPS, abs=0.01)
-    # The report's second tower (reuse=True) adds its own update ops: 8, and two updates per step.
-    session = scenarios["layers_bn_session"]
-    assert session["update_ops"] == 8 and session["status"] == "wrong"
-    assert session["effective_updates"] == pytest.approx(2 * STEPS, abs=0.5)
+def check_scenario(tf: str, s: ScenarioResult) -> None:
+    """One scenario's verdict, checked against the closed form from its own numbers."""
+    status, correction, forward = EXPECTED[tf][s.scenario]
+    assert (s.status.value, s.variance_correction, s.forward_statistics) == (status, correction, forward), \
+        (s.scenario, s.reason)
+    if status in ("unsupported", "error"):
+        assert s.reason and s.error is not None, s.scenario
+        return
+    assert s.tf_version == tf and s.steps == STEPS and s.momentum == MOMENTUM
+    if s.scenario == "keras_bn_sync_mirrored":
+        mu, sigma2 = 3.5, 5.25  # the global batch 0..7
+        assert s.extra["replicas"] == 2 and s.extra["moving_mean_per_replica"][0] == pytest.approx(
+            s.extra["moving_mean_per_replica"][1], rel=1e-5)
+    else:
+        mu, sigma2 = MU, SIGMA2_UNBIASED if correction == "unbiased" else SIGMA2
+    if status == "stale":
+        assert (s.moving_mean, s.moving_variance, s.effective_updates) == (0.0, 1.0, 0.0)
+    elif status == "updated":
+        assert s.moving_mean == pytest.approx(mu * (1 - MOMENTUM**STEPS), rel=1e-5)
+        assert s.moving_variance == pytest.approx(sigma2 + (1 - sigma2) * MOMENTUM**STEPS, rel=1e-5)
+        assert s.effective_updates == pytest.approx(STEPS, abs=0.01)
+        assert s.effective_updates_variance == pytest.approx(STEPS, abs=0.01)
+    if s.scenario == "layers_bn_session":  # the report's second tower adds its own update ops
+        assert s.update_ops == 8 and s.effective_updates == pytest.approx(2 * STEPS, abs=0.5)
+        assert set(s.layers) == {"bn1", "bn2"} and "verdict" not in s.layers["bn2"]
+    if s.scenario == "layers_bn_session_train_tower":
+        assert s.update_ops == 4
+    if s.scenario in ("keras_bn_custom_estimator", "compat_v1_keras_bn_custom_estimator"):
+        assert s.update_ops == 0
+
+
+def check_verdicts(cell: CellResult) -> None:
+    """Every scenario the cell ran, from its numbers."""
+    assert cell.status.value == "ran", cell.reason
+    tf, python = cell.cell["tf"], cell.cell["python"]
+    assert set(cell.scenarios) <= set(EXPECTED[tf]) and cell.scenarios
+    for s in cell.scenarios.values():
+        assert s.python is not None and s.python.startswith(python + "."), s.scenario
+        check_scenario(tf, s)
+
+
+def run_cell(cell_id: str, python: str, results: Path, *options: str) -> CellResult:
+    """One cell with the venv backend, as a user runs it."""
+    from bnmatrix.backends.venv import find_interpreter
+    from bnmatrix.cli import main
+    from bnmatrix.results import load_run
+
+    interpreter, looked = find_interpreter(python)
+    require(interpreter is not None, f"no Python {python} for {cell_id} (looked in {', '.join(looked)})")
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell_id,
+                 "--results", str(results), *options]) == 0
+    (cell,) = load_run(results).cells
+    return cell
+
+
+@pytest.fixture(scope="session")
+def venv_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, CellResult]]:
+    """Both e2e cells with every scenario, through the venv backend: (results root, cell)."""
+    runs = {}
+    for cell_id, (_, python) in sorted(E2E_CELLS.items()):
+        results = tmp_path_factory.mktemp("results")
+        runs[cell_id] = (results, run_cell(cell_id, python, results))
+    return runs
 
 
 @pytest.fixture(scope="session")

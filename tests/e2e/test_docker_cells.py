@@ -17,12 +17,16 @@ import pytest
 
 from bnmatrix.backends.docker import LABEL
 from bnmatrix.cli import main
-from bnmatrix.results import load_run
+from bnmatrix.results import CellResult, load_run
 from tests.conftest import require
 from tests.e2e.conftest import E2E_CELLS, REPO, check_verdicts
+from tests.e2e.test_venv_cells import user_scenarios
 
 pytestmark = pytest.mark.e2e
 TEST_SCENARIOS = Path(__file__).parent / "scenarios"
+# The original four and the two whose numbers depend most on the kernels (fused variance, tf.function).
+DOCKER_SCENARIOS = ["keras_bn_custom_estimator", "layers_bn_custom_estimator", "keras_bn_model_to_estimator",
+                    "layers_bn_session", "keras_fit_4d_variance", "keras_tf_function"]
 
 
 def ours(client: Any) -> list[Any]:
@@ -31,7 +35,7 @@ def ours(client: Any) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def docker_runs(docker_client: Any, image_map_args: list[str],
-                tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+                tmp_path_factory: pytest.TempPathFactory) -> dict[str, CellResult]:
     mapped = dict(entry.split("=", 1) for entry in image_map_args[1::2])
     for cell_id, (_, python) in E2E_CELLS.items():
         base = mapped.get(f"python:{python}-slim", f"python:{python}-slim")
@@ -43,19 +47,20 @@ def docker_runs(docker_client: Any, image_map_args: list[str],
                                "build it with docker/base/build.sh")
     results = tmp_path_factory.mktemp("docker-results")
     args = ["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "docker", "--jobs", "1",
-            "--results", str(results), *image_map_args]
+            "--results", str(results), *image_map_args, *[x for name in DOCKER_SCENARIOS for x in ("--scenario", name)]]
     for cell_id in E2E_CELLS:
         args += ["--select", cell_id]
     assert main(args) == 0
     assert ours(docker_client) == []  # after success
-    return {cell["cell"]["id"]: cell for cell in load_run(results).cells}
+    return {cell.id: cell for cell in load_run(results).cells}
 
 
 @pytest.mark.parametrize("cell_id", sorted(E2E_CELLS))
-def test_container_verdicts_from_the_numbers(docker_runs: dict[str, dict[str, Any]], cell_id: str) -> None:
+def test_container_verdicts_from_the_numbers(docker_runs: dict[str, CellResult], cell_id: str) -> None:
     cell = docker_runs[cell_id]
+    assert sorted(cell.scenarios) == sorted(DOCKER_SCENARIOS)
     check_verdicts(cell)
-    environment = cell["environment"]
+    environment = cell.environment or {}
     assert environment["kind"] == "docker"
     assert environment["cell_image"].startswith("bnmatrix-cell:" + cell_id.removeprefix("tf-"))
     assert environment["image_id"].startswith("sha256:")
@@ -63,20 +68,31 @@ def test_container_verdicts_from_the_numbers(docker_runs: dict[str, dict[str, An
 
 
 @pytest.mark.parametrize("cell_id", sorted(E2E_CELLS))
-def test_venv_and_docker_agree(docker_runs: dict[str, dict[str, Any]], cell_id: str, tmp_path: Path) -> None:
-    from bnmatrix.backends.venv import find_interpreter
-
-    require(find_interpreter(E2E_CELLS[cell_id][1])[0] is not None, f"no Python {E2E_CELLS[cell_id][1]} here")
-    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell_id,
-                 "--results", str(tmp_path)]) == 0
-    (venv,) = load_run(tmp_path).cells
+def test_venv_and_docker_agree(docker_runs: dict[str, CellResult], venv_runs: dict[str, tuple[Path, CellResult]],
+                               cell_id: str) -> None:
+    _, venv = venv_runs[cell_id]
     docker = docker_runs[cell_id]
-    for name, in_venv in venv["scenarios"].items():
-        in_docker = docker["scenarios"][name]
-        assert in_docker["status"] == in_venv["status"], name
+    for name, in_docker in docker.scenarios.items():
+        in_venv = venv.scenarios[name]
+        assert in_docker.status == in_venv.status, name
+        assert in_docker.variance_correction == in_venv.variance_correction, name
         for field in ("moving_mean", "moving_variance", "effective_updates"):
             # The session scenario's two unordered updates per step may interleave differently.
-            assert in_docker[field] == pytest.approx(in_venv[field], rel=1e-3), (name, field)
+            expected = getattr(in_venv, field)
+            assert getattr(in_docker, field) == (None if expected is None else pytest.approx(expected, rel=1e-3)), \
+                (name, field)
+
+
+def test_a_users_own_scenario_runs_in_a_container(docker_runs: dict[str, CellResult], image_map_args: list[str],
+                                                 tmp_path: Path) -> None:
+    folder = user_scenarios(tmp_path / "mine")
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "docker", "--select", "tf-2.15.1-cpu",
+                 "--scenarios", str(folder), "--scenario", "user_keras_fit", "--results", str(tmp_path / "r"),
+                 *image_map_args]) == 0
+    (cell,) = load_run(tmp_path / "r").cells
+    mine = cell.scenarios["user_keras_fit"]
+    assert mine.status.value == "updated", mine.reason
+    assert mine.effective_updates == pytest.approx(100, abs=0.01) and mine.extra == {"made_by": "mylib"}
 
 
 def probe_matrix(tmp_path: Path, timeout_s: float, scenarios: list[str], pins: str = "") -> Path:
@@ -88,7 +104,7 @@ def probe_matrix(tmp_path: Path, timeout_s: float, scenarios: list[str], pins: s
         version = version.replace('"h5py<3"]', f'"h5py<3", "{pins}"]')
     path = tmp_path / "matrix.yaml"
     path.write_text(f"schema_version: 1\nsettings:\n  scenario_timeout_s: {timeout_s}\n  devices: [cpu]\n"
-                    f"  scenario_dir: {TEST_SCENARIOS}\nscenarios: {json.dumps(scenarios)}\n"
+                    f"scenario_paths: [{TEST_SCENARIOS}]\nscenarios: {json.dumps(scenarios)}\n"
                     f"versions:\n{version}\n")
     return path
 
@@ -101,11 +117,11 @@ def test_timeout_and_failure_leave_no_container(docker_runs: dict[str, Any], doc
                  *image_map_args]) == 0
     assert time.monotonic() - started < 120
     (cell,) = load_run(tmp_path / "r").cells
-    assert cell["environment"]["cell_image"] == docker_runs["tf-1.15.5-cpu"]["environment"]["cell_image"]
-    sleeper, broken = cell["scenarios"]["sleeper"], cell["scenarios"]["broken"]
-    assert sleeper["status"] == "error" and sleeper["reason"] == "timeout: killed after 3 s"
-    assert broken["status"] == "error" and "exited with code 3" in broken["reason"]
-    assert "broken on purpose" in broken["error"]["traceback"]
+    assert (cell.environment or {})["cell_image"] == (docker_runs["tf-1.15.5-cpu"].environment or {})["cell_image"]
+    sleeper, broken = cell.scenarios["sleeper"], cell.scenarios["broken"]
+    assert sleeper.status.value == "error" and sleeper.reason == "timeout: killed after 3 s"
+    assert broken.status.value == "error" and "exited with code 3" in str(broken.reason)
+    assert broken.error is not None and "broken on purpose" in broken.error["traceback"]
     assert ours(docker_client) == []
 
 
@@ -116,8 +132,8 @@ def test_build_failure_is_a_build_error_and_leaves_no_container(docker_runs: dic
     assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
                  *image_map_args]) == 1
     (cell,) = load_run(tmp_path / "r").cells
-    assert cell["status"] == "build-error"
-    assert "six==0.0.1" in cell["setup_log_tail"]
+    assert cell.status.value == "build-error"
+    assert "six==0.0.1" in (cell.setup_log_tail or "")
     assert {c.id for c in docker_client.containers.list(all=True)} == before
 
 

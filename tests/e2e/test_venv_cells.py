@@ -1,61 +1,102 @@
-"""Real TensorFlow through the venv backend: TF 1.15.5 on Python 3.7 and TF 2.15.1 on Python 3.11,
-all four scenarios, verdicts asserted from the numbers (not from "it ran")."""
+"""Real TensorFlow through the venv backend: TF 1.15.5 on Python 3.7 and TF 2.15.1 on Python 3.11
+with every scenario, TF 2.16.2 (Keras 3) with the scenarios Keras 3 changes, and a user's own
+scenario from a folder outside the package; verdicts asserted from the numbers (not from "it ran")."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from bnmatrix.backends.venv import find_interpreter
 from bnmatrix.cli import main
 from bnmatrix.report import write_report
-from bnmatrix.results import load_run
-from tests.conftest import require
-from tests.e2e.conftest import E2E_CELLS, REPO, check_verdicts
+from bnmatrix.results import CellResult, load_run
+from tests.e2e.conftest import E2E_CELLS, KERAS3_CELL, KERAS3_SCENARIOS, REPO, check_verdicts, run_cell
 
 pytestmark = pytest.mark.e2e
 
-
-@pytest.fixture(scope="module", params=sorted(E2E_CELLS))
-def cell_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    cell_id = request.param
-    python = E2E_CELLS[cell_id][1]
-    interpreter, looked = find_interpreter(python)
-    require(interpreter is not None, f"no Python {python} for {cell_id} (looked in {', '.join(looked)})")
-    results = tmp_path_factory.mktemp("results")
-    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell_id,
-                 "--results", str(results)]) == 0
-    (cell,) = load_run(results).cells
-    return results, cell
+USER_SCENARIO = '''"""A user's pattern: keras_fit with the layer built by a helper module in a subfolder."""
+import bnmatrix_scenario as bns
+from mylib.layers import make_batch_norm
 
 
-def test_verdicts_from_the_numbers(cell_run: tuple[Path, dict[str, Any]]) -> None:
-    _, cell = cell_run
+def train(tf, cfg, scratch):
+    import numpy as np
+    bn = make_batch_norm(tf)
+    inputs = tf.keras.Input(shape=(1,))
+    model = tf.keras.Model(inputs=inputs, outputs=tf.keras.layers.Dense(1)(bn(inputs)))
+    model.compile(optimizer=tf.keras.optimizers.Adam(bns.LEARNING_RATE), loss="mse")
+    x = np.array(bns.FEATURES, dtype=np.float32)
+    model.fit(x, -x, batch_size=4, epochs=cfg.steps, verbose=0)
+    return bns.observations({"bn": bns.layer(bns.read_variable(tf, bn.moving_mean),
+                                             bns.read_variable(tf, bn.moving_variance), bns.feature_values())},
+                            extra={"made_by": "mylib"})
+
+
+if __name__ == "__main__":
+    bns.main("user_keras_fit", train)
+'''
+
+
+def user_scenarios(folder: Path) -> Path:
+    """A folder of the user's own: one scenario, its notes, and a helper package in a subfolder."""
+    (folder / "mylib").mkdir(parents=True)
+    (folder / "mylib" / "__init__.py").write_text("")
+    (folder / "mylib" / "layers.py").write_text(
+        "def make_batch_norm(tf):\n    return tf.keras.layers.BatchNormalization(momentum=0.99)\n")
+    (folder / "user_keras_fit.py").write_text(USER_SCENARIO)
+    (folder / "user_keras_fit.yaml").write_text("pattern: The user's own keras_fit.\nwhy: Because fit runs updates.\n")
+    return folder
+
+
+@pytest.mark.parametrize("cell_id", sorted(E2E_CELLS))
+def test_every_scenario_gives_its_verdict_from_the_numbers(venv_runs: dict[str, tuple[Path, CellResult]],
+                                                           cell_id: str) -> None:
+    _, cell = venv_runs[cell_id]
+    assert len(cell.scenarios) == 18
     check_verdicts(cell)
-    tf = E2E_CELLS[cell["cell"]["id"]][0]
-    assert cell["environment"]["kind"] == "venv"
-    assert any(line.startswith("tensorflow==" + tf) for line in cell["environment"]["packages"])
-    towers = cell["scenarios"]["layers_bn_session"]["details"]["towers_output1_output2"]
-    assert len(towers["train_mode"]) == 2 and len(towers["inference_mode"]) == 2
+    tf = E2E_CELLS[cell_id][0]
+    assert cell.environment is not None and cell.environment["kind"] == "venv"
+    assert any(line.startswith("tensorflow==" + tf) for line in cell.environment["packages"])
 
 
-def test_report_of_the_real_run(cell_run: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    results, cell = cell_run
+def test_keras3_scenarios_on_tf_2_16(tmp_path: Path) -> None:
+    cell_id, _, python = KERAS3_CELL
+    options = [item for name in KERAS3_SCENARIOS for item in ("--scenario", name)]
+    cell = run_cell(cell_id, python, tmp_path, *options)
+    assert sorted(cell.scenarios) == sorted(KERAS3_SCENARIOS)
+    check_verdicts(cell)
+    assert cell.scenarios["keras3_bn_fit"].extra["keras"].startswith("3.")
+
+
+def test_report_of_the_real_run(venv_runs: dict[str, tuple[Path, CellResult]], tmp_path: Path) -> None:
+    results, cell = venv_runs["tf-1.15.5-cpu"]
     page = write_report(results, tmp_path / "site").read_text()
-    statuses = dict(re.findall(r'<td class="cell [^"]*" data-device="cpu" data-scenario="([a-z_]+)"\s+'
+    statuses = dict(re.findall(r'<td class="cell [^"]*" data-device="cpu" data-scenario="([a-z0-9_]+)"\s+'
                                r'data-status="([a-z-]+)"', page))
-    assert statuses == {"keras_bn_custom_estimator": "stale", "layers_bn_custom_estimator": "updated",
-                        "keras_bn_model_to_estimator": "updated", "layers_bn_session": "wrong"}
-    assert f"{cell['scenarios']['layers_bn_custom_estimator']['moving_mean']:.6g}" in page
+    assert statuses == {name: s.status.value for name, s in cell.scenarios.items()}
+    assert f"{cell.scenarios['layers_bn_custom_estimator'].moving_mean:.6g}" in page
 
 
-def test_second_run_reuses_the_unchanged_cell(cell_run: tuple[Path, dict[str, Any]]) -> None:
-    results, cell = cell_run
-    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell["cell"]["id"],
+def test_second_run_reuses_the_unchanged_cell(venv_runs: dict[str, tuple[Path, CellResult]]) -> None:
+    results, cell = venv_runs["tf-1.15.5-cpu"]
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell.id,
                  "--results", str(results)]) == 0
     (again,) = load_run(results).cells
-    assert again["reused_from"] is not None
-    assert again["scenarios"] == cell["scenarios"]
+    assert again.reused_from is not None
+    assert again.scenarios == cell.scenarios
+
+
+def test_a_users_own_scenario_runs_and_gets_its_page(tmp_path: Path) -> None:
+    folder = user_scenarios(tmp_path / "elsewhere" / "my-scenarios")
+    cell = run_cell("tf-2.15.1-cpu", "3.11", tmp_path / "r", "--scenarios", str(folder),
+                    "--scenario", "user_keras_fit", "--scenario", "keras_bn_custom_estimator")
+    mine = cell.scenarios["user_keras_fit"]
+    assert mine.status.value == "updated", mine.reason
+    assert mine.effective_updates == pytest.approx(100, abs=0.01) and mine.variance_correction == "biased"
+    assert mine.extra == {"made_by": "mylib"}
+    site = write_report(tmp_path / "r", tmp_path / "site").parent
+    page = (site / "scenarios" / "user_keras_fit.html").read_text()
+    assert "The user&#39;s own keras_fit." in page and "Because fit runs updates." in page
+    assert "make_batch_norm" in page  # the code as it ran

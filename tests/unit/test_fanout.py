@@ -136,9 +136,8 @@ def test_merge_is_order_independent_and_idempotent(tmp_path: Path, layout: list[
     again = merge_runs([first, *runs], work / "c")
     assert snapshot(again) == snapshot(first)  # merging a merge changes nothing
     merged = load_run(first)
-    for cell in merged.cells:  # the newest result of each cell wins, with its own log
-        candidates = [(c["started"], r.name) for r in runs for c in load_run(r).cells
-                      if c["cell"]["id"] == cell["cell"]["id"]]
+    for cell in (c.to_dict() for c in merged.cells):  # the newest result of each cell wins, with its own log
+        candidates = [(c.started, r.name) for r in runs for c in load_run(r).cells if c.id == cell["cell"]["id"]]
         assert (cell["started"], cell["run_id"]) == max(candidates)
         log = first / "logs" / cell["cell"]["id"] / "layers_bn_session.log"
         assert log.read_text() == f"log of {cell['cell']['id']} in {cell['run_id']}"

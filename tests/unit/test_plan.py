@@ -71,11 +71,11 @@ def test_the_shipped_expectations_match_the_real_run(matrix: Matrix) -> None:
     cells = {cell.id: cell for cell in all_cells(matrix)}
     checked = 0
     for result in run.cells:
-        if result["status"] != "ran":
+        if result.status.value != "ran":
             continue
-        expected = cells[result["cell"]["id"]].expect
-        for name, scenario in result["scenarios"].items():
-            assert expected[name] == scenario["status"], (result["cell"]["id"], name)
+        expected = cells[result.id].expect
+        for name, scenario in result.scenarios.items():
+            assert expected[name] == scenario.status.value, (result.id, name)
             checked += 1
     assert checked == 37 * 4
 

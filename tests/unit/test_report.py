@@ -17,7 +17,8 @@ import pytest
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.report import render_site, write_report
-from bnmatrix.results import Run, write_json
+from bnmatrix.results import CellResult, Run, write_json
+from bnmatrix.verdict import Status
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
@@ -58,7 +59,7 @@ def sample_run(tmp_path: Path) -> Run:
     manifest = {"schema": "bnmatrix.run/1", "run_id": "r1", "status": "complete", "started": "s", "finished": "f",
                 "backend": "venv", "host": {"hostname": "h"}, "bnmatrix_version": "t", "matrix": "matrix.yaml",
                 "matrix_hash": "0" * 64}
-    return Run(tmp_path, manifest, cells)
+    return Run(tmp_path, manifest, [CellResult.from_dict(c) for c in cells])
 
 
 def table_cells(page: str) -> list[tuple[str, str]]:
@@ -84,7 +85,7 @@ def test_rows_newest_first_and_every_cell_shows_its_status(tmp_path: Path) -> No
 def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) -> None:
     page = html.unescape(render_site(sample_run(tmp_path))["index.html"])
     assert ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
-            "effective updates 200 / 100 steps") in page
+            "effective updates 200 (mean), n/a (variance) / 100 steps") in page
     assert "not run: no GPU on this host" in page
     assert 'role="tooltip" id="tip-tf-1.15.5-cpu-layers_bn_session"' in page
     assert "layers_bn_session (cpu): wrong in 1.15.5, updated from 2.15.1 (changed between 1.15.5 and 2.15.1)" in page
@@ -100,7 +101,7 @@ def test_status_is_said_in_words_not_colour_alone(tmp_path: Path) -> None:
 
 def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
     previous = sample_run(tmp_path)
-    previous.cells[0]["scenarios"]["keras_bn_custom_estimator"]["status"] = "updated"
+    previous.cells[0].scenarios["keras_bn_custom_estimator"].status = Status.UPDATED
     previous.manifest["run_id"] = "r0"
     site = render_site(sample_run(tmp_path), previous)
     page = re.sub(r"\s+", " ", site["index.html"])
@@ -113,10 +114,12 @@ def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
 
 def test_results_cannot_inject_markup(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
-    run.cells[0]["scenarios"]["layers_bn_session"].update(reason=EVIL, log_tail=EVIL,
-                                                          error={"message": EVIL, "traceback": EVIL})
-    run.cells[1]["reason"] = EVIL
-    run.cells[0]["environment"]["packages"] = [EVIL]
+    session = run.cells[0].scenarios["layers_bn_session"]
+    session.reason = session.log_tail = EVIL
+    session.error = {"message": EVIL, "traceback": EVIL}
+    run.cells[1].reason = EVIL
+    assert run.cells[0].environment is not None
+    run.cells[0].environment["packages"] = [EVIL]
     for name, text in render_site(run).items():
         if name.endswith((".html", ".svg", ".xml")):
             assert "<script>" not in text and "<img" not in text, name
@@ -150,18 +153,20 @@ def test_cell_page_has_numbers_chart_environment_and_reproduce_command(tmp_path:
     assert "<td>1.2990305</td>" in page and "<td>0.95095149</td>" in page
     assert page.count('<svg class="chart"') == 2 and '<polyline class="expected"' in page
     assert "venv/bin/python -m pip install tensorflow==1.15.5 &#39;numpy&lt;1.19&#39;" in page
-    assert "CUDA_VISIBLE_DEVICES= venv/bin/python scenarios/layers_bn_session.py --steps 100 --device cpu" in page
+    assert ("CUDA_VISIBLE_DEVICES= PYTHONPATH=scenarios venv/bin/python scenarios/layers_bn_session.py --steps 100 "
+            "--device cpu") in page
     assert "python version" in page and "tensorflow==1.15.5" in page
 
 
 def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
-    run.cells[0]["environment"] = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
+    run.cells[0].environment = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
                                    "image_id": "sha256:1", "python": "/usr/bin/python3", "python_version": "3.7.16",
                                    "packages": []}
     page = html.unescape(render_site(run)["cells/tf-1.15.5-cpu.html"])
     assert ("docker run --rm --network none --read-only --tmpfs /tmp:exec --user 65534:65534 --cap-drop ALL "
-            "--security-opt no-new-privileges -e HOME=/tmp -v $PWD/scenarios:/scenarios:ro -e CUDA_VISIBLE_DEVICES= "
+            "--security-opt no-new-privileges -e HOME=/tmp -e PYTHONPATH=/scenarios -v $PWD/scenarios:/scenarios:ro "
+            "-e CUDA_VISIBLE_DEVICES= "
             "bnmatrix-cell:1.15.5-x python3 /scenarios/layers_bn_session.py --steps 100") in page
 
 
@@ -215,7 +220,7 @@ def test_write_report_replaces_an_old_site_but_not_other_files(tmp_path: Path) -
     run = sample_run(tmp_path / "run")
     write_json(run.directory / "manifest.json", run.manifest)
     for c in run.cells:
-        write_json(run.directory / "cells" / f"{c['cell']['id']}.json", c)
+        write_json(run.directory / "cells" / f"{c.id}.json", c.to_dict())
     log = run.directory / "logs" / "tf-1.15.5-cpu" / "layers_bn_session.log"
     log.parent.mkdir(parents=True)
     log.write_text("the whole log")

@@ -1,7 +1,7 @@
 """The runner and the results store: outcomes as values, atomic files, resume and reuse.
 
-The backend here is a stand-in that replays scenario output, so these tests run without
-TensorFlow; tests/e2e runs the same code on real TensorFlow.
+The backend here is a stand-in that replays scenario output through the real OutputCapture, so
+these tests run without TensorFlow; tests/e2e runs the same code on real TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,24 +14,33 @@ from typing import Any
 
 import pytest
 
-from bnmatrix.backends import CellNotRun, CellSetupError, ScenarioRun
-from bnmatrix.config import Matrix
+from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputCapture, ScenarioRun
+from bnmatrix.config import Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, plan
 from bnmatrix.results import RunStore, load_run, new_run_id, write_json
-from bnmatrix.runner import RESULT_MARKER, run_plan
+from bnmatrix.runner import run_plan
+from bnmatrix.verdict import BatchData, expected_statistics
 
 REPO = Path(__file__).resolve().parents[2]
+BATCH = BatchData.from_observation({"values": [0.0, 1.0, 2.0, 3.0]})
 
 
-def scenario_output(name: str, status: str = "updated", mean: float = 0.95) -> str:
-    result = {"schema": "bnmatrix.scenario/1", "scenario": name, "status": status, "reason": "r",
-              "tf_version": "1.15.5",
-              "keras_version": "2.2.4-tf", "python": "3.7.16", "device": "cpu", "steps": 100, "moving_mean": mean,
-              "moving_variance": 1.15, "expected_moving_mean": 0.95, "expected_moving_variance": 1.15,
-              "effective_updates": 100.0, "update_ops": 2, "train_loss": 1.0, "eval_loss": 1.1, "duration_s": 0.1,
-              "error": None}
-    return "TF noise\n" + RESULT_MARKER + json.dumps(result) + "\n"
+def observation(name: str, updates: float = 100, tf: str = "1.15.5", **changes: Any) -> dict[str, Any]:
+    """A bnmatrix.scenario/2 result whose statistics are those of `updates` updates on the batch 0..3."""
+    mean, variance = expected_statistics(BATCH, 0.99, updates)
+    result = {"schema": "bnmatrix.scenario/2", "scenario": name, "outcome": "observed", "python": "3.7.16",
+              "tf_version": tf, "keras_version": "2.2.4-tf", "device": "cpu", "devices_seen": ["CPU"], "steps": 100,
+              "momentum": 0.99, "layers": {"bn": {"moving_mean": mean, "moving_variance": variance,
+                                                  "data": {"values": [0, 1, 2, 3]}}},
+              "update_ops": 2, "train_loss": 1.0, "eval_loss": 1.1, "extra": {}, "unsupported": None, "error": None,
+              "duration_s": 0.1}
+    result.update(changes)
+    return result
+
+
+def scenario_output(name: str, **changes: Any) -> str:
+    return "TF noise\n" + RESULT_MARKER.decode() + json.dumps(observation(name, **changes)) + "\n"
 
 
 class ReplayBackend:
@@ -39,8 +48,9 @@ class ReplayBackend:
 
     name = "replay"
 
-    def __init__(self, plan_by_cell: dict[str, Any]):
+    def __init__(self, plan_by_cell: dict[str, Any], outputs: dict[str, str] | None = None):
         self.plan_by_cell = plan_by_cell
+        self.outputs = outputs or {}  # scenario name -> its stdout
         self.opened: list[str] = []
         self.closed = False
 
@@ -58,21 +68,28 @@ class ReplayBackend:
         class Session:
             environment = {"kind": "replay"}
 
-            def run(self, script: Path, args: list[str], timeout_s: float) -> ScenarioRun:
-                if action == "timeout":
-                    return ScenarioRun("", "still training", None, True, timeout_s)
-                if action == "crash":
-                    return ScenarioRun("", "Segmentation fault", -11, False, 0.5)
+            def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
                 assert backend is not None
-                return ScenarioRun(scenario_output(script.stem), "", 0, False, 0.2)
+                stdout, stderr, code, timed_out = {
+                    "timeout": ("", "still training", None, True), "crash": ("", "Segmentation fault", -11, False),
+                }.get(action, (backend.outputs.get(scenario.name) or scenario_output(scenario.name), "", 0, False))
+                with open(log, "wb") as handle:
+                    capture = OutputCapture(handle)
+                    capture.feed(stdout.encode(), "stdout")
+                    capture.feed(stderr.encode(), "stderr")
+                    capture.finish()
+                return ScenarioRun.from_capture(capture, code, timed_out, timeout_s if timed_out else 0.2)
 
         yield Session()
 
 
+MATRIX = Matrix.from_file(REPO / "matrix.yaml")
+
+
 @pytest.fixture
 def cells() -> list[Cell]:
-    matrix = Matrix.from_file(REPO / "matrix.yaml")
-    return plan(matrix, select=["tf-1.15.5-*", "tf-1.14.0-cpu"])
+    return plan(MATRIX, select=["tf-1.15.5-*", "tf-1.14.0-cpu"], scenarios=["keras_bn_custom_estimator",
+                                                                          "layers_bn_session"])
 
 
 def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = False) -> RunStore:
@@ -80,7 +97,7 @@ def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = Fal
                 "selection": {}, "cells": [c.id for c in cells]}
     store = RunStore(root, new_run_id(), manifest)
     try:
-        run_plan(cells, backend, store, REPO / "scenarios", 5.0, force, lambda *a: None)
+        run_plan(cells, MATRIX.catalog, backend, store, MATRIX.scenario_dirs, 5.0, force, lambda *a: None)
     except KeyboardInterrupt:
         store.finish("interrupted")
         raise
@@ -94,25 +111,25 @@ def test_every_outcome_is_a_value_in_its_own_file(tmp_path: Path, cells: list[Ce
     store = run(tmp_path, cells, backend)
     loaded = load_run(tmp_path / "latest")
     assert loaded.directory == store.directory and loaded.manifest["status"] == "complete"
-    by_id = {c["cell"]["id"]: c for c in loaded.cells}
-    assert by_id["tf-1.15.5-cpu"]["status"] == "ran"
-    assert {s["status"] for s in by_id["tf-1.15.5-cpu"]["scenarios"].values()} == {"updated"}
-    assert by_id["tf-1.15.5-gpu"]["status"] == "not-run"
-    assert by_id["tf-1.15.5-gpu"]["reason"] == "no GPU on this host"
-    assert by_id["tf-1.14.0-cpu"]["status"] == "build-error"
-    assert "No matching" in by_id["tf-1.14.0-cpu"]["setup_log_tail"]
-    log = store.directory / by_id["tf-1.15.5-cpu"]["scenarios"]["layers_bn_session"]["log"]
+    by_id = {c.id: c for c in loaded.cells}
+    assert by_id["tf-1.15.5-cpu"].status.value == "ran"
+    assert {s.status.value for s in by_id["tf-1.15.5-cpu"].scenarios.values()} == {"updated"}
+    assert by_id["tf-1.15.5-gpu"].status.value == "not-run"
+    assert by_id["tf-1.15.5-gpu"].reason == "no GPU on this host"
+    assert by_id["tf-1.14.0-cpu"].status.value == "build-error"
+    assert "No matching" in (by_id["tf-1.14.0-cpu"].setup_log_tail or "")
+    log = store.directory / str(by_id["tf-1.15.5-cpu"].scenarios["layers_bn_session"].log)
     assert "TF noise" in log.read_text()
 
 
 def test_timeout_and_crash_are_scenario_errors(tmp_path: Path, cells: list[Cell]) -> None:
     store = run(tmp_path, cells[:2], ReplayBackend({"tf-1.15.5-cpu": "timeout", "tf-1.15.5-gpu": "crash"}))
-    by_id = {c["cell"]["id"]: c for c in load_run(store.directory).cells}
-    timeout = by_id["tf-1.15.5-cpu"]["scenarios"]["keras_bn_custom_estimator"]
-    assert timeout["status"] == "error" and timeout["reason"] == "timeout: killed after 5 s"
-    crash = by_id["tf-1.15.5-gpu"]["scenarios"]["keras_bn_custom_estimator"]
-    assert crash["status"] == "error" and "exited with code -11" in crash["reason"]
-    assert "Segmentation fault" in crash["error"]["traceback"]
+    by_id = {c.id: c for c in load_run(store.directory).cells}
+    timeout = by_id["tf-1.15.5-cpu"].scenarios["keras_bn_custom_estimator"]
+    assert timeout.status.value == "error" and timeout.reason == "timeout: killed after 5 s"
+    crash = by_id["tf-1.15.5-gpu"].scenarios["keras_bn_custom_estimator"]
+    assert crash.status.value == "error" and "exited with code -11" in str(crash.reason)
+    assert crash.error is not None and "Segmentation fault" in crash.error["traceback"]
 
 
 def test_interrupted_run_keeps_finished_cells_and_the_next_run_reuses_them(tmp_path: Path,
@@ -123,15 +140,15 @@ def test_interrupted_run_keeps_finished_cells_and_the_next_run_reuses_them(tmp_p
     assert interrupting.closed  # the backend was told to stop what still runs
     interrupted = load_run(tmp_path)
     assert interrupted.manifest["status"] == "interrupted"
-    assert [c["cell"]["id"] for c in interrupted.cells] == ["tf-1.15.5-cpu"]
+    assert [c.id for c in interrupted.cells] == ["tf-1.15.5-cpu"]
 
     backend = ReplayBackend({})
     resumed = run(tmp_path, cells, backend)
     assert backend.opened == ["tf-1.15.5-gpu", "tf-1.14.0-cpu"]  # the finished cell was not redone
-    by_id = {c["cell"]["id"]: c for c in load_run(resumed.directory).cells}
-    assert by_id["tf-1.15.5-cpu"]["reused_from"] == interrupted.directory.name
-    assert (resumed.directory / by_id["tf-1.15.5-cpu"]["scenarios"]["layers_bn_session"]["log"]).exists()
-    assert by_id["tf-1.15.5-gpu"]["reused_from"] is None
+    by_id = {c.id: c for c in load_run(resumed.directory).cells}
+    assert by_id["tf-1.15.5-cpu"].reused_from == interrupted.directory.name
+    assert (resumed.directory / str(by_id["tf-1.15.5-cpu"].scenarios["layers_bn_session"].log)).exists()
+    assert by_id["tf-1.15.5-gpu"].reused_from is None
 
 
 def test_force_and_changed_inputs_redo_cells(tmp_path: Path, cells: list[Cell]) -> None:
@@ -171,3 +188,115 @@ def test_a_damaged_result_file_is_named_in_the_error(tmp_path: Path, cells: list
 def test_no_run_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BnMatrixError, match="no run here"):
         load_run(tmp_path)
+
+
+def intake(line: str | bytes, cell: Cell) -> Any:
+    """The host's verdict on one result line, as the runner takes it from a scenario's output."""
+    from bnmatrix.runner import parse_scenario
+
+    raw = line if isinstance(line, bytes) else line.encode()
+    return parse_scenario("keras_bn_custom_estimator", cell, ScenarioRun(raw, False, "stderr tail", 0, False, 1.0), 5.0)
+
+
+def test_a_forged_opinion_is_ignored_and_the_numbers_decide(cells: list[Cell]) -> None:
+    forged = observation("keras_bn_custom_estimator", updates=0, status="updated", reason="all good")
+    result = intake(json.dumps(forged), cells[0])
+    assert result.status.value == "stale" and result.reason == "moving statistics still at their initial values (0, 1)"
+    old_style = {"schema": "bnmatrix.scenario/1", "scenario": "keras_bn_custom_estimator", "status": "updated",
+                 "moving_mean": 0.0, "moving_variance": 1.0}
+    refused = intake(json.dumps(old_style), cells[0])
+    assert refused.status.value == "error"
+    assert refused.reason.startswith("result refused: the result does not match bnmatrix.scenario/2")
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"layers": {"bn": {"moving_mean": "0.95", "moving_variance": 1.1}}},
+     "the result does not match bnmatrix.scenario/2: layers.bn.moving_mean: '0.95' is not of type 'number'"),
+    ({"outcome": "fine"}, "the result does not match bnmatrix.scenario/2: outcome: 'fine' is not one of"),
+    ({"tf_version": "2.15.1"}, "imported TF 2.15.1 but the cell installed 1.15.5"),
+    ({"scenario": "keras_fit"}, "the result is for scenario 'keras_fit'; expected 'keras_bn_custom_estimator'"),
+    ({"steps": 10}, "the scenario trained 10 steps; the cell asked for 100"),
+])
+def test_a_result_that_fails_intake_is_an_error_that_says_why(cells: list[Cell], change: dict[str, Any],
+                                                              reason: str) -> None:
+    result = intake(json.dumps(observation("keras_bn_custom_estimator", **change)), cells[0])
+    assert result.status.value == "error"
+    assert reason in result.reason
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_never_reach_a_result(cells: list[Cell], tmp_path: Path, constant: str) -> None:
+    line = json.dumps(observation("keras_bn_custom_estimator"))
+    line = line.replace('"train_loss": 1.0', f'"train_loss": {constant}')
+    result = intake(line, cells[0])
+    assert result.status.value == "error"
+    assert result.reason == (f"result refused: non-finite number {constant} in the result line; expected finite "
+                             "numbers or null")
+    write_json(tmp_path / "r.json", result.to_dict())  # and what is stored is strict JSON
+    json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+
+
+def test_a_result_line_over_the_limit_is_refused_unread(cells: list[Cell], tmp_path: Path) -> None:
+    huge = RESULT_MARKER + b'{"padding": "' + b"x" * (2 << 20) + b'"}\n'
+    with open(tmp_path / "log", "wb") as handle:
+        capture = OutputCapture(handle)
+        for start in range(0, len(huge), 65536):
+            capture.feed(huge[start:start + 65536], "stdout")
+        capture.finish()
+    assert capture.result_line is None and capture.result_too_long
+    from bnmatrix.runner import parse_scenario
+
+    result = parse_scenario("keras_bn_custom_estimator", cells[0], ScenarioRun.from_capture(capture, 0, False, 1.0),
+                            5.0)
+    assert result.status.value == "error" and result.reason == "result line longer than 1048576 bytes; refused unread"
+
+
+def test_a_run_whose_every_result_is_bad_still_finishes(tmp_path: Path, cells: list[Cell]) -> None:
+    bad = {"keras_bn_custom_estimator": RESULT_MARKER.decode() + '{"schema": "bnmatrix.scenario/1"}\n',
+           "layers_bn_session": RESULT_MARKER.decode() + "{not json\n"}
+    store = run(tmp_path, cells, ReplayBackend({}, outputs=bad))
+    loaded = load_run(store.directory)
+    assert loaded.manifest["status"] == "complete" and len(loaded.cells) == 3
+    reasons = {s.reason for c in loaded.cells for s in c.scenarios.values()}
+    assert any(r and r.startswith("result refused: the result line is not valid JSON") for r in reasons)
+    assert {s.status.value for c in loaded.cells for s in c.scenarios.values()} == {"error"}
+
+
+FLOOD = r"""
+import sys
+line = "x" * 1023 + "\n"
+for _ in range(200 * 1024):
+    sys.stdout.write(line)
+sys.stdout.write('BNMATRIX_RESULT {"ok": 1}\n')
+sys.stderr.write("the end\n")
+"""
+
+MEASURE = r"""
+import resource, sys
+from bnmatrix.backends import OutputCapture
+from bnmatrix.backends.venv import ProcessGroups
+
+with open(sys.argv[2], "wb") as log:
+    capture = OutputCapture(log)
+    code, timed_out = ProcessGroups().stream([sys.executable, sys.argv[1]], 120, capture)
+print(code, timed_out, capture.result_line.decode().replace(" ", ""), capture.tail("stderr", 1).replace(" ", "_"),
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_scenario_printing_200_mb_costs_bounded_memory_and_log(tmp_path: Path) -> None:
+    """The real streaming path: a child process floods 200 MB; the runner's side keeps a bounded tail."""
+    import subprocess
+    import sys
+
+    (tmp_path / "flood.py").write_text(FLOOD)
+    done = subprocess.run([sys.executable, "-c", MEASURE, str(tmp_path / "flood.py"), str(tmp_path / "log")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    code, timed_out, line, stderr_tail, peak_mib = done.stdout.split()
+    assert (code, timed_out, line, stderr_tail) == ("0", "False", '{"ok":1}', "the_end")
+    assert int(peak_mib) < 120, f"peak RSS {peak_mib} MiB for 200 MB of output"
+    log = (tmp_path / "log").read_bytes()
+    assert len(log) < 9 << 20  # the first 8 MiB, a note, and the tail
+    assert b"bytes of output left out here" in log  # then the ends of both streams
+    assert log.rstrip().endswith(b'BNMATRIX_RESULT {"ok": 1}')

@@ -1,63 +1,164 @@
-"""The closed-form verdict of the scenarios (scenarios/bnm_common.py), without TensorFlow."""
+"""The host's verdict (verdict.py): observed statistics -> status and reason, from the numbers only."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bnmatrix.config import PACKAGE_DIR, data_path
+from bnmatrix.verdict import BatchData, CellStatus, Status, effective_updates, expected_statistics, judge
 
-def test_expected_statistics_follow_the_closed_form(common) -> None:
-    mean, variance = common.batch_statistics()
-    assert (mean, variance) == (1.5, 1.25)  # x = 0, 1, 2, 3; population variance as BN computes it
-    expected_mean, expected_variance = common.expected_statistics(100, 0.99)
-    assert expected_mean == pytest.approx(1.5 * (1 - 0.99**100))
-    assert expected_variance == pytest.approx(1.25 + (1 - 1.25) * 0.99**100)
-    assert common.expected_statistics(0) == (0.0, 1.0)
+BATCH = BatchData.from_observation({"values": [0, 1, 2, 3]})
+
+
+def observed(mean: float, variance: float, steps: int = 100, **layer: Any) -> dict[str, Any]:
+    return {"steps": steps, "momentum": 0.99,
+            "layers": {"bn": {"moving_mean": mean, "moving_variance": variance, "data": {"values": [0, 1, 2, 3]},
+                              **layer}}}
+
+
+def after(updates: float, correction: str = "biased") -> tuple[float, float]:
+    return expected_statistics(BATCH, 0.99, updates, correction)
+
+
+def test_the_batch_statistics_and_the_closed_form() -> None:
+    assert (BATCH.mean, BATCH.variance_biased) == (1.5, 1.25)
+    assert BATCH.variance_unbiased == pytest.approx(5 / 3)
+    mean, variance = after(100)
+    assert mean == pytest.approx(1.5 * (1 - 0.99**100))
+    assert variance == pytest.approx(1.25 + (1 - 1.25) * 0.99**100)
+    assert after(0) == (0.0, 1.0)
 
 
 @pytest.mark.parametrize("steps", [1, 7, 100, 1000])
-def test_effective_updates_inverts_the_closed_form(common, steps: int) -> None:
-    mean, _ = common.expected_statistics(steps)
-    assert common.effective_updates(mean) == pytest.approx(steps, abs=1e-6)
+def test_effective_updates_inverts_the_closed_form(steps: int) -> None:
+    assert effective_updates(after(steps)[0], BATCH, 0.99) == pytest.approx(steps, abs=1e-6)
 
 
-def test_float32_result_of_tf_is_updated(common) -> None:
-    # The numbers TF 1.15.5 reported for tf.layers BN after 100 steps (float32 variables).
-    assert common.verdict(100, 0.9509515762329102, 1.158491849899292) == (
-        "updated", "matches the closed form for 100 updates")
+def test_float32_numbers_of_real_tf_are_updated_and_name_the_variance() -> None:
+    # TF 1.15.5, tf.layers BN, 100 steps (float32 variables).
+    status, reason, layers = judge(observed(0.9509515762329102, 1.158491849899292))
+    assert status is Status.UPDATED
+    assert reason == ("matches the closed form for 100 updates; moving variance follows the biased batch "
+                      "variance (n)")
+    verdict = layers["bn"]
+    assert verdict.variance_correction == "biased"
+    assert verdict.effective_updates == pytest.approx(100, abs=0.01)
+    assert verdict.effective_updates_variance == pytest.approx(100, abs=0.01)
 
 
-def test_initial_values_are_stale(common) -> None:
-    status, reason = common.verdict(100, 0.0, 1.0)
-    assert status == "stale" and "initial values" in reason
+def test_the_unbiased_variance_of_a_fused_kernel_is_recognised() -> None:
+    status, reason, layers = judge(observed(*after(100, "unbiased")))
+    assert status is Status.UPDATED and layers["bn"].variance_correction == "unbiased"
+    assert "follows the unbiased batch variance (n-1)" in reason
+    assert layers["bn"].expected_moving_variance == pytest.approx(after(100, "unbiased")[1])
 
 
-def test_double_updates_are_wrong_and_say_so(common) -> None:
-    mean, variance = common.expected_statistics(200)
-    status, reason = common.verdict(100, mean, variance)
-    assert status == "wrong"
-    assert reason == "200.00 effective updates for 100 steps (2.00x, extra)"
+def test_initial_values_are_stale_with_no_variance_claimed() -> None:
+    status, reason, layers = judge(observed(0.0, 1.0))
+    assert status is Status.STALE and "initial values" in reason
+    assert layers["bn"].variance_correction is None and layers["bn"].effective_updates == 0.0
 
 
-def test_partial_updates_are_wrong(common) -> None:
-    mean, variance = common.expected_statistics(37)
-    status, reason = common.verdict(100, mean, variance)
-    assert status == "wrong" and "37.00 effective updates" in reason and "partial" in reason
+def test_double_updates_are_wrong_and_say_how_many() -> None:
+    status, reason, layers = judge(observed(*after(200)))
+    assert status is Status.WRONG
+    assert reason.startswith("moving mean: 200.00 effective updates for 100 steps (2.00x)")
+    assert layers["bn"].variance_correction == "biased"
 
 
-def test_right_mean_wrong_variance_is_wrong(common) -> None:
-    mean, _ = common.expected_statistics(100)
-    status, reason = common.verdict(100, mean, 1.42)  # Bessel-corrected variance would give this
-    assert status == "wrong" and "moving variance" in reason
+def test_partial_updates_are_wrong() -> None:
+    status, reason, _ = judge(observed(*after(37)))
+    assert status is Status.WRONG and "37.00 effective updates for 100 steps (0.37x)" in reason
 
 
-def test_mean_beyond_the_batch_mean_has_no_update_count(common) -> None:
-    assert common.effective_updates(1.6) is None
-    assert common.verdict(100, 1.6, 1.2)[0] == "wrong"
+def test_right_mean_with_a_variance_that_fits_nothing_is_wrong() -> None:
+    status, reason, layers = judge(observed(after(100)[0], 1.42))
+    assert status is Status.WRONG
+    assert "moving mean fits 100 updates" in reason and "follows neither" in reason
+    assert layers["bn"].variance_correction is None
 
 
-def test_one_update_off_is_not_updated(common) -> None:
-    mean, variance = common.expected_statistics(99)
-    assert common.verdict(100, mean, variance)[0] == "wrong"
-    assert math.isclose(common.effective_updates(mean), 99, abs_tol=1e-6)
+def test_mean_and_variance_updated_a_different_number_of_times_say_both() -> None:
+    status, reason, layers = judge(observed(after(100)[0], after(50)[1]))
+    assert status is Status.WRONG
+    assert layers["bn"].effective_updates == pytest.approx(100, abs=1e-3)
+    assert layers["bn"].effective_updates_variance == pytest.approx(50, abs=1e-3)
+    assert "50.00 effective updates for 100 steps (0.50x)" in reason
+
+
+def test_a_mean_beyond_the_batch_mean_has_no_update_count() -> None:
+    status, reason, layers = judge(observed(1.6, 1.2))
+    assert status is Status.WRONG and "fits no number of updates" in reason
+    assert layers["bn"].effective_updates is None
+
+
+def test_one_update_off_is_not_updated() -> None:
+    status, _, layers = judge(observed(*after(99)))
+    assert status is Status.WRONG
+    assert math.isclose(layers["bn"].effective_updates or 0, 99, abs_tol=1e-6)
+
+
+def test_statistics_that_follow_another_batch_are_named() -> None:
+    """Per-replica BN under MirroredStrategy: the average of the replicas' statistics, not the global batch."""
+    replicas = {"n": 4, "mean": 3.5, "variance_biased": 1.25, "variance_unbiased": 5 / 3}
+    global_batch = BatchData.from_observation({"values": list(range(8))})
+    local = BatchData.from_observation(replicas)
+    mean, variance = expected_statistics(local, 0.99, 100)
+    layer = {"moving_mean": mean, "moving_variance": variance, "data": {"values": list(range(8))},
+             "alternatives": {"the average of the per-replica batch statistics": replicas}}
+    status, reason, _ = judge({"steps": 100, "momentum": 0.99, "layers": {"bn": layer}})
+    assert status is Status.WRONG
+    assert reason.startswith("the moving statistics follow the average of the per-replica batch statistics")
+    synced = dict(layer, moving_mean=expected_statistics(global_batch, 0.99, 100)[0],
+                  moving_variance=expected_statistics(global_batch, 0.99, 100)[1])
+    assert judge({"steps": 100, "momentum": 0.99, "layers": {"bn": synced}})[0] is Status.UPDATED
+
+
+@pytest.mark.parametrize(("used", "expected"), [("batch", "batch"), ("moving", "moving")])
+def test_the_forward_pass_says_which_statistics_it_used(used: str, expected: str) -> None:
+    mean, variance = (1.5, 1.25) if used == "batch" else (0.0, 1.0)
+    inputs = [0.0, 1.0, 2.0, 3.0]
+    outputs = [(x - mean) / math.sqrt(variance + 1e-3) for x in inputs]
+    forward = {"inputs": inputs, "outputs": outputs, "epsilon": 1e-3, "gamma": 1.0, "beta": 0.0,
+               "moving_mean": 0.0, "moving_variance": 1.0}
+    status, reason, layers = judge(observed(0.0, 1.0, forward=forward))
+    assert status is Status.STALE and layers["bn"].forward_statistics == expected
+    assert reason.endswith(f"in training mode the forward pass used the {expected} statistics")
+
+
+def test_layers_without_data_are_shown_not_judged_and_disagreeing_layers_are_wrong() -> None:
+    observation = observed(*after(100))
+    observation["layers"]["bn2"] = {"moving_mean": 0.3, "moving_variance": 0.9}
+    assert judge(observation)[0] is Status.UPDATED
+    observation["layers"]["bn2"]["data"] = {"values": [0, 1, 2, 3]}
+    status, reason, _ = judge(observation)
+    assert status is Status.WRONG and reason.startswith("bn: updated (") and "bn2: wrong (" in reason
+    observation["layers"] = {"bn": {"moving_mean": 0.1, "moving_variance": 0.9}}
+    assert judge(observation)[0] is Status.ERROR
+
+
+def test_the_schemas_use_the_one_status_vocabulary() -> None:
+    """Every schema that names statuses names exactly the enum's."""
+    cell_schema = json.loads((PACKAGE_DIR / "result.schema.json").read_text())
+    assert cell_schema["properties"]["status"]["enum"] == [s.value for s in CellStatus]
+    assert cell_schema["$defs"]["scenario"]["properties"]["status"]["enum"] == Status.scenario_values()
+    matrix_schema = json.loads(data_path("matrix.schema.json").read_text())
+    assert matrix_schema["properties"]["expect"]["items"]["properties"]["status"]["enum"] == Status.scenario_values()
+    export = json.loads((data_path("report") / "results.schema.json").read_text())
+    scenario = export["properties"]["cells"]["items"]["properties"]["scenarios"]["additionalProperties"]
+    assert scenario["properties"]["status"]["enum"] == [s.value for s in Status]
+    assert export["properties"]["cells"]["items"]["properties"]["status"]["enum"] == [s.value for s in CellStatus]
+    for status in Status:  # each carries its word, icon, colour and JUnit outcome
+        assert status.word and status.icon and status.colour.startswith("#")
+        assert status.junit in ("pass", "failure", "error", "skipped")
+    assert len({s.icon for s in Status}) == len({s.colour for s in Status}) == len(Status)
+
+
+def test_the_scenario_contract_schema_is_versioned(tmp_path: Path) -> None:
+    schema = json.loads((PACKAGE_DIR / "scenario.schema.json").read_text())
+    assert schema["properties"]["schema"]["const"] == "bnmatrix.scenario/2"

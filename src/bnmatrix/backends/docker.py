@@ -25,8 +25,8 @@ import jinja2
 from docker.types import DeviceRequest
 
 import docker
-from bnmatrix.backends import CellNotRun, CellSetupError, ScenarioRun, StepReporter
-from bnmatrix.config import ContainerSettings, data_path
+from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
+from bnmatrix.config import ContainerSettings, Scenario, data_path, scenario_files
 from bnmatrix.plan import Cell
 
 LABEL = "org.bnmatrix.tool"
@@ -63,7 +63,9 @@ def gpu_requests() -> list[DeviceRequest]:
 
 def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_volume: str) -> dict[str, Any]:
     """Keyword arguments of containers.run for the cell's container (pure): hardened unless matrix.yaml says."""
-    environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", **cell.env}
+    # The helper lives in the built-in scenario folder, mounted first: importable from any scenario folder.
+    environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
+                   "PYTHONPATH": f"{SCENARIO_MOUNT}/0", **cell.env}
     if cell.device == "cpu":
         environment["CUDA_VISIBLE_DEVICES"] = ""
     options: dict[str, Any] = {
@@ -104,11 +106,12 @@ def connect() -> tuple[docker.DockerClient | None, str]:
 class DockerBackend:
     name = "docker"
 
-    def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str, scenario_dir: Path):
+    def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str,
+                 scenario_dirs: tuple[Path, ...]):
         self.client = client
         self.settings = settings
         self.run_id = run_id
-        self.scenario_dir = scenario_dir
+        self.scenario_dirs = scenario_dirs
         self._lock = threading.Lock()
         self._volume: str | None = None
         self.closed = False
@@ -126,7 +129,7 @@ class DockerBackend:
         report_step("starting container")
         container = self.client.containers.run(tag, **run_options(cell, self.settings, self.run_id, volume))
         try:
-            yield DockerSession(container, cell, self.client, tag)
+            yield DockerSession(container, cell, self.client, tag, self.scenario_dirs)
         finally:
             self._remove(container)
 
@@ -164,18 +167,20 @@ class DockerBackend:
                                  setup_log.read_text(encoding="utf-8", errors="replace"))
 
     def _scenarios_volume(self, image: str) -> str:
-        """A volume holding the scenario scripts, filled once per run through a short-lived container."""
+        """A volume holding every scenario folder (subfolders included) as /scenarios/<index>, the
+        built-in one at 0, filled once per run through a short-lived container."""
         with self._lock:
             if self._volume is not None:
                 return self._volume
             archive = io.BytesIO()
             with tarfile.open(fileobj=archive, mode="w") as tar:
-                for path in sorted(self.scenario_dir.glob("*.py")):
-                    info = tar.gettarinfo(str(path), arcname=path.name)
-                    info.uid = info.gid = 0
-                    info.mode = 0o644
-                    with open(path, "rb") as handle:
-                        tar.addfile(info, handle)
+                for index, directory in enumerate(self.scenario_dirs):
+                    for path in sorted(scenario_files(directory)):
+                        info = tar.gettarinfo(str(path), arcname=f"{index}/{path.relative_to(directory)}")
+                        info.uid = info.gid = 0
+                        info.mode = 0o644
+                        with open(path, "rb") as handle:
+                            tar.addfile(info, handle)
             labels = {LABEL: "bnmatrix", LABEL_RUN: self.run_id}
             volume = self.client.volumes.create(name=f"bnmatrix-scenarios-{self.run_id}", labels=labels)
             filler = self.client.containers.create(image, command=["true"], labels=labels, network_disabled=True,
@@ -206,9 +211,12 @@ class DockerBackend:
 class DockerSession:
     """Runs each scenario as its own process in the cell's container (docker exec), with a timeout."""
 
-    def __init__(self, container: Any, cell: Cell, client: docker.DockerClient, tag: str):
+    def __init__(self, container: Any, cell: Cell, client: docker.DockerClient, tag: str,
+                 scenario_dirs: tuple[Path, ...]):
         self.container = container
         self.cell = cell
+        self.client = client
+        self.scenario_dirs = scenario_dirs
         python = self._exec(["python3", "-c", "import sys; print(sys.executable, sys.version.split()[0])"])
         executable, _, version = python.strip().partition(" ")
         base = client.images.get(cell.image)
@@ -234,11 +242,22 @@ class DockerSession:
             raise RuntimeError(f"{' '.join(command)} failed in the container (exit {code}): {text[-500:]}")
         return text
 
-    def run(self, script: Path, args: list[str], timeout_s: float) -> ScenarioRun:
-        command = ["timeout", "--signal=KILL", f"{timeout_s:g}s", "python3", f"{SCENARIO_MOUNT}/{script.name}", *args]
+    def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
+        index = self.scenario_dirs.index(scenario.root)
+        script = f"{SCENARIO_MOUNT}/{index}/{scenario.script.relative_to(scenario.root)}"
+        command = ["timeout", "--signal=KILL", f"{timeout_s:g}s", "python3", script, *args]
         started = time.monotonic()
-        code, (stdout, stderr) = self.container.exec_run(command, demux=True, workdir="/tmp")
+        api = self.client.api
+        exec_id = api.exec_create(self.container.id, command, workdir="/tmp")["Id"]
+        with open(log, "wb") as handle:
+            capture = OutputCapture(handle)
+            for stdout, stderr in api.exec_start(exec_id, stream=True, demux=True):
+                if stdout:
+                    capture.feed(stdout, "stdout")
+                if stderr:
+                    capture.feed(stderr, "stderr")
+            capture.finish()
+        code = api.exec_inspect(exec_id).get("ExitCode")
         duration = time.monotonic() - started
         timed_out = code == KILLED_EXIT and duration >= timeout_s * 0.99
-        return ScenarioRun((stdout or b"").decode("utf-8", "replace"), (stderr or b"").decode("utf-8", "replace"),
-                           None if timed_out else code, timed_out, round(duration, 3))
+        return ScenarioRun.from_capture(capture, None if timed_out else code, timed_out, duration)

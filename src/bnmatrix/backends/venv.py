@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnmatrix.backends import CellNotRun, CellSetupError, ScenarioRun, StepReporter
+from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
+from bnmatrix.config import Scenario, data_path
 from bnmatrix.plan import Cell
 
 READY_MARKER = "bnmatrix-ready.json"
@@ -105,7 +106,7 @@ class ProcessGroups:
     """Child processes in their own process groups, so that close() can kill each with its children."""
 
     def __init__(self) -> None:
-        self._running: set[subprocess.Popen[str]] = set()
+        self._running: set[subprocess.Popen[Any]] = set()
         self._lock = threading.Lock()
         self.closed = False
 
@@ -129,8 +130,48 @@ class ProcessGroups:
                 self._running.discard(process)
         return process, stdout or "", stderr or "", timed_out
 
+    def stream(self, command: list[str], timeout_s: float, capture: OutputCapture,
+               **options: Any) -> tuple[int | None, bool]:
+        """(exit code, timed_out) of `command`, its output streamed into `capture`.
+
+        When the process ends (or is killed at `timeout_s`) its whole process group goes with it, so
+        a child it left behind can neither outlive it nor hold its output open.
+        """
+        with self._lock:
+            if self.closed:
+                raise KeyboardInterrupt
+            process: subprocess.Popen[bytes] = subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **options)
+            self._running.add(process)
+
+        def pump(pipe: Any, stream: str) -> None:
+            for chunk in iter(lambda: pipe.read1(1 << 16), b""):
+                capture.feed(chunk, stream)
+
+        readers = [threading.Thread(target=pump, args=(process.stdout, "stdout"), daemon=True),
+                   threading.Thread(target=pump, args=(process.stderr, "stderr"), daemon=True)]
+        for reader in readers:
+            reader.start()
+        timed_out = False
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            self._kill(process)
+            process.wait()
+            for reader in readers:
+                reader.join()
+            assert process.stdout is not None and process.stderr is not None
+            process.stdout.close()
+            process.stderr.close()
+            capture.finish()
+            with self._lock:
+                self._running.discard(process)
+        return (None if timed_out else process.returncode), timed_out
+
     @staticmethod
-    def _kill(process: subprocess.Popen[str]) -> None:
+    def _kill(process: subprocess.Popen[Any]) -> None:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
 
@@ -227,16 +268,16 @@ class VenvSession:
             "packages": ready["packages"],
         }
 
-    def run(self, script: Path, args: list[str], timeout_s: float) -> ScenarioRun:
+    def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
         env = pip_environment(self.cell.index_url)
         env.update(self.cell.env)
+        env["PYTHONPATH"] = str(data_path("scenarios"))  # the helper, importable from any scenario folder
         if self.cell.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell measures the CPU kernels even on a GPU host
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="bnmatrix-cell-") as scratch:
+        with tempfile.TemporaryDirectory(prefix="bnmatrix-cell-") as scratch, open(log, "wb") as handle:
             env["TMPDIR"] = scratch
-            process, stdout, stderr, timed_out = self.processes.run(
-                [str(self.venv / "bin" / "python"), str(script), *args], timeout_s, cwd=scratch, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        return ScenarioRun(stdout, stderr, None if timed_out else process.returncode, timed_out,
-                           round(time.monotonic() - started, 3))
+            capture = OutputCapture(handle)
+            code, timed_out = self.processes.stream([str(self.venv / "bin" / "python"), str(scenario.script), *args],
+                                                    timeout_s, capture, cwd=scratch, env=env)
+        return ScenarioRun.from_capture(capture, code, timed_out, time.monotonic() - started)

@@ -1,4 +1,12 @@
-"""A scenario that never finishes: for the timeout and Ctrl-C tests (standard library only)."""
+"""A scenario that never finishes: for the timeout and Ctrl-C tests."""
 import time
 
-time.sleep(3600)
+import bnmatrix_scenario as bns
+
+
+def train(tf, cfg, scratch):
+    time.sleep(3600)
+
+
+if __name__ == "__main__":
+    bns.main("sleeper", train)

@@ -1,8 +1,13 @@
-"""Shared helper of the bnmatrix scenarios: the data, the closed-form verdict and the JSON result.
+"""The helper every bnmatrix scenario imports: run a pattern, print what it observed.
+
+Scenarios observe; the host judges. A scenario script calls `main(name, train)`; `train(tf, cfg,
+scratch)` builds the pattern, trains `cfg.steps` steps and returns its observations (see
+`observations`). This module prints them as one `BNMATRIX_RESULT {json}` line (schema
+bnmatrix.scenario/2, docs/scenarios.md); bnmatrix's verdict.py turns them into a status.
 
 Runs inside a cell with only the standard library, NumPy and TensorFlow, on Python 3.6 to 3.13,
-so it keeps to Python 3.6 syntax. Each scenario script calls `main(name, train)`; `train(tf, cfg)`
-builds the pattern, trains `cfg.steps` steps on the constant batch and returns its observations.
+so it keeps to Python 3.6 syntax. bnmatrix puts its folder on PYTHONPATH in every cell, so a
+scenario in any folder can `import bnmatrix_scenario`.
 """
 import argparse
 import importlib
@@ -16,7 +21,7 @@ import tempfile
 import time
 import traceback
 
-RESULT_SCHEMA = "bnmatrix.scenario/1"
+RESULT_SCHEMA = "bnmatrix.scenario/2"
 RESULT_MARKER = "BNMATRIX_RESULT "
 # The tiny regression of the original report: a constant batch x, labels y = -x.
 FEATURES = [[0.0], [1.0], [2.0], [3.0]]
@@ -24,9 +29,6 @@ LABELS = [[0.0], [-1.0], [-2.0], [-3.0]]
 LEARNING_RATE = 0.001
 # Keras and tf.layers BatchNormalization both default to momentum 0.99.
 MOMENTUM = 0.99
-# float32 statistics after a few hundred updates agree with the closed form far closer than this.
-MEAN_TOLERANCE = 1e-4
-STALE_TOLERANCE = 1e-7
 
 
 class Unsupported(Exception):
@@ -59,56 +61,62 @@ def v1_name(tf):
     return "tf.compat.v1" if v1(tf) is not tf else "tf"
 
 
-def batch_statistics():
-    """Mean and population variance of the constant batch, as BatchNormalization computes them."""
-    values = [row[0] for row in FEATURES]
-    mean = sum(values) / len(values)
-    variance = sum((v - mean) ** 2 for v in values) / len(values)
-    return mean, variance
+def feature_values():
+    """The constant batch as a flat list: what a BN layer fed FEATURES normalises."""
+    return [row[0] for row in FEATURES]
 
 
-def expected_statistics(steps, momentum=MOMENTUM):
-    """Moving mean and variance after `steps` updates from (0, 1) on the constant batch."""
-    mean, variance = batch_statistics()
-    decay = momentum ** steps
-    return mean * (1.0 - decay), variance + (1.0 - variance) * decay
+def layer(moving_mean, moving_variance, values=None, alternatives=None, forward=None):
+    """One BN layer's observation: its statistics after training and the batch values it saw.
+
+    `values` None means the layer is shown but not judged (its input changed during training).
+    `alternatives` maps a label to other data the statistics might follow (see `statistics_data`);
+    `forward` is a training-mode forward pass (inputs, outputs, epsilon, gamma, beta and the moving
+    statistics just before it), from which the host tells which statistics it normalised with.
+    """
+    observed = {"moving_mean": to_float(moving_mean), "moving_variance": to_float(moving_variance)}
+    if values is not None:
+        observed["data"] = {"values": [float(v) for v in values]}
+    if alternatives:
+        observed["alternatives"] = dict(alternatives)
+    if forward is not None:
+        observed["forward"] = forward
+    return observed
 
 
-def effective_updates(moving_mean, momentum=MOMENTUM):
-    """The number of updates k for which mu * (1 - m**k) equals the observed moving mean."""
-    mean, _ = batch_statistics()
-    remaining = 1.0 - moving_mean / mean
-    if remaining <= 0.0:
-        return None  # past the batch mean: no number of updates explains it
-    if remaining >= 1.0:
-        return 0.0
-    return math.log(remaining) / math.log(momentum)
+def statistics_data(n, mean, variance_biased, variance_unbiased):
+    """Data given by its statistics rather than its values (for `layer`'s alternatives)."""
+    return {"n": n, "mean": mean, "variance_biased": variance_biased, "variance_unbiased": variance_unbiased}
 
 
-def verdict(steps, moving_mean, moving_variance, momentum=MOMENTUM):
-    """(status, reason) of the observed statistics against the closed form for `steps` updates."""
-    expected_mean, expected_variance = expected_statistics(steps, momentum)
-    if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
-        return "stale", "moving statistics still at their initial values (0, 1)"
-    updates = effective_updates(moving_mean, momentum)
-    mean_ok = abs(moving_mean - expected_mean) <= MEAN_TOLERANCE * max(1.0, abs(expected_mean))
-    variance_ok = abs(moving_variance - expected_variance) <= MEAN_TOLERANCE * max(1.0, expected_variance)
-    if mean_ok and variance_ok:
-        return "updated", "matches the closed form for {} updates".format(steps)
-    if updates is None:
-        return "wrong", "moving mean {:.6g} is beyond the batch mean".format(moving_mean)
-    if mean_ok:
-        return "wrong", "moving mean fits {} updates but moving variance {:.6g} != expected {:.6g}".format(
-            steps, moving_variance, expected_variance)
-    ratio = updates / steps if steps else float("inf")
-    kind = "partial" if ratio < 1.0 else "extra"
-    return "wrong", "{:.2f} effective updates for {} steps ({:.2f}x, {})".format(updates, steps, ratio, kind)
+def read_variable(tf, variable):
+    """A variable's value in eager TF 2 / Keras 3 and in TF 1 graph mode alike."""
+    eager = getattr(tf, "executing_eagerly", lambda: False)()
+    if eager and hasattr(variable, "numpy"):
+        return variable.numpy()
+    return tf.keras.backend.get_value(variable)
+
+
+def keras_optimizer(tf):
+    """Adam for a Keras model: tf.keras's own (1.x and 2.x) with the report's learning rate."""
+    return tf.keras.optimizers.Adam(LEARNING_RATE)
+
+
+def observations(layers, update_ops=None, train_loss=None, eval_loss=None, extra=None):
+    """What `train` returns: layers by name (see `layer`), the UPDATE_OPS size, losses, extra numbers."""
+    return {"layers": layers, "update_ops": update_ops, "train_loss": train_loss, "eval_loss": eval_loss,
+            "extra": extra or {}}
 
 
 def to_float(value):
     """A scalar float from a TF/NumPy value of shape () or (1,)."""
     flat = getattr(value, "flat", None)
     return float(flat[0]) if flat is not None else float(value)
+
+
+def flat_floats(value):
+    """A flat list of floats from a TF/NumPy array."""
+    return [float(v) for v in getattr(value, "flat", value)]
 
 
 def visible_devices(tf):
@@ -143,7 +151,6 @@ def keras_version(tf):
 
 
 def quiet(tf):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         v1(tf).logging.set_verbosity(v1(tf).logging.ERROR)
     except AttributeError:
@@ -151,22 +158,33 @@ def quiet(tf):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description="Run one bnmatrix scenario and print its JSON result.")
+    parser = argparse.ArgumentParser(description="Run one bnmatrix scenario and print its observations.")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--tf-version", default=None, help="the TF version the cell installed")
     return parser.parse_args(argv)
 
 
+def finite(value):
+    """JSON-safe: NaN and infinities become None (the host refuses them), containers recursively."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return dict((k, finite(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
 def main(name, train, argv=None):
-    """Run `train` for scenario `name`, print one JSON result line, exit 0 unless output failed."""
+    """Run `train` for scenario `name`, print one result line, exit 0 unless printing failed."""
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.time()
     result = {
         "schema": RESULT_SCHEMA,
         "scenario": name,
-        "status": "error",
-        "reason": None,
+        "outcome": "error",
         "python": platform.python_version(),
         "device": cfg.device,
         "steps": cfg.steps,
@@ -175,18 +193,14 @@ def main(name, train, argv=None):
         "keras_version": None,
         "devices_seen": None,
         "build_info": {},
+        "layers": {},
         "update_ops": None,
-        "moving_mean": None,
-        "moving_variance": None,
-        "effective_updates": None,
         "train_loss": None,
         "eval_loss": None,
-        "details": {},
+        "extra": {},
+        "unsupported": None,
         "error": None,
     }
-    mean, variance = batch_statistics()
-    result["batch_mean"], result["batch_variance"] = mean, variance
-    result["expected_moving_mean"], result["expected_moving_variance"] = expected_statistics(cfg.steps)
     scratch = tempfile.mkdtemp(prefix="bnmatrix-")
     try:
         import tensorflow as tf
@@ -195,25 +209,21 @@ def main(name, train, argv=None):
         result["keras_version"] = keras_version(tf)
         result["build_info"] = build_info(tf)
         result["devices_seen"] = visible_devices(tf)
-        if cfg.tf_version and tf.__version__ != cfg.tf_version:
-            raise RuntimeError("imported TF {} but the cell installed {}".format(tf.__version__, cfg.tf_version))
         if cfg.device == "gpu" and "GPU" not in result["devices_seen"]:
             raise RuntimeError("GPU cell, but TF sees only {}".format(result["devices_seen"]))
-        observed = train(tf, cfg, scratch)
-        result.update(observed)
-        result["effective_updates"] = effective_updates(result["moving_mean"])
-        result["status"], result["reason"] = verdict(cfg.steps, result["moving_mean"], result["moving_variance"])
+        result.update(train(tf, cfg, scratch))
+        result["outcome"] = "observed"
     except Unsupported as exc:
-        result["status"], result["reason"] = "unsupported", str(exc)
-        result["error"] = {"type": "Unsupported", "api": exc.api, "message": exc.message}
+        result["outcome"] = "unsupported"
+        result["unsupported"] = {"api": exc.api, "message": exc.message}
     except Exception as exc:
-        result["status"], result["reason"] = "error", "{}: {}".format(type(exc).__name__, exc)
         tail = traceback.format_exc().splitlines()[-25:]
+        result["outcome"] = "error"
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": "\n".join(tail)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     result["duration_s"] = round(time.time() - started, 3)
-    sys.stdout.write(RESULT_MARKER + json.dumps(result, sort_keys=True) + "\n")
+    sys.stdout.write(RESULT_MARKER + json.dumps(finite(result), sort_keys=True, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
@@ -239,7 +249,7 @@ def estimator_statistics(estimator):
 
 
 def loss_capture_hook(tf):
-    """A SessionRunHook that keeps the last training loss the Estimator reports."""
+    """A SessionRunHook that keeps the last training loss and the size of UPDATE_OPS."""
     compat = v1(tf)
     run_args = compat.train.SessionRunArgs
 
@@ -274,22 +284,50 @@ def estimator_api(tf):
     return getattr(compat, "estimator", None) or tf.estimator
 
 
-def constant_input_fn(tf):
-    features = tf.constant(FEATURES, dtype=tf.float32)
+def constant_input_fn(tf, features=None):
+    features = tf.constant(FEATURES if features is None else features, dtype=tf.float32)
     labels = tf.constant(LABELS, dtype=tf.float32)
     return features, labels
 
 
-def train_and_evaluate(tf, estimator, steps, input_fn):
-    """Train `steps` steps, evaluate once; returns the common observations of an Estimator pattern."""
+def train_and_evaluate(tf, estimator, steps, input_fn, values=None):
+    """Train `steps` steps, evaluate once; the observations of an Estimator pattern with one BN layer."""
     hook = loss_capture_hook(tf)
     estimator.train(input_fn, steps=steps, hooks=[hook])
     evaluation = estimator.evaluate(input_fn, steps=1)
     moving_mean, moving_variance = estimator_statistics(estimator)
-    return {
-        "moving_mean": moving_mean,
-        "moving_variance": moving_variance,
-        "update_ops": hook.update_ops,
-        "train_loss": hook.loss,
-        "eval_loss": float(evaluation["loss"]),
-    }
+    return observations({"bn": layer(moving_mean, moving_variance, feature_values() if values is None else values)},
+                        update_ops=hook.update_ops, train_loss=hook.loss, eval_loss=float(evaluation["loss"]))
+
+
+def estimator_model_fn(tf, make_batch_norm, fix_updates=False):
+    """The report's custom model_fn: BN -> Dense(1), MSE, Adam, train op under UPDATE_OPS.
+
+    `make_batch_norm()` builds the BN layer; with `fix_updates` the layer's own updates are grouped
+    with the train op (the TF 2 migration guide's fix for Keras layers).
+    """
+    compat = v1(tf)
+    estimator_module = estimator_api(tf)
+    dense = require(tf, "keras.layers.Dense")
+
+    def model_fn(features, labels, mode):
+        training = (mode == estimator_module.ModeKeys.TRAIN)
+        batch_norm = make_batch_norm()
+        x = batch_norm(features, training=training)
+        y = dense(1)(x)
+        if mode == estimator_module.ModeKeys.PREDICT:
+            return estimator_module.EstimatorSpec(mode=mode, predictions={"prob": y})
+        loss = tf.reduce_mean(compat.losses.mean_squared_error(labels, y))
+        if mode == estimator_module.ModeKeys.TRAIN:
+            optimizer = compat.train.AdamOptimizer(learning_rate=LEARNING_RATE)
+            # set batch normalization parameters to train
+            update_ops = compat.get_collection(compat.GraphKeys.UPDATE_OPS)
+            with tf.control_dependencies(update_ops):
+                train_op = optimizer.minimize(loss, global_step=compat.train.get_global_step())
+            if fix_updates:
+                train_op = tf.group(train_op, *batch_norm.updates)
+            return estimator_module.EstimatorSpec(mode=estimator_module.ModeKeys.TRAIN, loss=loss,
+                                                  train_op=train_op)
+        return estimator_module.EstimatorSpec(mode=mode, loss=loss)
+
+    return estimator_module, model_fn

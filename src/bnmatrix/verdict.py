@@ -1,0 +1,262 @@
+"""The host's judgement: a scenario's observations -> a status and a reason, from the numbers only.
+
+With a constant batch of mean mu and variance s2, momentum m and k updates from the initial
+(0, 1), the moving statistics must be mu * (1 - m**k) and s2 + (1 - s2) * m**k. A scenario reports
+what it read; this module says how many updates that implies, which batch variance (biased, n, or
+unbiased, n - 1) the moving variance follows, and which statistics a training-mode forward pass
+used. Whatever the scenario thinks of itself is never read.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Any
+
+# float32 statistics after a few hundred updates agree with the closed form far closer than this.
+REL_TOLERANCE = 1e-4
+STALE_TOLERANCE = 1e-7
+# A forward pass's outputs are float32 normalised values: their error is far below this.
+FORWARD_TOLERANCE = 1e-3
+
+
+class Status(enum.Enum):
+    """What one cell x scenario shows: the one vocabulary of results, report, CLI, JUnit and schemas."""
+
+    UPDATED = "updated"
+    STALE = "stale"
+    WRONG = "wrong"
+    UNSUPPORTED = "unsupported"
+    ERROR = "error"
+    BUILD_ERROR = "build-error"
+    NOT_RUN = "not-run"
+
+    @property
+    def icon(self) -> str:
+        return _STATUS_TABLE[self][0]
+
+    @property
+    def word(self) -> str:
+        return _STATUS_TABLE[self][1]
+
+    @property
+    def colour(self) -> str:
+        """Okabe-Ito colours: distinct under the common colour-vision deficiencies."""
+        return _STATUS_TABLE[self][2]
+
+    @property
+    def junit(self) -> str:
+        """The JUnit outcome without an expectation: pass, failure, error or skipped."""
+        return _STATUS_TABLE[self][3]
+
+    @property
+    def meaning(self) -> str:
+        return _STATUS_TABLE[self][4]
+
+    @classmethod
+    def scenario_values(cls) -> list[str]:
+        """The statuses a scenario that ran can get (the others belong to its cell)."""
+        return [s.value for s in cls if s not in (cls.BUILD_ERROR, cls.NOT_RUN)]
+
+
+_STATUS_TABLE: dict[Status, tuple[str, str, str, str, str]] = {
+    Status.UPDATED: ("✔", "updated", "#009E73", "pass",
+                     "the moving statistics match the closed form for every training step"),
+    Status.STALE: ("✘", "stale", "#D55E00", "failure", "the moving statistics never left their initial values (0, 1)"),
+    Status.WRONG: ("≠", "wrong", "#CC79A7", "failure",
+                   "the statistics changed, but not as one update per step would (partial, double, other data)"),
+    Status.UNSUPPORTED: ("∅", "unsupported", "#E69F00", "skipped",
+                         "an API the pattern needs is absent in this TensorFlow"),
+    Status.ERROR: ("‼", "error", "#000000", "error", "the scenario failed or its result was refused; see why"),
+    Status.BUILD_ERROR: ("⚠", "build error", "#56B4E9", "error",
+                         "the cell's environment could not be built; see the setup log"),
+    Status.NOT_RUN: ("–", "not run", "#999999", "skipped",
+                     "this host cannot serve the cell (no such Python, no GPU)"),
+}
+
+
+class CellStatus(enum.Enum):
+    """How a cell as a whole went; its scenarios carry their own Status when it ran."""
+
+    RAN = "ran"
+    NOT_RUN = "not-run"
+    BUILD_ERROR = "build-error"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class BatchData:
+    """The data a BN layer saw in training: its mean and both variances."""
+
+    n: int
+    mean: float
+    variance_biased: float
+    variance_unbiased: float
+
+    @classmethod
+    def from_observation(cls, data: dict[str, Any]) -> BatchData:
+        """From {"values": [...]} or {"n", "mean", "variance_biased", "variance_unbiased"} (schema-checked)."""
+        if "values" in data:
+            values = [float(v) for v in data["values"]]
+            n = len(values)
+            mean = sum(values) / n
+            squares = sum((v - mean) ** 2 for v in values)
+            return cls(n, mean, squares / n, squares / (n - 1))
+        return cls(int(data["n"]), float(data["mean"]), float(data["variance_biased"]),
+                   float(data["variance_unbiased"]))
+
+    def variance(self, correction: str) -> float:
+        return self.variance_unbiased if correction == "unbiased" else self.variance_biased
+
+
+CORRECTION_WORDS = {"biased": "the biased batch variance (n)", "unbiased": "the unbiased batch variance (n-1)"}
+
+
+def expected_statistics(data: BatchData, momentum: float, updates: float,
+                        correction: str = "biased") -> tuple[float, float]:
+    """Moving mean and variance after `updates` updates from (0, 1) on a constant batch."""
+    decay = momentum ** updates
+    variance = data.variance(correction)
+    return data.mean * (1.0 - decay), variance + (1.0 - variance) * decay
+
+
+def effective_updates(moving_mean: float, data: BatchData, momentum: float) -> float | None:
+    """The k for which mu * (1 - m**k) equals the observed moving mean; None when no k does."""
+    if data.mean == 0.0:
+        return None
+    remaining = 1.0 - moving_mean / data.mean
+    if remaining <= 0.0 or remaining > 1.0 + STALE_TOLERANCE:
+        return None  # past the batch mean, or on the other side of 0: no number of updates explains it
+    return 0.0 if remaining >= 1.0 else math.log(remaining) / math.log(momentum)
+
+
+def effective_variance_updates(moving_variance: float, variance: float, momentum: float) -> float | None:
+    """The k for which s2 + (1 - s2) * m**k equals the observed moving variance; None when no k does."""
+    if abs(1.0 - variance) < 1e-12:
+        return None
+    remaining = (moving_variance - variance) / (1.0 - variance)
+    if remaining <= 0.0 or remaining > 1.0 + STALE_TOLERANCE:
+        return None
+    return 0.0 if remaining >= 1.0 else math.log(remaining) / math.log(momentum)
+
+
+def close(observed: float, expected: float, tolerance: float = REL_TOLERANCE) -> bool:
+    return abs(observed - expected) <= tolerance * max(1.0, abs(expected))
+
+
+@dataclass(frozen=True)
+class LayerVerdict:
+    """The judgement of one BN layer's moving statistics."""
+
+    status: Status
+    reason: str
+    expected_moving_mean: float
+    expected_moving_variance: float
+    effective_updates: float | None
+    effective_updates_variance: float | None
+    variance_correction: str | None  # "biased", "unbiased", or None when neither fits
+    forward_statistics: str | None = None  # "batch" or "moving": what a training-mode forward pass used
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "reason": self.reason, "expected_moving_mean": self.expected_moving_mean,
+                "expected_moving_variance": self.expected_moving_variance,
+                "effective_updates": self.effective_updates,
+                "effective_updates_variance": self.effective_updates_variance,
+                "variance_correction": self.variance_correction, "forward_statistics": self.forward_statistics}
+
+
+def _variance_correction(moving_variance: float, data: BatchData, momentum: float,
+                         updates: float) -> str | None:
+    """Which batch variance the moving variance follows after `updates` updates, if either (None
+    also when the statistics barely moved: then every variance fits)."""
+    if updates < 0.5:
+        return None
+    for correction in ("biased", "unbiased"):
+        if close(moving_variance, expected_statistics(data, momentum, updates, correction)[1]):
+            return correction
+    return None
+
+
+def _ratio(updates: float, steps: int) -> str:
+    return f"{updates:.2f} effective updates for {steps} steps ({updates / steps:.2f}x)"
+
+
+def forward_statistics(forward: dict[str, Any], data: BatchData) -> str | None:
+    """Whether a training-mode forward pass normalised with the batch's statistics or the moving ones."""
+    epsilon, gamma, beta = float(forward["epsilon"]), float(forward.get("gamma", 1.0)), float(forward.get("beta", 0.0))
+    inputs, outputs = forward["inputs"], forward["outputs"]
+    if not inputs or len(inputs) != len(outputs):
+        return None
+    candidates = {"batch": (data.mean, data.variance_biased),
+                  "moving": (float(forward["moving_mean"]), float(forward["moving_variance"]))}
+
+    def predicts(mean: float, variance: float) -> bool:
+        expected = [gamma * (x - mean) / math.sqrt(variance + epsilon) + beta for x in inputs]
+        return all(close(y, e, FORWARD_TOLERANCE) for y, e in zip(outputs, expected, strict=True))
+
+    fits = [name for name, (mean, variance) in candidates.items() if predicts(mean, variance)]
+    return fits[0] if len(fits) == 1 else None
+
+
+def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerdict:
+    """The verdict on one layer's observed statistics against the closed form for `steps` updates."""
+    data = BatchData.from_observation(layer["data"])
+    moving_mean, moving_variance = float(layer["moving_mean"]), float(layer["moving_variance"])
+    mean_updates = effective_updates(moving_mean, data, momentum)
+    reference = mean_updates if mean_updates is not None else float(steps)
+    correction = _variance_correction(moving_variance, data, momentum, reference)
+    variance_updates = effective_variance_updates(moving_variance, data.variance(correction or "biased"), momentum)
+    expected_mean, expected_variance = expected_statistics(data, momentum, steps, correction or "biased")
+    forward = forward_statistics(layer["forward"], data) if layer.get("forward") else None
+    used = ""
+    if layer.get("forward"):
+        used = (f"; in training mode the forward pass used the {forward} statistics" if forward
+                else "; the training-mode forward pass fits neither the batch nor the moving statistics")
+
+    def verdict(status: Status, reason: str) -> LayerVerdict:
+        return LayerVerdict(status, reason + used, expected_mean, expected_variance, mean_updates, variance_updates,
+                            correction, forward)
+
+    if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
+        return verdict(Status.STALE, "moving statistics still at their initial values (0, 1)")
+    follows = f"moving variance follows {CORRECTION_WORDS[correction]}" if correction else (
+        f"moving variance {moving_variance:.6g} follows neither the biased nor the unbiased batch variance")
+    mean_ok = close(moving_mean, expected_mean)
+    if mean_ok and correction is not None and close(moving_variance, expected_variance):
+        return verdict(Status.UPDATED, f"matches the closed form for {steps} updates; {follows}")
+    for label, alternative in (layer.get("alternatives") or {}).items():
+        other = BatchData.from_observation(alternative)
+        for kind in ("biased", "unbiased"):
+            mean, variance = expected_statistics(other, momentum, steps, kind)
+            if close(moving_mean, mean) and close(moving_variance, variance):
+                return verdict(Status.WRONG, f"the moving statistics follow {label} ({kind} variance) for {steps} "
+                               "updates, not the batch the layer was given")
+    if mean_updates is None:
+        return verdict(Status.WRONG, f"moving mean {moving_mean:.6g} fits no number of updates "
+                       f"(batch mean {data.mean:.6g}); {follows}")
+    mean_part = (f"moving mean fits {steps} updates" if mean_ok else f"moving mean: {_ratio(mean_updates, steps)}")
+    variance_part = follows
+    if variance_updates is not None and not math.isclose(variance_updates, mean_updates, abs_tol=0.01):
+        variance_part += f", {_ratio(variance_updates, steps)}"
+    return verdict(Status.WRONG, f"{mean_part}; {variance_part}")
+
+
+def judge(observation: dict[str, Any]) -> tuple[Status, str, dict[str, LayerVerdict]]:
+    """(status, reason, per judged layer verdict) of a schema-checked `observed` scenario result.
+
+    Every layer that names its data is judged; when they disagree the scenario is `wrong` and the
+    reason names each layer's verdict.
+    """
+    steps, momentum = int(observation["steps"]), float(observation["momentum"])
+    verdicts = {name: judge_layer(layer, steps, momentum)
+                for name, layer in observation["layers"].items() if layer.get("data") is not None}
+    if not verdicts:
+        return Status.ERROR, "the scenario judged no layer: no layer in its result names the data it trained on", {}
+    statuses = {v.status for v in verdicts.values()}
+    if len(verdicts) == 1 or len(statuses) == 1:
+        first = next(iter(verdicts.values()))
+        if len(verdicts) == 1:
+            return first.status, first.reason, verdicts
+        return first.status, "; ".join(f"{name}: {v.reason}" for name, v in verdicts.items()), verdicts
+    return Status.WRONG, "; ".join(f"{name}: {v.status.value} ({v.reason})" for name, v in verdicts.items()), verdicts
