@@ -102,10 +102,11 @@ def keras_optimizer(tf):
     return tf.keras.optimizers.Adam(LEARNING_RATE)
 
 
-def observations(layers, update_ops=None, train_loss=None, eval_loss=None, extra=None):
-    """What `train` returns: layers by name (see `layer`), the UPDATE_OPS size, losses, extra numbers."""
+def observations(layers, update_ops=None, train_loss=None, eval_loss=None, extra=None, momentum=MOMENTUM):
+    """What `train` returns: layers by name (see `layer`), the UPDATE_OPS size, losses, extra numbers,
+    and the momentum of the reported layers (the closed form is checked with it)."""
     return {"layers": layers, "update_ops": update_ops, "train_loss": train_loss, "eval_loss": eval_loss,
-            "extra": extra or {}}
+            "extra": extra or {}, "momentum": momentum}
 
 
 def to_float(value):
@@ -148,6 +149,13 @@ def keras_version(tf):
     except Exception:  # an exotic build without tf.keras: the field stays empty
         version = None
     return str(version) if version is not None else None
+
+
+def describe_environment(tf, result):
+    """The Keras behind tf.keras, the devices TF sees and what it was built with, into `result`."""
+    result["keras_version"] = keras_version(tf)
+    result["build_info"] = build_info(tf)
+    result["devices_seen"] = visible_devices(tf)
 
 
 def quiet(tf):
@@ -202,16 +210,17 @@ def main(name, train, argv=None):
         "error": None,
     }
     scratch = tempfile.mkdtemp(prefix="bnmatrix-")
+    tf = None
     try:
         import tensorflow as tf
         quiet(tf)
         result["tf_version"] = tf.__version__
-        result["keras_version"] = keras_version(tf)
-        result["build_info"] = build_info(tf)
-        result["devices_seen"] = visible_devices(tf)
+        # train() comes first: on TF 1.x, listing devices builds a graph, after which a scenario can no
+        # longer switch eager execution on.
+        result.update(train(tf, cfg, scratch))
+        describe_environment(tf, result)
         if cfg.device == "gpu" and "GPU" not in result["devices_seen"]:
             raise RuntimeError("GPU cell, but TF sees only {}".format(result["devices_seen"]))
-        result.update(train(tf, cfg, scratch))
         result["outcome"] = "observed"
     except Unsupported as exc:
         result["outcome"] = "unsupported"
@@ -222,6 +231,11 @@ def main(name, train, argv=None):
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": "\n".join(tail)}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if tf is not None and result["devices_seen"] is None:
+        try:
+            describe_environment(tf, result)
+        except Exception:  # an error result keeps its own error; the environment stays unknown
+            pass
     result["duration_s"] = round(time.time() - started, 3)
     sys.stdout.write(RESULT_MARKER + json.dumps(finite(result), sort_keys=True, allow_nan=False) + "\n")
     sys.stdout.flush()

@@ -3,13 +3,11 @@
 Does the TF1-compatibility Keras layer fill UPDATE_OPS where tf.keras's does not?
 """
 import bnmatrix_scenario as common
+import keras_bn_custom_estimator
 
 
 def train(tf, cfg, scratch):
-    batch_norm = common.require(tf, "compat.v1.keras.layers.BatchNormalization")
-    estimator_module, model_fn = common.estimator_model_fn(tf, lambda: batch_norm())
-    estimator = estimator_module.Estimator(model_fn=model_fn, model_dir=scratch)
-    return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
+    return keras_bn_custom_estimator.train(tf, cfg, scratch, layer="compat.v1.keras.layers.BatchNormalization")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ import bnmatrix_scenario as common
 
 
 def eager(tf):
-    """Eager execution, switched on in TF 1.x (where it must happen before any graph is built)."""
-    if not getattr(tf, "executing_eagerly", lambda: False)():
+    """Eager execution, switched on in TF 1.x before anything else (even asking tf.executing_eagerly()
+    first fixes the mode there, and enabling it then fails)."""
+    if tf.__version__.startswith("1."):
         common.require(tf, "enable_eager_execution", compat=True)()
     common.require(tf, "GradientTape")
 

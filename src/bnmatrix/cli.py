@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -18,13 +19,27 @@ from rich.table import Table
 
 from bnmatrix import __version__
 from bnmatrix.backends import select_backend
-from bnmatrix.backends.venv import default_cache_dir
+from bnmatrix.backends.venv import default_cache_dir, kill_tagged
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
 from bnmatrix.results import CellResult, RunStore, load_run, merge_runs, new_run_id
 from bnmatrix.runner import run_plan
 from bnmatrix.verdict import CellStatus, Status
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (CI cancelling a job, a closed terminal): stopped as cleanly as Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame: object) -> None:
+    for other in (signal.SIGTERM, signal.SIGHUP):  # a second one must not break the cleanup of the first
+        signal.signal(other, signal.SIG_IGN)
+    raise Terminated(signum)
 
 
 def _styled(status: Status) -> str:
@@ -67,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto")
     run_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                             help="results root; the run goes to DIR/<run-id>, DIR/latest points at it")
-    run_parser.add_argument("--force", action="store_true", help="redo cells whose inputs did not change")
+    run_parser.add_argument("--force", action="store_true",
+                            help="run the scenarios again even where the cell's inputs did not change "
+                                 "(on the cached environments)")
+    run_parser.add_argument("--rebuild", action="store_true",
+                            help="recreate the cells' environments (venvs, or images without the layer cache); "
+                                 "implies --force")
     run_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                             help="cells at once (default: the CPU count)")
     run_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
@@ -129,7 +149,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     if not cells:
         raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
     run_id = new_run_id()
-    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir())
+    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir(), rebuild=args.rebuild)
     console.print(why)
     store = RunStore(args.results, run_id, {
         "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
@@ -137,8 +157,13 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                                                        "scenario": args.scenario, "force": args.force},
         "cells": [cell.id for cell in cells],
     })
+    for dead in store.dead_runs:
+        killed = kill_tagged(dead)
+        console.print(f"run {dead} was killed before it finished: marked interrupted"
+                      + (f", {killed} process{'es' if killed != 1 else ''} it left stopped" if killed else ""))
     store.save_scenarios([matrix.catalog[name] for name in cells[0].scenarios])
-    console.print(f"run {store.run_id}: {len(cells)} cells -> {store.directory}")
+    console.print(f"run {store.run_id}: {len(cells)} cell{'s' if len(cells) != 1 else ''} -> {store.directory}",
+                  soft_wrap=True)
     started = time.monotonic()
     columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
                TextColumn("{task.description}"), TimeElapsedColumn())
@@ -165,12 +190,13 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                                            highlight=False)
 
             results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
-                               args.force, report_progress, jobs=args.jobs)
-    except KeyboardInterrupt:
+                               args.force or args.rebuild, report_progress, jobs=args.jobs)
+    except KeyboardInterrupt as exc:
         store.finish("interrupted")
-        console.print(f"[bold red]interrupted[/]: finished cells are kept in {store.directory}; "
-                      "run again to go on (unchanged cells are reused)")
-        return 130
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        console.print(f"[bold red]interrupted[/] ({signal.Signals(signum).name}): finished cells are kept in "
+                      f"{store.directory}; run again to go on (unchanged cells are reused)")
+        return 128 + signum
     finally:
         backend.close()
     store.finish("complete")
@@ -182,6 +208,11 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  [bold]{result.id}[/]: {result.status.value}: {escape(str(result.reason))}")
     if any(r.status is CellStatus.NOT_RUN and r.cell["device"] == "gpu" for r in failed):
         console.print("  (GPU cells need a GPU host; --skip '*-gpu*' leaves them out)")
+    outcomes = [s.status for r in results for s in r.scenarios.values()]
+    if outcomes and all(status is Status.ERROR for status in outcomes):
+        console.print("[bold red]every scenario of every cell that ran is an error[/]: no verdict at all; see the "
+                      "reasons above and the logs")
+        return EXIT_CELL_FAILED
     return EXIT_CELL_FAILED if failed else EXIT_OK
 
 
@@ -254,11 +285,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report,
                 "scenario": command_scenario}
+    previous = {signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return handlers[args.command](args, console)
+    except KeyboardInterrupt as exc:  # outside a run (plan, report, merge): nothing to record
+        return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     except BnMatrixError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(str(exc))}", highlight=False)
         return exc.exit_code
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

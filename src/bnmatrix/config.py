@@ -36,6 +36,13 @@ def default_matrix_path() -> Path:
     return local if local.exists() else data_path("matrix.yaml")
 
 
+# What a value that reaches a Dockerfile, a command line or an environment may look like (whole match):
+# no whitespace, so no newline can start another Dockerfile instruction.
+IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
+INDEX_URL = re.compile(r"(https?|file)://[^\s]+")
+ENV_VALUE = re.compile(r"[^\s]*")
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000  # after alias expansion: a billion-laughs file stops here
 HELPER_MODULE = "bnmatrix_scenario"
 SCENARIO_NAME = re.compile(r"[a-z][a-z0-9_]*")
 NOTE_KEYS = {"pattern": str, "why": str, "fix": str, "fix_code": str, "links": list}
@@ -64,7 +71,9 @@ def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
     """The scenarios of one folder: each top-level `<name>.py` but helpers (a leading `_`, or the
     bnmatrix helper), checked to be a scenario of that name; `origin` says where the folder was named."""
     if not directory.is_dir():
-        raise BnMatrixError(f"{origin}: {directory}: not a directory; expected a folder of scenario scripts")
+        why = "is not a directory" if directory.exists() else "does not exist"
+        shown = f"{origin}" if origin.endswith(str(directory)) else f"{origin}: {directory}"
+        raise BnMatrixError(f"{shown}: {why}; expected a folder of scenario scripts")
     found = {}
     for script in sorted(directory.glob("*.py")):
         name = script.stem
@@ -116,9 +125,11 @@ def load_scenario_notes(path: Path) -> dict[str, Any]:
         if not isinstance(value, NOTE_KEYS[key]):
             raise where.error((key,), f"found {_describe(value)}, expected a {NOTE_KEYS[key].__name__}")
     for index, link in enumerate(raw.get("links", [])):
-        if not (isinstance(link, dict) and isinstance(link.get("title"), str) and isinstance(link.get("url"), str)
-                and re.match(r"https?://", link["url"])):
+        if not (isinstance(link, dict) and isinstance(link.get("title"), str) and isinstance(link.get("url"), str)):
             raise where.error(("links", index), f"found {_describe(link)}, expected {{title: ..., url: https://...}}")
+        if not re.fullmatch(r"https?://[^\s]+", link["url"]):
+            raise where.error(("links", index, "url"), f"found {link['url']!r}, expected an http:// or https:// "
+                              "address")
     return raw
 
 
@@ -162,6 +173,9 @@ class ContainerSettings:
     tmpfs_size: str = "2g"
     no_new_privileges: bool = True
     drop_capabilities: bool = True
+    cpus: float | None = None  # None: as many as the host has
+    nofile: int = 4096  # open files (ulimit -n)
+    nproc: int = 4096  # processes of the container's user (ulimit -u)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +226,15 @@ class Matrix:
             for name, spec in raw.get("variants", {}).items()
         }
         _check_scenarios(raw["scenarios"], catalog, where)
+        index_url = settings.get("index_url", "https://pypi.org/simple")
+        if not INDEX_URL.fullmatch(index_url):
+            raise where.error(("settings", "index_url"), f"found {index_url!r}, expected an http(s):// or file:// URL "
+                              "without whitespace")
+        for name, spec in raw.get("variants", {}).items():
+            for key, value in spec.get("env", {}).items():
+                if not ENV_VALUE.fullmatch(value) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                    raise where.error(("variants", name, "env", key), f"found {key}={value!r}, expected a variable "
+                                      "name and a value without whitespace")
         for index, rule in enumerate(raw.get("expect", [])):
             if rule["scenario"] not in catalog:
                 raise where.error(("expect", index, "scenario"), f"unknown scenario '{rule['scenario']}'; expected "
@@ -230,7 +253,7 @@ class Matrix:
             catalog=catalog,
             scenario_dirs=tuple(scenario_dirs),
             timeout_s=float(settings.get("scenario_timeout_s", 900)),
-            index_url=settings.get("index_url", "https://pypi.org/simple"),
+            index_url=index_url,
             container=ContainerSettings(**settings.get("container", {})),
             runners={"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"], **settings.get("runners", {})},
             image_map=load_image_map(path.parent / IMAGE_MAP_FILE),
@@ -274,15 +297,24 @@ class _Locator:
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    """The data and the 1-based line of every key and item; duplicate keys are an error."""
+    """The data and the 1-based line of every key and item, parsed once; duplicate keys, a file over
+    1 MiB and aliases that expand past MAX_YAML_VALUES values are errors."""
+    size = len(text.encode("utf-8"))
+    if size > MAX_YAML_BYTES:
+        raise BnMatrixError(f"{path}: the file is {size} bytes; expected at most {MAX_YAML_BYTES} (1 MiB)")
+    loader = yaml.SafeLoader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = loader.get_single_node()
+        if root is not None:
+            _check_expansion(root, path)
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise BnMatrixError(f"{path}{line}: YAML syntax error: {problem}") from None
+    finally:
+        loader.dispose()
     lines: dict[tuple[Any, ...], int] = {}
 
     def walk(node: yaml.Node, keys: tuple[Any, ...]) -> None:
@@ -305,6 +337,26 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]
     if root is not None:
         walk(root, ())
     return data, lines
+
+
+def _check_expansion(root: yaml.Node, path: Path) -> None:
+    """Count the values the document holds once aliases are expanded, without expanding them."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 1  # a recursive alias counts once
+            children: list[yaml.Node] = []
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            elif isinstance(node, yaml.SequenceNode):
+                children = list(node.value)
+            sizes[id(node)] = min(MAX_YAML_VALUES + 1, 1 + sum(size(child) for child in children))
+        return sizes[id(node)]
+
+    if size(root) > MAX_YAML_VALUES:
+        raise BnMatrixError(f"{path}: its aliases (*name) expand to more than {MAX_YAML_VALUES} values; expected a "
+                            "matrix without nested alias expansion")
 
 
 def _schema() -> dict[str, Any]:
@@ -365,9 +417,10 @@ def load_image_map(path: Path) -> dict[str, str]:
     if not isinstance(raw, dict):
         raise where.error((), f"found {_describe(raw)}, expected a mapping 'image: replacement image'")
     for key, value in raw.items():
-        if not isinstance(key, str) or not isinstance(value, str) or not value:
-            raise where.error((key,), f"found {_describe(value)}, expected an image name such as "
-                              "bnmatrix-local/python:3.7")
+        for found in (key, value):
+            if not (isinstance(found, str) and IMAGE_NAME.fullmatch(found)):
+                raise where.error((key,), f"found {_describe(found)}, expected an image name such as "
+                                  "bnmatrix-local/python:3.7 (letters, digits and ._/:@-, no whitespace)")
     return dict(raw)
 
 
@@ -376,7 +429,7 @@ def parse_image_map(entries: list[str]) -> dict[str, str]:
     mapping = {}
     for entry in entries:
         source, sep, target = entry.partition("=")
-        if not sep or not source or not target:
+        if not sep or not IMAGE_NAME.fullmatch(source) or not IMAGE_NAME.fullmatch(target):
             raise BnMatrixError(f"--image-map {entry!r}: expected FROM=TO, e.g. "
                                 "python:3.7-slim=bnmatrix-local/python:3.7")
         mapping[source] = target
@@ -449,6 +502,11 @@ def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variant
 
     packages = fill("package", default_packages)
     images = fill("images", default_images)
+    for device, image in images.items():
+        if not IMAGE_NAME.fullmatch(image):
+            origin = keys + ("images", device) if device in spec.get("images", {}) else ("settings", "images", device)
+            raise where.error(origin, f"found {image!r}, expected an image name such as python:3.11-slim (letters, "
+                              "digits and ._/:@-, no whitespace)")
     _check_requirements(list(packages.values()), keys + ("package",), where)
     return TFVersion(
         tf=tf,
@@ -511,6 +569,10 @@ def new_scenario(name: str, directory: Path) -> Path:
     if not SCENARIO_NAME.fullmatch(name) or name == HELPER_MODULE:
         raise BnMatrixError(f"scenario new {name!r}: expected a plain identifier (lower case letters, digits and "
                             f"underscores, starting with a letter), e.g. my_keras_fit")
+    builtin = data_path("scenarios") / f"{name}.py"
+    if builtin.exists():
+        raise BnMatrixError(f"scenario new {name!r}: a built-in scenario has that name ({builtin}); expected a "
+                            "new name (nothing was written)")
     script, notes = directory / f"{name}.py", directory / f"{name}.yaml"
     for path in (script, notes):
         if path.exists():

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import socket
@@ -196,26 +197,100 @@ def _read_json(path: Path) -> Any:
         raise BnMatrixError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+
+
 def new_run_id() -> str:
     """A run id that sorts by time and does not collide within a host."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+SYSTEM_ROOTS = {Path(p) for p in ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/opt", "/proc",
+                                    "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var")}
+
+
+def check_results_root(root: Path) -> None:
+    """Refuse a results root that is a system folder or the home folder itself (a run writes and moves
+    things there)."""
+    resolved = root.expanduser().resolve()
+    if resolved in SYSTEM_ROOTS or resolved == Path.home().resolve():
+        raise BnMatrixError(f"--results {root}: {resolved} is a system or home folder; expected a folder of its own "
+                            "for results, e.g. --results results")
+
+
+def _alive(manifest: dict[str, Any]) -> bool:
+    """Whether the process that wrote a `running` manifest still runs (on this host; elsewhere: assume so)."""
+    process = manifest.get("process")
+    if not isinstance(process, dict) or not isinstance(process.get("pid"), int):
+        return False  # written before runs recorded their process: nobody is finishing it
+    if process.get("hostname") != socket.gethostname():
+        return True  # another host's run: not ours to judge
+    try:
+        os.kill(process["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    started = process.get("started_ticks")
+    return started is None or started == _start_ticks(process["pid"])
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When a process started (clock ticks since boot): tells a live pid from a reused one."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def runs_in(root: Path, newly_dead: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(run directory, manifest) of every run in a results root, oldest first; runs whose process died
+    while they ran are marked `interrupted` here (and their ids added to `newly_dead`)."""
+    found = []
+    for manifest_path in sorted(root.glob("*/manifest.json")):
+        directory = manifest_path.parent
+        if directory.name == "latest" or directory.name.startswith("."):
+            continue
+        manifest = _read_json_or_none(manifest_path)
+        if manifest.get("schema") != RUN_SCHEMA:
+            continue
+        if manifest.get("status") == "running" and not _alive(manifest):
+            manifest.update(status="interrupted", finished=manifest.get("finished") or now(),
+                            note="its process ended without finishing the run")
+            write_json(manifest_path, manifest)
+            if newly_dead is not None:
+                newly_dead.append(directory.name)
+        found.append((directory, manifest))
+    return found
+
+
 class RunStore:
-    """A run directory being written: results/<run-id>/{manifest.json, cells/, logs/}."""
+    """A run directory being written: results/<run-id>/{manifest.json, cells/, logs/, scenarios/}.
+
+    `latest` points at the newest run that finished with at least one cell; reuse takes each cell's
+    newest result from any run in the root, so an interrupted or concurrent run never hides one.
+    """
 
     def __init__(self, root: Path, run_id: str, manifest: dict[str, Any]):
+        check_results_root(root)
         self.root = root
-        previous = root / "latest"
-        self.previous = previous.resolve() if (previous / "manifest.json").is_file() else None
         self.run_id = run_id
         self.directory = root / run_id
         try:
+            root.mkdir(parents=True, exist_ok=True)
+            self._adopt_real_latest()
+            self.dead_runs: list[str] = []  # runs found killed: what they started may still run
+            earlier = runs_in(root, self.dead_runs)
             (self.directory / "cells").mkdir(parents=True)
         except FileExistsError:
             raise BnMatrixError(f"--results {root}: run {run_id} exists already") from None
         except OSError as exc:
             raise BnMatrixError(f"--results {root}: cannot create the run directory: {exc.strerror}") from None
+        finished = [d for d, m in earlier if m.get("status") in ("complete", "interrupted")
+                    and m.get("cells_written", len(m.get("cells") or [])) > 0]
+        self.previous = finished[-1].resolve() if finished else None
+        self._earlier = [d for d, _ in earlier]
+        self.written = 0
         self.manifest = {
             "schema": RUN_SCHEMA,
             "run_id": self.run_id,
@@ -224,11 +299,23 @@ class RunStore:
             "finished": None,
             "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                      "python": platform.python_version()},
+            "process": {"hostname": socket.gethostname(), "pid": os.getpid(),
+                        "started_ticks": _start_ticks(os.getpid())},
             "previous_run": self.previous.name if self.previous else None,
             **manifest,
         }
         write_json(self.directory / "manifest.json", self.manifest)
-        self._point_latest()
+
+    def _adopt_real_latest(self) -> None:
+        """A `latest` that is a real folder (an artifact download, `cp -rL`) becomes a run of its own."""
+        latest = self.root / "latest"
+        if latest.is_symlink() or not latest.is_dir():
+            return
+        run_id = _read_json_or_none(latest / "manifest.json").get("run_id")
+        target = self.root / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
+        if target is None or target.exists():
+            target = self.root / f"latest-copy-{secrets.token_hex(3)}"
+        latest.rename(target)
 
     def _point_latest(self) -> None:
         link = self.root / "latest"
@@ -254,33 +341,38 @@ class RunStore:
         return str(path.relative_to(self.directory))
 
     def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
-        """The previous run's result for this cell if it ran with the same inputs and backend (logs copied)."""
-        if self.previous is None:
-            return None
-        path = self.previous / "cells" / f"{cell_id}.json"
-        if not path.is_file():
-            return None
-        try:
-            result = read_cell(path)
-        except BnMatrixError:
-            return None  # a damaged old result is redone, not fatal
-        if result.status is not CellStatus.RAN or result.inputs_hash != inputs_hash or result.backend != backend:
-            return None
-        logs = self.previous / "logs" / cell_id
-        if logs.is_dir():
-            shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True)
-        result.reused_from = result.reused_from or self.previous.name
-        return result
+        """The newest earlier result of this cell, in any run of the root, that ran with the same inputs and
+        backend (its logs copied); None when there is none."""
+        for directory in reversed(self._earlier):
+            path = directory / "cells" / f"{cell_id}.json"
+            if not path.is_file():
+                continue
+            try:
+                result = read_cell(path)
+            except BnMatrixError:
+                continue  # a damaged old result is redone, not fatal
+            if result.status is not CellStatus.RAN or result.inputs_hash != inputs_hash or result.backend != backend:
+                continue
+            logs = directory / "logs" / cell_id
+            if logs.is_dir():
+                shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True)
+            result.reused_from = result.reused_from or directory.name
+            return result
+        return None
 
     def write_cell(self, result: CellResult) -> None:
         result.run_id = result.run_id or self.run_id  # the run that produced it (a reused one keeps its own)
         data = result.to_dict()
         check_cell_result(data, f"cell {result.id}")
         write_json(self.directory / "cells" / f"{result.id}.json", data)
+        self.written += 1
 
     def finish(self, status: str) -> None:
-        self.manifest.update(status=status, finished=now())
+        """Close the run; `latest` moves to it only when it holds at least one cell."""
+        self.manifest.update(status=status, finished=now(), cells_written=self.written)
         write_json(self.directory / "manifest.json", self.manifest)
+        if self.written:
+            self._point_latest()
 
 
 def runs_under(path: Path) -> list[Path]:

@@ -111,7 +111,7 @@ def probe_matrix(tmp_path: Path, timeout_s: float, scenarios: list[str], pins: s
 
 def test_timeout_and_failure_leave_no_container(docker_runs: dict[str, Any], docker_client: Any,
                                                image_map_args: list[str], tmp_path: Path) -> None:
-    matrix = probe_matrix(tmp_path, 3, ["sleeper", "broken"])
+    matrix = probe_matrix(tmp_path, 15, ["sleeper", "broken"])  # TF 1.15's import takes a few seconds
     started = time.monotonic()
     assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
                  *image_map_args]) == 0
@@ -119,7 +119,7 @@ def test_timeout_and_failure_leave_no_container(docker_runs: dict[str, Any], doc
     (cell,) = load_run(tmp_path / "r").cells
     assert (cell.environment or {})["cell_image"] == (docker_runs["tf-1.15.5-cpu"].environment or {})["cell_image"]
     sleeper, broken = cell.scenarios["sleeper"], cell.scenarios["broken"]
-    assert sleeper.status.value == "error" and sleeper.reason == "timeout: killed after 3 s"
+    assert sleeper.status.value == "error" and sleeper.reason == "timeout: killed after 15 s"
     assert broken.status.value == "error" and "exited with code 3" in str(broken.reason)
     assert broken.error is not None and "broken on purpose" in broken.error["traceback"]
     assert ours(docker_client) == []
@@ -157,4 +157,57 @@ def test_ctrl_c_removes_the_running_container(docker_runs: dict[str, Any], docke
     assert "interrupted" in output
     assert ours(docker_client) == []
     assert docker_client.volumes.list(filters={"label": LABEL}) == []
-    assert load_run(tmp_path / "r").manifest["status"] == "interrupted"
+    # No cell finished, so `latest` did not move: the run is read from its own folder.
+    (manifest,) = (tmp_path / "r").glob("2*/manifest.json")
+    assert json.loads(manifest.read_text())["status"] == "interrupted"
+
+
+def test_a_killed_run_leaves_a_bounded_container_that_the_next_run_removes(
+        docker_runs: dict[str, Any], docker_client: Any, image_map_args: list[str], tmp_path: Path) -> None:
+    matrix = probe_matrix(tmp_path, 600, ["sleeper"])
+    command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker",
+               "--results", str(tmp_path / "r"), *image_map_args]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not ours(docker_client) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    (container,) = ours(docker_client)
+    assert container.attrs["Config"]["Cmd"] == ["sleep", str(600 + 300)]  # it ends by itself, at the latest
+    assert container.labels["org.bnmatrix.pid"] == str(process.pid)
+    time.sleep(3)
+    process.kill()  # no cleanup can run
+    process.wait()
+    assert ours(docker_client) and docker_client.volumes.list(filters={"label": LABEL})
+    # The next run on this daemon sees that the owner is gone and removes what it left.
+    assert main(["run", "--matrix", str(probe_matrix(tmp_path, 15, ["broken"])), "--backend", "docker",
+                 "--results", str(tmp_path / "r2"), *image_map_args]) == 1  # (every scenario errors)
+    assert ours(docker_client) == []
+    assert docker_client.volumes.list(filters={"label": LABEL}) == []
+
+
+def test_ctrl_c_during_an_image_build_stops_it_promptly(docker_runs: dict[str, Any], docker_client: Any,
+                                                        image_map_args: list[str], tmp_path: Path) -> None:
+    # --rebuild: a real build of the cell's image without the layer cache (pip installs TF inside it); cancelled,
+    # it leaves the existing image of that tag as it was.
+    matrix = probe_matrix(tmp_path, 60, ["broken"])
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker", "--rebuild",
+               "--results", str(tmp_path / "r"), *image_map_args]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    log = None
+    while time.monotonic() < deadline and process.poll() is None:
+        log = next(iter((tmp_path / "r").glob("2*/logs/*/setup.log")), None)
+        if log is not None and "pip install" in log.read_text():
+            break
+        time.sleep(0.2)
+    assert log is not None and process.poll() is None, "the build never started"
+    time.sleep(2)  # inside pip now
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert time.monotonic() - interrupted < 30, "the build went on after Ctrl-C"
+    time.sleep(2)  # the daemon removes the cancelled step's container
+    assert {c.id for c in docker_client.containers.list(all=True)} == before

@@ -131,3 +131,50 @@ def test_empty_file_and_empty_versions(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BnMatrixError, match="cannot read the matrix file"):
         Matrix.from_file(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("line", "key", "expected"), [
+    ('settings: {index_url: "https://pypi.org/simple\\nRUN curl evil"}', "settings.index_url",
+     "expected an http(s):// or file:// URL without whitespace"),
+    ('settings: {images: {cpu: "python:3.11-slim\\nRUN curl evil"}}', "settings.images.cpu",
+     "expected an image name such as python:3.11-slim"),
+    ('settings: {steps: 100}\nvariants: {x: {description: d, env: {A: "1\\nRUN curl evil"}}}', "variants.x.env.A",
+     "expected a variable name and a value without whitespace"),
+])
+def test_nothing_from_the_matrix_can_add_a_dockerfile_line(tmp_path: Path, line: str, key: str,
+                                                            expected: str) -> None:
+    text = GOOD.replace("settings:\n  steps: 100\n", line + "\n")
+    if "variants: {x" in line:
+        text = text.replace('variants:\n  tfkeras: {description: legacy Keras, env: {TF_USE_LEGACY_KERAS: "1"}}\n',
+                            "")
+        text = text.replace(', variants: {tfkeras: ["tf_keras~=2.16.0"]}', "")
+    message = error_of(text, tmp_path)
+    assert f": {key}: found " in message and expected in message
+
+
+def test_image_maps_refuse_whitespace(tmp_path: Path) -> None:
+    from bnmatrix.config import load_image_map, parse_image_map
+
+    with pytest.raises(BnMatrixError, match="expected FROM=TO"):
+        parse_image_map(["python:3.7-slim=evil\nRUN x"])
+    (tmp_path / "image-map.yaml").write_text('python:3.7-slim: "local/py:3.7\\nRUN curl evil"\n')
+    with pytest.raises(BnMatrixError, match=r"image-map.yaml:1: python:3.7-slim: found 'local/py:3.7\\nRUN curl evil'"):
+        load_image_map(tmp_path / "image-map.yaml")
+
+
+def test_a_billion_laughs_file_stops_at_a_bound(tmp_path: Path) -> None:
+    import resource
+
+    levels = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for index in range(1, 9):
+        previous = chr(ord("a") + index - 1)
+        levels.append(f"{chr(ord('a') + index)}: &{chr(ord('a') + index)} [{', '.join(['*' + previous] * 9)}]")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    message = error_of("\n".join(levels) + "\n", tmp_path)
+    assert "aliases (*name) expand to more than 100000 values" in message
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: well under 200 MB
+
+
+def test_a_huge_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    size = len(GOOD) + (2 << 20)
+    assert f"the file is {size} bytes; expected at most 1048576 (1 MiB)" in error_of(GOOD + "#" * (2 << 20), tmp_path)

@@ -4,6 +4,7 @@ GPU requests, image substitution and the backend choice. Real containers: tests/
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,18 +60,23 @@ def test_tags_are_content_addressed(matrix: Matrix) -> None:
 
 
 def test_run_options_are_hardened_by_default(matrix: Matrix) -> None:
-    options = run_options(cell(matrix, "tf-1.15.5-cpu"), ContainerSettings(), "run-1", "vol")
+    options = run_options(cell(matrix, "tf-1.15.5-cpu"), ContainerSettings(), "run-1", "vol", 1200)
+    assert options["command"] == ["sleep", "1200"]  # the container ends by itself, even if bnmatrix is killed
     assert options["network_mode"] == "none"
     assert options["read_only"] is True
     assert options["tmpfs"] == {"/tmp": "rw,exec,size=2g,mode=1777"}
     assert options["user"] == "65534:65534"
     assert options["cap_drop"] == ["ALL"]
     assert options["security_opt"] == ["no-new-privileges"]
-    assert options["mem_limit"] == "6g" and options["pids_limit"] == 1024
+    assert options["mem_limit"] == options["memswap_limit"] == "6g" and options["pids_limit"] == 1024
+    assert options["nano_cpus"] == (os.cpu_count() or 1) * 10**9
+    assert {(u["Name"], u["Soft"], u["Hard"]) for u in options["ulimits"]} == {("nofile", 4096, 4096),
+                                                                               ("nproc", 4096, 4096)}
     assert options["volumes"] == {"vol": {"bind": "/scenarios", "mode": "ro"}}
     assert options["labels"] == {"org.bnmatrix.tool": "bnmatrix", "org.bnmatrix.cell": "tf-1.15.5-cpu",
                                  "org.bnmatrix.tf": "1.15.5", "org.bnmatrix.device": "cpu",
-                                 "org.bnmatrix.run": "run-1"}
+                                 "org.bnmatrix.run": "run-1", "org.bnmatrix.host": socket.gethostname(),
+                                 "org.bnmatrix.pid": str(os.getpid())}
     assert options["environment"]["CUDA_VISIBLE_DEVICES"] == ""
     assert "device_requests" not in options
 
@@ -78,17 +84,20 @@ def test_run_options_are_hardened_by_default(matrix: Matrix) -> None:
 def test_run_options_follow_matrix_settings(tmp_path: Path) -> None:
     text = (REPO / "matrix.yaml").read_text().replace(
         "settings:\n", "settings:\n  container: {network: bridge, read_only: false, user: '1000:1000', "
-        "memory: 2g, pids: 64, drop_capabilities: false, no_new_privileges: false}\n", 1)
+        "memory: 2g, pids: 64, drop_capabilities: false, no_new_privileges: false, cpus: 1.5, nofile: 256, "
+        "nproc: 512}\n", 1)
     (tmp_path / "matrix.yaml").write_text(text)
     custom = Matrix.from_file(tmp_path / "matrix.yaml")
-    options = run_options(cell(custom, "tf-1.15.5-cpu"), custom.container, "r", "v")
+    options = run_options(cell(custom, "tf-1.15.5-cpu"), custom.container, "r", "v", 60)
     assert (options["network_mode"], options["read_only"], options["user"]) == ("bridge", False, "1000:1000")
+    assert options["nano_cpus"] == 1_500_000_000
+    assert {(u["Name"], u["Soft"]) for u in options["ulimits"]} == {("nofile", 256), ("nproc", 512)}
     assert (options["mem_limit"], options["pids_limit"]) == ("2g", 64)
     assert "cap_drop" not in options and "security_opt" not in options
 
 
 def test_gpu_cells_request_every_gpu(matrix: Matrix) -> None:
-    options = run_options(cell(matrix, "tf-2.15.1-gpu"), ContainerSettings(), "r", "v")
+    options = run_options(cell(matrix, "tf-2.15.1-gpu"), ContainerSettings(), "r", "v", 60)
     (request,) = options["device_requests"]
     assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
     assert "CUDA_VISIBLE_DEVICES" not in options["environment"]

@@ -299,4 +299,4 @@ def test_a_scenario_printing_200_mb_costs_bounded_memory_and_log(tmp_path: Path)
     log = (tmp_path / "log").read_bytes()
     assert len(log) < 9 << 20  # the first 8 MiB, a note, and the tail
     assert b"bytes of output left out here" in log  # then the ends of both streams
-    assert log.rstrip().endswith(b'BNMATRIX_RESULT {"ok": 1}')
+    assert b'BNMATRIX_RESULT {"ok": 1}' in log[-200:]  # the streams interleave in any order

@@ -108,8 +108,7 @@ def test_a_missing_folder_names_the_key_and_the_path(tmp_path: Path) -> None:
     assert "expected a folder of scenario scripts" in message
     matrix = Matrix.from_file(matrix_with(tmp_path))
     assert error(lambda: matrix.with_scenario_dirs([tmp_path / "gone"])) == (
-        f"--scenarios {tmp_path / 'gone'}: {(tmp_path / 'gone').resolve()}: not a directory; expected a folder "
-        "of scenario scripts")
+        f"--scenarios {tmp_path / 'gone'}: does not exist; expected a folder of scenario scripts")
 
 
 def test_bad_notes_name_the_file_and_the_key(tmp_path: Path) -> None:
@@ -119,7 +118,10 @@ def test_bad_notes_name_the_file_and_the_key(tmp_path: Path) -> None:
     assert message.endswith("noted.yaml:2: whyy: unknown key 'whyy'; expected one of pattern, why, fix, fix_code, "
                             "links. Perhaps you meant 'why'?")
     (tmp_path / "mine" / "noted.yaml").write_text("links: [{title: t, url: 'javascript:alert(1)'}]\n")
-    assert "links[0]: found a dict, expected {title: ..., url: https://...}" in error(
+    assert "links[0].url: found 'javascript:alert(1)', expected an http:// or https:// address" in error(
+        lambda: Matrix.from_file(matrix_with(tmp_path, "scenario_paths: [mine]\n")))
+    (tmp_path / "mine" / "noted.yaml").write_text("links: [just a string]\n")
+    assert "links[0]: found 'just a string', expected {title: ..., url: https://...}" in error(
         lambda: Matrix.from_file(matrix_with(tmp_path, "scenario_paths: [mine]\n")))
 
 
@@ -134,4 +136,7 @@ def test_scenario_new_writes_a_skeleton_that_passes_the_contract(tmp_path: Path,
     assert main(["scenario", "new", "my_fit", "--dir", str(tmp_path / "mine")]) == 2  # never overwrites
     assert "exists already" in capsys.readouterr().err
     assert main(["scenario", "new", "My Fit", "--dir", str(tmp_path / "mine")]) == 2
+    assert main(["scenario", "new", "keras_fit", "--dir", str(tmp_path / "mine")]) == 2  # a built-in name
+    assert "a built-in scenario has that name" in capsys.readouterr().err
+    assert not (tmp_path / "mine" / "keras_fit.py").exists()
     shutil.rmtree(tmp_path / "mine")

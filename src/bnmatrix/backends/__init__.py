@@ -159,7 +159,8 @@ class Backend(Protocol):
         ...
 
 
-def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path) -> tuple[Backend, str]:
+def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path,
+                   rebuild: bool = False) -> tuple[Backend, str]:
     """The backend for --backend NAME and one line saying which and why.
 
     auto takes Docker when a daemon answers (DOCKER_HOST honoured), the venv backend otherwise.
@@ -168,9 +169,10 @@ def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path) -> t
     from bnmatrix.backends.venv import VenvBackend
 
     if name in ("auto", "docker"):
-        client, about = connect()
+        client, about = connect(matrix.timeout_s)
         if client is not None:
-            backend = DockerBackend(client, matrix.container, run_id, matrix.scenario_dirs)
+            backend = DockerBackend(client, matrix.container, run_id, matrix.scenario_dirs, rebuild=rebuild,
+                                    scenario_timeout_s=matrix.timeout_s)
             return backend, f"docker backend: {about} answered ({'chosen' if name == 'docker' else 'auto'})"
         if name == "docker":
             raise BnMatrixError(f"--backend docker: no Docker daemon answered ({about}); start one, set "
@@ -178,4 +180,4 @@ def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path) -> t
         why = f"venv backend (auto: no Docker daemon answered: {about})"
     else:
         why = "venv backend (chosen)"
-    return VenvBackend(cache_dir), f"{why}; one virtualenv per cell in {cache_dir}"
+    return VenvBackend(cache_dir, run_id, rebuild), f"{why}; one virtualenv per cell in {cache_dir}"

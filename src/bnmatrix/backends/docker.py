@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shlex
+import socket
 import tarfile
 import tempfile
 import threading
@@ -22,7 +24,7 @@ from typing import Any
 
 import docker.errors
 import jinja2
-from docker.types import DeviceRequest
+from docker.types import DeviceRequest, Ulimit
 
 import docker
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
@@ -32,6 +34,9 @@ from bnmatrix.plan import Cell
 LABEL = "org.bnmatrix.tool"
 LABEL_CELL = "org.bnmatrix.cell"
 LABEL_RUN = "org.bnmatrix.run"
+LABEL_HOST = "org.bnmatrix.host"  # with LABEL_PID: which process owns a container or volume
+LABEL_PID = "org.bnmatrix.pid"
+LIFETIME_MARGIN_S = 300  # a cell container ends by itself this long after its scenarios' time budget
 IMAGE_REPOSITORY = "bnmatrix-cell"
 SCENARIO_MOUNT = "/scenarios"
 # `timeout` sends SIGKILL to the scenario; 137 (128 + 9) is its exit status then.
@@ -61,18 +66,27 @@ def gpu_requests() -> list[DeviceRequest]:
     return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
-def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_volume: str) -> dict[str, Any]:
-    """Keyword arguments of containers.run for the cell's container (pure): hardened unless matrix.yaml says."""
+def owner_labels(run_id: str) -> dict[str, str]:
+    """Labels that say which bnmatrix process made a container or volume, so a later run can tell dead ones."""
+    return {LABEL: "bnmatrix", LABEL_RUN: run_id, LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid())}
+
+
+def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_volume: str,
+                lifetime_s: float) -> dict[str, Any]:
+    """Keyword arguments of containers.run for the cell's container (pure): hardened unless matrix.yaml says.
+
+    The container's own command ends after `lifetime_s`, so it cannot outlive a bnmatrix killed with -9.
+    """
     # The helper lives in the built-in scenario folder, mounted first: importable from any scenario folder.
     environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                    "PYTHONPATH": f"{SCENARIO_MOUNT}/0", **cell.env}
     if cell.device == "cpu":
         environment["CUDA_VISIBLE_DEVICES"] = ""
     options: dict[str, Any] = {
-        "command": ["sleep", "infinity"],
+        "command": ["sleep", f"{lifetime_s:.0f}"],
         "detach": True,
         "init": True,
-        "labels": {**image_labels(cell), LABEL_RUN: run_id},
+        "labels": {**image_labels(cell), **owner_labels(run_id)},
         "environment": environment,
         "working_dir": "/tmp",
         "volumes": {scenarios_volume: {"bind": SCENARIO_MOUNT, "mode": "ro"}},
@@ -81,6 +95,10 @@ def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_
         "tmpfs": {"/tmp": f"rw,exec,size={settings.tmpfs_size},mode=1777"},
         "user": settings.user,
         "mem_limit": settings.memory,
+        "memswap_limit": settings.memory,  # no swap on top of the memory limit
+        "nano_cpus": int((settings.cpus or os.cpu_count() or 1) * 1e9),
+        "ulimits": [Ulimit(name="nofile", soft=settings.nofile, hard=settings.nofile),
+                    Ulimit(name="nproc", soft=settings.nproc, hard=settings.nproc)],
         "pids_limit": settings.pids,
     }
     if settings.drop_capabilities:
@@ -92,10 +110,13 @@ def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_
     return options
 
 
-def connect() -> tuple[docker.DockerClient | None, str]:
-    """A client whose daemon answered (DOCKER_HOST honoured), or None and why not."""
+def connect(scenario_timeout_s: float = 0) -> tuple[docker.DockerClient | None, str]:
+    """A client whose daemon answered (DOCKER_HOST honoured), or None and why not.
+
+    Its socket timeout exceeds the scenario timeout: a scenario's output stream may be silent that long.
+    """
     try:
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=int(max(600, scenario_timeout_s + 120)))
         client.ping()
         version = client.version().get("Version", "?")
     except docker.errors.DockerException as exc:
@@ -103,20 +124,56 @@ def connect() -> tuple[docker.DockerClient | None, str]:
     return client, f"Docker {version} at {client.api.base_url}"
 
 
+def _process_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def remove_dead_runs(client: docker.DockerClient) -> int:
+    """Remove the containers and volumes of bnmatrix runs on this host whose process is gone (killed with
+    -9, a crashed CI job); how many. Nothing without our labels, or of a live run, is touched."""
+    host = socket.gethostname()
+
+    def dead(labels: dict[str, str]) -> bool:
+        return labels.get(LABEL) == "bnmatrix" and labels.get(LABEL_HOST) == host and not _process_alive(
+            labels.get(LABEL_PID, ""))
+
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": LABEL}):
+        if dead(container.labels):
+            with suppress(docker.errors.NotFound):
+                container.remove(force=True)
+                removed += 1
+    for volume in client.volumes.list(filters={"label": LABEL}):
+        if dead(volume.attrs.get("Labels") or {}):
+            with suppress(docker.errors.NotFound, docker.errors.APIError):
+                volume.remove(force=True)
+                removed += 1
+    return removed
+
+
 class DockerBackend:
     name = "docker"
 
     def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str,
-                 scenario_dirs: tuple[Path, ...]):
+                 scenario_dirs: tuple[Path, ...], rebuild: bool = False, scenario_timeout_s: float = 900):
         self.client = client
         self.settings = settings
         self.run_id = run_id
         self.scenario_dirs = scenario_dirs
+        self.rebuild = rebuild  # --rebuild: build every cell's image again, without the layer cache
         self._lock = threading.Lock()
         self._volume: str | None = None
         self.closed = False
         runtimes = client.info().get("Runtimes") or {}
         self.gpu_runtime = "nvidia" in runtimes
+        self.scenario_timeout_s = scenario_timeout_s
+        self.removed_dead = remove_dead_runs(client)
 
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[DockerSession]:
@@ -127,7 +184,9 @@ class DockerBackend:
         self._image(cell, dockerfile, tag, setup_log, report_step)
         volume = self._scenarios_volume(tag)
         report_step("starting container")
-        container = self.client.containers.run(tag, **run_options(cell, self.settings, self.run_id, volume))
+        lifetime = self.scenario_timeout_s * max(1, len(cell.scenarios)) + LIFETIME_MARGIN_S
+        container = self.client.containers.run(tag, **run_options(cell, self.settings, self.run_id, volume,
+                                                                   lifetime))
         try:
             yield DockerSession(container, cell, self.client, tag, self.scenario_dirs)
         finally:
@@ -138,9 +197,10 @@ class DockerBackend:
             log.write(dockerfile + "\n")
             try:
                 self.client.images.get(tag)
-                report_step(f"reusing image {tag}")
-                log.write(f"reused image {tag}\n")
-                return
+                if not self.rebuild:
+                    report_step(f"reusing image {tag}")
+                    log.write(f"reused image {tag}\n")
+                    return
             except docker.errors.ImageNotFound:
                 pass
             report_step(f"building {tag} from {cell.image}")
@@ -149,7 +209,9 @@ class DockerBackend:
                 Path(context, "Dockerfile").write_text(dockerfile, encoding="utf-8")
                 try:
                     for chunk in self.client.api.build(path=context, tag=tag, rm=True, forcerm=True, decode=True,
-                                                       labels=image_labels(cell)):
+                                                       labels=image_labels(cell), nocache=self.rebuild):
+                        if self.closed:  # Ctrl-C: leaving the stream makes the daemon cancel the build
+                            raise KeyboardInterrupt
                         log.write(chunk.get("stream", ""))
                         log.flush()
                         if "error" in chunk:
@@ -181,7 +243,7 @@ class DockerBackend:
                         info.mode = 0o644
                         with open(path, "rb") as handle:
                             tar.addfile(info, handle)
-            labels = {LABEL: "bnmatrix", LABEL_RUN: self.run_id}
+            labels = owner_labels(self.run_id)
             volume = self.client.volumes.create(name=f"bnmatrix-scenarios-{self.run_id}", labels=labels)
             filler = self.client.containers.create(image, command=["true"], labels=labels, network_disabled=True,
                                                    volumes={volume.name: {"bind": SCENARIO_MOUNT, "mode": "rw"}})

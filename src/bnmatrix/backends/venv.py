@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
 from bnmatrix.config import Scenario, data_path
 from bnmatrix.plan import Cell
+from bnmatrix.results import write_json
 
 READY_MARKER = "bnmatrix-ready.json"
 # pip settings about transport (certificates, proxies) are the host's business and kept; every
@@ -29,6 +32,45 @@ READY_MARKER = "bnmatrix-ready.json"
 PIP_TRANSPORT_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
                           "PIP_RETRIES")
 INSTALL_TIMEOUT_S = 3600
+PROBE_TIMEOUT_S = 30  # an interpreter, `uv python find`, nvidia-smi, pip freeze
+LOCK_POLL_S = 0.5
+# Every process bnmatrix starts carries this in its environment, and so do its descendants (even a
+# double-forked, setsid one): `<run id>:<process id>`, so that what a scenario left behind can be found.
+TOKEN_VARIABLE = "BNMATRIX_PROCESS_TOKEN"
+READY_KEYS = {"python", "python_version", "requirements", "index_url", "packages"}
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when bnmatrix dies, even by SIGKILL (Linux prctl)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def tagged_processes(prefix: str) -> list[int]:
+    """The processes whose environment holds a token starting with `prefix` (a run id, or a run's process)."""
+    needle = f"{TOKEN_VARIABLE}={prefix}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if any(item.startswith(needle) for item in environ.split(b"\0")):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_tagged(prefix: str) -> int:
+    """SIGKILL every process whose token starts with `prefix`; how many."""
+    killed = 0
+    for pid in tagged_processes(prefix):
+        with suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+    return killed
 
 
 def default_cache_dir() -> Path:
@@ -46,7 +88,7 @@ def _probe(candidate: Path) -> Interpreter | None:
     """The real interpreter behind `candidate` if it runs and has venv, else None."""
     code = "import sys, venv; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])"
     try:
-        out = subprocess.run([str(candidate), "-c", code], capture_output=True, text=True, timeout=30)
+        out = subprocess.run([str(candidate), "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return None
     lines = out.stdout.split()
@@ -68,9 +110,11 @@ def find_interpreter(python: str) -> tuple[Interpreter | None, list[str]]:
     uv = shutil.which("uv")
     if uv:
         looked.append("uv python find")
-        found = subprocess.run([uv, "python", "find", python], capture_output=True, text=True)
-        if found.returncode == 0 and found.stdout.strip():
-            candidates.append(Path(found.stdout.strip()))
+        with suppress(subprocess.TimeoutExpired):
+            found = subprocess.run([uv, "python", "find", python], capture_output=True, text=True,
+                                   timeout=PROBE_TIMEOUT_S)
+            if found.returncode == 0 and found.stdout.strip():
+                candidates.append(Path(found.stdout.strip()))
     looked.append("PATH")
     for directory in os.environ.get("PATH", "").split(os.pathsep):
         candidate = Path(directory) / f"python{python}"
@@ -89,7 +133,10 @@ def gpu_available() -> bool:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return False
-    listing = subprocess.run([smi, "-L"], capture_output=True, text=True)
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return False
     return listing.returncode == 0 and "GPU" in listing.stdout
 
 
@@ -103,21 +150,41 @@ def pip_environment(index_url: str) -> dict[str, str]:
 
 
 class ProcessGroups:
-    """Child processes in their own process groups, so that close() can kill each with its children."""
+    """Child processes in their own process groups, so that close() can kill each with its children.
 
-    def __init__(self) -> None:
+    Each child dies with bnmatrix (a parent-death signal) and carries a token in its environment;
+    when it ends, whatever it started that still runs (double-forked or not) is killed too.
+    """
+
+    def __init__(self, run_id: str = "") -> None:
+        self.run_id = run_id or uuid.uuid4().hex
         self._running: set[subprocess.Popen[Any]] = set()
         self._lock = threading.Lock()
         self.closed = False
 
-    def run(self, command: list[str], timeout_s: float, **options: Any) -> tuple[subprocess.Popen[str], str, str,
-                                                                                  bool]:
-        """(process, stdout, stderr, timed_out) of `command`, killed with its group after `timeout_s`."""
+    def _start(self, command: list[str], options: dict[str, Any]) -> tuple[subprocess.Popen[Any], str]:
+        token = f"{self.run_id}:{uuid.uuid4().hex}"
+        env = dict(options.pop("env", None) or os.environ)
+        env[TOKEN_VARIABLE] = token
         with self._lock:
             if self.closed:
                 raise KeyboardInterrupt
-            process = subprocess.Popen(command, text=True, errors="replace", start_new_session=True, **options)
+            process: subprocess.Popen[Any] = subprocess.Popen(command, start_new_session=True, env=env,
+                                                              preexec_fn=_die_with_parent, **options)
             self._running.add(process)
+        return process, token
+
+    def _end(self, process: subprocess.Popen[Any], token: str) -> None:
+        self._kill(process)
+        process.wait()
+        kill_tagged(token)
+        with self._lock:
+            self._running.discard(process)
+
+    def run(self, command: list[str], timeout_s: float, **options: Any) -> tuple[subprocess.Popen[str], str, str,
+                                                                                  bool]:
+        """(process, stdout, stderr, timed_out) of `command`, killed with its group after `timeout_s`."""
+        process, token = self._start(command, {"text": True, "errors": "replace", **options})
         try:
             stdout, stderr = process.communicate(timeout=timeout_s)
             timed_out = False
@@ -126,8 +193,7 @@ class ProcessGroups:
             stdout, stderr = process.communicate()
             timed_out = True
         finally:
-            with self._lock:
-                self._running.discard(process)
+            self._end(process, token)
         return process, stdout or "", stderr or "", timed_out
 
     def stream(self, command: list[str], timeout_s: float, capture: OutputCapture,
@@ -137,12 +203,7 @@ class ProcessGroups:
         When the process ends (or is killed at `timeout_s`) its whole process group goes with it, so
         a child it left behind can neither outlive it nor hold its output open.
         """
-        with self._lock:
-            if self.closed:
-                raise KeyboardInterrupt
-            process: subprocess.Popen[bytes] = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, **options)
-            self._running.add(process)
+        process, token = self._start(command, {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **options})
 
         def pump(pipe: Any, stream: str) -> None:
             for chunk in iter(lambda: pipe.read1(1 << 16), b""):
@@ -158,16 +219,13 @@ class ProcessGroups:
         except subprocess.TimeoutExpired:
             timed_out = True
         finally:
-            self._kill(process)
-            process.wait()
+            self._end(process, token)
             for reader in readers:
                 reader.join()
             assert process.stdout is not None and process.stderr is not None
             process.stdout.close()
             process.stderr.close()
             capture.finish()
-            with self._lock:
-                self._running.discard(process)
         return (None if timed_out else process.returncode), timed_out
 
     @staticmethod
@@ -185,9 +243,11 @@ class ProcessGroups:
 class VenvBackend:
     name = "venv"
 
-    def __init__(self, cache_dir: Path):
+    def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False):
         self.cache_dir = cache_dir
-        self.processes = ProcessGroups()
+        self.processes = ProcessGroups(run_id)
+        self.rebuild = rebuild  # --rebuild: recreate each cell's environment once in this run
+        self._rebuilt: set[Path] = set()
 
     def close(self) -> None:
         self.processes.close()
@@ -212,44 +272,87 @@ class VenvBackend:
         venv = self.venv_path(cell, interpreter)
         venv.parent.mkdir(parents=True, exist_ok=True)
         with open(venv.parent / f"{venv.name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # two runs sharing the cache build a venv once
-            if (venv / READY_MARKER).exists():
+            self._wait_for(lock, venv, report_step)  # two runs sharing the cache build a venv once
+            ready = read_ready_marker(venv)
+            if ready is not None and not (self.rebuild and venv not in self._rebuilt):
                 report_step(f"reusing {venv.name}")
-                setup_log.write_text(f"reused {venv}\n" + (venv / READY_MARKER).read_text(), encoding="utf-8")
+                setup_log.write_text(f"reused {venv}\n" + json.dumps(ready, indent=1), encoding="utf-8")
                 return venv
             self._create(cell, interpreter, venv, setup_log, report_step)
+            self._rebuilt.add(venv)
         return venv
+
+    def _wait_for(self, lock: Any, venv: Path, report_step: StepReporter) -> None:
+        """Take the env's lock; while another run holds it, say so, and stop at once on Ctrl-C."""
+        told = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if self.processes.closed:
+                    raise KeyboardInterrupt from None
+                if not told:
+                    report_step(f"waiting for another bnmatrix run that is building {venv.name}")
+                    told = True
+                time.sleep(LOCK_POLL_S)
 
     def _create(self, cell: Cell, interpreter: Interpreter, venv: Path, setup_log: Path,
                 report_step: StepReporter) -> None:
-        shutil.rmtree(venv, ignore_errors=True)  # a half-built venv from an interrupted run
+        """Build the venv in a fresh folder and rename it into place only when complete: an install
+        killed half-way never writes into the venv a later run builds or uses."""
+        building = venv.parent / f".{venv.name}.{uuid.uuid4().hex[:8]}.partial"
+        for leftover in venv.parent.glob(f".{venv.name}.*.partial"):  # of runs killed while building
+            shutil.rmtree(leftover, ignore_errors=True)
         env = pip_environment(cell.index_url)
-        python = str(venv / "bin" / "python")
+        python = str(building / "bin" / "python")
         steps = [
-            (f"creating venv (Python {interpreter.version})", [str(interpreter.path), "-m", "venv", str(venv)]),
+            (f"creating venv (Python {interpreter.version})", [str(interpreter.path), "-m", "venv", str(building)]),
             # The venv's own pip may be too old to read manylinux2010+ tags or to backtrack.
             ("upgrading pip", [python, "-m", "pip", "install", "--no-cache-dir", "--upgrade", "pip"]),
             (f"installing {' '.join(cell.requirements)}",
              [python, "-m", "pip", "install", "--no-cache-dir", *cell.requirements]),
+            ("listing the installed packages", [python, "-m", "pip", "freeze", "--all"]),
         ]
-        with open(setup_log, "w", encoding="utf-8") as log:
-            for label, command in steps:
-                report_step(label)
-                log.write(f"$ {' '.join(command)}\n")
-                log.flush()
-                done, _, _, timed_out = self.processes.run(command, INSTALL_TIMEOUT_S, stdout=log,
-                                                           stderr=subprocess.STDOUT, env=env)
-                if timed_out or done.returncode != 0:
-                    log.close()
-                    shutil.rmtree(venv, ignore_errors=True)
-                    text = setup_log.read_text(encoding="utf-8", errors="replace")
-                    why = "timed out" if timed_out else f"exit {done.returncode}"
-                    raise CellSetupError(f"{label} failed ({why})", text)
-        freeze = subprocess.run([python, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, env=env)
-        ready = {"python": str(interpreter.path), "python_version": interpreter.version,
-                 "requirements": list(cell.requirements), "index_url": cell.index_url,
-                 "packages": freeze.stdout.split()}
-        (venv / READY_MARKER).write_text(json.dumps(ready, indent=1), encoding="utf-8")
+        packages = ""
+        try:
+            with open(setup_log, "w", encoding="utf-8") as log:
+                for label, command in steps:
+                    report_step(label)
+                    log.write(f"$ {' '.join(command)}\n")
+                    log.flush()
+                    listing = label.startswith("listing")
+                    done, out, _, timed_out = self.processes.run(
+                        command, PROBE_TIMEOUT_S if listing else INSTALL_TIMEOUT_S, env=env, stderr=subprocess.STDOUT,
+                        stdout=subprocess.PIPE if listing else log)
+                    if timed_out or done.returncode != 0:
+                        log.write(out)
+                        log.close()
+                        text = setup_log.read_text(encoding="utf-8", errors="replace")
+                        why = "timed out" if timed_out else f"exit {done.returncode}"
+                        raise CellSetupError(f"{label} failed ({why})", text)
+                    packages = out if listing else packages
+            ready = {"python": str(interpreter.path), "python_version": interpreter.version,
+                     "requirements": list(cell.requirements), "index_url": cell.index_url,
+                     "packages": packages.split()}
+            write_json(building / READY_MARKER, ready)
+            if venv.exists():
+                shutil.rmtree(venv)  # a broken or --rebuild env: replaced whole
+            building.rename(venv)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+
+
+def read_ready_marker(venv: Path) -> dict[str, Any] | None:
+    """The venv's ready marker if it is whole and ours; None (build again) for a missing, truncated or
+    foreign one."""
+    try:
+        ready = json.loads((venv / READY_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(ready, dict) or not set(ready) >= READY_KEYS or not (venv / "bin" / "python").exists():
+        return None
+    return ready
 
 
 class VenvSession:
@@ -259,7 +362,7 @@ class VenvSession:
         self.venv = venv
         self.cell = cell
         self.processes = processes
-        ready = json.loads((venv / READY_MARKER).read_text(encoding="utf-8"))
+        ready = read_ready_marker(venv) or {}
         self.environment: dict[str, Any] = {
             "kind": "venv",
             "venv": str(venv),

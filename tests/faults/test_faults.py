@@ -1,0 +1,219 @@
+"""The fault suite: the real `bnmatrix run` against a fake TensorFlow on a local file index, hit by every
+fault a long unattended run meets. Each test asserts the outcome recorded, nothing left running, no
+finished cell lost, and that the next run recovers by itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import Fault, wait_for
+
+pytestmark = pytest.mark.faults
+
+
+def hang_in_second_cell(fault: Fault) -> tuple[object, dict[str, object]]:
+    """A run whose first cell (2.15.1) finishes and whose second (2.14.1) hangs in a scenario."""
+    fault.matrix(["ok", "hang"], timeout_s=600)
+    process = fault.start(FAULT_HANG_TF="2.14.1")
+    wait_for(lambda: list(fault.results.glob("2*/logs/tf-2.14.1-cpu/hang.log")), what="the hanging scenario")
+    (run,) = fault.runs()
+    wait_for(lambda: fault.left_running(run["run_id"]), what="the scenario process")
+    time.sleep(1)
+    return process, run
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_stops_the_run_cleanly_and_the_next_run_goes_on(fault: Fault, signum: int, code: int) -> None:
+    process, run = hang_in_second_cell(fault)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)  # type: ignore[attr-defined]
+    assert process.returncode == code, output  # type: ignore[attr-defined]
+    assert f"interrupted ({signal.Signals(signum).name})" in output
+    (after,) = fault.runs()
+    assert after["status"] == "interrupted"
+    assert fault.cell(after, "tf-2.15.1-cpu")["status"] == "ran"  # the finished cell is kept
+    assert fault.left_running(str(run["run_id"])) == []
+    assert list(fault.tmp.glob("bnmatrix-cell-*")) == []  # no scratch folder left
+    code, output = fault.run(FAULT_HANG_TF="none")
+    assert code == 0, output
+    last = fault.runs()[-1]
+    assert fault.cell(last, "tf-2.15.1-cpu")["reused_from"] == run["run_id"]  # not run twice
+    assert fault.cell(last, "tf-2.14.1-cpu")["scenarios"]["hang"]["status"] == "updated"
+
+
+def test_sigkill_leaves_no_process_and_the_next_run_marks_it_and_recovers(fault: Fault) -> None:
+    process, run = hang_in_second_cell(fault)
+    process.kill()  # type: ignore[attr-defined]
+    process.wait(timeout=30)  # type: ignore[attr-defined]
+    wait_for(lambda: not fault.left_running(str(run["run_id"])), timeout=10,
+             what="the scenario to die with bnmatrix (parent-death signal)")
+    assert fault.runs()[0]["status"] == "running"  # nobody could write more
+    code, output = fault.run(FAULT_HANG_TF="none")
+    assert code == 0, output
+    dead, last = fault.runs()
+    assert dead["status"] == "interrupted" and "ended without finishing" in dead["note"]
+    assert last["previous_run"] == dead["run_id"]
+    assert fault.cell(last, "tf-2.15.1-cpu")["reused_from"] == dead["run_id"]
+
+
+def test_a_double_forked_grandchild_dies_when_its_scenario_ends(fault: Fault) -> None:
+    fault.matrix(["double_fork"], versions=("2.15.1",))
+    code, output = fault.run()
+    assert code == 0, output
+    grandchild = int((fault.dir / "grandchild").read_text())
+    wait_for(lambda: not Path(f"/proc/{grandchild}").exists() or
+             Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+             timeout=10, what=f"the setsid grandchild {grandchild} to be killed")
+    (run,) = fault.runs()
+    assert fault.cell(run, "tf-2.15.1-cpu")["scenarios"]["double_fork"]["status"] == "updated"
+
+
+def test_a_flood_and_a_scenario_without_result(fault: Fault) -> None:
+    fault.matrix(["flood", "no_result"], versions=("2.15.1",))
+    code, output = fault.run()
+    assert code == 0, output
+    (run,) = fault.runs()
+    scenarios = fault.cell(run, "tf-2.15.1-cpu")["scenarios"]
+    assert scenarios["flood"]["status"] == "updated"
+    assert (fault.results / run["run_id"] / "logs" / "tf-2.15.1-cpu" / "flood.log").stat().st_size < 9 << 20
+    assert scenarios["no_result"]["status"] == "error"
+    assert scenarios["no_result"]["reason"] == "no result: the scenario process exited with code 3"
+    assert "leaving without a result" in scenarios["no_result"]["error"]["traceback"]
+
+
+def test_a_run_where_every_scenario_errors_exits_1(fault: Fault) -> None:
+    fault.matrix(["no_result"])
+    code, output = fault.run()
+    assert code == 1 and "every scenario of every cell that ran is an error" in output
+    assert fault.runs()[0]["status"] == "complete"
+
+
+def test_a_killed_pip_never_writes_into_a_later_env(fault: Fault) -> None:
+    fault.matrix(["ok"], pins=["slowpkg==1.0"], versions=("2.15.1",))
+    process = fault.start(FAULT_SLOW_SECONDS="120")
+    setup = wait_for(lambda: next(iter(fault.results.glob("2*/logs/tf-2.15.1-cpu/setup.log")), None),
+                     what="the setup log")
+    wait_for(lambda: "pip install --no-cache-dir tensorflow==2.15.1 slowpkg==1.0" in setup.read_text(),
+             what="pip installing")
+    (run,) = fault.runs()
+    wait_for(lambda: fault.left_running(run["run_id"]), what="pip")
+    time.sleep(2)  # pip is inside the slow build now
+    process.kill()
+    process.wait(timeout=30)
+    venvs = fault.dir / "cache" / "venvs"
+    assert [p for p in venvs.iterdir() if not p.name.startswith(".") and p.suffix != ".lock"] == []  # never in place
+    code, output = fault.run()  # FAULT_SLOW_SECONDS=0 now; the dead run's build is swept
+    assert code == 0, output
+    assert fault.left_running(run["run_id"]) == []
+    assert not list(venvs.glob(".*.partial"))
+    (env,) = [p for p in venvs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert json.loads((env / "bnmatrix-ready.json").read_text())["requirements"] == ["tensorflow==2.15.1",
+                                                                                     "slowpkg==1.0"]
+
+
+def test_a_corrupt_ready_marker_means_a_rebuild_not_an_error(fault: Fault) -> None:
+    fault.matrix(["ok"], versions=("2.15.1",))
+    assert fault.run()[0] == 0
+    (marker,) = (fault.dir / "cache" / "venvs").glob("*/bnmatrix-ready.json")
+    marker.write_text('{"python": "/usr/bin/py')  # truncated, as by a crash while writing
+    code, output = fault.run("--force")
+    assert code == 0, output
+    last = fault.runs()[-1]
+    setup = (fault.results / last["run_id"] / "logs" / "tf-2.15.1-cpu" / "setup.log").read_text()
+    assert "-m venv" in setup and json.loads(marker.read_text())["python_version"]
+
+
+def test_force_reruns_scenarios_and_rebuild_recreates_envs(fault: Fault) -> None:
+    fault.matrix(["ok"], versions=("2.15.1",))
+    assert fault.run()[0] == 0
+    assert fault.run("--force")[0] == 0
+    forced = fault.runs()[-1]
+    setup = (fault.results / forced["run_id"] / "logs" / "tf-2.15.1-cpu" / "setup.log").read_text()
+    assert setup.startswith("reused ") and fault.cell(forced, "tf-2.15.1-cpu")["reused_from"] is None
+    assert fault.run("--rebuild")[0] == 0
+    rebuilt = fault.runs()[-1]
+    assert "-m venv" in (fault.results / rebuilt["run_id"] / "logs" / "tf-2.15.1-cpu" / "setup.log").read_text()
+
+
+@pytest.mark.parametrize("damage", ["real directory", "dangling"])
+def test_a_damaged_latest_is_recovered(fault: Fault, damage: str) -> None:
+    fault.matrix(["ok"], versions=("2.15.1",))
+    assert fault.run()[0] == 0
+    (first,) = fault.runs()
+    latest = fault.results / "latest"
+    if damage == "real directory":  # an artifact download or `cp -rL` of the results
+        copy = fault.dir / "copy"
+        shutil.copytree(latest, copy, symlinks=False)
+        shutil.rmtree(fault.results / first["run_id"])
+        latest.unlink()
+        copy.rename(latest)
+    else:
+        latest.unlink()
+        latest.symlink_to("nowhere")
+    code, output = fault.run()
+    assert code == 0, output
+    assert latest.is_symlink() and (latest / "manifest.json").is_file()
+    last = fault.runs()[-1]
+    if damage == "real directory":  # the copy is kept as the run it is, and reused
+        assert (fault.results / first["run_id"] / "manifest.json").is_file()
+        assert fault.cell(last, "tf-2.15.1-cpu")["reused_from"] == first["run_id"]
+
+
+def test_two_runs_at_once_on_one_results_root(fault: Fault) -> None:
+    fault.matrix(["ok"])
+    first = fault.start("--select", "tf-2.15.1-cpu")
+    second = fault.start("--select", "tf-2.14.1-cpu")
+    outputs = [p.communicate(timeout=300)[0] for p in (first, second)]
+    assert (first.returncode, second.returncode) == (0, 0), outputs
+    runs = fault.runs()
+    assert len(runs) == 2 and {r["status"] for r in runs} == {"complete"}
+    ids = {r["run_id"] for r in runs}
+    assert not any(r["previous_run"] in ids for r in runs)  # neither took the other as its previous run
+
+
+def test_waiting_for_another_runs_env_says_so_and_stops_on_ctrl_c(fault: Fault) -> None:
+    fault.matrix(["ok"], pins=["slowpkg==1.0"], versions=("2.15.1",))
+    builder = fault.start(FAULT_SLOW_SECONDS="120")
+    wait_for(lambda: any("slowpkg==1.0" in p.read_text() for p in fault.results.glob("2*/logs/*/setup.log")),
+             what="the first run installing")
+    waiter = fault.start(FAULT_SLOW_SECONDS="120")
+    wait_for(lambda: len(fault.runs()) == 2, what="the second run")
+    time.sleep(3)  # it is waiting for the lock now
+    started = time.monotonic()
+    waiter.send_signal(signal.SIGINT)
+    output, _ = waiter.communicate(timeout=30)
+    assert waiter.returncode == 130, output
+    assert time.monotonic() - started < 10
+    builder.send_signal(signal.SIGTERM)
+    builder.communicate(timeout=60)
+    assert builder.returncode == 143
+    for run in fault.runs():
+        assert fault.left_running(run["run_id"]) == []
+
+
+def test_a_system_folder_is_refused_as_results_root(fault: Fault) -> None:
+    fault.matrix(["ok"])
+    for root in ("/", "/usr", str(Path.home())):
+        code, output = fault.run("--results", root)
+        assert code == 2 and "is a system or home folder; expected a folder of its own" in output, output
+    assert not os.path.exists("/latest")
+
+
+def test_a_hanging_scenario_is_killed_at_its_timeout_with_nothing_left(fault: Fault) -> None:
+    fault.matrix(["hang", "ok"], timeout_s=5, versions=("2.15.1",))
+    started = time.monotonic()
+    code, output = fault.run()
+    assert code == 0, output
+    assert time.monotonic() - started < 120
+    (run,) = fault.runs()
+    scenarios = fault.cell(run, "tf-2.15.1-cpu")["scenarios"]
+    assert scenarios["hang"]["status"] == "error" and scenarios["hang"]["reason"] == "timeout: killed after 5 s"
+    assert scenarios["ok"]["status"] == "updated"  # the cell went on
+    assert fault.left_running(run["run_id"]) == []
