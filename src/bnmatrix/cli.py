@@ -19,7 +19,7 @@ from rich.table import Table
 
 from bnmatrix import __version__
 from bnmatrix.backends import select_backend
-from bnmatrix.backends.venv import default_cache_dir, kill_tagged
+from bnmatrix.backends.venv import default_cache_dir, sweep_dead_run
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--out", type=Path, default=Path("public"), metavar="DIR")
     report_parser.add_argument("--previous", type=Path, default=None, metavar="DIR",
                                help="an earlier run (or a folder holding one, or none yet): mark what changed")
+    report_parser.add_argument("--matrix", type=Path, default=None, metavar="FILE",
+                               help="judge the results by this matrix file's current expect: rules (default: the "
+                                    "expectations recorded with each cell)")
     return parser
 
 
@@ -130,7 +133,9 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
             raise BnMatrixError(f"--max-jobs {args.max_jobs}: expected 1 to {GITHUB_JOB_LIMIT}")
         print(json.dumps({"include": github_jobs(cells, matrix.runners, args.max_jobs)}, separators=(",", ":")))
         return EXIT_OK
-    table = Table(title=f"{len(cells)} cells from {matrix.path}")
+    scenarios = cells[0].scenarios if cells else matrix.scenarios
+    table = Table(title=f"{len(cells)} cells from {matrix.path}",
+                  caption=f"each runs {len(scenarios)} scenarios: {', '.join(scenarios)}")
     for column in ("cell", "python", "requirements", "image", "steps"):
         table.add_column(column, overflow="fold")
     for cell in cells:
@@ -158,7 +163,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
         "cells": [cell.id for cell in cells],
     })
     for dead in store.dead_runs:
-        killed = kill_tagged(dead)
+        killed = sweep_dead_run(dead)
         console.print(f"run {dead} was killed before it finished: marked interrupted"
                       + (f", {killed} process{'es' if killed != 1 else ''} it left stopped" if killed else ""))
     store.save_scenarios([matrix.catalog[name] for name in cells[0].scenarios])
@@ -271,7 +276,8 @@ def command_merge(args: argparse.Namespace, console: Console) -> int:
 def command_report(args: argparse.Namespace, console: Console) -> int:
     from bnmatrix.report import write_report
 
-    index = write_report(args.results, args.out, args.previous)
+    matrix = Matrix.from_file(args.matrix) if args.matrix else None
+    index = write_report(args.results, args.out, args.previous, matrix)
     console.print(f"report written: {index}")
     return EXIT_OK
 

@@ -7,6 +7,9 @@ and exports for machines: results.json, junit.xml, badge.svg and summary.md.
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
 import shlex
 import shutil
 import tempfile
@@ -20,8 +23,9 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
-from bnmatrix.config import data_path, load_scenario_notes
+from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import all_cells
 from bnmatrix.results import CellResult, Run, ScenarioResult, load_run, runs_under
 from bnmatrix.verdict import Status
 
@@ -51,6 +55,17 @@ class Entry:
     @property
     def unexpected(self) -> bool:
         return self.expected is not None and self.expected != self.status
+
+    @property
+    def junit(self) -> str:
+        """pass, failure, error or skipped: against the expectation where there is one."""
+        if self.expected is not None:
+            return "failure" if self.unexpected else "pass"
+        return self.state.junit
+
+    @property
+    def ran(self) -> bool:
+        return self.state not in (Status.NOT_RUN, Status.BUILD_ERROR)
 
 
 @dataclass
@@ -113,8 +128,22 @@ def scenario_page_sources(run: Run) -> dict[str, tuple[str, dict[str, Any]]]:
     return found
 
 
-def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
-    """What the pages show: rows newest TF first, columns device x scenario; changes since `previous`."""
+@dataclass(frozen=True)
+class Expectations:
+    """A matrix file's current `expect:` rules, applied when rendering instead of those the run recorded."""
+
+    path: str
+    digest: str
+    by_cell: dict[str, dict[str, str]]
+
+    @classmethod
+    def from_matrix(cls, matrix: Matrix) -> Expectations:
+        return cls(str(matrix.path), matrix.digest, {cell.id: cell.expect for cell in all_cells(matrix)})
+
+
+def build_view(run: Run, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, Any]:
+    """What the pages show: rows newest TF first, columns device x scenario; changes since `previous`;
+    expectations from the run's cells, or from `expectations` (a matrix file) where given."""
     sources = scenario_page_sources(run)
     before = _statuses(previous) if previous else {}
     scenarios: list[str] = []
@@ -125,6 +154,7 @@ def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
         scenarios += [name for name in cell["scenarios"] if name not in scenarios]
         devices += [cell["device"]] if cell["device"] not in devices else []
         row = rows.setdefault((cell["tf"], cell["variant"]), Row(cell["tf"], cell["variant"], cell["python"]))
+        expected = expectations.by_cell.get(cell["id"], {}) if expectations else cell.get("expect", {})
         for name in cell["scenarios"]:
             result = cell_result.scenarios.get(name)
             status = cell_result.entry_status(name).value
@@ -133,7 +163,7 @@ def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result), href=f"cells/{cell['id']}.html#{name}",
                 previous=earlier if earlier not in (None, status) else None,
-                expected=cell.get("expect", {}).get(name))
+                expected=expected.get(name))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered)
@@ -145,12 +175,21 @@ def build_view(run: Run, previous: Run | None = None) -> dict[str, Any]:
         groups.setdefault(row.major, []).append(row)
     entries = [entry for row in ordered for entry in row.entries.values()]
     counts = {state: sum(1 for e in entries if e.status == state) for state in STATES}
+    suites = []
+    for device in devices:
+        cases = sorted((e for e in entries if e.cell.cell["device"] == device), key=lambda e: (e.cell.id, e.scenario))
+        suites.append({"device": device, "cases": cases, "tests": len(cases),
+                       **{kind: sum(1 for e in cases if e.junit == kind) for kind in ("failure", "error", "skipped")}})
+    ran = [e for e in entries if e.ran]
+    meets = all(e.junit in ("pass", "skipped") for e in ran)
     return {
         "run": run.manifest, "groups": groups, "rows": ordered, "devices": devices, "scenarios": scenarios,
         "columns": columns, "summaries": summaries, "states": STATES, "changed_state": CHANGED, "counts": counts,
         "cells": sorted(run.cells, key=lambda c: c.id),
         "previous_run": previous.manifest["run_id"] if previous else None,
         "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
+        "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
+        "expectations": expectations,
         "versions": sorted({r.tf for r in ordered}, key=Version),
         "notes": {name: notes for name, (_, notes) in sources.items()},
     }
@@ -260,12 +299,39 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
         "previous_run": view["previous_run"], "scenarios": view["scenarios"], "cells": cells}
 
 
+def _finite(value: Any) -> Any:
+    """JSON data with every NaN or infinity (from a run written before bnmatrix refused them) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+# XML 1.0 allows no control characters but tab, newline and carriage return (an ANSI escape is one).
+_XML_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]")
+
+
+def _xml_text(value: Any) -> str:
+    return _XML_FORBIDDEN.sub("", str(value))
+
+
+def _markdown(value: Any) -> str:
+    """Text from the data, inert in GitHub Markdown: no table breaks, no HTML, no links or emphasis."""
+    text = str(value).replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
+
+
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path("report")), undefined=jinja2.StrictUndefined,
                              autoescape=jinja2.select_autoescape(["html", "svg", "xml"],
                                                                  default_for_string=True),
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _number
+    env.filters["xml"] = _xml_text
+    env.filters["md"] = _markdown
     env.filters["curve"] = curve_points
     env.globals["reproduce"] = reproduce_command
     return env
@@ -275,9 +341,9 @@ def _highlighted(source: str) -> str:
     return highlight(source, PythonLexer(), HtmlFormatter(cssclass="highlight", linenos="table"))
 
 
-def render_site(run: Run, previous: Run | None = None) -> dict[str, str]:
+def render_site(run: Run, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, str]:
     """Every file of the site by relative path (pure: same run, same bytes)."""
-    view = build_view(run, previous)
+    view = build_view(run, previous, expectations)
     env = environment()
     files = {"index.html": env.get_template("index.html").render(**view, root="")}
     for cell_result in view["cells"]:
@@ -288,7 +354,7 @@ def render_site(run: Run, previous: Run | None = None) -> dict[str, str]:
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
             **view, root="../", name=name, code=_highlighted(sources[name][0]))
     export = export_results(run, view)
-    files["results.json"] = json.dumps(export, indent=1, sort_keys=True) + "\n"
+    files["results.json"] = json.dumps(_finite(export), indent=1, sort_keys=True, allow_nan=False) + "\n"
     files["junit.xml"] = env.get_template("junit.xml").render(**view)
     files["badge.svg"] = env.get_template("badge.svg").render(**view)
     files["summary.md"] = env.get_template("summary.md.j2").render(**view)
@@ -296,36 +362,91 @@ def render_site(run: Run, previous: Run | None = None) -> dict[str, str]:
     return files
 
 
-def _is_site(path: Path) -> bool:
+SITE_MARKER = ".bnmatrix-site.json"  # in every site bnmatrix writes: the files it wrote there
+
+
+def _site_files(out: Path) -> set[str] | None:
+    """The files bnmatrix wrote into `out` (from its marker); None when `out` is no bnmatrix site."""
     try:
-        return bool(json.loads((path / "results.json").read_text(encoding="utf-8")).get("schema") == EXPORT_SCHEMA)
-    except (OSError, ValueError, AttributeError):
-        return False
+        marker = json.loads((out / SITE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    files = marker.get("files") if isinstance(marker, dict) else None
+    return set(files) if isinstance(files, list) else None
 
 
-def write_report(results: Path, out: Path, previous: Path | None = None) -> Path:
-    """Render the run at `results` into the site `out` (replaced whole); returns its index.html.
+def _inside(base: Path, relative: str) -> Path:
+    """`base / relative`, refusing any path that would leave `base`."""
+    target = (base / relative).resolve()
+    if not target.is_relative_to(base.resolve()):
+        raise BnMatrixError(f"refusing to write {relative!r}: it would leave the site folder")
+    return target
 
-    With `previous` (a run, or a folder that may hold none yet), entries whose status changed say so.
+
+def write_report(results: Path, out: Path, previous: Path | None = None, matrix: Matrix | None = None) -> Path:
+    """Render the run at `results` into the site `out`; returns its index.html.
+
+    `out` is replaced only when it is empty or a site bnmatrix wrote (its marker file); files a user added
+    to an earlier site (a CNAME, notes/) are kept. With `previous` (a run, or a folder that may hold none
+    yet), entries whose status changed say so; with `matrix`, its current expectations are applied.
     """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BnMatrixError(f"--out {out}: is a {'symbolic link' if out.is_symlink() else 'file'}; expected a "
+                            "folder for the site (new, empty, or an earlier bnmatrix site)")
+    earlier_files: set[str] = set()
+    if out.is_dir() and any(out.iterdir()):
+        found = _site_files(out)
+        if found is None:
+            raise BnMatrixError(f"--out {out}: holds files and no {SITE_MARKER}, so bnmatrix did not write it; "
+                                "expected a new or empty folder, or an earlier bnmatrix site (nothing was changed)")
+        earlier_files = found
     run = load_run(results)
     earlier = load_run(previous) if previous is not None and runs_under(previous) else None
-    files = render_site(run, earlier)
-    if out.exists() and any(out.iterdir()) and not _is_site(out):
-        raise BnMatrixError(f"--out {out}: exists and is not a bnmatrix site (no index.html with results.json); "
-                            "expected a new or empty directory, or an earlier report to replace")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    for relative, text in files.items():
-        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-        (staging / relative).write_text(text, encoding="utf-8")
-    for asset in ("style.css", "matrix.js"):
-        shutil.copyfile(data_path("report") / asset, staging / asset)
-    for cell_result in run.cells:  # the full logs, next to the cell's page
-        logs = run.directory / "logs" / cell_result.id
-        if logs.is_dir():
-            shutil.copytree(logs, staging / "cells" / "logs" / cell_result.id)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    files = render_site(run, earlier, Expectations.from_matrix(matrix) if matrix else None)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
+    try:
+        for relative, text in files.items():
+            target = _inside(staging, relative)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text, encoding="utf-8")
+        for asset in ("style.css", "matrix.js"):
+            shutil.copyfile(data_path("report") / asset, staging / asset)
+        for cell_result in run.cells:  # the full logs, next to the cell's page
+            logs = run.directory / "logs" / cell_result.id
+            if logs.is_dir():
+                shutil.copytree(logs, _inside(staging, f"cells/logs/{cell_result.id}"))
+        written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        if out.is_dir():  # what the user added to the earlier site stays
+            for path in out.rglob("*"):
+                relative = str(path.relative_to(out))
+                if path.is_file() and relative not in earlier_files and relative != SITE_MARKER \
+                        and not (staging / relative).exists():
+                    (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, staging / relative)
+        (staging / SITE_MARKER).write_text(json.dumps({"files": written}, indent=0) + "\n", encoding="utf-8")
+        for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+            folder.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700: a web server must read the site
+        if out.exists():
+            retired = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(retired)
+            staging.rename(out)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out / "index.html"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()

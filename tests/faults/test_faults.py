@@ -55,8 +55,11 @@ def test_sigkill_leaves_no_process_and_the_next_run_marks_it_and_recovers(fault:
     wait_for(lambda: not fault.left_running(str(run["run_id"])), timeout=10,
              what="the scenario to die with bnmatrix (parent-death signal)")
     assert fault.runs()[0]["status"] == "running"  # nobody could write more
+    assert list(fault.tmp.glob(f"bnmatrix-cell-{run['run_id']}-*"))  # its scratch folder, left behind
     code, output = fault.run(FAULT_HANG_TF="none")
     assert code == 0, output
+    assert f"run {run['run_id']} was killed before it finished: marked interrupted" in output
+    assert list(fault.tmp.glob("bnmatrix-cell-*")) == []  # swept
     dead, last = fault.runs()
     assert dead["status"] == "interrupted" and "ended without finishing" in dead["note"]
     assert last["previous_run"] == dead["run_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -209,11 +210,12 @@ def test_junit_fails_on_regressions_not_on_known_verdicts(tmp_path: Path) -> Non
 def test_badge_and_markdown_summary(tmp_path: Path) -> None:
     site = render_site(sample_run(tmp_path))
     badge = ET.fromstring(site["badge.svg"])
-    assert badge.get("aria-label") == "BN stats: 1 of 6 updated, 1 unexpected"
+    assert badge.get("aria-label") == "BN stats: updated 1 of 4 run, 1 unexpected"  # the 2 GPU entries did not run
+    assert badge.find("{http://www.w3.org/2000/svg}rect[2]").get("fill") == "#b4261a"  # an expectation failed
     summary = site["summary.md"]
     assert "| TensorFlow | Python | keras_bn_custom_estimator (cpu) |" in summary
     assert "| 1.15.5 | 3.7 | ✘ stale (0/100) | ≠ wrong (200/100) |" in summary
-    assert "- `tf-1.15.5-cpu` layers_bn_session: expected updated, got wrong" in summary
+    assert "- tf-1.15.5-cpu layers\\_bn\\_session: expected updated, got wrong" in summary
 
 
 def test_write_report_replaces_an_old_site_but_not_other_files(tmp_path: Path) -> None:
@@ -231,6 +233,131 @@ def test_write_report_replaces_an_old_site_but_not_other_files(tmp_path: Path) -
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    with pytest.raises(BnMatrixError, match="is not a bnmatrix site"):
+    with pytest.raises(BnMatrixError, match=r"holds files and no .bnmatrix-site.json, so bnmatrix did not write it"):
         write_report(run.directory, mine)
     assert (mine / "notes.txt").read_text() == "keep"
+
+
+def written_run(tmp_path: Path) -> Run:
+    run = sample_run(tmp_path / "run")
+    write_json(run.directory / "manifest.json", run.manifest)
+    for c in run.cells:
+        write_json(run.directory / "cells" / f"{c.id}.json", c.to_dict())
+    return run
+
+
+def test_a_folder_bnmatrix_did_not_write_is_never_replaced(tmp_path: Path) -> None:
+    run = written_run(tmp_path)
+    copied = tmp_path / "copied"  # someone's folder that happens to hold a results.json
+    copied.mkdir()
+    (copied / "results.json").write_text((tmp_path / "run" / "manifest.json").read_text())
+    (copied / "analysis.py").write_text("print('mine')")
+    with pytest.raises(BnMatrixError, match="nothing was changed"):
+        write_report(run.directory, copied)
+    assert sorted(p.name for p in copied.iterdir()) == ["analysis.py", "results.json"]
+
+
+def test_files_a_user_added_to_a_site_are_kept(tmp_path: Path) -> None:
+    run = written_run(tmp_path)
+    site = tmp_path / "site"
+    write_report(run.directory, site)
+    (site / "CNAME").write_text("bn.example.org\n")
+    (site / "notes").mkdir()
+    (site / "notes" / "why.md").write_text("ours")
+    write_report(run.directory, site)
+    assert (site / "CNAME").read_text() == "bn.example.org\n" and (site / "notes" / "why.md").read_text() == "ours"
+    assert (site / "index.html").is_file() and not list(tmp_path.glob(".site.*"))
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "unwritable"])
+def test_a_bad_out_is_one_clear_error_and_leaves_nothing(tmp_path: Path, kind: str) -> None:
+    run = written_run(tmp_path)
+    out = tmp_path / "out"
+    if kind == "file":
+        out.write_text("x")
+        expected = "is a file; expected a folder for the site"
+    elif kind == "symlink":
+        (tmp_path / "real").mkdir()
+        out.symlink_to(tmp_path / "real")
+        expected = "is a symbolic link; expected a folder for the site"
+    else:
+        if os.geteuid() == 0:
+            out = Path("/proc/bnmatrix-site")  # even root cannot create folders there
+        else:
+            (tmp_path / "locked").mkdir(mode=0o500)
+            out = tmp_path / "locked" / "site"
+        expected = "cannot write there"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(BnMatrixError, match=expected):
+        write_report(run.directory, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no staging folder left
+
+
+def test_names_that_leave_the_site_folder_are_refused_at_load(tmp_path: Path) -> None:
+    run = written_run(tmp_path)
+    path = run.directory / "cells" / "tf-1.15.5-cpu.json"
+    data = json.loads(path.read_text())
+    data["cell"]["scenarios"].append("../../x")
+    data["scenarios"]["../../x"] = data["scenarios"]["layers_bn_session"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BnMatrixError, match=r"tf-1.15.5-cpu.json: .*'../../x' does not match"):
+        write_report(run.directory, tmp_path / "site")
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "site").exists()
+
+
+def test_the_site_and_results_follow_the_umask(tmp_path: Path) -> None:
+    run = written_run(tmp_path)
+    write_report(run.directory, tmp_path / "site")
+    assert (tmp_path / "site").stat().st_mode & 0o777 == 0o777 & ~_umask()
+    assert (run.directory / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_junit_counts_and_survives_control_characters(tmp_path: Path) -> None:
+    run = sample_run(tmp_path)
+    ansi = "\x1b[31mTraceback\x1b[0m\x07 (most recent call last)\x00"
+    session = run.cells[2].scenarios["layers_bn_session"]  # tf-2.15.1-cpu: no expectation
+    session.reason = ansi
+    session.status = Status.ERROR
+    session.error = {"type": "X", "message": ansi, "traceback": ansi}
+    suites = ET.fromstring(render_site(run)["junit.xml"])  # a strict parser: any control character fails
+    by_name = {s.get("name"): s for s in suites.iter("testsuite")}
+    cpu, gpu = by_name["bnmatrix.cpu"], by_name["bnmatrix.gpu"]
+    assert (cpu.get("tests"), cpu.get("failures"), cpu.get("errors"), cpu.get("skipped")) == ("4", "1", "1", "1")
+    assert (gpu.get("tests"), gpu.get("failures"), gpu.get("errors"), gpu.get("skipped")) == ("2", "0", "0", "2")
+    assert suites.get("tests") == "6" and suites.get("failures") == "1"
+    assert "[31mTraceback[0m (most recent call last)" in "".join(suites.itertext())
+
+
+def test_summary_escapes_what_comes_from_the_data(tmp_path: Path) -> None:
+    run = sample_run(tmp_path)
+    run.manifest["run_id"] = "r1 | <img src=x> [link](http://evil)"
+    run.cells[0].scenarios["layers_bn_session"].reason = "a | b <script>"
+    summary = render_site(run)["summary.md"]
+    assert "<img" not in summary and "<script" not in summary and "](http" not in summary
+    assert "r1 \\| &lt;img src=x&gt; \\[link\\]\\(http://evil\\)" in summary
+
+
+def test_results_json_never_holds_nan(tmp_path: Path) -> None:
+    run = sample_run(tmp_path)
+    run.cells[0].scenarios["layers_bn_session"].train_loss = float("nan")  # as in a run from older bnmatrix
+    exported = render_site(run)["results.json"]
+    assert "NaN" not in exported and json.loads(exported)
+
+
+def test_report_applies_the_matrix_files_current_expectations(tmp_path: Path) -> None:
+    from bnmatrix.config import Matrix
+
+    run = written_run(tmp_path)
+    matrix = Matrix.from_file(data_path("matrix.yaml"))
+    site = write_report(run.directory, tmp_path / "site", matrix=matrix).parent
+    exported = json.loads((site / "results.json").read_text())
+    tf115 = next(c for c in exported["cells"] if c["id"] == "tf-1.15.5-cpu")
+    assert tf115["scenarios"]["layers_bn_session"]["expected_status"] == "wrong"  # today's rule, not the recorded
+    assert f"expectations from {matrix.path}" in (site / "index.html").read_text()
+    assert f"(sha256 {matrix.digest[:12]})" in (site / "summary.md").read_text()

@@ -63,6 +63,15 @@ def tagged_processes(prefix: str) -> list[int]:
     return found
 
 
+def sweep_dead_run(run_id: str) -> int:
+    """What a killed run left on this host: its processes (by token) and its scratch folders; how many
+    processes were stopped."""
+    killed = kill_tagged(run_id)
+    for scratch in Path(tempfile.gettempdir()).glob(f"bnmatrix-cell-{run_id}-*"):
+        shutil.rmtree(scratch, ignore_errors=True)
+    return killed
+
+
 def kill_tagged(prefix: str) -> int:
     """SIGKILL every process whose token starts with `prefix`; how many."""
     killed = 0
@@ -378,7 +387,8 @@ class VenvSession:
         if self.cell.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell measures the CPU kernels even on a GPU host
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="bnmatrix-cell-") as scratch, open(log, "wb") as handle:
+        scratch_prefix = f"bnmatrix-cell-{self.processes.run_id}-"  # a later run sweeps it if this one is killed
+        with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch, open(log, "wb") as handle:
             env["TMPDIR"] = scratch
             capture = OutputCapture(handle)
             code, timed_out = self.processes.stream([str(self.venv / "bin" / "python"), str(scenario.script), *args],
