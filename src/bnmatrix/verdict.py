@@ -168,14 +168,17 @@ class LayerVerdict:
 
 def _variance_correction(moving_variance: float, data: BatchData, momentum: float,
                          updates: float) -> str | None:
-    """Which batch variance the moving variance follows after `updates` updates, if either (None
-    also when the statistics barely moved: then every variance fits)."""
+    """Which batch variance the moving variance follows: the one whose implied number of updates is
+    that of the mean (within half an update or 1%); None when neither, or when the statistics barely
+    moved (then every variance fits)."""
     if updates < 0.5:
         return None
+    fits = []
     for correction in ("biased", "unbiased"):
-        if close(moving_variance, expected_statistics(data, momentum, updates, correction)[1]):
-            return correction
-    return None
+        implied = effective_variance_updates(moving_variance, data.variance(correction), momentum)
+        if implied is not None and abs(implied - updates) <= max(0.5, 0.01 * updates):
+            fits.append((abs(implied - updates), correction))
+    return min(fits)[1] if fits else None
 
 
 def _ratio(updates: float, steps: int) -> str:

@@ -28,8 +28,7 @@ EXPECTED: dict[str, dict[str, tuple[str, str | None, str | None]]] = {
         "keras_bn_custom_estimator_fixed": UPDATED, "layers_bn_session_train_tower": UPDATED,
         "compat_v1_keras_bn_custom_estimator": ("stale", None, None),
         "keras_bn_model_to_estimator_tf_optimizer": UPDATED, "keras_fit": UPDATED, "keras_gradient_tape": UPDATED,
-        "keras_tf_function": ("error", None, None),  # TF 1.15: "Tensor.consumers is meaningless" under eager
-        "keras_bn_trainable_false": ("stale", None, "batch"),
+        "keras_tf_function": UPDATED, "keras_bn_trainable_false": ("stale", None, "batch"),
         "keras_fit_4d_variance": UNBIASED, "keras_fit_4d_variance_unfused": UPDATED,
         "layers_bn_4d_variance": UNBIASED, "layers_bn_4d_variance_unfused": UPDATED,
         "keras_bn_sync_mirrored": ("unsupported", None, None), "keras3_bn_fit": ("unsupported", None, None),

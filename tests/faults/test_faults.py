@@ -220,3 +220,14 @@ def test_a_hanging_scenario_is_killed_at_its_timeout_with_nothing_left(fault: Fa
     assert scenarios["hang"]["status"] == "error" and scenarios["hang"]["reason"] == "timeout: killed after 5 s"
     assert scenarios["ok"]["status"] == "updated"  # the cell went on
     assert fault.left_running(run["run_id"]) == []
+
+
+def test_gpu_cells_a_host_cannot_serve_fail_the_run_only_when_asked_for(fault: Fault) -> None:
+    matrix = fault.matrix(["ok"], versions=("2.15.1",))
+    matrix.write_text(matrix.read_text().replace("  devices: [cpu]\n", "  devices: [cpu, gpu]\n"))
+    env = {"PATH": "/usr/bin:/bin"}  # no nvidia-smi here
+    code, output = fault.run(**env)
+    assert code == 0, output
+    assert "tf-2.15.1-gpu: not-run: no GPU on this host" in output
+    code, output = fault.run("--select", "*-gpu*", **env)
+    assert code == 1, output
