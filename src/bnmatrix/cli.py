@@ -186,6 +186,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                         running[cell.id] = (task, time.monotonic())
                     task, cell_started = running[cell.id]
                     progress.update(task, description=escape(step))
+                    if step.startswith("waiting"):  # worth a line of its own: it may last long
+                        progress.console.print(f"{cell.id}: {escape(step)}", highlight=False, soft_wrap=True)
                     if result is None:
                         return
                     progress.remove_task(task)

@@ -76,7 +76,8 @@ def check_scenario(tf: str, s: ScenarioResult) -> None:
         assert s.effective_updates == pytest.approx(STEPS, abs=0.01)
         assert s.effective_updates_variance == pytest.approx(STEPS, abs=0.01)
     if s.scenario == "layers_bn_session":  # the report's second tower adds its own update ops
-        assert s.update_ops == 8 and s.effective_updates == pytest.approx(2 * STEPS, abs=0.5)
+        # Its two update ops per step race on the shared variables: about 2.00x, not exactly (200.07 to 200.58).
+        assert s.update_ops == 8 and s.effective_updates == pytest.approx(2 * STEPS, rel=0.01)
         assert set(s.layers) == {"bn1", "bn2"} and "verdict" not in s.layers["bn2"]
     if s.scenario == "layers_bn_session_train_tower":
         assert s.update_ops == 4

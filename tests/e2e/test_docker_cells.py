@@ -76,10 +76,11 @@ def test_venv_and_docker_agree(docker_runs: dict[str, CellResult], venv_runs: di
         in_venv = venv.scenarios[name]
         assert in_docker.status == in_venv.status, name
         assert in_docker.variance_correction == in_venv.variance_correction, name
+        # The session scenario's two update ops per step race on shared variables: a run-to-run spread.
+        rel = 1e-2 if name == "layers_bn_session" else 1e-3
         for field in ("moving_mean", "moving_variance", "effective_updates"):
-            # The session scenario's two unordered updates per step may interleave differently.
             expected = getattr(in_venv, field)
-            assert getattr(in_docker, field) == (None if expected is None else pytest.approx(expected, rel=1e-3)), \
+            assert getattr(in_docker, field) == (None if expected is None else pytest.approx(expected, rel=rel)), \
                 (name, field)
 
 

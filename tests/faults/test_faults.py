@@ -194,6 +194,7 @@ def test_waiting_for_another_runs_env_says_so_and_stops_on_ctrl_c(fault: Fault) 
     output, _ = waiter.communicate(timeout=30)
     assert waiter.returncode == 130, output
     assert time.monotonic() - started < 10
+    assert "tf-2.15.1-cpu: waiting for another bnmatrix run that is building tf-2.15.1-py" in output
     builder.send_signal(signal.SIGTERM)
     builder.communicate(timeout=60)
     assert builder.returncode == 143
