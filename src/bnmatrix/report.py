@@ -241,28 +241,40 @@ def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) ->
             "y_zero": y(0.0), "mu": mu, "steps": steps}
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _assignments(variables: dict[str, str]) -> list[str]:
+    """NAME=value words for a shell command line."""
+    return [f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items())]
+
+
 def reproduce_command(cell_result: CellResult, scenario: str) -> str:
-    """A copy-paste command that runs the scenario as the cell did (from a bnmatrix checkout)."""
+    """A copy-paste command that runs the scenario as the cell did (from a bnmatrix checkout); every word
+    from the data is shell-quoted."""
     cell = cell_result.cell
     environment = cell_result.environment or {}
     args = ["--steps", str(cell["steps"]), "--device", cell["device"], "--tf-version", cell["tf"]]
-    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(cell.get("env", {}).items()))
-    cpu_only = "CUDA_VISIBLE_DEVICES= " if cell["device"] == "cpu" else ""
+    variables = {k: v for k, v in cell.get("env", {}).items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
+    again = shlex.join(["bnmatrix", "run", "--backend", environment.get("kind", "venv"), "--select", cell["id"],
+                        "--scenario", scenario])
     if environment.get("kind") == "docker":
         flags = ["--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp:exec", "--user", "65534:65534",
                  "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", "HOME=/tmp",
-                 "-e", "PYTHONPATH=/scenarios", "-v", "$PWD/scenarios:/scenarios:ro"]
-        flags += ["--gpus", "all"] if cell["device"] == "gpu" else ["-e", "CUDA_VISIBLE_DEVICES="]
-        flags += [item for k, v in sorted(cell.get("env", {}).items()) for item in ("-e", f"{k}={v}")]
-        quoted = " ".join(f if f.startswith("$PWD") else shlex.quote(f) for f in flags)
-        return (f"docker run {quoted} {shlex.quote(environment['cell_image'])} python3 /scenarios/{scenario}.py "
-                + " ".join(args) + f"\n# or: bnmatrix run --backend docker --select {cell['id']} --scenario {scenario}")
-    requirements = " ".join(shlex.quote(r) for r in cell["requirements"])
-    return (f"python{cell['python']} -m venv venv && venv/bin/python -m pip install --upgrade pip && "
-            f"venv/bin/python -m pip install {requirements}\n"
-            f"{cpu_only}PYTHONPATH=scenarios {env + ' ' if env else ''}venv/bin/python scenarios/{scenario}.py "
-            f"{' '.join(args)}\n"
-            f"# or: bnmatrix run --backend venv --select {cell['id']} --scenario {scenario}")
+                 "-e", "PYTHONPATH=/scenarios"]
+        device = ["--gpus", "all"] if cell["device"] == "gpu" else ["-e", "CUDA_VISIBLE_DEVICES="]
+        passed = [item for k, v in sorted(variables.items()) for item in ("-e", f"{k}={v}")]
+        image = [environment["cell_image"], "python3", f"/scenarios/{scenario}.py", *args]
+        return (f"{shlex.join(['docker', 'run', *flags])} -v \"$PWD\"/scenarios:/scenarios:ro "
+                f"{shlex.join([*device, *passed, *image])}\n# or: {again}")
+    if cell["device"] == "cpu":
+        variables = {"CUDA_VISIBLE_DEVICES": "", **variables}
+    setup = " && ".join([shlex.join([f"python{cell['python']}", "-m", "venv", "venv"]),
+                         shlex.join(["venv/bin/python", "-m", "pip", "install", "--upgrade", "pip"]),
+                         shlex.join(["venv/bin/python", "-m", "pip", "install", *cell["requirements"]])])
+    words = [*_assignments({**variables, "PYTHONPATH": "scenarios"}), shlex.join(["venv/bin/python",
+                                                                                  f"scenarios/{scenario}.py", *args])]
+    return f"{setup}\n{' '.join(words)}\n# or: {again}"
 
 
 def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:

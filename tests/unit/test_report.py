@@ -7,6 +7,7 @@ import html
 import json
 import os
 import re
+import shlex
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -166,7 +167,8 @@ def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
                                    "packages": []}
     page = html.unescape(render_site(run)["cells/tf-1.15.5-cpu.html"])
     assert ("docker run --rm --network none --read-only --tmpfs /tmp:exec --user 65534:65534 --cap-drop ALL "
-            "--security-opt no-new-privileges -e HOME=/tmp -e PYTHONPATH=/scenarios -v $PWD/scenarios:/scenarios:ro "
+            "--security-opt no-new-privileges -e HOME=/tmp -e PYTHONPATH=/scenarios "
+            "-v \"$PWD\"/scenarios:/scenarios:ro "
             "-e CUDA_VISIBLE_DEVICES= "
             "bnmatrix-cell:1.15.5-x python3 /scenarios/layers_bn_session.py --steps 100") in page
 
@@ -361,3 +363,27 @@ def test_report_applies_the_matrix_files_current_expectations(tmp_path: Path) ->
     assert tf115["scenarios"]["layers_bn_session"]["expected_status"] == "wrong"  # today's rule, not the recorded
     assert f"expectations from {matrix.path}" in (site / "index.html").read_text()
     assert f"(sha256 {matrix.digest[:12]})" in (site / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["venv", "docker"])
+def test_reproduce_commands_quote_every_word_from_the_data(tmp_path: Path, kind: str) -> None:
+    from bnmatrix.report import reproduce_command
+
+    run = sample_run(tmp_path)
+    cell = run.cells[0]
+    hostile = "$(touch /tmp/pwned)`id`;x"
+    cell.cell.update(tf="1.15.5;id", python="3.7 && id", requirements=["numpy<2; python_version>'3'", hostile],
+                     env={"TF_USE_LEGACY_KERAS": hostile, "BAD NAME": "x"})
+    if kind == "docker":
+        cell.environment = {"kind": "docker", "cell_image": "img;id"}
+    command = reproduce_command(cell, "layers_bn_session")
+    lines = [shlex.split(line) for line in command.splitlines() if not line.startswith("#")]
+    words = [word for line in lines for word in line]
+    assert "1.15.5;id" in words and hostile in words or f"TF_USE_LEGACY_KERAS={hostile}" in words
+    assert not any(word in ("id", ";", "&&id") for word in words)  # no word of the data became a command
+    assert "BAD NAME=x" not in command
+    if kind == "venv":
+        assert "python3.7 && id" in words and "numpy<2; python_version>'3'" in words
+        assert f"TF_USE_LEGACY_KERAS={hostile}" in words
+    else:
+        assert "img;id" in words and f"TF_USE_LEGACY_KERAS={hostile}" in words
