@@ -43,8 +43,8 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-def _styled(status: Status) -> str:
-    return f"[{status.colour}]{status.icon} {status.word}[/]"
+def _styled(status: Status, word: bool = True) -> str:
+    return f"[{status.colour}]{status.icon}{' ' + status.word if word else ''}[/]"
 
 
 def _selection_options(parser: argparse.ArgumentParser) -> None:
@@ -264,8 +264,7 @@ def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> Table
     for index in range(1, len(scenarios) + 1):
         table.add_column(str(index), justify="center")
     for result in results:
-        table.add_row(result.id, *[f"[{result.entry_status(name).colour}]{result.entry_status(name).icon}[/]"
-                                   for name in scenarios])
+        table.add_row(result.id, *[_styled(result.entry_status(name), word=False) for name in scenarios])
     return table
 
 

@@ -72,8 +72,7 @@ def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
     bnmatrix helper), checked to be a scenario of that name; `origin` says where the folder was named."""
     if not directory.is_dir():
         why = "is not a directory" if directory.exists() else "does not exist"
-        shown = f"{origin}" if origin.endswith(str(directory)) else f"{origin}: {directory}"
-        raise BnMatrixError(f"{shown}: {why}; expected a folder of scenario scripts")
+        raise BnMatrixError(f"{origin}: {why}; expected a folder of scenario scripts")
     found = {}
     for script in sorted(directory.glob("*.py")):
         name = script.stem
@@ -212,7 +211,7 @@ class Matrix:
         _check_schema(raw, where)
         settings = raw.get("settings", {})
         scenario_dirs = [data_path("scenarios").resolve()]
-        catalog = discover_scenarios(scenario_dirs[0], "the built-in scenarios")
+        catalog = discover_scenarios(scenario_dirs[0], f"the built-in scenarios ({scenario_dirs[0]})")
         for index, entry in enumerate(raw.get("scenario_paths", [])):
             directory = (path.parent / entry).resolve()
             if not directory.is_dir():
@@ -220,7 +219,8 @@ class Matrix:
                                   "of scenario scripts (relative to the matrix file)")
             if directory not in scenario_dirs:
                 scenario_dirs.append(directory)
-                catalog = merge_scenarios(catalog, discover_scenarios(directory, f"{where(('scenario_paths', index))}"))
+                found = discover_scenarios(directory, f"{where(('scenario_paths', index))}: {directory}")
+                catalog = merge_scenarios(catalog, found)
         variants = {
             name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})))
             for name, spec in raw.get("variants", {}).items()

@@ -26,7 +26,7 @@ from pygments.lexers import PythonLexer
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import all_cells
-from bnmatrix.results import CellResult, Run, ScenarioResult, load_run, runs_under
+from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, load_run, runs_under
 from bnmatrix.verdict import Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
@@ -91,7 +91,7 @@ def _number(value: Any, digits: int = 6) -> str:
 
 def _summary(result: ScenarioResult | None, cell: CellResult) -> str:
     if result is None:
-        return f"{cell.entry_status('').word}: {cell.reason}"
+        return f"{cell.own_status.word}: {cell.reason}"
     if result.moving_mean is None:
         return f"{result.status.value}: {result.reason}"
     updates, variance_updates = result.effective_updates, result.effective_updates_variance
@@ -191,7 +191,7 @@ def build_view(run: Run, previous: Run | None = None, expectations: Expectations
         "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
         "expectations": expectations,
         "versions": sorted({r.tf for r in ordered}, key=Version),
-        "notes": {name: notes for name, (_, notes) in sources.items()},
+        "notes": {name: notes for name, (_, notes) in sources.items()}, "sources": sources,
     }
 
 
@@ -361,10 +361,9 @@ def render_site(run: Run, previous: Run | None = None, expectations: Expectation
     for cell_result in view["cells"]:
         cell_id = cell_result.id
         files[f"cells/{cell_id}.html"] = env.get_template("cell.html").render(**view, root="../", result=cell_result)
-    sources = scenario_page_sources(run)
     for name in view["scenarios"]:
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
-            **view, root="../", name=name, code=_highlighted(sources[name][0]))
+            **view, root="../", name=name, code=_highlighted(view["sources"][name][0]))
     export = export_results(run, view)
     files["results.json"] = json.dumps(_finite(export), indent=1, sort_keys=True, allow_nan=False) + "\n"
     files["junit.xml"] = env.get_template("junit.xml").render(**view)
@@ -441,7 +440,7 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
                     shutil.copy2(path, staging / relative)
         (staging / SITE_MARKER).write_text(json.dumps({"files": written}, indent=0) + "\n", encoding="utf-8")
         for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
-            folder.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700: a web server must read the site
+            folder.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700: a web server must read the site
         if out.exists():
             retired = out.parent / f".{out.name}.old-{os.getpid()}"
             out.rename(retired)
@@ -454,11 +453,3 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
         raise
     return out / "index.html"
 
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()

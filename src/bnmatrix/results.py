@@ -35,7 +35,7 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()
+UMASK = _current_umask()  # read once: os.umask can only be read by setting it
 
 
 def now() -> str:
@@ -47,7 +47,7 @@ def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600: results are for colleagues and web servers too
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600: results are for colleagues and web servers too
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=1, sort_keys=True, allow_nan=False)
             handle.write("\n")
@@ -146,12 +146,15 @@ class CellResult:
     def id(self) -> str:
         return str(self.cell["id"])
 
-    def entry_status(self, scenario: str) -> Status:
-        """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
-        if scenario in self.scenarios:
-            return self.scenarios[scenario].status
+    @property
+    def own_status(self) -> Status:
+        """What the matrix shows for a scenario the cell holds no result of: the cell's own outcome."""
         return {CellStatus.NOT_RUN: Status.NOT_RUN, CellStatus.BUILD_ERROR: Status.BUILD_ERROR}.get(
             self.status, Status.ERROR)
+
+    def entry_status(self, scenario: str) -> Status:
+        """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
+        return self.scenarios[scenario].status if scenario in self.scenarios else self.own_status
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
@@ -228,6 +231,17 @@ def check_results_root(root: Path) -> None:
                             "for results, e.g. --results results")
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _alive(manifest: dict[str, Any]) -> bool:
     """Whether the process that wrote a `running` manifest still runs (on this host; elsewhere: assume so)."""
     process = manifest.get("process")
@@ -235,12 +249,8 @@ def _alive(manifest: dict[str, Any]) -> bool:
         return False  # written before runs recorded their process: nobody is finishing it
     if process.get("hostname") != socket.gethostname():
         return True  # another host's run: not ours to judge
-    try:
-        os.kill(process["pid"], 0)
-    except ProcessLookupError:
+    if not process_alive(process["pid"]):
         return False
-    except PermissionError:
-        return True
     started = process.get("started_ticks")
     return started is None or started == _start_ticks(process["pid"])
 

@@ -26,7 +26,7 @@ from bnmatrix.config import PACKAGE_DIR, Scenario, scenario_files
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell
 from bnmatrix.results import CellResult, RunStore, ScenarioResult, now
-from bnmatrix.verdict import BatchData, CellStatus, Status, judge
+from bnmatrix.verdict import CellStatus, Status, judge
 
 SCENARIO_SCHEMA = "bnmatrix.scenario/2"
 
@@ -127,7 +127,6 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
     if verdicts:
         layer_name, verdict = next(iter(verdicts.items()))
         layer = data["layers"][layer_name]
-        batch = BatchData.from_observation(layer["data"])
         result.judged_layer = layer_name
         result.moving_mean, result.moving_variance = layer["moving_mean"], layer["moving_variance"]
         result.expected_moving_mean = verdict.expected_moving_mean
@@ -136,7 +135,7 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
         result.effective_updates_variance = verdict.effective_updates_variance
         result.variance_correction = verdict.variance_correction
         result.forward_statistics = verdict.forward_statistics
-        result.batch_mean, result.batch_variance = batch.mean, batch.variance_biased
+        result.batch_mean, result.batch_variance = verdict.data.mean, verdict.data.variance_biased
     return result
 
 

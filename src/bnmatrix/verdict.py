@@ -156,7 +156,8 @@ class LayerVerdict:
     effective_updates: float | None
     effective_updates_variance: float | None
     variance_correction: str | None  # "biased", "unbiased", or None when neither fits
-    forward_statistics: str | None = None  # "batch" or "moving": what a training-mode forward pass used
+    forward_statistics: str | None  # "batch" or "moving": what a training-mode forward pass used
+    data: BatchData  # the batch the layer was judged against
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status.value, "reason": self.reason, "expected_moving_mean": self.expected_moving_mean,
@@ -219,7 +220,7 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerd
 
     def verdict(status: Status, reason: str) -> LayerVerdict:
         return LayerVerdict(status, reason + used, expected_mean, expected_variance, mean_updates, variance_updates,
-                            correction, forward)
+                            correction, forward, data)
 
     if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
         return verdict(Status.STALE, "moving statistics still at their initial values (0, 1)")

@@ -30,6 +30,7 @@ import docker
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
 from bnmatrix.config import ContainerSettings, Scenario, data_path, scenario_files
 from bnmatrix.plan import Cell
+from bnmatrix.results import process_alive
 
 LABEL = "org.bnmatrix.tool"
 LABEL_CELL = "org.bnmatrix.cell"
@@ -124,24 +125,15 @@ def connect(scenario_timeout_s: float = 0) -> tuple[docker.DockerClient | None, 
     return client, f"Docker {version} at {client.api.base_url}"
 
 
-def _process_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 def remove_dead_runs(client: docker.DockerClient) -> int:
     """Remove the containers and volumes of bnmatrix runs on this host whose process is gone (killed with
     -9, a crashed CI job); how many. Nothing without our labels, or of a live run, is touched."""
     host = socket.gethostname()
 
     def dead(labels: dict[str, str]) -> bool:
-        return labels.get(LABEL) == "bnmatrix" and labels.get(LABEL_HOST) == host and not _process_alive(
-            labels.get(LABEL_PID, ""))
+        pid = labels.get(LABEL_PID, "")
+        return (labels.get(LABEL) == "bnmatrix" and labels.get(LABEL_HOST) == host
+                and not (pid.isdigit() and process_alive(int(pid))))
 
     removed = 0
     for container in client.containers.list(all=True, filters={"label": LABEL}):
@@ -173,7 +165,7 @@ class DockerBackend:
         runtimes = client.info().get("Runtimes") or {}
         self.gpu_runtime = "nvidia" in runtimes
         self.scenario_timeout_s = scenario_timeout_s
-        self.removed_dead = remove_dead_runs(client)
+        remove_dead_runs(client)
 
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[DockerSession]:

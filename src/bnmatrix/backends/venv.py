@@ -321,26 +321,29 @@ class VenvBackend:
             ("upgrading pip", [python, "-m", "pip", "install", "--no-cache-dir", "--upgrade", "pip"]),
             (f"installing {' '.join(cell.requirements)}",
              [python, "-m", "pip", "install", "--no-cache-dir", *cell.requirements]),
-            ("listing the installed packages", [python, "-m", "pip", "freeze", "--all"]),
         ]
-        packages = ""
         try:
             with open(setup_log, "w", encoding="utf-8") as log:
-                for label, command in steps:
+
+                def step(label: str, command: list[str], timeout_s: float, output: Any) -> str:
+                    """Run one step, logged; a failure ends the build with the log so far."""
                     report_step(label)
                     log.write(f"$ {' '.join(command)}\n")
                     log.flush()
-                    listing = label.startswith("listing")
-                    done, out, _, timed_out = self.processes.run(
-                        command, PROBE_TIMEOUT_S if listing else INSTALL_TIMEOUT_S, env=env, stderr=subprocess.STDOUT,
-                        stdout=subprocess.PIPE if listing else log)
+                    done, out, _, timed_out = self.processes.run(command, timeout_s, env=env, stdout=output,
+                                                                 stderr=subprocess.STDOUT)
                     if timed_out or done.returncode != 0:
                         log.write(out)
                         log.close()
                         text = setup_log.read_text(encoding="utf-8", errors="replace")
                         why = "timed out" if timed_out else f"exit {done.returncode}"
                         raise CellSetupError(f"{label} failed ({why})", text)
-                    packages = out if listing else packages
+                    return out
+
+                for label, command in steps:
+                    step(label, command, INSTALL_TIMEOUT_S, log)
+                packages = step("listing the installed packages", [python, "-m", "pip", "freeze", "--all"],
+                                PROBE_TIMEOUT_S, subprocess.PIPE)
             ready = {"python": str(interpreter.path), "python_version": interpreter.version,
                      "requirements": list(cell.requirements), "index_url": cell.index_url,
                      "packages": packages.split()}
