@@ -387,3 +387,17 @@ def test_reproduce_commands_quote_every_word_from_the_data(tmp_path: Path, kind:
         assert f"TF_USE_LEGACY_KERAS={hostile}" in words
     else:
         assert "img;id" in words and f"TF_USE_LEGACY_KERAS={hostile}" in words
+
+
+def test_an_error_without_a_traceback_renders_everywhere(tmp_path: Path) -> None:
+    """The scenario contract makes the traceback optional: a user's scenario may leave it out."""
+    run = sample_run(tmp_path)
+    session = run.cells[2].scenarios["layers_bn_session"]  # no expectation: JUnit shows it as an error
+    session.status, session.reason = Status.ERROR, "RuntimeError: no luck"
+    session.moving_mean = session.moving_variance = session.effective_updates = None  # an error has no numbers
+    session.error = {"type": "RuntimeError", "message": "no luck"}
+    site = render_site(run)
+    (case,) = [c for c in ET.fromstring(site["junit.xml"]).iter("testcase")
+               if c.get("classname") == "bnmatrix.tf-2.15.1-cpu" and c.get("name") == "layers_bn_session"]
+    assert case[0].tag == "error" and "no luck" in case[0].get("message")
+    assert "no luck" in site["cells/tf-2.15.1-cpu.html"]
