@@ -18,6 +18,7 @@ from typing import Any
 
 from bnmatrix.report import write_report
 from bnmatrix.results import load_run, write_json
+from bnmatrix.verdict import CellStatus
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_RUN = REPO / "tests" / "data" / "run"
@@ -27,7 +28,7 @@ STATUSES = ["updated", "stale", "wrong", "unsupported", "updated", "error"]
 def synthetic_run(directory: Path, versions: int = 30, scenarios: int = 10) -> Path:
     """A run shaped like a real one: every cell copied from a real result, renamed and re-labelled."""
     real = load_run(REAL_RUN)
-    template = next(c for c in real.cells if c["status"] == "ran")
+    template = next(c for c in real.cells if c.status is CellStatus.RAN).to_dict()
     sample = next(iter(template["scenarios"].values()))
     names = [f"pattern_{i:02d}" for i in range(scenarios)]
     manifest = {**real.manifest, "run_id": "synthetic", "cells": []}
@@ -88,7 +89,7 @@ def measure(name: str, run: Path, work: Path, repeat: int) -> dict[str, Any]:
     index, total = site_size(site)
     load, apply = browser_seconds(site, repeat)
     loaded = load_run(run)
-    entries = sum(len(c["cell"]["scenarios"]) for c in loaded.cells)
+    entries = sum(len(c.cell["scenarios"]) for c in loaded.cells)
     return {"name": name, "cells": len(loaded.cells), "entries": entries, "render_s": render, "index_kb": index / 1024,
             "site_kb": total / 1024, "load_s": load, "filter_s": apply}
 
