@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
+import functools
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -22,10 +24,11 @@ from bnmatrix import __version__
 from bnmatrix.backends import select_backend
 from bnmatrix.backends.venv import default_cache_dir, sweep_dead_run
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
-from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
+from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
+from bnmatrix.history import History, diff, import_archive, prune
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
-from bnmatrix.results import CellResult, RunStore, load_run, merge_runs, new_run_id
-from bnmatrix.runner import run_plan
+from bnmatrix.results import CellResult, Run, RunStore, check_results_root, load_run, merge_runs, new_run_id
+from bnmatrix.runner import ProgressCallback, run_plan
 from bnmatrix.verdict import CellStatus, Status
 
 
@@ -101,17 +104,58 @@ def build_parser() -> argparse.ArgumentParser:
     new_parser.add_argument("--dir", type=Path, default=Path("scenarios"), metavar="DIR",
                             help="the folder to write it into (default: ./scenarios)")
 
+    bisect_parser = commands.add_parser("bisect", help="find the exact release where a scenario's verdict changes",
+                                        description="Binary-search the releases on the index between two versions "
+                                        "for the first whose verdict differs from --good's, running only that "
+                                        "scenario; or every change point of a run (--from-run).")
+    bisect_parser.add_argument("--scenario", metavar="NAME", help="the scenario whose verdict changes")
+    bisect_parser.add_argument("--good", metavar="VERSION", help="a release with the old verdict, e.g. 1.9.0")
+    bisect_parser.add_argument("--bad", metavar="VERSION", help="a release with the new verdict, e.g. 1.10.1")
+    bisect_parser.add_argument("--from-run", nargs="?", const="", default=None, metavar="RUN",
+                               help="bisect every change point of a run (default: the results root's latest run)")
+    bisect_parser.add_argument("--device", default=None, metavar="DEVICE",
+                               help="the cells' device (default cpu; with --from-run: every device)")
+    bisect_parser.add_argument("--variant", default=None, metavar="NAME", help="the cells' variant, e.g. tfkeras")
+    bisect_parser.add_argument("--pre", action="store_true", help="release candidates and betas count too")
+    bisect_parser.add_argument("--exhaustive", action="store_true",
+                               help="run every release in the range instead of a binary search (shows a verdict "
+                                    "that comes back)")
+    bisect_parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                               help="start no new probe after this long (run again to go on)")
+    bisect_parser.add_argument("--matrix", type=Path, default=None,
+                               help="the matrix file whose entries the probes copy (default: ./matrix.yaml)")
+    bisect_parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
+                               help="a folder of your own scenarios (repeatable)")
+    bisect_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto")
+    bisect_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                               help="results root: the probes are a run there, reused like any other")
+    bisect_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                               help="cells at once (default: the CPU count)")
+
     merge_parser = commands.add_parser("merge", help="merge result directories (e.g. CI shards) into one run")
     merge_parser.add_argument("inputs", nargs="+", type=Path, metavar="DIR",
                               help="run directories, results roots or folders holding them")
     merge_parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="the merged run directory")
 
-    report_parser = commands.add_parser("report", help="render the HTML matrix of a run")
-    report_parser.add_argument("--results", type=Path, default=Path("results/latest"), metavar="DIR",
-                               help="a run directory or a results root (default: results/latest)")
+    diff_parser = commands.add_parser("diff", help="what changed between two runs (exit 1 when anything did)")
+    diff_parser.add_argument("before", metavar="RUN_A", help="a run directory, or a run id in --results")
+    diff_parser.add_argument("after", metavar="RUN_B", nargs="?", default="latest",
+                             help="a run directory, or a run id in --results (default: latest)")
+    diff_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                             help="the results root the run ids are in (default: results)")
+
+    import_parser = commands.add_parser("import", help="add the runs of a published archive to a results root")
+    import_parser.add_argument("archive", type=Path, metavar="FILE", help="a results-archive.tar.gz")
+    import_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR")
+
+    report_parser = commands.add_parser("report", help="render the HTML matrix of a results root (or one run)")
+    report_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                               help="a results root: each cell's newest result, its history and the bisect "
+                                    "conclusions (default: results); or one run directory: that run alone")
     report_parser.add_argument("--out", type=Path, default=Path("public"), metavar="DIR")
     report_parser.add_argument("--previous", type=Path, default=None, metavar="DIR",
-                               help="an earlier run (or a folder holding one, or none yet): mark what changed")
+                               help="with one run directory: an earlier run (or a folder holding one, or none yet) "
+                                    "to mark what changed")
     report_parser.add_argument("--matrix", type=Path, default=None, metavar="FILE",
                                help="judge the results by this matrix file's current expect: rules (default: the "
                                     "expectations recorded with each cell)")
@@ -145,6 +189,37 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+@contextlib.contextmanager
+def _cell_progress(console: Console, total: int | None) -> Iterator[ProgressCallback]:
+    """A live progress display of the cells being run; yields the callback run_plan reports to."""
+    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+               TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        overall = progress.add_task("", total=total, label="cells")
+        running: dict[str, tuple[TaskID, float]] = {}  # cell id -> its progress task, start time
+        lock = threading.Lock()
+
+        def report_progress(index: int, count: int, cell: Cell, step: str, result: CellResult | None) -> None:
+            with lock:
+                if cell.id not in running:
+                    task = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
+                    running[cell.id] = (task, time.monotonic())
+                task, cell_started = running[cell.id]
+                progress.update(task, description=escape(step))
+                if step.startswith("waiting"):  # worth a line of its own: it may last long
+                    progress.console.print(f"{cell.id}: {escape(step)}", highlight=False, soft_wrap=True)
+                if result is None:
+                    return
+                progress.remove_task(task)
+                del running[cell.id]
+                progress.advance(overall)
+                progress.console.print(f"[{index}/{count}] {cell.id}: {step} in "
+                                       f"{time.monotonic() - cell_started:.0f} s: {_verdict_line(result)}",
+                                       highlight=False)
+
+        yield report_progress
+
+
 def command_run(args: argparse.Namespace, console: Console) -> int:
     matrix = _load_matrix(args.matrix, args.scenarios)
     if args.jobs < 1:
@@ -171,32 +246,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"run {store.run_id}: {len(cells)} cell{'s' if len(cells) != 1 else ''} -> {store.directory}",
                   soft_wrap=True)
     started = time.monotonic()
-    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
-               TextColumn("{task.description}"), TimeElapsedColumn())
     try:
-        with Progress(*columns, console=console) as progress:
-            overall = progress.add_task("", total=len(cells), label="cells")
-            running: dict[str, tuple[TaskID, float]] = {}  # cell id -> its progress task, start time
-            lock = threading.Lock()
-
-            def report_progress(index: int, count: int, cell: Cell, step: str, result: CellResult | None) -> None:
-                with lock:
-                    if cell.id not in running:
-                        task = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
-                        running[cell.id] = (task, time.monotonic())
-                    task, cell_started = running[cell.id]
-                    progress.update(task, description=escape(step))
-                    if step.startswith("waiting"):  # worth a line of its own: it may last long
-                        progress.console.print(f"{cell.id}: {escape(step)}", highlight=False, soft_wrap=True)
-                    if result is None:
-                        return
-                    progress.remove_task(task)
-                    del running[cell.id]
-                    progress.advance(overall)
-                    progress.console.print(f"[{index}/{count}] {cell.id}: {step} in "
-                                           f"{time.monotonic() - cell_started:.0f} s: {_verdict_line(result)}",
-                                           highlight=False)
-
+        with _cell_progress(console, len(cells)) as report_progress:
             results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
                                args.force or args.rebuild, report_progress, jobs=args.jobs)
     except KeyboardInterrupt as exc:
@@ -208,6 +259,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     finally:
         backend.close()
     store.finish("complete")
+    _prune(console, args.results, matrix.keep_runs)
     console.print(_verdict_table(results, cells[0].scenarios))
     not_ran = [r for r in results if r.status is not CellStatus.RAN]
     console.print(f"{len(results) - len(not_ran)}/{len(results)} cells ran in {time.monotonic() - started:.0f} s; "
@@ -268,6 +320,114 @@ def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> Table
     return table
 
 
+def command_bisect(args: argparse.Namespace, console: Console) -> int:
+    from bnmatrix.backends.venv import find_interpreter
+    from bnmatrix.bisect import Bisector, Probe, change_points
+
+    matrix = _load_matrix(args.matrix, args.scenarios)
+    one = (args.scenario, args.good, args.bad)
+    if args.from_run is not None and any(one):
+        raise BnMatrixError("--from-run bisects every change point of a run; --scenario/--good/--bad name one "
+                            "search: expected one or the other")
+    if args.from_run is None and not all(one):
+        missing = [o for o, v in zip(("--scenario", "--good", "--bad"), one, strict=True) if not v]
+        raise BnMatrixError(f"bisect: {', '.join(missing)} missing; expected --scenario NAME --good VERSION --bad "
+                            "VERSION, or --from-run [RUN]")
+    if args.jobs < 1:
+        raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
+    if args.budget is not None and args.budget <= 0:
+        raise BnMatrixError(f"--budget {args.budget:g}: expected minutes above 0")
+    if args.variant is not None and args.variant not in matrix.variants:
+        raise BnMatrixError(f"--variant {args.variant}: unknown; expected one of "
+                            f"{', '.join(matrix.variants) or '(none)'}")
+    run_id = new_run_id()
+    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir())
+    try:
+        pythons: dict[str, bool] = {}
+
+        def serves(python: str) -> bool:
+            if backend.name != "venv":
+                return True  # an image per Python
+            if python not in pythons:
+                pythons[python] = find_interpreter(python)[0] is not None
+            return pythons[python]
+
+        bisector = Bisector(matrix, serves, pre=args.pre, exhaustive=args.exhaustive)
+        source = None
+        if args.from_run is not None:
+            run = load_run(Path(args.from_run) if args.from_run else args.results / "latest")
+            source = run.id
+            points = change_points(run, [args.device] if args.device else [])
+            for name, device, variant, older, newer in points:
+                bisector.add(name, device, variant, older.cell["tf"], newer.cell["tf"],
+                             endpoints={c.cell["tf"]: Probe.of(c, name) for c in (older, newer)})
+            console.print(f"run {run.id} ({run.directory}): {len(points)} change "
+                          f"point{'s' if len(points) != 1 else ''}", highlight=False, soft_wrap=True)
+            if not points:
+                return EXIT_OK
+        else:
+            _check_bisect_input(args, matrix)
+            bisector.add(args.scenario, args.device or "cpu", args.variant, args.good, args.bad)
+        console.print(why)
+        for search in bisector.searches:
+            between = len(search.candidates) - 2
+            left_out = "; left out: " + ", ".join(f"{v} ({w})" for v, w in search.unavailable.items()) \
+                if search.unavailable else ""
+            console.print(f"{search.scenario} ({search.device}): {search.candidates[0]} -> {search.candidates[-1]}, "
+                          f"{between} release{'s' if between != 1 else ''} between{left_out}", highlight=False,
+                          soft_wrap=True)
+    except BaseException:
+        backend.close()
+        raise
+    store = RunStore(args.results, run_id, {
+        "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
+        "bnmatrix_version": __version__, "cells": [],
+        "bisect": {"from_run": source, "scenario": args.scenario, "good": args.good, "bad": args.bad,
+                   "device": args.device, "variant": args.variant, "pre": args.pre, "exhaustive": args.exhaustive},
+    }, kind="bisect")
+    say = functools.partial(console.print, highlight=False, soft_wrap=True, markup=False)
+    try:
+        with _cell_progress(console, None) as report_progress:
+            conclusions = bisector.run(backend, store, args.jobs, report_progress, say,
+                                       args.budget * 60 if args.budget else None)
+    except KeyboardInterrupt as exc:
+        store.write_searches([s.conclusion() for s in bisector.searches])
+        store.finish("interrupted")
+        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+        console.print(f"[bold red]interrupted[/] ({signal.Signals(signum).name}): the probes that finished are kept "
+                      f"in {store.directory}; run the same command again to go on (nothing is run twice)")
+        return 128 + signum
+    finally:
+        backend.close()
+    store.finish("complete")
+    _prune(console, args.results, matrix.keep_runs)
+    for conclusion in conclusions:
+        console.print(escape(conclusion["answer"]), highlight=False, soft_wrap=True)
+    console.print(f"conclusions in {store.directory / 'bisect.json'}", soft_wrap=True, highlight=False)
+    outcomes = {c["outcome"] for c in conclusions}
+    if args.from_run is None and outcomes == {"nothing-to-bisect"}:
+        return EXIT_USAGE
+    return EXIT_CELL_FAILED if outcomes & {"incomplete", "endpoint-error"} else EXIT_OK
+
+
+def _check_bisect_input(args: argparse.Namespace, matrix: Matrix) -> None:
+    from packaging.version import InvalidVersion, Version
+
+    if args.scenario not in matrix.catalog:
+        raise BnMatrixError(f"--scenario {args.scenario}: unknown scenario; expected one of "
+                            f"{', '.join(sorted(matrix.catalog))}")
+    for option, value in (("--good", args.good), ("--bad", args.bad)):
+        try:
+            Version(value)
+        except InvalidVersion:
+            raise BnMatrixError(f"{option} {value!r}: not a version; expected a release such as 1.10.0") from None
+    if Version(args.good) == Version(args.bad):
+        raise BnMatrixError(f"--good and --bad are both {args.good}; expected two different releases")
+    device = args.device or "cpu"
+    if not any(device in entry.devices for entry in matrix.versions):
+        raise BnMatrixError(f"--device {device}: no entry of {matrix.path} has it; expected cpu or gpu")
+
+
 def command_scenario(args: argparse.Namespace, console: Console) -> int:
     from bnmatrix.config import new_scenario
 
@@ -283,6 +443,43 @@ def command_merge(args: argparse.Namespace, console: Console) -> int:
     merged = load_run(out)
     console.print(f"merged {len(merged.manifest['merged_from'])} runs, {len(merged.cells)} cells -> {out}")
     return EXIT_OK
+
+
+def _run_at(text: str, root: Path) -> Run:
+    """A run given as a directory, or as an id (or 'latest') in the results root."""
+    path = Path(text)
+    if (path / "manifest.json").is_file():
+        return load_run(path)
+    return History.load(root).find(text)
+
+
+def command_diff(args: argparse.Namespace, console: Console) -> int:
+    before, after = _run_at(args.before, args.results), _run_at(args.after, args.results)
+    found = diff(before, after)
+    console.print(f"{before.id} -> {after.id}: {len(found.changes)} of {found.compared} verdicts changed",
+                  highlight=False)
+    for change in found.changes:
+        was, now_ = Status(change.before), Status(change.after)
+        console.print(f"  {change.cell} {change.scenario}: {_styled(was)} -> {_styled(now_)}", highlight=False)
+    for label, cells in (("only in " + before.id, found.only_before), ("only in " + after.id, found.only_after)):
+        if cells:
+            console.print(f"  {label} (not compared): {', '.join(cells)}", highlight=False, soft_wrap=True)
+    return EXIT_CELL_FAILED if found.changes else EXIT_OK
+
+
+def command_import(args: argparse.Namespace, console: Console) -> int:
+    check_results_root(args.results)
+    added = import_archive(args.archive, args.results)
+    console.print(f"{len(added)} run{'s' if len(added) != 1 else ''} added to {args.results}"
+                  + (f": {', '.join(added)}" if added else " (it holds them all already)"), highlight=False)
+    return EXIT_OK
+
+
+def _prune(console: Console, root: Path, keep: int) -> None:
+    deleted = prune(root, keep)
+    if deleted:
+        console.print(f"kept the newest {keep} runs of {root} (settings.keep_runs) and every run still cited; "
+                      f"deleted {len(deleted)}: {', '.join(deleted)}", highlight=False, soft_wrap=True)
 
 
 def command_report(args: argparse.Namespace, console: Console) -> int:
@@ -302,7 +499,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed the usage error (exit 2) or help (exit 0)
         return int(exc.code or 0)
     handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report,
-                "scenario": command_scenario}
+                "scenario": command_scenario, "bisect": command_bisect, "diff": command_diff,
+                "import": command_import}
     previous = {signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return handlers[args.command](args, console)

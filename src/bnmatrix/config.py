@@ -158,6 +158,13 @@ class TFVersion:
     packages: dict[str, str]
     images: dict[str, str]
     variants: dict[str, tuple[str, ...]]
+    templates: dict[str, dict[str, str]] = field(default_factory=dict)  # "package"/"images" -> device -> template
+
+    def at(self, tf: str, python: str) -> TFVersion:
+        """This entry's settings (pins, steps, variants, templates) for another release: what bisect runs."""
+        def fill(key: str) -> dict[str, str]:
+            return {device: self.templates[key][device].format(tf=tf, python=python) for device in self.devices}
+        return replace(self, tf=tf, python=python, packages=fill("package"), images=fill("images"))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,6 +199,7 @@ class Matrix:
     variants: dict[str, Variant]
     versions: tuple[TFVersion, ...]
     expect: tuple[tuple[str, str, str], ...] = ()  # (cell glob, scenario, status), last match wins
+    keep_runs: int = 50  # runs a results root keeps (settings.keep_runs); see results.prune
 
     @classmethod
     def from_file(cls, path: Path) -> Matrix:
@@ -260,6 +268,7 @@ class Matrix:
             variants=variants,
             versions=versions,
             expect=tuple((r["cells"], r["scenario"], r["status"]) for r in raw.get("expect", [])),
+            keep_runs=int(settings.get("keep_runs", 50)),
         )
 
 
@@ -488,15 +497,17 @@ def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variant
                       **settings.get("images", {})}
     devices = tuple(spec.get("devices", settings.get("devices", ["cpu", "gpu"])))
 
+    templates: dict[str, dict[str, str]] = {}
+
     def fill(key: str, defaults: dict[str, str]) -> dict[str, str]:
-        templates = {**defaults, **spec.get(key, {})}
+        templates[key] = {**defaults, **spec.get(key, {})}
         filled = {}
         for device in devices:
             try:
-                filled[device] = templates[device].format(tf=tf, python=python)
+                filled[device] = templates[key][device].format(tf=tf, python=python)
             except (KeyError, IndexError, ValueError) as exc:
                 origin = keys + (key, device) if device in spec.get(key, {}) else ("settings", key, device)
-                raise where.error(origin, f"found {templates[device]!r}, expected a template "
+                raise where.error(origin, f"found {templates[key][device]!r}, expected a template "
                                   f"using only {{tf}} and {{python}} ({type(exc).__name__}: {exc})") from None
         return filled
 
@@ -518,6 +529,7 @@ def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variant
         images=images,
         variants={name: _check_requirements(pins, keys + ("variants", name), where)
                   for name, pins in spec.get("variants", {}).items()},
+        templates=templates,
     )
 
 

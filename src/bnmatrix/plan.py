@@ -37,10 +37,14 @@ class Cell:
         return json.loads(json.dumps(asdict(self)))  # type: ignore[no-any-return]
 
     def inputs_hash(self, scenario_sources: dict[str, str]) -> str:
-        """What decides the cell's outcome: its definition (not its expectations) and its scenarios' code."""
-        definition = {k: v for k, v in self.describe().items() if k != "expect"}
-        payload = json.dumps({"cell": definition, "sources": scenario_sources}, sort_keys=True)
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+        return inputs_hash(self.describe(), scenario_sources)
+
+
+def inputs_hash(definition: dict[str, Any], scenario_sources: dict[str, str]) -> str:
+    """What decides a cell's outcome: its definition (not its expectations) and its scenarios' code."""
+    payload = json.dumps({"cell": {k: v for k, v in definition.items() if k != "expect"},
+                          "sources": scenario_sources}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
 def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str, str] | None = None) -> list[Cell]:

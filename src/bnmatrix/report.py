@@ -1,7 +1,9 @@
-"""A run's results -> a static site (pure rendering of the Jinja templates in report/):
+"""A results root (or one run) -> a static site (pure rendering of the Jinja templates in report/):
 
-index.html (the matrix), cells/<cell>.html (a permalink per cell), scenarios/<name>.html,
-and exports for machines: results.json, junit.xml, badge.svg and summary.md.
+index.html (the matrix: each cell's newest result), cells/<cell>.html (a permalink per cell, with the
+cell's history), scenarios/<name>.html, changes.html (bisect conclusions and their evidence),
+runs.html (the runs, and what changed between any two), and exports for machines: results.json,
+junit.xml, badge.svg, summary.md, and results-archive.tar.gz (the results root, for the next run).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pygments.lexers import PythonLexer
 
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.history import ARCHIVE_NAME, History, write_archive
 from bnmatrix.plan import all_cells
 from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, load_run, runs_under
 from bnmatrix.verdict import Status
@@ -32,7 +35,7 @@ from bnmatrix.verdict import Status
 EXPORT_SCHEMA = "bnmatrix.results/1"
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
 STATES = {s.value: (s.icon, s.word, s.meaning) for s in Status}
-CHANGED = ("Δ", "changed", "the verdict differs from the previous published run")
+CHANGED = ("Δ", "changed", "the verdict differs from the previous run (or, with history, the cell's previous result)")
 
 
 @dataclass
@@ -45,8 +48,9 @@ class Entry:
     result: ScenarioResult | None
     summary: str
     href: str
-    previous: str | None = None  # the status in the previous run, where it differs
+    previous: str | None = None  # the status in the previous run (or the cell's previous result), where it differs
     expected: str | None = None  # the status matrix.yaml expects, if any
+    origin: str | None = None  # the run that produced the result
 
     @property
     def state(self) -> Status:
@@ -74,7 +78,7 @@ class Row:
     variant: str | None
     python: str
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
-    transitions: list[str] = field(default_factory=list)
+    transitions: list[dict[str, str]] = field(default_factory=list)  # text, and href or command
 
     @property
     def major(self) -> str:
@@ -111,21 +115,74 @@ def _statuses(run: Run) -> dict[tuple[str, str], str]:
     return {(c.id, name): c.entry_status(name).value for c in run.cells for name in c.cell["scenarios"]}
 
 
-def scenario_page_sources(run: Run) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Each scenario's code and notes as the run kept them (older runs: the built-in scenarios)."""
-    found = {}
-    names = {name for cell in run.cells for name in cell.cell["scenarios"]}
-    for name in names:
-        kept = run.directory / "scenarios" / name
-        if (kept / "scenario.py").is_file():
-            notes = json.loads((kept / "notes.json").read_text(encoding="utf-8")) if (kept / "notes.json").is_file() \
-                else {}
-            found[name] = ((kept / "scenario.py").read_text(encoding="utf-8"), notes)
-            continue
-        builtin = data_path("scenarios") / f"{name}.py"
-        code = builtin.read_text(encoding="utf-8") if builtin.exists() else "# (scenario script not kept)\n"
-        found[name] = (code, load_scenario_notes(builtin.with_suffix(".yaml")))
+def scenario_page_sources(runs: list[Run]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each scenario's code and notes as the runs kept them, the first run first (older runs: the built-in ones)."""
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    names = {name for run in runs for cell in run.cells for name in cell.cell["scenarios"]}
+    for name in sorted(names):
+        for run in runs:
+            kept = run.directory / "scenarios" / name
+            if (kept / "scenario.py").is_file():
+                notes = json.loads((kept / "notes.json").read_text(encoding="utf-8")) \
+                    if (kept / "notes.json").is_file() else {}
+                found[name] = ((kept / "scenario.py").read_text(encoding="utf-8"), notes)
+                break
+        else:
+            builtin = data_path("scenarios") / f"{name}.py"
+            code = builtin.read_text(encoding="utf-8") if builtin.exists() else "# (scenario script not kept)\n"
+            found[name] = (code, load_scenario_notes(builtin.with_suffix(".yaml")))
     return found
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a site shows: the matrix's cells and the run each comes from, each cell's earlier results, the
+    bisect conclusions, and the cells they rest on that are no matrix cell (releases between two rows)."""
+
+    run: Run  # one run, or the cumulative view of a results root as one
+    origins: dict[str, Run]  # cell id -> the run holding its result
+    timelines: dict[str, list[CellResult]] = field(default_factory=dict)
+    searches: list[dict[str, Any]] = field(default_factory=list)
+    evidence: dict[str, tuple[CellResult, Run]] = field(default_factory=dict)
+    history: History | None = None
+
+    @classmethod
+    def of_run(cls, run: Run) -> Site:
+        return cls(run, {c.id: run for c in run.cells}, searches=run.searches)
+
+    @classmethod
+    def load(cls, path: Path) -> Site:
+        """A run directory: that run alone; a results root: each cell's newest result, with its history."""
+        if (path / "manifest.json").is_file():
+            return cls.of_run(load_run(path))
+        if not path.is_dir():
+            raise BnMatrixError(f"{path}: no run here (expected a results root or a run directory); run "
+                                "'bnmatrix run' first")
+        history = History.load(path)
+        current = history.current()
+        if not current:
+            raise BnMatrixError(f"{path}: no run with cells yet (only bisects or empty runs); run 'bnmatrix run' first")
+        runs = history.matrix_runs
+        holders = {run.id for _, run in current.values()}
+        manifest = {**runs[-1].manifest, "cumulative": True, "runs": [r.id for r in runs if r.id in holders],
+                    "started": min(str(r.manifest.get("started")) for r in runs if r.id in holders)}
+        cells = sorted((cell for cell, _ in current.values()), key=lambda c: c.id)
+        evidence: dict[str, tuple[CellResult, Run]] = {}
+        for run in history.runs:
+            if run.kind == "bisect":
+                evidence.update({c.id: (c, run) for c in run.cells if c.id not in current})
+        return cls(Run(path.resolve(), manifest, cells), {cid: run for cid, (_, run) in current.items()},
+                   {cid: history.timeline(cid) for cid in current}, history.searches(), evidence, history)
+
+    @property
+    def previous_statuses(self) -> dict[tuple[str, str], str]:
+        """(cell, scenario) -> the status in the cell's previous result (a results root only)."""
+        before = {}
+        for cell_id, timeline in self.timelines.items():
+            if len(timeline) > 1:
+                older = timeline[-2]
+                before.update({(cell_id, name): older.entry_status(name).value for name in older.cell["scenarios"]})
+        return before
 
 
 @dataclass(frozen=True)
@@ -141,11 +198,15 @@ class Expectations:
         return cls(str(matrix.path), matrix.digest, {cell.id: cell.expect for cell in all_cells(matrix)})
 
 
-def build_view(run: Run, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, Any]:
-    """What the pages show: rows newest TF first, columns device x scenario; changes since `previous`;
-    expectations from the run's cells, or from `expectations` (a matrix file) where given."""
-    sources = scenario_page_sources(run)
-    before = _statuses(previous) if previous else {}
+def build_view(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, Any]:
+    """What the pages show: rows newest TF first, columns device x scenario; changes since `previous` (or,
+    for a results root, since each cell's previous result); expectations from the run's cells, or from
+    `expectations` (a matrix file) where given; change points from the bisect conclusions."""
+    run = site.run
+    origins = sorted({id(r): r for r in site.origins.values()}.values(), key=lambda r: str(r.manifest.get("started")),
+                     reverse=True)
+    sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()])
+    before = _statuses(previous) if previous else site.previous_statuses
     scenarios: list[str] = []
     devices: list[str] = []
     rows: dict[tuple[str, str | None], Row] = {}
@@ -163,10 +224,10 @@ def build_view(run: Run, previous: Run | None = None, expectations: Expectations
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result), href=f"cells/{cell['id']}.html#{name}",
                 previous=earlier if earlier not in (None, status) else None,
-                expected=expected.get(name))
+                expected=expected.get(name), origin=cell_result.run_id or site.origins[cell["id"]].id)
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
-    _note_transitions(ordered)
+    _note_transitions(ordered, site.searches)
     columns = [(device, name) for device in devices for name in scenarios]
     summaries = {column: _column_summary([r.entries[column] for r in ordered if column in r.entries])
                  for column in columns}
@@ -187,6 +248,10 @@ def build_view(run: Run, previous: Run | None = None, expectations: Expectations
         "columns": columns, "summaries": summaries, "states": STATES, "changed_state": CHANGED, "counts": counts,
         "cells": sorted(run.cells, key=lambda c: c.id),
         "previous_run": previous.manifest["run_id"] if previous else None,
+        "cumulative": bool(run.manifest.get("cumulative")), "site": site,
+        "searches": sorted(site.searches, key=lambda c: (c["scenario"], c["device"], str(c["variant"]),
+                                                         Version(min(c["candidates"], key=Version)))),
+        "evidence": site.evidence, "pages": {c.id for c in run.cells} | set(site.evidence),
         "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
         "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
         "expectations": expectations,
@@ -195,18 +260,40 @@ def build_view(run: Run, previous: Run | None = None, expectations: Expectations
     }
 
 
-def _note_transitions(rows: list[Row]) -> None:
-    """On each row, where a verdict differs from the next older version's (same variant and device)."""
+def search_anchor(search: dict[str, Any]) -> str:
+    """The id of a search's section on changes.html."""
+    ends = sorted((search["good"]["version"], search["bad"]["version"]), key=Version)
+    parts = [search["scenario"], search["device"], search.get("variant") or "", *ends]
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(p for p in parts if p))
+
+
+def _note_transitions(rows: list[Row], searches: list[dict[str, Any]]) -> None:
+    """On each row, where a verdict differs from the next older version's (same variant and device): the
+    release a bisect pinned it to, or the bisect command that would."""
+    by_range = {(s["scenario"], s["device"], s.get("variant"),
+                 *sorted((s["good"]["version"], s["bad"]["version"]), key=Version)): s for s in searches}
     for index, row in enumerate(rows):
         older = next((r for r in rows[index + 1:] if r.variant == row.variant), None)
         if older is None:
             continue
         for (device, name), entry in row.entries.items():
             other = older.entries.get((device, name))
-            if other is not None and other.status != entry.status and "not-run" not in (entry.status, other.status):
-                row.transitions.append(f"{name} ({device}): {STATES[other.status][1]} in {older.tf}, "
-                                       f"{STATES[entry.status][1]} from {row.tf} (changed between {older.tf} "
-                                       f"and {row.tf})")
+            if other is None or other.status == entry.status or "not-run" in (entry.status, other.status):
+                continue
+            text = (f"{name} ({device}): {STATES[other.status][1]} in {older.tf}, {STATES[entry.status][1]} from "
+                    f"{row.tf}")
+            search = by_range.get((name, device, row.variant, older.tf, row.tf))
+            if search and search["outcome"] in ("narrowed", "range") and search.get("changed_in"):
+                pinned = ("changed in " + search["changed_in"] if search["outcome"] == "narrowed" else
+                          f"changed between {search['last_before']} and {search['changed_in']}")
+                extra = f" ({len(search['changes'])} changes)" if len(search["changes"]) > 1 else ""
+                row.transitions.append({"text": f"{text}: {pinned}{extra}",
+                                        "href": f"changes.html#{search_anchor(search)}"})
+            else:
+                words = ["bnmatrix", "bisect", "--scenario", name, "--good", older.tf, "--bad", row.tf,
+                         "--device", device] + (["--variant", row.variant] if row.variant else [])
+                row.transitions.append({"text": f"{text} (changed between {older.tf} and {row.tf})",
+                                        "command": shlex.join(words)})
 
 
 def _column_summary(entries: list[Entry]) -> str:
@@ -304,11 +391,18 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
             "variant": cell["variant"], "status": cell_result.status.value, "reason": cell_result.reason,
             "backend": cell_result.backend, "image": environment.get("image"),
             "image_id": environment.get("image_id"), "page": f"cells/{cell['id']}.html", "scenarios": scenarios,
+            "run_id": cell_result.run_id or view["site"].origins[cell["id"]].id, "started": cell_result.started,
         })
     manifest = run.manifest
     return {"schema": EXPORT_SCHEMA, "run": {key: manifest.get(key) for key in (
         "run_id", "status", "started", "finished", "backend", "matrix_hash", "bnmatrix_version", "merged_from")},
-        "previous_run": view["previous_run"], "scenarios": view["scenarios"], "cells": cells}
+        "previous_run": view["previous_run"], "cumulative": view["cumulative"], "scenarios": view["scenarios"],
+        "cells": cells, "change_points": [{key: search.get(key) for key in CHANGE_POINT_KEYS}
+                                          for search in view["searches"]]}
+
+
+CHANGE_POINT_KEYS = ("scenario", "device", "variant", "outcome", "answer", "good", "bad", "changed_in", "last_before",
+                     "from_status", "to_status", "changes", "checked", "total", "exhaustive", "monotonic", "run_id")
 
 
 def _finite(value: Any) -> Any:
@@ -353,24 +447,37 @@ def _highlighted(source: str) -> str:
     return highlight(source, PythonLexer(), HtmlFormatter(cssclass="highlight", linenos="table"))
 
 
-def render_site(run: Run, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, str]:
-    """Every file of the site by relative path (pure: same run, same bytes)."""
-    view = build_view(run, previous, expectations)
+def render_site(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, str]:
+    """Every file of the site by relative path (pure: same results, same bytes)."""
+    view = build_view(site, previous, expectations)
     env = environment()
     files = {"index.html": env.get_template("index.html").render(**view, root="")}
-    for cell_result in view["cells"]:
-        cell_id = cell_result.id
-        files[f"cells/{cell_id}.html"] = env.get_template("cell.html").render(**view, root="../", result=cell_result)
+    pages = [(c, site.origins[c.id]) for c in view["cells"]] + sorted(site.evidence.values(), key=lambda i: i[0].id)
+    for cell_result, origin in pages:
+        files[f"cells/{cell_result.id}.html"] = env.get_template("cell.html").render(
+            **view, root="../", result=cell_result, origin=origin, timeline=site.timelines.get(cell_result.id, []))
     for name in view["scenarios"]:
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
             **view, root="../", name=name, code=_highlighted(view["sources"][name][0]))
-    export = export_results(run, view)
+    files["changes.html"] = env.get_template("changes.html").render(**view, root="", anchor=search_anchor)
+    if site.history is not None:
+        files["runs.html"] = env.get_template("runs.html").render(**view, root="", history=history_data(site.history))
+    export = export_results(site.run, view)
     files["results.json"] = json.dumps(_finite(export), indent=1, sort_keys=True, allow_nan=False) + "\n"
     files["junit.xml"] = env.get_template("junit.xml").render(**view)
     files["badge.svg"] = env.get_template("badge.svg").render(**view)
     files["summary.md"] = env.get_template("summary.md.j2").render(**view)
     files["pygments.css"] = HtmlFormatter(cssclass="highlight").get_style_defs(".highlight")  # type: ignore[no-untyped-call]
     return files
+
+
+def history_data(history: History) -> dict[str, Any]:
+    """The runs of a results root and every status each holds: what runs.html compares, in the browser."""
+    runs = history.matrix_runs
+    return {"runs": [{"id": r.id, "started": r.manifest.get("started"), "status": r.manifest.get("status"),
+                      "backend": r.manifest.get("backend"), "cells": len(r.cells)} for r in reversed(runs)],
+            "statuses": {r.id: {c.id: {n: c.entry_status(n).value for n in c.cell["scenarios"]} for c in r.cells}
+                         for r in runs}}
 
 
 SITE_MARKER = ".bnmatrix-site.json"  # in every site bnmatrix writes: the files it wrote there
@@ -395,7 +502,7 @@ def _inside(base: Path, relative: str) -> Path:
 
 
 def write_report(results: Path, out: Path, previous: Path | None = None, matrix: Matrix | None = None) -> Path:
-    """Render the run at `results` into the site `out`; returns its index.html.
+    """Render the results root (or the one run) at `results` into the site `out`; returns its index.html.
 
     `out` is replaced only when it is empty or a site bnmatrix wrote (its marker file); files a user added
     to an earlier site (a CNAME, notes/) are kept. With `previous` (a run, or a folder that may hold none
@@ -411,9 +518,12 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             raise BnMatrixError(f"--out {out}: holds files and no {SITE_MARKER}, so bnmatrix did not write it; "
                                 "expected a new or empty folder, or an earlier bnmatrix site (nothing was changed)")
         earlier_files = found
-    run = load_run(results)
+    site = Site.load(results)
+    if previous is not None and site.history is not None:
+        raise BnMatrixError(f"--previous {previous}: a results root ({results}) compares each cell with its own "
+                            "previous result; expected --previous only with one run directory as --results")
     earlier = load_run(previous) if previous is not None and runs_under(previous) else None
-    files = render_site(run, earlier, Expectations.from_matrix(matrix) if matrix else None)
+    files = render_site(site, earlier, Expectations.from_matrix(matrix) if matrix else None)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -424,12 +534,15 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             target = _inside(staging, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-        for asset in ("style.css", "matrix.js"):
+        for asset in ("style.css", "matrix.js", "runs.js"):
             shutil.copyfile(data_path("report") / asset, staging / asset)
-        for cell_result in run.cells:  # the full logs, next to the cell's page
-            logs = run.directory / "logs" / cell_result.id
+        holders = [(c, site.origins[c.id]) for c in site.run.cells] + list(site.evidence.values())
+        for cell_result, origin in holders:  # the full logs, next to the cell's page
+            logs = origin.directory / "logs" / cell_result.id
             if logs.is_dir():
                 shutil.copytree(logs, _inside(staging, f"cells/logs/{cell_result.id}"))
+        if site.history is not None:  # the results root, for the next run to add to (docs/history.md)
+            write_archive(site.history.root, staging / ARCHIVE_NAME)
         written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         if out.is_dir():  # what the user added to the earlier site stays
             for path in out.rglob("*"):

@@ -23,10 +23,13 @@ import jsonschema
 
 from bnmatrix.config import PACKAGE_DIR, Scenario
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import Cell, inputs_hash
 from bnmatrix.verdict import CellStatus, Status
 
 CELL_SCHEMA = "bnmatrix.cell/1"
 RUN_SCHEMA = "bnmatrix.run/1"
+BISECT_SCHEMA = "bnmatrix.bisect/1"
+BISECT_FILE = "bisect.json"  # a run's bisect conclusions (bnmatrix bisect), beside its manifest
 
 
 def _current_umask() -> int:
@@ -174,6 +177,32 @@ class Run:
     manifest: dict[str, Any]
     cells: list[CellResult]
 
+    @property
+    def id(self) -> str:
+        return str(self.manifest["run_id"])
+
+    @property
+    def kind(self) -> str:
+        """"run" (bnmatrix run, merge) or "bisect" (its cells are evidence, not matrix rows)."""
+        return str(self.manifest.get("kind", "run"))
+
+    @property
+    def searches(self) -> list[dict[str, Any]]:
+        """The bisect conclusions stored with this run (none for a plain run)."""
+        return read_searches(self.directory)
+
+
+def search_key(search: dict[str, Any]) -> tuple[Any, ...]:
+    """What identifies a bisect search: a rerun of the same search replaces its conclusion."""
+    return (search.get("scenario"), search.get("device"), search.get("variant"), search.get("good", {}).get("version"),
+            search.get("bad", {}).get("version"))
+
+
+def read_searches(directory: Path) -> list[dict[str, Any]]:
+    data = _read_json_or_none(directory / BISECT_FILE)
+    searches = data.get("searches") if data.get("schema") == BISECT_SCHEMA else None
+    return [s for s in searches if isinstance(s, dict)] if isinstance(searches, list) else []
+
 
 def resolve_run_dir(path: Path) -> Path:
     """A run directory, given it or a results root holding `latest`."""
@@ -264,8 +293,8 @@ def _start_ticks(pid: int) -> int | None:
 
 
 def runs_in(root: Path, newly_dead: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """(run directory, manifest) of every run in a results root, oldest first; runs whose process died
-    while they ran are marked `interrupted` here (and their ids added to `newly_dead`)."""
+    """(run directory, manifest) of every run in a results root, oldest first (by start); runs whose process
+    died while they ran are marked `interrupted` here (and their ids added to `newly_dead`)."""
     found = []
     for manifest_path in sorted(root.glob("*/manifest.json")):
         directory = manifest_path.parent
@@ -281,7 +310,7 @@ def runs_in(root: Path, newly_dead: list[str] | None = None) -> list[tuple[Path,
             if newly_dead is not None:
                 newly_dead.append(directory.name)
         found.append((directory, manifest))
-    return found
+    return sorted(found, key=lambda item: (str(item[1].get("started") or ""), item[0].name))
 
 
 class RunStore:
@@ -291,7 +320,7 @@ class RunStore:
     newest result from any run in the root, so an interrupted or concurrent run never hides one.
     """
 
-    def __init__(self, root: Path, run_id: str, manifest: dict[str, Any]):
+    def __init__(self, root: Path, run_id: str, manifest: dict[str, Any], kind: str = "run"):
         check_results_root(root)
         self.root = root
         self.run_id = run_id
@@ -307,13 +336,14 @@ class RunStore:
         except OSError as exc:
             raise BnMatrixError(f"--results {root}: cannot create the run directory: {exc.strerror}") from None
         finished = [d for d, m in earlier if m.get("status") in ("complete", "interrupted")
-                    and m.get("cells_written", len(m.get("cells") or [])) > 0]
+                    and m.get("kind", "run") == "run" and m.get("cells_written", len(m.get("cells") or [])) > 0]
         self.previous = finished[-1].resolve() if finished else None
         self._earlier = [d for d, _ in earlier]
         self.written = 0
         self.manifest = {
             "schema": RUN_SCHEMA,
             "run_id": self.run_id,
+            "kind": kind,
             "status": "running",
             "started": now(),
             "finished": None,
@@ -380,6 +410,32 @@ class RunStore:
             return result
         return None
 
+    def reusable_scenario(self, cell: Cell, scenario: str, sources: dict[str, str],
+                          backend: str) -> CellResult | None:
+        """The newest earlier result of `cell` (in any run of the root, whatever scenarios it ran) that holds
+        `scenario` and ran the same definition with the same scenario code on the same backend: bisect's reuse,
+        one scenario at a time."""
+        wanted = {k: v for k, v in cell.describe().items() if k not in ("scenarios", "expect")}
+        for directory in reversed(self._earlier):
+            path = directory / "cells" / f"{cell.id}.json"
+            if not path.is_file():
+                continue
+            try:
+                result = read_cell(path)
+            except BnMatrixError:
+                continue
+            definition = {k: v for k, v in result.cell.items() if k not in ("scenarios", "expect")}
+            if (result.status is CellStatus.RAN and scenario in result.scenarios and result.backend == backend
+                    and definition == wanted and result.inputs_hash == inputs_hash(result.cell, sources)):
+                result.run_id = result.run_id or directory.name
+                return result
+        return None
+
+    def write_searches(self, searches: list[dict[str, Any]]) -> None:
+        """The run's bisect conclusions (written again after every step: an interrupted bisect keeps them)."""
+        write_json(self.directory / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": self.run_id,
+                                                  "searches": searches})
+
     def write_cell(self, result: CellResult) -> None:
         result.run_id = result.run_id or self.run_id  # the run that produced it (a reused one keeps its own)
         data = result.to_dict()
@@ -391,7 +447,7 @@ class RunStore:
         """Close the run; `latest` moves to it only when it holds at least one cell."""
         self.manifest.update(status=status, finished=now(), cells_written=self.written)
         write_json(self.directory / "manifest.json", self.manifest)
-        if self.written:
+        if self.written and self.manifest["kind"] == "run":  # a bisect's few cells are no matrix to show
             self._point_latest()
 
 
@@ -464,6 +520,14 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
     for directory in runs:  # the scenarios' code and notes; a later run's copy wins
         if (directory / "scenarios").is_dir():
             shutil.copytree(directory / "scenarios", staging / "scenarios", dirs_exist_ok=True)
+    searches: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: str(s.get("updated"))):
+        searches[search_key(search)] = search  # the newest conclusion of each search
+    if searches:
+        write_json(staging / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": merged["run_id"],
+                                           "searches": [searches[k] for k in sorted(searches, key=str)]})
+    if all(m.get("kind") == "bisect" for m in manifests):
+        merged["kind"] = "bisect"
     write_json(staging / "manifest.json", merged)
     if out.exists():
         shutil.rmtree(out)

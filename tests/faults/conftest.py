@@ -94,6 +94,27 @@ def _sdist(directory: Path) -> Path:
     return sdist
 
 
+def write_index(root: Path, packages: dict[str, list[Path]]) -> str:
+    """PEP 503 pages for the files in root/<name>/; returns the index's file:// URL."""
+    for name, files in packages.items():
+        links = "".join(f'<a href="{f.name}">{f.name}</a>\n' for f in files)
+        (root / name / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
+    (root / "index.html").write_text("".join(f'<a href="{n}/">{n}</a>\n' for n in packages))
+    return root.as_uri()
+
+
+def bisect_index(folder: Path, releases: dict[str, int], tag: str = "py3-none-any") -> str:
+    """A local index of fake tensorflow releases, each with its own BN_UPDATES (see scenarios/versioned.py)."""
+    root = folder / "simple"
+    (root / "tensorflow").mkdir(parents=True)
+    wheels = []
+    for version, updates in releases.items():
+        code = FAKE_TF.format(version=version) + f"\nBN_UPDATES = {updates}\n"
+        wheel = _wheel(root / "tensorflow", "tensorflow", version, {"tensorflow/__init__.py": code})
+        wheels.append(wheel.rename(wheel.with_name(wheel.name.replace("py3-none-any", tag))))
+    return write_index(root, {"tensorflow": wheels})
+
+
 @pytest.fixture(scope="session")
 def fake_index(tmp_path_factory: pytest.TempPathFactory) -> str:
     """file:// URL of a PEP 503 index with fake tensorflow 2.15.1 and 2.14.1, and slowpkg 1.0 (an sdist)."""
@@ -104,11 +125,7 @@ def fake_index(tmp_path_factory: pytest.TempPathFactory) -> str:
                                       {"tensorflow/__init__.py": FAKE_TF.format(version=version)})
                                for version in ("2.15.1", "2.14.1")],
                 "slowpkg": [_sdist(root / "slowpkg")]}
-    for name, files in packages.items():
-        links = "".join(f'<a href="{f.name}">{f.name}</a>\n' for f in files)
-        (root / name / "index.html").write_text(f"<html><body>\n{links}</body></html>\n")
-    (root / "index.html").write_text("".join(f'<a href="{n}/">{n}</a>\n' for n in packages))
-    return root.as_uri()
+    return write_index(root, packages)
 
 
 class Fault:
@@ -145,6 +162,12 @@ class Fault:
         process = self.start(*args, **env)
         output, _ = process.communicate(timeout=timeout)
         return process.returncode, output
+
+    def bnmatrix(self, *args: str, timeout: float = 300, **env: str) -> tuple[int, str]:
+        """Any bnmatrix command, run as a user runs it, in this test's folder."""
+        done = subprocess.run([sys.executable, "-m", "bnmatrix", *args], capture_output=True, text=True,
+                              env={**self.env, **env}, cwd=self.dir, timeout=timeout)
+        return done.returncode, done.stdout + done.stderr
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run's manifest, oldest first."""

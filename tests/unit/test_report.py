@@ -18,11 +18,16 @@ import pytest
 
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.report import render_site, write_report
+from bnmatrix.report import Site, render_site, write_report
 from bnmatrix.results import CellResult, Run, write_json
 from bnmatrix.verdict import Status
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+def render(run: Run, previous: Run | None = None) -> dict[str, str]:
+    """The site of one run (as `bnmatrix report --results RUN_DIR` renders it)."""
+    return render_site(Site.of_run(run), previous)
 
 
 def scenario(name: str, status: str, mean: float | None, updates: float | None, **extra: object) -> dict[str, Any]:
@@ -71,7 +76,7 @@ def table_cells(page: str) -> list[tuple[str, str]]:
 
 
 def test_rows_newest_first_and_every_cell_shows_its_status(tmp_path: Path) -> None:
-    page = render_site(sample_run(tmp_path))["index.html"]
+    page = render(sample_run(tmp_path))["index.html"]
     assert table_cells(page) == [  # 2.15.1 has no GPU cell in this run: "not in this run" there
         ("cells/tf-2.15.1-cpu.html#keras_bn_custom_estimator", "unsupported"),
         ("cells/tf-2.15.1-cpu.html#layers_bn_session", "updated"),
@@ -85,7 +90,7 @@ def test_rows_newest_first_and_every_cell_shows_its_status(tmp_path: Path) -> No
 
 
 def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) -> None:
-    page = html.unescape(render_site(sample_run(tmp_path))["index.html"])
+    page = html.unescape(render(sample_run(tmp_path))["index.html"])
     assert ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
             "effective updates 200 (mean), n/a (variance) / 100 steps") in page
     assert "not run: no GPU on this host" in page
@@ -96,7 +101,7 @@ def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) 
 
 
 def test_status_is_said_in_words_not_colour_alone(tmp_path: Path) -> None:
-    page = render_site(sample_run(tmp_path))["index.html"]
+    page = render(sample_run(tmp_path))["index.html"]
     for word in ("updated", "stale", "wrong", "unsupported", "not run"):
         assert re.search(rf'<span aria-hidden="true">[^<]+</span> {word}\s*(<span|</a>)', page), word
 
@@ -105,7 +110,7 @@ def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
     previous = sample_run(tmp_path)
     previous.cells[0].scenarios["keras_bn_custom_estimator"].status = Status.UPDATED
     previous.manifest["run_id"] = "r0"
-    site = render_site(sample_run(tmp_path), previous)
+    site = render(sample_run(tmp_path), previous)
     page = re.sub(r"\s+", " ", site["index.html"])
     assert 'data-changed="1"' in page and "was updated" in page
     assert "Compared with the previous run <code>r0</code>: <strong>1</strong> result changed." in page
@@ -122,19 +127,19 @@ def test_results_cannot_inject_markup(tmp_path: Path) -> None:
     run.cells[1].reason = EVIL
     assert run.cells[0].environment is not None
     run.cells[0].environment["packages"] = [EVIL]
-    for name, text in render_site(run).items():
+    for name, text in render(run).items():
         if name.endswith((".html", ".svg", ".xml")):
             assert "<script>" not in text and "<img" not in text, name
-    junit = ET.fromstring(render_site(run)["junit.xml"])
+    junit = ET.fromstring(render(run)["junit.xml"])
     assert EVIL in "".join(junit.itertext()) or any(EVIL in (e.get("message") or "") for e in junit.iter())
 
 
 def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
-    site = render_site(sample_run(tmp_path))
+    site = render(sample_run(tmp_path))
     pages = {name: text for name, text in site.items() if name.endswith(".html")}
     assert set(pages) == {"index.html", "cells/tf-1.15.5-cpu.html", "cells/tf-1.15.5-gpu.html",
                           "cells/tf-2.15.1-cpu.html", "scenarios/keras_bn_custom_estimator.html",
-                          "scenarios/layers_bn_session.html"}
+                          "scenarios/layers_bn_session.html", "changes.html"}
     parser = html5lib.HTMLParser(strict=True)
     for name, text in pages.items():
         parser.parse(text)  # raises on any parse error
@@ -150,7 +155,7 @@ def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
 
 
 def test_cell_page_has_numbers_chart_environment_and_reproduce_command(tmp_path: Path) -> None:
-    page = render_site(sample_run(tmp_path))["cells/tf-1.15.5-cpu.html"]
+    page = render(sample_run(tmp_path))["cells/tf-1.15.5-cpu.html"]
     assert '<section class="scenario" id="layers_bn_session"' in page
     assert "<td>1.2990305</td>" in page and "<td>0.95095149</td>" in page
     assert page.count('<svg class="chart"') == 2 and '<polyline class="expected"' in page
@@ -165,7 +170,7 @@ def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
     run.cells[0].environment = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
                                    "image_id": "sha256:1", "python": "/usr/bin/python3", "python_version": "3.7.16",
                                    "packages": []}
-    page = html.unescape(render_site(run)["cells/tf-1.15.5-cpu.html"])
+    page = html.unescape(render(run)["cells/tf-1.15.5-cpu.html"])
     assert ("docker run --rm --network none --read-only --tmpfs /tmp:exec --user 65534:65534 --cap-drop ALL "
             "--security-opt no-new-privileges -e HOME=/tmp -e PYTHONPATH=/scenarios "
             "-v \"$PWD\"/scenarios:/scenarios:ro "
@@ -174,7 +179,7 @@ def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
 
 
 def test_scenario_page_has_the_highlighted_code_the_why_and_the_fix(tmp_path: Path) -> None:
-    page = render_site(sample_run(tmp_path))["scenarios/keras_bn_custom_estimator.html"]
+    page = render(sample_run(tmp_path))["scenarios/keras_bn_custom_estimator.html"]
     assert '<div class="highlight">' in page and '<span class="k">def</span>' in page  # Pygments
     assert "https://github.com/tensorflow/tensorflow/issues/16102" in page
     assert "The fix" in page and "get_updates_for" in page
@@ -186,7 +191,7 @@ def test_scenario_page_has_the_highlighted_code_the_why_and_the_fix(tmp_path: Pa
 
 
 def test_results_json_follows_its_published_schema(tmp_path: Path) -> None:
-    exported = json.loads(render_site(sample_run(tmp_path))["results.json"])
+    exported = json.loads(render(sample_run(tmp_path))["results.json"])
     schema = json.loads(data_path("report/results.schema.json").read_text())
     jsonschema.validate(exported, schema)
     assert exported["schema"] == "bnmatrix.results/1"
@@ -196,7 +201,7 @@ def test_results_json_follows_its_published_schema(tmp_path: Path) -> None:
 
 
 def test_junit_fails_on_regressions_not_on_known_verdicts(tmp_path: Path) -> None:
-    suites = ET.fromstring(render_site(sample_run(tmp_path))["junit.xml"])
+    suites = ET.fromstring(render(sample_run(tmp_path))["junit.xml"])
     cases = {(c.get("classname"), c.get("name")): c for c in suites.iter("testcase")}
     assert len(cases) == 6
     outcome = {key: [child.tag for child in case] for key, case in cases.items()}
@@ -210,7 +215,7 @@ def test_junit_fails_on_regressions_not_on_known_verdicts(tmp_path: Path) -> Non
 
 
 def test_badge_and_markdown_summary(tmp_path: Path) -> None:
-    site = render_site(sample_run(tmp_path))
+    site = render(sample_run(tmp_path))
     badge = ET.fromstring(site["badge.svg"])
     assert badge.get("aria-label") == "BN stats: updated 1 of 4 run, 1 unexpected"  # the 2 GPU entries did not run
     assert badge.find("{http://www.w3.org/2000/svg}rect[2]").get("fill") == "#b4261a"  # an expectation failed
@@ -327,7 +332,7 @@ def test_junit_counts_and_survives_control_characters(tmp_path: Path) -> None:
     session.reason = ansi
     session.status = Status.ERROR
     session.error = {"type": "X", "message": ansi, "traceback": ansi}
-    suites = ET.fromstring(render_site(run)["junit.xml"])  # a strict parser: any control character fails
+    suites = ET.fromstring(render(run)["junit.xml"])  # a strict parser: any control character fails
     by_name = {s.get("name"): s for s in suites.iter("testsuite")}
     cpu, gpu = by_name["bnmatrix.cpu"], by_name["bnmatrix.gpu"]
     assert (cpu.get("tests"), cpu.get("failures"), cpu.get("errors"), cpu.get("skipped")) == ("4", "1", "1", "1")
@@ -340,7 +345,7 @@ def test_summary_escapes_what_comes_from_the_data(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
     run.manifest["run_id"] = "r1 | <img src=x> [link](http://evil)"
     run.cells[0].scenarios["layers_bn_session"].reason = "a | b <script>"
-    summary = render_site(run)["summary.md"]
+    summary = render(run)["summary.md"]
     assert "<img" not in summary and "<script" not in summary and "](http" not in summary
     assert "r1 \\| &lt;img src=x&gt; \\[link\\]\\(http://evil\\)" in summary
 
@@ -348,7 +353,7 @@ def test_summary_escapes_what_comes_from_the_data(tmp_path: Path) -> None:
 def test_results_json_never_holds_nan(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
     run.cells[0].scenarios["layers_bn_session"].train_loss = float("nan")  # as in a run from older bnmatrix
-    exported = render_site(run)["results.json"]
+    exported = render(run)["results.json"]
     assert "NaN" not in exported and json.loads(exported)
 
 
@@ -396,7 +401,7 @@ def test_an_error_without_a_traceback_renders_everywhere(tmp_path: Path) -> None
     session.status, session.reason = Status.ERROR, "RuntimeError: no luck"
     session.moving_mean = session.moving_variance = session.effective_updates = None  # an error has no numbers
     session.error = {"type": "RuntimeError", "message": "no luck"}
-    site = render_site(run)
+    site = render(run)
     (case,) = [c for c in ET.fromstring(site["junit.xml"]).iter("testcase")
                if c.get("classname") == "bnmatrix.tf-2.15.1-cpu" and c.get("name") == "layers_bn_session"]
     assert case[0].tag == "error" and "no luck" in case[0].get("message")

@@ -1,0 +1,206 @@
+"""The history of a results root: every run kept, each cell's newest result (the cumulative matrix),
+how each verdict evolved run by run, what changed between two runs, bisect conclusions, retention,
+and the archive a published site carries so that the next run can add to it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.results import RUN_ID, CellResult, Run, load_run, now, runs_in, search_key
+
+ARCHIVE_SCHEMA = "bnmatrix.archive/1"
+ARCHIVE_NAME = "results-archive.tar.gz"
+ARCHIVE_INDEX = "archive.json"
+
+
+@dataclass(frozen=True)
+class Change:
+    cell: str
+    scenario: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class Diff:
+    """What differs between two runs: verdicts of the entries both hold, and the cells only one holds."""
+
+    changes: list[Change]
+    only_before: list[str]
+    only_after: list[str]
+    compared: int
+
+
+def diff(before: Run, after: Run) -> Diff:
+    """Entries (cell x scenario) both runs hold whose status differs; cells only one run holds are listed."""
+    old = {c.id: c for c in before.cells}
+    new = {c.id: c for c in after.cells}
+    changes, compared = [], 0
+    for cell_id in sorted(old.keys() & new.keys()):
+        for name in new[cell_id].cell["scenarios"]:
+            if name not in old[cell_id].cell["scenarios"]:
+                continue
+            compared += 1
+            a, b = old[cell_id].entry_status(name).value, new[cell_id].entry_status(name).value
+            if a != b:
+                changes.append(Change(cell_id, name, a, b))
+    return Diff(changes, sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys()), compared)
+
+
+@dataclass(frozen=True)
+class History:
+    """Every run of a results root, oldest first."""
+
+    root: Path
+    runs: list[Run]
+
+    @classmethod
+    def load(cls, root: Path) -> History:
+        runs = [load_run(directory) for directory, _ in runs_in(root)]
+        if not runs:
+            raise BnMatrixError(f"{root}: no run here (expected run folders with a manifest.json); run 'bnmatrix run' "
+                                "first")
+        return cls(root, runs)
+
+    @property
+    def matrix_runs(self) -> list[Run]:
+        return [r for r in self.runs if r.kind == "run" and r.cells]
+
+    def find(self, name: str) -> Run:
+        """A run by id (or 'latest', or a unique prefix of an id)."""
+        if name == "latest":
+            if not self.matrix_runs:
+                raise BnMatrixError(f"{self.root}: no run with cells yet")
+            return self.matrix_runs[-1]
+        found = [r for r in self.runs if r.id == name or r.directory.name == name] or \
+                [r for r in self.runs if r.id.startswith(name)]
+        if len(found) != 1:
+            known = ", ".join(r.id for r in self.runs[-5:])
+            why = "is ambiguous" if found else "is no run"
+            raise BnMatrixError(f"{name!r} {why} in {self.root}; expected a run id such as {known}")
+        return found[0]
+
+    def current(self) -> dict[str, tuple[CellResult, Run]]:
+        """Each cell's newest result and the run that holds it: what the cumulative matrix shows."""
+        newest: dict[str, tuple[CellResult, Run]] = {}
+        for run in self.matrix_runs:
+            for cell in run.cells:
+                newest[cell.id] = (cell, run)
+        return newest
+
+    def timeline(self, cell_id: str) -> list[CellResult]:
+        """The distinct results of a cell over time, one per run that produced one (reused copies count once)."""
+        seen: dict[str, CellResult] = {}
+        for run in self.matrix_runs:
+            for cell in run.cells:
+                if cell.id == cell_id:
+                    seen.setdefault(cell.run_id or run.id, cell)
+        return sorted(seen.values(), key=lambda c: c.started)
+
+    def searches(self) -> list[dict[str, Any]]:
+        """The newest conclusion of every bisect search in the root, each with the run that holds it."""
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for run in self.runs:
+            for search in run.searches:
+                key = search_key(search)
+                if key not in found or str(search.get("updated")) >= str(found[key].get("updated")):
+                    found[key] = {**search, "run_id": run.id}
+        return list(found.values())
+
+
+def cited_runs(searches: list[dict[str, Any]]) -> set[str]:
+    return {str(p["run_id"]) for s in searches for p in s.get("probes", []) if p.get("run_id")} | \
+           {str(s["run_id"]) for s in searches if s.get("run_id")}
+
+
+def prune(root: Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` runs of a results root; a run that holds a cell's newest result, that a
+    bisect conclusion cites as evidence or holds, that `latest` points at, or that still runs, always stays.
+    Returns the ids deleted."""
+    runs = runs_in(root)
+    if len(runs) <= keep:
+        return []
+    protected = {directory.name for directory, _ in runs[-keep:]}
+    newest_holder: dict[str, str] = {}
+    searches: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for directory, manifest in runs:
+        if manifest.get("status") == "running":
+            protected.add(directory.name)
+        if manifest.get("kind", "run") == "run":
+            for path in (directory / "cells").glob("*.json"):
+                newest_holder[path.stem] = directory.name
+        try:
+            for search in json.loads((directory / "bisect.json").read_text(encoding="utf-8")).get("searches", []):
+                searches[search_key(search)] = {**search, "run_id": directory.name}
+        except (OSError, ValueError, AttributeError):
+            pass
+    protected |= set(newest_holder.values()) | cited_runs(list(searches.values()))
+    latest = root / "latest"
+    if latest.is_symlink():
+        protected.add(latest.resolve().name)
+    deleted = []
+    for directory, manifest in runs:
+        if directory.name not in protected and str(manifest.get("run_id")) not in protected:
+            shutil.rmtree(directory)
+            deleted.append(directory.name)
+    return deleted
+
+
+def write_archive(root: Path, target: Path) -> Path:
+    """The results root as a versioned archive (see docs/history.md): archive.json, then each run's folder."""
+    history = History.load(root)
+    index = {"schema": ARCHIVE_SCHEMA, "created": now(),
+             "runs": [{"run_id": r.id, "folder": r.directory.name, "kind": r.kind,
+                       "started": r.manifest.get("started"), "status": r.manifest.get("status")}
+                      for r in history.runs]}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w:gz") as archive:
+        data = (json.dumps(index, indent=1) + "\n").encode()
+        info = tarfile.TarInfo(ARCHIVE_INDEX)
+        info.size, info.mode = len(data), 0o644
+        archive.addfile(info, io.BytesIO(data))
+        for run in history.runs:
+            archive.add(run.directory, arcname=run.directory.name)
+    return target
+
+
+def import_archive(archive_path: Path, root: Path) -> list[str]:
+    """Unpack an archive into a results root: runs it does not hold yet are added, the others kept as they
+    are. Refuses another archive format and any member that would leave its run folder."""
+    if not hasattr(tarfile, "data_filter"):
+        raise BnMatrixError("importing an archive safely needs tarfile's data filter (Python 3.10.12, 3.11.4 or "
+                            "newer); expected a newer Python for bnmatrix")
+    try:
+        with tarfile.open(archive_path, "r:*") as archive:
+            member = archive.extractfile(ARCHIVE_INDEX) if ARCHIVE_INDEX in archive.getnames() else None
+            index = json.loads(member.read()) if member else None
+            if not isinstance(index, dict) or index.get("schema") != ARCHIVE_SCHEMA:
+                found = index.get("schema") if isinstance(index, dict) else "no archive.json"
+                raise BnMatrixError(f"{archive_path}: found {found!r}, expected a {ARCHIVE_SCHEMA} archive "
+                                    "(written by 'bnmatrix report' as results-archive.tar.gz)")
+            folders = {str(r.get("folder")) for r in index.get("runs", []) if isinstance(r, dict)}
+            for folder in folders:
+                if not (RUN_ID.fullmatch(folder) or folder.replace("-", "").isalnum()):
+                    raise BnMatrixError(f"{archive_path}: run folder {folder!r}: expected a run id")
+            root.mkdir(parents=True, exist_ok=True)
+            added = []
+            with tempfile.TemporaryDirectory(dir=root, prefix=".import-") as staging:
+                members = [m for m in archive.getmembers() if m.name.split("/", 1)[0] in folders]
+                archive.extractall(staging, members=members, filter="data")
+                for folder in sorted(folders):
+                    if (Path(staging) / folder / "manifest.json").is_file() and not (root / folder).exists():
+                        (Path(staging) / folder).rename(root / folder)
+                        added.append(folder)
+            return added
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        raise BnMatrixError(f"{archive_path}: cannot unpack the archive: {exc}; expected a {ARCHIVE_SCHEMA} "
+                            "archive") from None

@@ -1,0 +1,171 @@
+"""Bisect's search (which release next, what the answer is), the package index it reads, the change points
+of a run, and a results root with history rendered as a site: pure, no TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import html5lib
+import jsonschema
+import pytest
+
+from bnmatrix.bisect import Probe, Search, change_points, list_releases
+from bnmatrix.config import data_path
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.history import History, diff, prune
+from bnmatrix.report import Site, render_site
+from bnmatrix.results import load_run, write_json
+
+REAL_RUN = Path(__file__).resolve().parents[1] / "data" / "run"
+RELEASES = [f"1.{i}.0" for i in range(9)]
+
+
+def search(exhaustive: bool = False) -> Search:
+    return Search("s", "cpu", None, list(RELEASES), {}, exhaustive)
+
+
+def drive(found: Search, verdicts: dict[str, str]) -> list[list[str]]:
+    """Feed the search the verdict of each release it asks for; returns what it asked for, round by round."""
+    rounds = []
+    while wanted := found.wanted():
+        rounds.append(wanted)
+        for version in wanted:
+            found.probes[version] = Probe(version, verdicts[version], "3.11", "r", f"tf-{version}-cpu")
+    return rounds
+
+
+def test_the_binary_search_asks_for_both_ends_then_one_release_a_round() -> None:
+    verdicts = {v: "stale" if i < 6 else "updated" for i, v in enumerate(RELEASES)}
+    found = search()
+    rounds = drive(found, verdicts)
+    assert rounds[0] == ["1.0.0", "1.8.0"]
+    assert all(len(r) == 1 for r in rounds[1:]) and len(rounds) - 1 <= 3  # log2(7 inner releases)
+    conclusion = found.conclusion()
+    assert (conclusion["outcome"], conclusion["changed_in"], conclusion["last_before"]) == ("narrowed", "1.6.0",
+                                                                                            "1.5.0")
+    assert conclusion["answer"].startswith("s (cpu) changed from stale to updated in 1.6.0 (last stale: 1.5.0); ")
+    assert "(binary search: assumes each verdict holds over one stretch" in conclusion["answer"]
+
+
+def test_each_change_is_pinned_when_the_verdict_changes_twice() -> None:
+    verdicts = {v: "stale" if i < 3 else "wrong" if i < 5 else "updated" for i, v in enumerate(RELEASES)}
+    found = search()
+    drive(found, verdicts)
+    changes = found.conclusion()["changes"]
+    assert [(c["after"], c["from"], c["to"], c["exact"]) for c in changes] == [
+        ("1.3.0", "stale", "wrong", True), ("1.5.0", "wrong", "updated", True)]
+
+
+def test_a_release_without_a_verdict_is_skipped_and_a_range_remains() -> None:
+    verdicts = {v: "stale" if i < 4 else "updated" for i, v in enumerate(RELEASES)} | {"1.4.0": "error",
+                                                                                      "1.3.0": "build-error"}
+    found = search()
+    drive(found, verdicts)
+    conclusion = found.conclusion()
+    assert conclusion["outcome"] == "range"
+    assert (conclusion["last_before"], conclusion["changed_in"]) == ("1.2.0", "1.5.0")
+    assert conclusion["changes"][0]["unjudged"] == ["1.3.0", "1.4.0"]
+
+
+def test_exhaustive_runs_every_release_at_once_and_shows_a_verdict_that_comes_back() -> None:
+    verdicts = {v: "stale" if i in (3, 4) else "updated" for i, v in enumerate(RELEASES)}
+    binary = search()
+    drive(binary, verdicts)
+    assert binary.conclusion()["outcome"] == "nothing-to-bisect"  # same at both ends
+    found = search(exhaustive=True)
+    rounds = drive(found, verdicts)
+    assert rounds == [["1.0.0", "1.8.0"], RELEASES[1:8]]
+    conclusion = found.conclusion()
+    assert conclusion["monotonic"] is False and conclusion["checked"] == 9
+    assert [c["after"] for c in conclusion["changes"]] == ["1.3.0", "1.5.0"]
+    assert "not monotonic: a verdict comes back" in conclusion["answer"]
+
+
+def test_an_end_without_a_verdict_ends_the_search() -> None:
+    found = search()
+    drive(found, {RELEASES[0]: "error", RELEASES[-1]: "updated"})
+    assert found.conclusion()["outcome"] == "endpoint-error"
+
+
+def test_the_index_gives_releases_with_their_pythons_and_leaves_out_what_cannot_install(tmp_path: Path) -> None:
+    project = tmp_path / "tensorflow"
+    project.mkdir()
+    files = ["tensorflow-1.10.0-cp36-cp36m-manylinux1_x86_64.whl", "tensorflow-1.10.0-cp27-cp27mu-linux_x86_64.whl",
+             "tensorflow-1.10.1-cp36-cp36m-macosx_10_11_x86_64.whl", "tensorflow-1.11.0rc0-cp36-cp36m-"
+             "manylinux1_x86_64.whl", "tensorflow-1.12.0-cp37-cp37m-manylinux2010_x86_64.whl",
+             "tensorflow-1.12.0-cp37-cp37m-musllinux_1_1_x86_64.whl", "tensorflow-1.13.0-py3-none-any.whl"]
+    links = "".join(f'<a href="{name}#sha256=00"{" data-yanked" if "1.13" in name else ""}>{name}</a>'
+                    for name in files)
+    (project / "index.html").write_text(f"<html><body>{links}</body></html>")
+    releases, left_out = list_releases(tmp_path.as_uri(), "TensorFlow")
+    assert [(r.version, r.pythons) for r in releases] == [("1.10.0", ("3.6",)), ("1.12.0", ("3.7",))]
+    assert left_out == {"1.10.1": "no wheel for Linux x86_64", "1.13.0": "yanked from the index"}
+    with_pre, _ = list_releases(tmp_path.as_uri(), "tensorflow", pre=True)
+    assert "1.11.0rc0" in [r.version for r in with_pre]
+    with pytest.raises(BnMatrixError, match="no project keras in this local index"):
+        list_releases(tmp_path.as_uri(), "keras")
+
+
+def test_change_points_of_the_real_run_pass_over_entries_without_a_verdict() -> None:
+    points = {(name, older.cell["tf"], newer.cell["tf"]) for name, device, _, older, newer
+              in change_points(load_run(REAL_RUN))}
+    assert ("keras_bn_model_to_estimator", "1.9.0", "1.10.1") in points
+    assert ("keras_bn_custom_estimator", "1.8.0", "1.9.0") in points
+    # 1.11.0 timed out (an error, no verdict) between two `updated`: no change point around it
+    assert not any(name == "keras_bn_model_to_estimator" and "1.11.0" in (a, b) for name, a, b in points)
+    assert len(points) == 20
+
+
+def history_root(tmp_path: Path) -> Path:
+    """A results root: the real run, a later narrow run of one cell where a verdict changed, and a bisect."""
+    root = tmp_path / "results"
+    shutil.copytree(REAL_RUN, root / "20261101T000000Z-aaaaaa")
+    later = root / "20261120T000000Z-bbbbbb"
+    (later / "cells").mkdir(parents=True)
+    cell = json.loads((REAL_RUN / "cells" / "tf-1.9.0-cpu.json").read_text())
+    cell["run_id"], cell["started"] = later.name, "2026-11-28T00:00:00+00:00"
+    cell["scenarios"]["keras_bn_custom_estimator"]["status"] = "updated"
+    write_json(later / "cells" / "tf-1.9.0-cpu.json", cell)
+    manifest = json.loads((REAL_RUN / "manifest.json").read_text())
+    write_json(later / "manifest.json", {**manifest, "run_id": later.name, "started": "2026-11-28T00:00:00+00:00",
+                                         "cells": ["tf-1.9.0-cpu"], "previous_run": None})
+    return root
+
+
+def test_a_results_root_renders_each_cells_newest_result_with_its_history(tmp_path: Path) -> None:
+    root = history_root(tmp_path)
+    site = Site.load(root)
+    files = render_site(site)
+    assert len(site.run.cells) == 74 and site.origins["tf-1.9.0-cpu"].id == "20261120T000000Z-bbbbbb"
+    parser = html5lib.HTMLParser(strict=True)
+    for name in ("index.html", "runs.html", "changes.html", "cells/tf-1.9.0-cpu.html"):
+        parser.parse(files[name])
+    page = files["cells/tf-1.9.0-cpu.html"]
+    assert 'id="history-title"' in page and 'title="run 20261120T000000Z-bbbbbb: updated"' in page
+    assert 'title="run 20261127T143212Z-e4bdcd: stale"' in page  # the real run's own id, from its cells
+    assert "Each cell shows its newest result" in files["index.html"]
+    assert 'data-changed="1"' in files["index.html"]  # the one verdict that changed since the cell's last result
+    data = json.loads(files["runs.html"].split('id="history-data">')[1].split("</script>")[0])
+    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261127T143212Z-e4bdcd"]
+    schema = json.loads((data_path("report") / "results.schema.json").read_text())
+    exported = json.loads(files["results.json"])
+    jsonschema.validate(exported, schema)
+    assert exported["cumulative"] is True
+
+
+def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
+    root = history_root(tmp_path)
+    history = History.load(root)
+    older, newer = history.runs
+    found = diff(older, newer)
+    assert [(c.cell, c.scenario, c.before, c.after) for c in found.changes] == [
+        ("tf-1.9.0-cpu", "keras_bn_custom_estimator", "stale", "updated")]
+    assert found.compared == 18 and len(found.only_before) == 73
+    assert prune(root, keep=1) == []  # the older run holds the newest result of 73 cells
+    shutil.copytree(root / "20261101T000000Z-aaaaaa", root / "20261125T000000Z-cccccc")
+    manifest = json.loads((root / "20261125T000000Z-cccccc" / "manifest.json").read_text())
+    write_json(root / "20261125T000000Z-cccccc" / "manifest.json", {**manifest, "started": "2026-11-29T00:00:00+00:00"})
+    assert prune(root, keep=1) == ["20261101T000000Z-aaaaaa", "20261120T000000Z-bbbbbb"]  # the newest holds all
+    assert prune(root, keep=1) == []
