@@ -37,9 +37,8 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, all_cells
 from bnmatrix.results import CellResult, Run, RunStore, now
 from bnmatrix.runner import ProgressCallback, run_plan, scenario_sources
-from bnmatrix.verdict import Status
+from bnmatrix.verdict import VERDICTS, Status
 
-VERDICTS = {s.value for s in (Status.UPDATED, Status.STALE, Status.WRONG, Status.UNSUPPORTED)}
 INDEX_TIMEOUT_S = 60
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +28,16 @@ from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
 from bnmatrix.history import History, diff, import_archive, prune
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
-from bnmatrix.results import CellResult, Run, RunStore, check_results_root, load_run, merge_runs, new_run_id
+from bnmatrix.results import (
+    CellResult,
+    Run,
+    RunStore,
+    check_results_root,
+    load_run,
+    merge_runs,
+    new_run_id,
+    search_key,
+)
 from bnmatrix.runner import ProgressCallback, run_plan
 from bnmatrix.verdict import CellStatus, Status
 
@@ -358,12 +368,23 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
             run = load_run(Path(args.from_run) if args.from_run else args.results / "latest")
             source = run.id
             points = change_points(run, [args.device] if args.device else [])
+            narrowed = _narrowed(args.results, args.exhaustive)
+            done = []
             for name, device, variant, older, newer in points:
-                bisector.add(name, device, variant, older.cell["tf"], newer.cell["tf"],
-                             endpoints={c.cell["tf"]: Probe.of(c, name) for c in (older, newer)})
-            console.print(f"run {run.id} ({run.directory}): {len(points)} change "
-                          f"point{'s' if len(points) != 1 else ''}", highlight=False, soft_wrap=True)
-            if not points:
+                ends = {c.cell["tf"]: Probe.of(c, name) for c in (older, newer)}
+                known = narrowed.get((name, device, variant, older.cell["tf"], newer.cell["tf"]))
+                if known is not None and (known["good"]["status"], known["bad"]["status"]) == \
+                        (ends[older.cell["tf"]].status, ends[newer.cell["tf"]].status):
+                    done.append(known)
+                    continue
+                bisector.add(name, device, variant, older.cell["tf"], newer.cell["tf"], endpoints=ends)
+            console.print(f"run {run.id} ({run.directory}): {len(points)} change point{'s' if len(points) != 1 else ''}"
+                          + (f", {len(done)} already narrowed in {args.results}" if done else ""),
+                          highlight=False, soft_wrap=True)
+            for known in done:
+                console.print(f"  {known['answer']} [run {known['run_id']}]", highlight=False, soft_wrap=True,
+                              markup=False)
+            if not bisector.searches:
                 return EXIT_OK
         else:
             _check_bisect_input(args, matrix)
@@ -408,6 +429,21 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
     if args.from_run is None and outcomes == {"nothing-to-bisect"}:
         return EXIT_USAGE
     return EXIT_CELL_FAILED if outcomes & {"incomplete", "endpoint-error"} else EXIT_OK
+
+
+def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The searches a results root has already narrowed to their release (as thoroughly as asked now)."""
+    if not root.is_dir() or not any(root.glob("*/manifest.json")):
+        return {}
+    return {search_key(s)[:3] + tuple(sorted(search_key(s)[3:], key=_version_key)): s
+            for s in History.load(root).searches()
+            if s.get("outcome") == "narrowed" and (s.get("exhaustive") or not exhaustive)}
+
+
+def _version_key(text: Any) -> Any:
+    from packaging.version import Version
+
+    return Version(str(text))
 
 
 def _check_bisect_input(args: argparse.Namespace, matrix: Matrix) -> None:

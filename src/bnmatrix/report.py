@@ -30,7 +30,7 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, write_archive
 from bnmatrix.plan import all_cells
 from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, load_run, runs_under
-from bnmatrix.verdict import Status
+from bnmatrix.verdict import VERDICTS, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
@@ -289,11 +289,13 @@ def _note_transitions(rows: list[Row], searches: list[dict[str, Any]]) -> None:
                 extra = f" ({len(search['changes'])} changes)" if len(search["changes"]) > 1 else ""
                 row.transitions.append({"text": f"{text}: {pinned}{extra}",
                                         "href": f"changes.html#{search_anchor(search)}"})
-            else:
+            elif {entry.status, other.status} <= VERDICTS:
                 words = ["bnmatrix", "bisect", "--scenario", name, "--good", older.tf, "--bad", row.tf,
                          "--device", device] + (["--variant", row.variant] if row.variant else [])
                 row.transitions.append({"text": f"{text} (changed between {older.tf} and {row.tf})",
                                         "command": shlex.join(words)})
+            else:  # an error is no verdict: nothing for a bisect to pin
+                row.transitions.append({"text": f"{text} (between {older.tf} and {row.tf})"})
 
 
 def _column_summary(entries: list[Entry]) -> str:

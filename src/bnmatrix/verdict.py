@@ -76,6 +76,10 @@ _STATUS_TABLE: dict[Status, tuple[str, str, str, str, str]] = {
 }
 
 
+# The statuses that answer "do the statistics update?" (the others say why there is no answer).
+VERDICTS = frozenset(s.value for s in (Status.UPDATED, Status.STALE, Status.WRONG, Status.UNSUPPORTED))
+
+
 class CellStatus(enum.Enum):
     """How a cell as a whole went; its scenarios carry their own Status when it ran."""
 

@@ -255,3 +255,41 @@ def test_screenshots_for_the_readme(browser: Any, site: Path) -> None:
     page.screenshot(path=str(docs / "report-cell.png"))
     context.close()
     assert (docs / "report-matrix.png").stat().st_size > 10_000
+
+
+def test_the_runs_page_compares_any_two_runs_and_shows_hostile_ids_as_text(page: Any, tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    shutil.copytree(REAL_RUN, root / "run")
+    shutil.copytree(REPO / "tests" / "data" / "bisect", root / "bisect")
+    later = root / "later"
+    (later / "cells").mkdir(parents=True)
+    cell = json.loads((REAL_RUN / "cells" / "tf-1.9.0-cpu.json").read_text())
+    cell["run_id"], cell["started"] = EVIL, "2026-11-28T00:00:00+00:00"
+    cell["scenarios"]["keras_bn_custom_estimator"]["status"] = "updated"
+    (later / "cells" / "tf-1.9.0-cpu.json").write_text(json.dumps(cell))
+    manifest = json.loads((REAL_RUN / "manifest.json").read_text())
+    (later / "manifest.json").write_text(json.dumps({**manifest, "run_id": EVIL, "cells": ["tf-1.9.0-cpu"],
+                                                     "started": "2026-11-28T00:00:00+00:00"}))
+    out = tmp_path / "site"
+    write_report(root, out)
+    page.goto((out / "runs.html").as_uri())
+    assert page.text_content("#compare-summary") == "1 of 18 verdicts differ between the cells both runs hold"
+    rows = page.eval_on_selector_all("#compare-table tbody tr", "rows => rows.map(r => r.innerText)")
+    assert rows == ["tf-1.9.0-cpu\tkeras_bn_custom_estimator\t✘ stale\t✔ updated"]
+    page.select_option("select[name=a]", index=0)  # the same run on both sides
+    assert page.text_content("#compare-summary") == "0 of 18 verdicts differ between the cells both runs hold"
+    assert page.evaluate("window.pwned") is None and page.locator("img[src=x]").count() == 0
+    page.goto((out / "cells" / "tf-1.9.0-cpu.html").as_uri())  # the history strip: both runs, as text
+    strip = page.eval_on_selector_all("table.strip tbody tr", "rows => rows.map(r => Array.from(r.cells, "
+                                      "c => c.textContent.trim().replace(/\\s+/g, ' ')))")
+    assert ["keras_bn_custom_estimator", "✘ stale", "✔ updated"] in strip
+    assert page.evaluate("window.pwned") is None
+    page.goto((out / "index.html").as_uri())  # a change pinned by the real bisect, followed to its evidence
+    page.locator("tr[data-tf='1.10.1'] td.transitions summary").click()
+    page.get_by_role("link", name="keras_bn_model_to_estimator (cpu): stale in 1.9.0, updated from 1.10.1: "
+                     "changed in 1.10.0").click()
+    section = page.locator("section#keras_bn_model_to_estimator-cpu-1\\.9\\.0-1\\.10\\.1")
+    assert "1.10.0" in section.inner_text() and section.is_visible()
+    section.get_by_role("link", name="tf-1.10.0-cpu").click()
+    assert page.url.endswith("cells/tf-1.10.0-cpu.html#keras_bn_model_to_estimator")
+    assert "updated" in page.locator("section#keras_bn_model_to_estimator h2").inner_text()

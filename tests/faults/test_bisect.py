@@ -171,6 +171,10 @@ def test_from_run_shares_cells_the_report_pins_changes_and_history_is_kept(fault
     cells = probe_cells(fault)
     assert cells and all(sorted(c["scenarios"]) == ["versioned", "versioned_twin"] for c in cells)  # shared
     assert {c["cell"]["tf"] for c in cells} <= {"2.99.1", "2.99.2", "2.99.3", "2.99.4", "2.99.5"}  # ends from the run
+    code, output = bisect(fault, "--from-run")  # the scheduled workflow's rerun: nothing left to search
+    assert code == 0 and "2 change points, 2 already narrowed in results" in output, output
+    assert "versioned_twin (cpu) changed from stale to updated in 2.99.4" in output
+    assert len(probe_cells(fault)) == len(cells)
     code, output = fault.bnmatrix("report", "--results", "results", "--out", "site")
     assert code == 0, output
     index = (fault.dir / "site" / "index.html").read_text()

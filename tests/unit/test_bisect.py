@@ -3,6 +3,7 @@ of a run, and a results root with history rendered as a site: pure, no TensorFlo
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +19,8 @@ from bnmatrix.history import History, diff, prune
 from bnmatrix.report import Site, render_site
 from bnmatrix.results import load_run, write_json
 
-REAL_RUN = Path(__file__).resolve().parents[1] / "data" / "run"
+DATA = Path(__file__).resolve().parents[1] / "data"  # the real default-matrix run, and its real bisect
+REAL_RUN = DATA / "run"
 RELEASES = [f"1.{i}.0" for i in range(9)]
 
 
@@ -169,3 +171,18 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
     write_json(root / "20261125T000000Z-cccccc" / "manifest.json", {**manifest, "started": "2026-11-29T00:00:00+00:00"})
     assert prune(root, keep=1) == ["20261101T000000Z-aaaaaa", "20261120T000000Z-bbbbbb"]  # the newest holds all
     assert prune(root, keep=1) == []
+
+
+def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> None:
+    site = Site.load(DATA)
+    files = render_site(site)
+    index = html.unescape(files["index.html"])
+    assert ('<a href="changes.html#keras_bn_model_to_estimator-cpu-1.9.0-1.10.1">keras_bn_model_to_estimator '
+            "(cpu): stale in 1.9.0, updated from 1.10.1: changed in 1.10.0</a>") in index
+    assert "pin it" not in index  # the real bisect narrowed every change point of the default matrix
+    assert len(site.searches) == 20 and {s["outcome"] for s in site.searches} == {"narrowed"}
+    changes = files["changes.html"]
+    assert changes.count('<section class="scenario"') == 20
+    for release in ("1.10.0", "1.13.1", "2.2.0", "2.2.1", "2.16.1"):  # releases between rows: pages of their own
+        assert f'href="cells/tf-{release}-cpu.html#' in changes and f"cells/tf-{release}-cpu.html" in files
+    assert 'data-tf="2.16.1"' not in index and 'data-tf="2.16.2"' in index  # evidence cells are no matrix rows

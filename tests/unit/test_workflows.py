@@ -51,7 +51,7 @@ def test_matrix_workflow_schedules_fans_out_and_publishes() -> None:
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
     minute = triggers["schedule"][0]["cron"].split()[0]
     assert minute not in ("0", "30") and int(minute) % 5 != 0  # an odd minute, off the busy marks
-    assert set(triggers["workflow_dispatch"]["inputs"]) == {"select", "skip", "force"}
+    assert set(triggers["workflow_dispatch"]["inputs"]) == {"select", "skip", "force", "bisect_minutes"}
     assert workflow["permissions"] == {}  # least privilege: each job asks for its own
     jobs = workflow["jobs"]
     assert "bnmatrix plan --format github" in jobs["plan"]["steps"][-1]["run"]
@@ -67,8 +67,13 @@ def test_matrix_workflow_schedules_fans_out_and_publishes() -> None:
     uses = [s.get("uses", "").split("@")[0] for s in publish["steps"]]
     for action in ("actions/configure-pages", "actions/upload-pages-artifact", "actions/deploy-pages"):
         assert action in uses
-    script = next(s["run"] for s in publish["steps"] if "bnmatrix merge" in s.get("run", ""))
-    assert "bnmatrix report --results merged --previous previous" in script
+    scripts = [s.get("run", "") for s in publish["steps"]]
+    history, add, bisect, render = (next(i for i, text in enumerate(scripts) if command in text) for command in (
+        "bnmatrix import archive.tar.gz --results results", 'bnmatrix merge artifacts/ --out "results/$run"',
+        'bnmatrix bisect --from-run "results/$RUN" --backend docker --results results --budget "$MINUTES"',
+        "bnmatrix report --results results --out public"))
+    assert history < add < bisect < render  # the history first, the new run added, its changes pinned, rendered
+    assert "results-archive.tar.gz" in scripts[history]
     assert workflow["concurrency"]["group"] == "matrix"
 
 
