@@ -51,6 +51,7 @@ class Entry:
     previous: str | None = None  # the status in the previous run (or the cell's previous result), where it differs
     expected: str | None = None  # the status matrix.yaml expects, if any
     origin: str | None = None  # the run that produced the result
+    held_since: str | None = None  # with history, where the result is from an older run than the newest: its date
 
     @property
     def state(self) -> Status:
@@ -94,6 +95,11 @@ def _number(value: Any, digits: int = 6) -> str:
 
 
 def _summary(result: ScenarioResult | None, cell: CellResult) -> str:
+    origin = f" [result of run {cell.run_id}, {cell.started[:10]}]" if cell.run_id else ""
+    return _numbers(result, cell) + origin
+
+
+def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
     if result is None:
         return f"{cell.own_status.word}: {cell.reason}"
     if result.moving_mean is None:
@@ -207,6 +213,9 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                      reverse=True)
     sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()])
     before = _statuses(previous) if previous else site.previous_statuses
+    # With history: the cells whose result comes from an older run than the newest, and that run's start.
+    held_since = {cell_id: str(holder.manifest.get("started"))[:10] for cell_id, holder in site.origins.items()
+                  if run.manifest.get("cumulative") and holder.id != run.manifest["run_id"]}
     scenarios: list[str] = []
     devices: list[str] = []
     rows: dict[tuple[str, str | None], Row] = {}
@@ -224,7 +233,8 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result), href=f"cells/{cell['id']}.html#{name}",
                 previous=earlier if earlier not in (None, status) else None,
-                expected=expected.get(name), origin=cell_result.run_id or site.origins[cell["id"]].id)
+                expected=expected.get(name), origin=cell_result.run_id or site.origins[cell["id"]].id,
+                held_since=held_since.get(cell["id"]))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, site.searches)
