@@ -59,14 +59,29 @@ class Entry:
 
     @property
     def unexpected(self) -> bool:
-        return self.expected is not None and self.expected != self.status
+        """A result that differs from its expectation (a cell that did not run has no result to differ)."""
+        return self.ran and self.expected is not None and self.expected != self.status
 
     @property
     def junit(self) -> str:
         """pass, failure, error or skipped: against the expectation where there is one."""
-        if self.expected is not None:
+        if self.expected is not None and self.ran:
             return "failure" if self.unexpected else "pass"
         return self.state.junit
+
+    @property
+    def note(self) -> str:
+        """What the numbers add to the status, in a word or two: "2.00×", "unbiased variance", "forward: batch"."""
+        result = self.result
+        if result is None or result.moving_mean is None:
+            return ""
+        if self.status == "wrong" and result.effective_updates is not None and result.steps:
+            return f"{result.effective_updates / result.steps:.2f}×"
+        if self.status == "updated" and result.variance_correction == "unbiased":
+            return "unbiased variance"
+        if self.status == "stale" and result.forward_statistics:
+            return f"forward: {result.forward_statistics}"
+        return ""
 
     @property
     def ran(self) -> bool:
@@ -239,6 +254,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, site.searches)
     columns = [(device, name) for device in devices for name in scenarios]
+    overview = _overview(ordered, scenarios, devices, site.searches)
     summaries = {column: _column_summary([r.entries[column] for r in ordered if column in r.entries])
                  for column in columns}
     groups: dict[str, list[Row]] = {}
@@ -255,7 +271,8 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     meets = all(e.junit in ("pass", "skipped") for e in ran)
     return {
         "run": run.manifest, "groups": groups, "rows": ordered, "devices": devices, "scenarios": scenarios,
-        "columns": columns, "summaries": summaries, "states": STATES, "changed_state": CHANGED, "counts": counts,
+        "columns": columns, "summaries": summaries, "overview": overview, "states": STATES, "changed_state": CHANGED,
+        "counts": counts,
         "cells": sorted(run.cells, key=lambda c: c.id),
         "previous_run": previous.manifest["run_id"] if previous else None,
         "cumulative": bool(run.manifest.get("cumulative")), "site": site,
@@ -306,6 +323,46 @@ def _note_transitions(rows: list[Row], searches: list[dict[str, Any]]) -> None:
                                         "command": shlex.join(words)})
             else:  # an error is no verdict: nothing for a bisect to pin
                 row.transitions.append({"text": f"{text} (between {older.tf} and {row.tf})"})
+
+
+def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
+              searches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The answer at a glance: per scenario and per device (and variant), the verdicts as version ranges,
+    oldest first (a range starts at the release a bisect pinned, where one did), and one mark per version.
+    Device and variant columns where no cell ran are left out and counted instead."""
+    pinned = {(s["scenario"], s["device"], s.get("variant"),
+               *sorted((s["good"]["version"], s["bad"]["version"]), key=Version)): s
+              for s in searches if s.get("outcome") == "narrowed"}
+    variants = sorted({r.variant for r in rows}, key=lambda v: (v is not None, v or ""))
+    lines = [(device, variant) for device in devices for variant in variants]
+    table: dict[str, dict[tuple[str, str | None], dict[str, Any]]] = {}
+    not_run: dict[tuple[str, str | None], int] = {}
+    for device, variant in lines:
+        for name in scenarios:
+            column = [(r, r.entries[(device, name)]) for r in reversed(rows)
+                      if r.variant == variant and (device, name) in r.entries]
+            if not column:
+                continue
+            if all(e.status == "not-run" for _, e in column):
+                not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(column))
+                continue
+            ranges: list[dict[str, Any]] = []
+            for row, entry in column:
+                if ranges and (ranges[-1]["status"], ranges[-1]["note"]) == (entry.status, entry.note):
+                    ranges[-1].update(last=row.tf, count=ranges[-1]["count"] + 1)
+                    continue
+                search = pinned.get((name, device, variant, ranges[-1]["last"], row.tf)) if ranges else None
+                ranges.append({"status": entry.status, "note": entry.note, "last": row.tf, "count": 1,
+                               "first": search["changed_in"] if search else row.tf, "pinned": search is not None})
+            for index, span in enumerate(ranges):
+                newest = index == len(ranges) - 1 and index > 0
+                span["label"] = (f"from {span['first']}" if newest else span["first"] if span["first"] == span["last"]
+                                 else f"{span['first']}–{span['last']}")
+            table.setdefault(name, {})[(device, variant)] = {
+                "ranges": ranges,
+                "marks": [{"tf": r.tf, "status": e.status, "note": e.note, "href": e.href} for r, e in column]}
+    shown = [line for line in lines if any(line in cells for cells in table.values())]
+    return {"lines": shown, "table": table, "not_run": {k: v for k, v in not_run.items() if k not in shown}}
 
 
 def _column_summary(entries: list[Entry]) -> str:

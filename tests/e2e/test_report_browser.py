@@ -293,3 +293,24 @@ def test_the_runs_page_compares_any_two_runs_and_shows_hostile_ids_as_text(page:
     section.get_by_role("link", name="tf-1.10.0-cpu").click()
     assert page.url.endswith("cells/tf-1.10.0-cpu.html#keras_bn_model_to_estimator")
     assert "updated" in page.locator("section#keras_bn_model_to_estimator h2").inner_text()
+
+
+def test_the_overview_answers_every_scenario_in_one_screen(page: Any, tmp_path: Path) -> None:
+    """The real run and its real bisect: 18 scenarios, their version ranges starting at the pinned releases,
+    within one 1440x900 screen, without horizontal scrolling."""
+    out = tmp_path / "site"
+    write_report(REPO / "tests" / "data", out)
+    page.set_viewport_size({"width": 1440, "height": 900})
+    page.goto((out / "index.html").as_uri())
+    box = page.locator("#overview").bounding_box()
+    assert box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1440, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1440
+    rows = page.eval_on_selector_all("#overview tbody tr", "rows => rows.map(r => r.innerText.replace(/\\s+/g, ' '))")
+    assert len(rows) == 18
+    row = next(r for r in rows if r.startswith("keras_bn_model_to_estimator "))
+    assert ("✘ stale 1.7.1–1.9.0 · ✔ updated 1.10.0–1.10.1 · ‼ error 1.11.0 · ✔ updated 1.12.3–2.15.1 · "
+            "∅ unsupported from 2.16.1") in row
+    assert "≠ wrong (2.00×) 1.7.1–2.15.1" in next(r for r in rows if r.startswith("layers_bn_session "))
+    assert "GPU: none of its 31 versions ran on this host (not run)." in page.locator(".overview p").inner_text()
+    marks = page.locator("#overview tbody tr").first.locator("td.marks").first.locator("a.mark")  # CPU: 31 versions
+    assert marks.count() == 31 and marks.first.get_attribute("title") == "1.7.1: updated"

@@ -406,3 +406,13 @@ def test_an_error_without_a_traceback_renders_everywhere(tmp_path: Path) -> None
                if c.get("classname") == "bnmatrix.tf-2.15.1-cpu" and c.get("name") == "layers_bn_session"]
     assert case[0].tag == "error" and "no luck" in case[0].get("message")
     assert "no luck" in site["cells/tf-2.15.1-cpu.html"]
+
+
+def test_a_cell_that_did_not_run_has_no_result_to_differ_from_its_expectation() -> None:
+    from bnmatrix.results import load_run
+
+    files = render(load_run(Path(__file__).resolve().parents[1] / "data" / "run"))  # GPU cells: not run here
+    assert "differ from the expectations" not in files["index.html"]
+    suites = {s.get("name"): s for s in ET.fromstring(files["junit.xml"])}
+    gpu = suites["bnmatrix.gpu"]
+    assert gpu.get("failures") == "0" and gpu.get("skipped") == gpu.get("tests") == str(37 * 18)
