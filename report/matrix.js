@@ -18,11 +18,25 @@
     }
     return 0;
   }
+  function options(name) {
+    return Array.prototype.map.call(form.querySelectorAll('select[name="' + name + '"] option'), function (option) {
+      return option.value;
+    });
+  }
   function readState() {
+    // Only what the form can show: a version the selects do not offer (#from=9.9.9) is ignored, not obeyed.
     var state = {};
     location.hash.replace(/^#/, "").split("&").forEach(function (pair) {
       var parts = pair.split("=");
-      if (parts[0]) state[decodeURIComponent(parts[0])] = decodeURIComponent(parts[1] || "");
+      var key, value;
+      try {
+        key = decodeURIComponent(parts[0]);
+        value = decodeURIComponent(parts[1] || "");
+      } catch (error) {
+        return;
+      }
+      if ((key === "from" || key === "to") && options(key).indexOf(value) < 0) return;
+      if (key) state[key] = value;
     });
     return state;
   }
@@ -65,9 +79,18 @@
         (!scenarios || !element.dataset.scenario || scenarios.indexOf(element.dataset.scenario) >= 0);
     }
     table.querySelectorAll("[data-device]").forEach(function (element) {
-      element.hidden = !columnShown(element);
+      if (!element.classList.contains("device-head")) element.hidden = !columnShown(element);
     });
-    var rows = 0;
+    // Each device's header spans its visible scenario columns; the group heads span every visible column.
+    var visible = 0;
+    table.querySelectorAll("th.device-head").forEach(function (head) {
+      var count = table.querySelectorAll('th.scenario-name[data-device="' + head.dataset.device + '"]:not([hidden])').length;
+      head.hidden = count === 0;
+      if (count) head.colSpan = count;
+      visible += count;
+    });
+    table.querySelectorAll("tr.group-head th").forEach(function (head) { head.colSpan = visible + 2; });
+    var rows = 0, folded = 0;
     table.querySelectorAll("tbody tr[data-tf]").forEach(function (row) {
       var tf = row.dataset.tf;
       var inRange = (!state.from || compareVersions(tf, state.from) >= 0) &&
@@ -80,18 +103,32 @@
         if (wanted) matching++;
       });
       var shown = inRange && matching > 0;
-      row.hidden = !shown || row.classList.contains("collapsed");
-      if (shown) rows++;
+      var collapsed = row.classList.contains("collapsed");
+      row.hidden = !shown || collapsed;
+      if (shown && !collapsed) rows++;
+      if (shown && collapsed) folded++;
     });
-    document.getElementById("shown").textContent = rows + " version rows shown";
+    document.getElementById("shown").textContent = rows + " version rows shown" +
+      (folded ? " (" + folded + " more in collapsed groups)" : "");
+  }
+  function linkBack(hash) {
+    // Cell and scenario pages get the filter along (?back=...), so that "the matrix" link returns to it.
+    document.querySelectorAll("a[data-href]").forEach(function (link) {
+      var target = link.dataset.href;
+      link.href = hash ? target.replace("#", "?back=" + encodeURIComponent(hash) + "#") : target;
+    });
+  }
+  function hashOf(state) {
+    return Object.keys(state).map(function (key) {
+      return encodeURIComponent(key) + "=" + encodeURIComponent(state[key]).replace(/%2C/g, ",");
+    }).join("&");
   }
   function update() {
     var state = currentState();
-    var hash = Object.keys(state).map(function (key) {
-      return encodeURIComponent(key) + "=" + encodeURIComponent(state[key]).replace(/%2C/g, ",");
-    }).join("&");
+    var hash = hashOf(state);
     history.replaceState(null, "", hash ? "#" + hash : location.pathname + location.search);
     apply(state);
+    linkBack(hash);
   }
   form.addEventListener("change", update);
   document.getElementById("reset").addEventListener("click", function () {
@@ -101,6 +138,7 @@
   window.addEventListener("hashchange", function () {
     showState(readState());
     apply(readState());
+    linkBack(hashOf(currentState()));
   });
   table.querySelectorAll("button.toggle").forEach(function (button) {
     button.addEventListener("click", function () {
@@ -112,6 +150,19 @@
       apply(readState());
     });
   });
+  // Touch screens have no hover: the first tap on a cell shows its numbers, the second opens it.
+  if (window.matchMedia("(hover: none)").matches) {
+    table.addEventListener("click", function (event) {
+      var link = event.target.closest("td.cell > a");
+      if (!link) return;
+      var cell = link.parentNode;
+      if (cell.classList.contains("tip-open")) return;
+      event.preventDefault();
+      table.querySelectorAll("td.tip-open").forEach(function (open) { open.classList.remove("tip-open"); });
+      cell.classList.add("tip-open");
+    });
+  }
   showState(readState());
   apply(readState());
+  linkBack(hashOf(currentState()));
 })();

@@ -10,12 +10,20 @@
                "error": "‼ error", "build-error": "⚠ build error", "not-run": "– not run"};
   form.hidden = false;
 
-  function cell(row, text, status) {
+  function cell(row, text, status, href) {
     var td = document.createElement("td");
-    td.textContent = text;
+    if (href) {
+      var link = document.createElement("a");
+      link.href = href;
+      link.textContent = text;
+      td.appendChild(link);
+    } else {
+      td.textContent = text;
+    }
     if (status) td.className = "s-" + status;
     row.appendChild(td);
   }
+  var safeId = /^[A-Za-z0-9._-]+$/;
   function compare() {
     var a = history.statuses[form.elements.a.value] || {}, b = history.statuses[form.elements.b.value] || {};
     var body = document.querySelector("#compare-table tbody");
@@ -30,12 +38,14 @@
         if (was === now) return;
         changed += 1;
         var row = document.createElement("tr");
-        cell(row, cellId); cell(row, scenario); cell(row, words[was] || was, was); cell(row, words[now] || now, now);
+        var page = safeId.test(cellId) && safeId.test(scenario) ? "cells/" + cellId + ".html#" + scenario : null;
+        cell(row, cellId, null, page); cell(row, scenario); cell(row, words[was] || was, was); cell(row, words[now] || now, now);
         body.appendChild(row);
       });
     });
     document.getElementById("compare-summary").textContent =
-      changed + " of " + compared + " verdicts differ between the cells both runs hold";
+      changed + " of " + compared + " verdicts differ between the cells both runs hold" +
+      (compared ? "" : " (nothing compared: no cell ran in both)");
   }
   form.addEventListener("change", compare);
   compare();

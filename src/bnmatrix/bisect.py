@@ -391,6 +391,8 @@ class Bisector:
         package = self.package(good, device, variant)
         releases, left_out = list_releases(self.matrix.index_url, package, self.pre)
         on_index = {r.version: r for r in releases}
+        spelled = {Version(v): v for v in [*on_index, *left_out]}  # 2.15 is 2.15.0: the index's spelling
+        good, bad = spelled.get(Version(good), good), spelled.get(Version(bad), bad)
         for option, version in (("--good", good), ("--bad", bad)):
             if version not in on_index and not endpoints_known:
                 known = [r.version for r in releases]

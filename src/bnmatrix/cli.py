@@ -8,6 +8,7 @@ import fnmatch
 import functools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -36,6 +37,8 @@ from bnmatrix.results import (
     load_run,
     merge_runs,
     new_run_id,
+    read_searches,
+    runs_in,
     search_key,
 )
 from bnmatrix.runner import ProgressCallback, run_plan
@@ -202,7 +205,8 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
 @contextlib.contextmanager
 def _cell_progress(console: Console, total: int | None) -> Iterator[ProgressCallback]:
     """A live progress display of the cells being run; yields the callback run_plan reports to."""
-    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), MofNCompleteColumn(),
+    count = MofNCompleteColumn() if total is not None else TextColumn("{task.completed:.0f} done")
+    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), count,
                TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         overall = progress.add_task("", total=total, label="cells")
@@ -421,14 +425,33 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
     finally:
         backend.close()
     store.finish("complete")
-    _prune(console, args.results, matrix.keep_runs)
-    for conclusion in conclusions:
-        console.print(escape(conclusion["answer"]), highlight=False, soft_wrap=True)
-    console.print(f"conclusions in {store.directory / 'bisect.json'}", soft_wrap=True, highlight=False)
     outcomes = {c["outcome"] for c in conclusions}
     if args.from_run is None and outcomes == {"nothing-to-bisect"}:
+        _drop_if_known(store)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(conclusions[0]['answer'])}",
+                                                   highlight=False)
         return EXIT_USAGE
+    for conclusion in conclusions:
+        console.print(escape(conclusion["answer"]), highlight=False, soft_wrap=True)
+    if _drop_if_known(store):
+        console.print(f"nothing new was run: these conclusions are in {args.results} already", highlight=False)
+    else:
+        console.print(f"conclusions in {store.directory / 'bisect.json'}", soft_wrap=True, highlight=False)
+    _prune(console, args.results, matrix.keep_runs)
     return EXIT_CELL_FAILED if outcomes & {"incomplete", "endpoint-error"} else EXIT_OK
+
+
+def _drop_if_known(store: RunStore) -> bool:
+    """Remove a bisect run that ran no cell and concluded only what the results root already holds (a rerun)."""
+    if store.written:
+        return False
+    mine = read_searches(store.directory)
+    earlier = {search_key(s): s["answer"] for directory, _ in runs_in(store.root) if directory != store.directory
+               for s in read_searches(directory)}
+    if not mine or any(earlier.get(search_key(s)) != s["answer"] for s in mine):
+        return False
+    shutil.rmtree(store.directory)
+    return True
 
 
 def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -494,6 +517,8 @@ def command_diff(args: argparse.Namespace, console: Console) -> int:
     found = diff(before, after)
     console.print(f"{before.id} -> {after.id}: {len(found.changes)} of {found.compared} verdicts changed",
                   highlight=False)
+    if not found.compared:
+        console.print("  nothing compared: the two runs hold no cell that ran in both", highlight=False)
     for change in found.changes:
         was, now_ = Status(change.before), Status(change.after)
         console.print(f"  {change.cell} {change.scenario}: {_styled(was)} -> {_styled(now_)}", highlight=False)
@@ -528,7 +553,7 @@ def command_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    console = Console(stderr=False)
+    console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())  # a pipe or a log: one line per line
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -16,6 +16,7 @@ from typing import Any
 
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.results import RUN_ID, CellResult, Run, load_run, now, runs_in, search_key
+from bnmatrix.verdict import CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
 ARCHIVE_NAME = "results-archive.tar.gz"
@@ -41,9 +42,10 @@ class Diff:
 
 
 def diff(before: Run, after: Run) -> Diff:
-    """Entries (cell x scenario) both runs hold whose status differs; cells only one run holds are listed."""
-    old = {c.id: c for c in before.cells}
-    new = {c.id: c for c in after.cells}
+    """Entries (cell x scenario) both runs hold whose status differs; cells only one run holds are listed.
+    A cell this host could not serve (not run) holds no result: it is neither compared nor listed."""
+    old = {c.id: c for c in before.cells if c.status is not CellStatus.NOT_RUN}
+    new = {c.id: c for c in after.cells if c.status is not CellStatus.NOT_RUN}
     changes, compared = [], 0
     for cell_id in sorted(old.keys() & new.keys()):
         for name in new[cell_id].cell["scenarios"]:
@@ -67,7 +69,8 @@ class History:
     def load(cls, root: Path) -> History:
         runs = [load_run(directory) for directory, _ in runs_in(root)]
         if not runs:
-            raise BnMatrixError(f"{root}: no run here (expected run folders with a manifest.json); run 'bnmatrix run' "
+            why = "no run here" if root.is_dir() else "does not exist"
+            raise BnMatrixError(f"{root}: {why} (expected run folders with a manifest.json); run 'bnmatrix run' "
                                 "first")
         return cls(root, runs)
 
@@ -79,7 +82,8 @@ class History:
         """A run by id (or 'latest', or a unique prefix of an id)."""
         if name == "latest":
             if not self.matrix_runs:
-                raise BnMatrixError(f"{self.root}: no run with cells yet")
+                raise BnMatrixError(f"{self.root}: no 'latest' run (it holds only bisects, or runs without cells); "
+                                    "expected a run id, e.g. one of " + ", ".join(r.id for r in self.runs[-3:]))
             return self.matrix_runs[-1]
         found = [r for r in self.runs if r.id == name or r.directory.name == name] or \
                 [r for r in self.runs if r.id.startswith(name)]
@@ -201,6 +205,10 @@ def import_archive(archive_path: Path, root: Path) -> list[str]:
                         (Path(staging) / folder).rename(root / folder)
                         added.append(folder)
             return added
+    except tarfile.ReadError:
+        raise BnMatrixError(f"{archive_path}: not a tar archive; expected a {ARCHIVE_SCHEMA} archive "
+                            "(results-archive.tar.gz from a bnmatrix site)") from None
     except (tarfile.TarError, OSError, ValueError) as exc:
-        raise BnMatrixError(f"{archive_path}: cannot unpack the archive: {exc}; expected a {ARCHIVE_SCHEMA} "
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BnMatrixError(f"{archive_path}: cannot unpack the archive: {first}; expected a {ARCHIVE_SCHEMA} "
                             "archive") from None

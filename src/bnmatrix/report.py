@@ -30,7 +30,7 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, write_archive
 from bnmatrix.plan import all_cells
 from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, load_run, runs_under
-from bnmatrix.verdict import VERDICTS, Status
+from bnmatrix.verdict import VERDICTS, CellStatus, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
@@ -52,6 +52,8 @@ class Entry:
     expected: str | None = None  # the status matrix.yaml expects, if any
     origin: str | None = None  # the run that produced the result
     held_since: str | None = None  # with history, where the result is from an older run than the newest: its date
+    change: dict[str, str] | None = None  # where the verdict differs from the next older version's: text, href/command
+    boundary: bool = False  # the older side of a change: the line between the two versions is drawn above it
 
     @property
     def state(self) -> Status:
@@ -94,7 +96,6 @@ class Row:
     variant: str | None
     python: str
     entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
-    transitions: list[dict[str, str]] = field(default_factory=list)  # text, and href or command
 
     @property
     def major(self) -> str:
@@ -182,7 +183,9 @@ class Site:
         history = History.load(path)
         current = history.current()
         if not current:
-            raise BnMatrixError(f"{path}: no run with cells yet (only bisects or empty runs); run 'bnmatrix run' first")
+            raise BnMatrixError(f"{path}: no run with cells to show (only bisect runs, or runs without cells); "
+                                "expected the run they bisected beside them (copy its folder in, or 'bnmatrix import' "
+                                "a site's archive), or one run: --results RUN_DIR")
         runs = history.matrix_runs
         holders = {run.id for _, run in current.values()}
         manifest = {**runs[-1].manifest, "cumulative": True, "runs": [r.id for r in runs if r.id in holders],
@@ -253,10 +256,17 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, site.searches)
-    columns = [(device, name) for device in devices for name in scenarios]
     overview = _overview(ordered, scenarios, devices, site.searches)
-    summaries = {column: _column_summary([r.entries[column] for r in ordered if column in r.entries])
-                 for column in columns}
+    # A device column where no cell ran (GPU on a host without one) is folded into one line.
+    folded = {}
+    for device in devices:
+        cells = {e.cell.id: e.cell for r in ordered for (d, _), e in r.entries.items() if d == device}
+        if all(c.status is CellStatus.NOT_RUN for c in cells.values()):
+            folded[device] = (len(cells), sorted({str(c.reason) for c in cells.values()}))
+    matrix_devices = [d for d in devices if d not in folded]
+    columns = [(device, name) for device in matrix_devices for name in scenarios]
+    summaries = {(device, name): _ranges_text(overview["table"].get(name, {}), device)
+                 for device in devices for name in scenarios}
     groups: dict[str, list[Row]] = {}
     for row in ordered:
         groups.setdefault(row.major, []).append(row)
@@ -271,20 +281,32 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     meets = all(e.junit in ("pass", "skipped") for e in ran)
     return {
         "run": run.manifest, "groups": groups, "rows": ordered, "devices": devices, "scenarios": scenarios,
-        "columns": columns, "summaries": summaries, "overview": overview, "states": STATES, "changed_state": CHANGED,
+        "columns": columns, "summaries": summaries, "overview": overview, "folded": folded,
+        "matrix_devices": matrix_devices, "states": STATES, "changed_state": CHANGED,
         "counts": counts,
-        "cells": sorted(run.cells, key=lambda c: c.id),
+        "cells": sorted(run.cells, key=lambda c: c.id), "run_cells": {c.id for c in run.cells},
         "previous_run": previous.manifest["run_id"] if previous else None,
         "cumulative": bool(run.manifest.get("cumulative")), "site": site,
-        "searches": sorted(site.searches, key=lambda c: (c["scenario"], c["device"], str(c["variant"]),
-                                                         Version(min(c["candidates"], key=Version)))),
+        "searches": sorted(({**c, "ordered": sorted(c["candidates"], key=Version)} for c in site.searches),
+                           key=lambda c: (scenarios.index(c["scenario"]) if c["scenario"] in scenarios else
+                                          len(scenarios), c["device"], str(c["variant"]), Version(c["ordered"][0]))),
         "evidence": site.evidence, "pages": {c.id for c in run.cells} | set(site.evidence),
+        "probed_by": _probed_by(site.searches),
         "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
         "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
         "expectations": expectations,
         "versions": sorted({r.tf for r in ordered}, key=Version),
         "notes": {name: notes for name, (_, notes) in sources.items()}, "sources": sources,
     }
+
+
+def _probed_by(searches: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """(cell id, scenario) -> the bisect searches whose evidence it is."""
+    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for search in searches:
+        for probe in search.get("probes", []):
+            found.setdefault((probe["cell_id"], search["scenario"]), []).append(search)
+    return found
 
 
 def search_anchor(search: dict[str, Any]) -> str:
@@ -295,34 +317,36 @@ def search_anchor(search: dict[str, Any]) -> str:
 
 
 def _note_transitions(rows: list[Row], searches: list[dict[str, Any]]) -> None:
-    """On each row, where a verdict differs from the next older version's (same variant and device): the
-    release a bisect pinned it to, or the bisect command that would."""
+    """On each entry whose verdict differs from the nearest older version's verdict (same variant and device;
+    an error or a cell that did not run is no verdict and is passed over, as `bnmatrix bisect --from-run` does):
+    the release a bisect pinned the change to, or the bisect command that would."""
     by_range = {(s["scenario"], s["device"], s.get("variant"),
                  *sorted((s["good"]["version"], s["bad"]["version"]), key=Version)): s for s in searches}
-    for index, row in enumerate(rows):
-        older = next((r for r in rows[index + 1:] if r.variant == row.variant), None)
-        if older is None:
-            continue
+    last: dict[tuple[str | None, str, str], tuple[Row, Entry]] = {}  # (variant, device, scenario) -> last verdict
+    for row in reversed(rows):
         for (device, name), entry in row.entries.items():
-            other = older.entries.get((device, name))
-            if other is None or other.status == entry.status or "not-run" in (entry.status, other.status):
+            if entry.status not in VERDICTS:
                 continue
-            text = (f"{name} ({device}): {STATES[other.status][1]} in {older.tf}, {STATES[entry.status][1]} from "
-                    f"{row.tf}")
-            search = by_range.get((name, device, row.variant, older.tf, row.tf))
+            older = last.get((row.variant, device, name))
+            last[(row.variant, device, name)] = (row, entry)
+            if older is None or older[1].status == entry.status:
+                continue
+            older[1].boundary = True
+            was, now = STATES[older[1].status][1], STATES[entry.status][1]
+            rows_text = f"{older[0].tf} → {row.tf}"
+            search = by_range.get((name, device, row.variant, older[0].tf, row.tf))
             if search and search["outcome"] in ("narrowed", "range") and search.get("changed_in"):
-                pinned = ("changed in " + search["changed_in"] if search["outcome"] == "narrowed" else
-                          f"changed between {search['last_before']} and {search['changed_in']}")
-                extra = f" ({len(search['changes'])} changes)" if len(search["changes"]) > 1 else ""
-                row.transitions.append({"text": f"{text}: {pinned}{extra}",
-                                        "href": f"changes.html#{search_anchor(search)}"})
-            elif {entry.status, other.status} <= VERDICTS:
-                words = ["bnmatrix", "bisect", "--scenario", name, "--good", older.tf, "--bad", row.tf,
+                where = (f"in {search['changed_in']}" if search["outcome"] == "narrowed" else
+                         f"between {search['last_before']} and {search['changed_in']}")
+                more = f"; {len(search['changes'])} changes in all" if len(search["changes"]) > 1 else ""
+                entry.change = {"text": f"{name} ({device}): {was} → {search['changes'][0]['to'] if more else now} "
+                                        f"{where} (rows {rows_text}{more})",
+                                "href": f"changes.html#{search_anchor(search)}"}
+            else:
+                words = ["bnmatrix", "bisect", "--scenario", name, "--good", older[0].tf, "--bad", row.tf,
                          "--device", device] + (["--variant", row.variant] if row.variant else [])
-                row.transitions.append({"text": f"{text} (changed between {older.tf} and {row.tf})",
-                                        "command": shlex.join(words)})
-            else:  # an error is no verdict: nothing for a bisect to pin
-                row.transitions.append({"text": f"{text} (between {older.tf} and {row.tf})"})
+                entry.change = {"text": f"{name} ({device}): {was} → {now} between {older[0].tf} and {row.tf}",
+                                "command": shlex.join(words)}
 
 
 def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
@@ -353,7 +377,8 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
                     continue
                 search = pinned.get((name, device, variant, ranges[-1]["last"], row.tf)) if ranges else None
                 ranges.append({"status": entry.status, "note": entry.note, "last": row.tf, "count": 1,
-                               "first": search["changed_in"] if search else row.tf, "pinned": search is not None})
+                               "first": search["changed_in"] if search else row.tf,
+                               "pinned": f"changes.html#{search_anchor(search)}" if search else None})
             for index, span in enumerate(ranges):
                 newest = index == len(ranges) - 1 and index > 0
                 span["label"] = (f"from {span['first']}" if newest else span["first"] if span["first"] == span["last"]
@@ -365,14 +390,17 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
     return {"lines": shown, "table": table, "not_run": {k: v for k, v in not_run.items() if k not in shown}}
 
 
-def _column_summary(entries: list[Entry]) -> str:
-    """'stale on 15 of 20 versions, updated on 5' for one device x scenario column."""
-    counts: dict[str, int] = {}
-    for entry in entries:
-        counts[entry.status] = counts.get(entry.status, 0) + 1
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], list(STATES).index(item[0])))
-    parts = [f"{STATES[status][1]} on {count}" for status, count in ranked]
-    return f"{parts[0]} of {len(entries)} versions" + "".join(f", {p}" for p in parts[1:]) if parts else ""
+def _ranges_text(lines: dict[tuple[str, str | None], dict[str, Any]], device: str) -> str:
+    """One device's answer in words, e.g. "updated 1.7.1–1.8.0 · stale 1.9.0–2.15.1 · unsupported from 2.16.1
+    (tfkeras: unsupported 2.16.2–2.21.0)"; "not run" when no cell of it ran."""
+    parts = []
+    for (line_device, variant), found in lines.items():
+        if line_device != device:
+            continue
+        text = " · ".join(f"{STATES[r['status']][1]}{' (' + r['note'] + ')' if r['note'] else ''} {r['label']}"
+                          for r in found["ranges"])
+        parts.append(f"({variant}: {text})" if variant else text)
+    return " ".join(parts) or "not run on this host"
 
 
 def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) -> dict[str, Any]:
@@ -405,15 +433,16 @@ def _assignments(variables: dict[str, str]) -> list[str]:
     return [f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items())]
 
 
-def reproduce_command(cell_result: CellResult, scenario: str) -> str:
+def reproduce_command(cell_result: CellResult, scenario: str, again: str | None = None) -> str:
     """A copy-paste command that runs the scenario as the cell did (from a bnmatrix checkout); every word
-    from the data is shell-quoted."""
+    from the data is shell-quoted. `again`: the bnmatrix command that reruns it (default: `bnmatrix run` of the
+    cell; a release a bisect probed has no matrix cell, and its bisect command is given instead)."""
     cell = cell_result.cell
     environment = cell_result.environment or {}
     args = ["--steps", str(cell["steps"]), "--device", cell["device"], "--tf-version", cell["tf"]]
     variables = {k: v for k, v in cell.get("env", {}).items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
-    again = shlex.join(["bnmatrix", "run", "--backend", environment.get("kind", "venv"), "--select", cell["id"],
-                        "--scenario", scenario])
+    again = again or shlex.join(["bnmatrix", "run", "--backend", environment.get("kind", "venv"), "--select",
+                                 cell["id"], "--scenario", scenario])
     if environment.get("kind") == "docker":
         flags = ["--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp:exec", "--user", "65534:65534",
                  "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", "HOME=/tmp",
@@ -509,6 +538,7 @@ def environment() -> jinja2.Environment:
     env.filters["md"] = _markdown
     env.filters["curve"] = curve_points
     env.globals["reproduce"] = reproduce_command
+    env.globals["anchor"] = search_anchor
     return env
 
 
@@ -528,7 +558,7 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
     for name in view["scenarios"]:
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
             **view, root="../", name=name, code=_highlighted(view["sources"][name][0]))
-    files["changes.html"] = env.get_template("changes.html").render(**view, root="", anchor=search_anchor)
+    files["changes.html"] = env.get_template("changes.html").render(**view, root="")
     if site.history is not None:
         files["runs.html"] = env.get_template("runs.html").render(**view, root="", history=history_data(site.history))
     export = export_results(site.run, view)
@@ -541,12 +571,14 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
 
 
 def history_data(history: History) -> dict[str, Any]:
-    """The runs of a results root and every status each holds: what runs.html compares, in the browser."""
-    runs = history.matrix_runs
-    return {"runs": [{"id": r.id, "started": r.manifest.get("started"), "status": r.manifest.get("status"),
-                      "backend": r.manifest.get("backend"), "cells": len(r.cells)} for r in reversed(runs)],
-            "statuses": {r.id: {c.id: {n: c.entry_status(n).value for n in c.cell["scenarios"]} for c in r.cells}
-                         for r in runs}}
+    """The runs of a results root (newest first) and every status each matrix run holds (cells that did not run
+    hold none): what runs.html lists and compares, in the browser."""
+    return {"runs": [{"id": r.id, "kind": r.kind, "started": r.manifest.get("started"),
+                      "status": r.manifest.get("status"), "backend": r.manifest.get("backend"), "cells": len(r.cells)}
+                     for r in reversed(history.runs)],
+            "compare": [r.id for r in reversed(history.matrix_runs)],
+            "statuses": {r.id: {c.id: {n: c.entry_status(n).value for n in c.cell["scenarios"]}
+                                for c in r.cells if c.status is not CellStatus.NOT_RUN} for r in history.matrix_runs}}
 
 
 SITE_MARKER = ".bnmatrix-site.json"  # in every site bnmatrix writes: the files it wrote there
@@ -603,7 +635,7 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             target = _inside(staging, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-        for asset in ("style.css", "matrix.js", "runs.js"):
+        for asset in ("style.css", "matrix.js", "runs.js", "back.js"):
             shutil.copyfile(data_path("report") / asset, staging / asset)
         holders = [(c, site.origins[c.id]) for c in site.run.cells] + list(site.evidence.values())
         for cell_result, origin in holders:  # the full logs, next to the cell's page

@@ -210,6 +210,8 @@ def resolve_run_dir(path: Path) -> Path:
         return path.resolve()
     if (path / "latest" / "manifest.json").is_file():
         return (path / "latest").resolve()
+    if not path.exists():
+        raise BnMatrixError(f"{path}: does not exist; expected a run directory or a results root")
     raise BnMatrixError(f"{path}: no run here (expected manifest.json, or latest/manifest.json in a results "
                         "root); run 'bnmatrix run' first")
 

@@ -95,7 +95,11 @@ def test_the_table_shows_what_the_results_say(page: Any, site: Path, exported: d
     words = {"updated": "updated", "stale": "stale", "wrong": "wrong", "unsupported": "unsupported",
              "error": "error", "build-error": "build error", "not-run": "not run"}
     count = 0
+    note = page.locator("section[aria-labelledby=matrix-title] > p").first.inner_text()
     for cell in exported["cells"]:
+        if cell["device"] == "gpu":  # no GPU cell ran here: the column is folded into a line that says so
+            assert cell["status"] == "not-run" and "GPU: all 37 cells not run on this host" in note
+            continue
         for name, result in cell["scenarios"].items():
             status, text = by_href[f"{cell['page']}#{name}"]
             assert status == result["status"]
@@ -243,18 +247,26 @@ def test_readable_contrast_in_light_and_dark(browser: Any, site: Path, scheme: s
     context.close()
 
 
-def test_screenshots_for_the_readme(browser: Any, site: Path) -> None:
-    context = browser.new_context(viewport={"width": 1400, "height": 1300})
+def test_screenshots_for_the_readme(browser: Any, tmp_path: Path) -> None:
+    """docs/report-*.png, from the real run and its real bisect (tests/data), at 1440x900."""
+    site = tmp_path / "site"
+    write_report(REPO / "tests" / "data", site)
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
     page = context.new_page()
-    page.goto((site / "index.html").as_uri() + "#device=cpu&to=2.16.2")
-    page.evaluate("document.getElementById('matrix-title').scrollIntoView()")
     docs = REPO / "docs"
     docs.mkdir(exist_ok=True)
+    page.goto((site / "index.html").as_uri())
+    page.screenshot(path=str(docs / "report-overview.png"))
+    page.goto((site / "index.html").as_uri() + "#to=2.16.2")
+    page.evaluate("document.getElementById('matrix-title').scrollIntoView()")
     page.screenshot(path=str(docs / "report-matrix.png"))
     page.goto((site / "cells" / "tf-1.15.5-cpu.html").as_uri() + "#keras_bn_custom_estimator")
     page.screenshot(path=str(docs / "report-cell.png"))
+    page.goto((site / "changes.html").as_uri() + "#keras_bn_sync_mirrored-cpu-2.1.4-2.2.3")
+    page.screenshot(path=str(docs / "report-changes.png"))
     context.close()
-    assert (docs / "report-matrix.png").stat().st_size > 10_000
+    for name in ("overview", "matrix", "cell", "changes"):
+        assert (docs / f"report-{name}.png").stat().st_size > 10_000
 
 
 def test_the_runs_page_compares_any_two_runs_and_shows_hostile_ids_as_text(page: Any, tmp_path: Path) -> None:
@@ -285,9 +297,14 @@ def test_the_runs_page_compares_any_two_runs_and_shows_hostile_ids_as_text(page:
     assert ["keras_bn_custom_estimator", "✘ stale", "✔ updated"] in strip
     assert page.evaluate("window.pwned") is None
     page.goto((out / "index.html").as_uri())  # a change pinned by the real bisect, followed to its evidence
-    page.locator("tr[data-tf='1.10.1'] td.transitions summary").click()
-    page.get_by_role("link", name="keras_bn_model_to_estimator (cpu): stale in 1.9.0, updated from 1.10.1: "
-                     "changed in 1.10.0").click()
+    boundary = page.locator("tr[data-tf='1.10.1']:not([data-variant='tfkeras']) "
+                            "td.cell[data-scenario='keras_bn_model_to_estimator']")
+    assert "changes-here" in boundary.get_attribute("class")
+    older = page.locator("tr[data-tf='1.9.0'] td.cell[data-scenario='keras_bn_model_to_estimator']")
+    assert "boundary" in older.get_attribute("class")  # the line between 1.9.0 and 1.10.1
+    boundary.hover()
+    boundary.get_by_role("link", name="keras_bn_model_to_estimator (cpu): stale → updated in 1.10.0 (rows 1.9.0 → "
+                         "1.10.1)").click()
     section = page.locator("section#keras_bn_model_to_estimator-cpu-1\\.9\\.0-1\\.10\\.1")
     assert "1.10.0" in section.inner_text() and section.is_visible()
     section.get_by_role("link", name="tf-1.10.0-cpu").click()
@@ -304,7 +321,6 @@ def test_the_overview_answers_every_scenario_in_one_screen(page: Any, tmp_path: 
     page.goto((out / "index.html").as_uri())
     box = page.locator("#overview").bounding_box()
     assert box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1440, box
-    assert page.evaluate("document.documentElement.scrollWidth") <= 1440
     rows = page.eval_on_selector_all("#overview tbody tr", "rows => rows.map(r => r.innerText.replace(/\\s+/g, ' '))")
     assert len(rows) == 18
     row = next(r for r in rows if r.startswith("keras_bn_model_to_estimator "))
@@ -314,3 +330,104 @@ def test_the_overview_answers_every_scenario_in_one_screen(page: Any, tmp_path: 
     assert "GPU: none of its 31 versions ran on this host (not run)." in page.locator(".overview p").inner_text()
     marks = page.locator("#overview tbody tr").first.locator("td.marks").first.locator("a.mark")  # CPU: 31 versions
     assert marks.count() == 31 and marks.first.get_attribute("title") == "1.7.1: updated"
+
+
+@pytest.fixture(scope="module")
+def data_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site of tests/data as a results root: the real run, and the real bisect of its change points."""
+    out = tmp_path_factory.mktemp("data-site") / "public"
+    write_report(REPO / "tests" / "data", out)
+    return out
+
+
+def test_a_scenario_filter_keeps_the_header_spans_and_counts_collapsed_rows(page: Any, data_site: Path) -> None:
+    page.goto((data_site / "index.html").as_uri() + "#scenario=keras_fit,layers_bn_session")
+    assert page.eval_on_selector('th.device-head[data-device="cpu"]', "h => h.colSpan") == 2
+    assert page.eval_on_selector("tr.group-head th", "h => h.colSpan") == 4  # TF, Python and the two columns
+    header = page.eval_on_selector_all("#matrix thead tr:nth-child(2) th:not([hidden])",
+                                       "hs => hs.map(h => h.innerText)")
+    assert [h.replace("\n", "") for h in header] == ["layers_bn_session", "keras_fit"]
+    assert page.text_content("#shown") == "37 version rows shown"
+    page.locator('button.toggle[aria-controls="group-2.x"]').click()
+    twos = page.locator("#group-2\\.x tr[data-tf]").count()
+    assert page.text_content("#shown") == f"{37 - twos} version rows shown ({twos} more in collapsed groups)"
+
+
+def test_an_unknown_version_in_the_address_is_ignored(page: Any, data_site: Path) -> None:
+    page.goto((data_site / "index.html").as_uri() + "#from=9.9.9&to=1.15.5")
+    assert page.eval_on_selector('select[name="from"]', "s => s.value") == ""  # "oldest", and obeyed as such
+    assert page.eval_on_selector('select[name="to"]', "s => s.value") == "1.15.5"
+    rows = visible_rows(page)
+    assert rows and rows[-1] == "1.7.1" and rows[0] == "1.15.5"
+
+
+def test_the_matrix_link_on_a_cell_page_returns_to_the_filter(page: Any, data_site: Path) -> None:
+    page.goto((data_site / "index.html").as_uri() + "#status=stale&device=cpu")
+    filtered = visible_rows(page)
+    page.locator("td.cell.s-stale:not(.dimmed) a").first.click()
+    assert "/cells/" in page.url and "?back=" in page.url
+    page.get_by_role("link", name="← the matrix").click()
+    assert page.url.endswith("index.html#status=stale&device=cpu")
+    assert visible_rows(page) == filtered and page.is_checked('input[name="status"][value="stale"]')
+
+
+def test_cell_pages_link_the_setup_log_and_show_the_whole_chart(page: Any, data_site: Path) -> None:
+    page.goto((data_site / "cells" / "tf-1.15.5-cpu.html").as_uri())
+    link = page.get_by_role("link", name="full setup log")
+    assert (data_site / "cells" / link.get_attribute("href")).is_file()
+    chart = page.locator("svg.chart").first.bounding_box()
+    label = page.locator("svg.chart text", has_text="100 steps").first.bounding_box()
+    assert label["x"] >= chart["x"] and label["x"] + label["width"] <= chart["x"] + chart["width"]
+
+
+def test_the_keyboard_reaches_the_first_cell_in_three_presses(page: Any, data_site: Path) -> None:
+    page.goto((data_site / "index.html").as_uri())
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to the matrix"
+    page.keyboard.press("Enter")
+    for _ in range(3):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.closest('td.cell') !== null"):
+            break
+    assert page.evaluate("document.activeElement.closest('td.cell') !== null")
+    assert page.locator("td.cell:focus-within .tip").is_visible()  # and its numbers show
+
+
+def test_on_a_touch_screen_the_first_tap_shows_the_numbers(browser: Any, data_site: Path) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto((data_site / "index.html").as_uri())
+    cell = page.locator("td.cell.s-wrong").first
+    cell.scroll_into_view_if_needed()
+    cell.locator("a").tap()
+    assert page.url.endswith("index.html") and cell.locator(".tip").is_visible()
+    assert "effective updates" in cell.locator(".tip").inner_text()
+    cell.locator("a").tap()
+    page.wait_for_url("**/cells/**")
+    context.close()
+
+
+@pytest.mark.parametrize("name", ["index.html", "changes.html", "runs.html", "cells/tf-1.15.5-cpu.html",
+                                  "cells/tf-2.16.1-cpu.html", "scenarios/keras_bn_custom_estimator.html"])
+def test_no_page_overflows_a_phone_screen(browser: Any, tmp_path: Path, data_site: Path, name: str) -> None:
+    site = data_site
+    if name == "runs.html":  # runs.html needs a results root with history: the real run twice
+        root = tmp_path / "results"
+        shutil.copytree(REAL_RUN, root / "a")
+        shutil.copytree(REAL_RUN, root / "b")
+        manifest = json.loads((root / "b" / "manifest.json").read_text())
+        (root / "b" / "manifest.json").write_text(json.dumps({**manifest, "run_id": "later", "started": "2027"}))
+        site = tmp_path / "site"
+        write_report(root, site)
+    context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    page = context.new_page()
+    page.goto((site / name).as_uri())
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390, name
+    if name == "index.html":  # the matrix scrolls in its own area, the version column staying in view
+        area = page.locator("#matrix-area")
+        assert area.evaluate("a => a.scrollWidth > a.clientWidth")
+        first = page.locator("#matrix tbody th[scope=row]").first
+        before = first.bounding_box()["x"]
+        area.evaluate("a => { a.scrollLeft = 600; }")
+        assert abs(first.bounding_box()["x"] - before) < 1
+    context.close()

@@ -67,6 +67,9 @@ def test_bisect_pins_the_release_from_the_numbers_and_a_rerun_runs_nothing(fault
     assert "changed from stale to updated in 2.99.4" in again
     assert len(probe_cells(fault)) == len(cells)  # every probe reused, none run twice
     assert again.count("[from run ") == search["checked"]
+    assert "nothing new was run" in again and len([r for r in fault.runs() if r.get("kind") == "bisect"]) == 1
+    code, spelled = bisect(fault, "--scenario", "versioned", "--good", "2.99", "--bad", "2.99.6")  # 2.99 is 2.99.0
+    assert code == 0 and "changed from stale to updated in 2.99.4" in spelled, spelled
 
     code, output = fault.bnmatrix("merge", "results", "--out", "merged")
     assert code == 0, output
@@ -103,7 +106,8 @@ def test_a_verdict_that_comes_back_is_reported_not_hidden(fault: Fault) -> None:
     setup(fault, COMES_BACK)
     code, output = bisect(fault, "--scenario", "versioned", "--good", "2.99.0", "--bad", "2.99.5")
     assert code == 2, output  # updated at both ends: nothing for a binary search to find
-    assert "nothing to bisect: updated at both 2.99.0 and 2.99.5" in output and "--exhaustive" in output
+    assert "bnmatrix: versioned (cpu): nothing to bisect: updated at both 2.99.0 and 2.99.5" in output
+    assert "--exhaustive" in output
 
     code, output = bisect(fault, "--scenario", "versioned", "--good", "2.99.0", "--bad", "2.99.6")
     assert code == 0, output
@@ -178,8 +182,8 @@ def test_from_run_shares_cells_the_report_pins_changes_and_history_is_kept(fault
     code, output = fault.bnmatrix("report", "--results", "results", "--out", "site")
     assert code == 0, output
     index = (fault.dir / "site" / "index.html").read_text()
-    assert 'href="changes.html#versioned-cpu-2.99.0-2.99.6">versioned (cpu): stale in 2.99.0, updated from 2.99.6: ' \
-           "changed in 2.99.4</a>" in index
+    assert 'href="changes.html#versioned-cpu-2.99.0-2.99.6">versioned (cpu): stale → updated in 2.99.4 ' \
+           "(rows 2.99.0 → 2.99.6)</a>" in index
 
     # A second run where 2.99.6 turned stale: diff says so (exit 1), the site shows the cell's history.
     code, output = fault.bnmatrix("run", "--matrix", "matrix.yaml", "--backend", "venv", "--results", "results",

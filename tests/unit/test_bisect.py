@@ -150,7 +150,7 @@ def test_a_results_root_renders_each_cells_newest_result_with_its_history(tmp_pa
     assert "Each cell shows its newest result" in files["index.html"]
     assert 'data-changed="1"' in files["index.html"]  # the one verdict that changed since the cell's last result
     # every result from the older run says so; the newest run's cell does not
-    assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 73 * 18
+    assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 36 * 18  # CPU; GPU folded
     assert "[result of run 20261120T000000Z-bbbbbb, 2026-11-28]" in files["index.html"]
     data = json.loads(files["runs.html"].split('id="history-data">')[1].split("</script>")[0])
     assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261127T143212Z-e4bdcd"]
@@ -167,7 +167,7 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
     found = diff(older, newer)
     assert [(c.cell, c.scenario, c.before, c.after) for c in found.changes] == [
         ("tf-1.9.0-cpu", "keras_bn_custom_estimator", "stale", "updated")]
-    assert found.compared == 18 and len(found.only_before) == 73
+    assert found.compared == 18 and len(found.only_before) == 36  # CPU cells; the GPU cells did not run
     assert prune(root, keep=1) == []  # the older run holds the newest result of 73 cells
     shutil.copytree(root / "20261101T000000Z-aaaaaa", root / "20261125T000000Z-cccccc")
     manifest = json.loads((root / "20261125T000000Z-cccccc" / "manifest.json").read_text())
@@ -181,7 +181,12 @@ def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> Non
     files = render_site(site)
     index = html.unescape(files["index.html"])
     assert ('<a href="changes.html#keras_bn_model_to_estimator-cpu-1.9.0-1.10.1">keras_bn_model_to_estimator '
-            "(cpu): stale in 1.9.0, updated from 1.10.1: changed in 1.10.0</a>") in index
+            "(cpu): stale → updated in 1.10.0 (rows 1.9.0 → 1.10.1)</a>") in index
+    assert ("keras_bn_model_to_estimator_tf_optimizer (cpu): stale → wrong in 1.10.0 (rows 1.9.0 → 1.10.1)"
+            in index)
+    assert index.count(" boundary") == index.count(" changes-here") == 20  # a line per change
+    assert "keras_bn_model_to_estimator (cpu): updated → error" not in index  # an error is no verdict: no change
+    assert "keras_bn_model_to_estimator (cpu): error →" not in index
     assert "pin it" not in index  # the real bisect narrowed every change point of the default matrix
     assert len(site.searches) == 20 and {s["outcome"] for s in site.searches} == {"narrowed"}
     changes = files["changes.html"]

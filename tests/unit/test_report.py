@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import shlex
@@ -77,32 +78,46 @@ def table_cells(page: str) -> list[tuple[str, str]]:
 
 def test_rows_newest_first_and_every_cell_shows_its_status(tmp_path: Path) -> None:
     page = render(sample_run(tmp_path))["index.html"]
-    assert table_cells(page) == [  # 2.15.1 has no GPU cell in this run: "not in this run" there
+    assert table_cells(page) == [  # the GPU column: its one cell did not run, so it is folded into a line
         ("cells/tf-2.15.1-cpu.html#keras_bn_custom_estimator", "unsupported"),
         ("cells/tf-2.15.1-cpu.html#layers_bn_session", "updated"),
         ("cells/tf-1.15.5-cpu.html#keras_bn_custom_estimator", "stale"),
         ("cells/tf-1.15.5-cpu.html#layers_bn_session", "wrong"),
-        ("cells/tf-1.15.5-gpu.html#keras_bn_custom_estimator", "not-run"),
-        ("cells/tf-1.15.5-gpu.html#layers_bn_session", "not-run"),
     ]
-    assert page.count("not in this run") == 2
+    assert ("<strong>GPU</strong>: the\n  1 cell not run on this host, so no columns are shown (no GPU on this "
+            "host).") in page
     assert '<tbody id="group-2.x"' in page and '<tbody id="group-1.x"' in page
+
+
+def test_a_device_column_that_ran_somewhere_is_not_folded(tmp_path: Path) -> None:
+    run = sample_run(tmp_path)
+    gpu = CellResult.from_dict(cell("tf-2.15.1-gpu", "2.15.1", "gpu", "ran", {
+        "keras_bn_custom_estimator": scenario("keras_bn_custom_estimator", "unsupported", None, None),
+        "layers_bn_session": scenario("layers_bn_session", "updated", 0.95095158, 100.000016)}))
+    page = render(Run(run.directory, run.manifest, [*run.cells, gpu]))["index.html"]
+    assert ("cells/tf-1.15.5-gpu.html#layers_bn_session", "not-run") in table_cells(page)
+    assert page.count("not in this run") == 0 and "no columns are shown" not in page
 
 
 def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) -> None:
     page = html.unescape(render(sample_run(tmp_path))["index.html"])
     assert ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
             "effective updates 200 (mean), n/a (variance) / 100 steps") in page
-    assert "not run: no GPU on this host" in page
     assert 'role="tooltip" id="tip-tf-1.15.5-cpu-layers_bn_session"' in page
-    assert "layers_bn_session (cpu): wrong in 1.15.5, updated from 2.15.1 (changed between 1.15.5 and 2.15.1)" in page
-    assert "stale on 1 of 2 versions, unsupported on 1" in page
+    # the change, in the tooltip of the cell under which the boundary line is drawn, with the command that pins it
+    assert re.search(r'<td class="cell s-updated changes-here"[^>]*>\s*<a href="cells/tf-2.15.1-cpu.html#layers_bn_'
+                     r'session"', page)
+    assert re.search(r'<td class="cell s-wrong boundary"[^>]*>\s*<a href="cells/tf-1.15.5-cpu.html#layers_bn_'
+                     r'session"', page)  # the line is drawn above the older version's cell
+    assert ("layers_bn_session (cpu): wrong → updated between 1.15.5 and 2.15.1; pin it: <code>bnmatrix bisect "
+            "--scenario layers_bn_session --good 1.15.5 --bad 2.15.1 --device cpu</code>") in page
+    assert "(cpu): stale 1.15.5 · unsupported from 2.15.1" in page  # the answer as version ranges
     assert "expected updated" in page  # the unexpected verdict is marked where it stands
 
 
 def test_status_is_said_in_words_not_colour_alone(tmp_path: Path) -> None:
     page = render(sample_run(tmp_path))["index.html"]
-    for word in ("updated", "stale", "wrong", "unsupported", "not run"):
+    for word in ("updated", "stale", "wrong", "unsupported"):
         assert re.search(rf'<span aria-hidden="true">[^<]+</span> {word}\s*(<span|</a>)', page), word
 
 
@@ -151,7 +166,7 @@ def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
             if target and not target.startswith("logs/"):
                 resolved = (Path(name).parent / target).as_posix().replace("cells/../", "").replace(
                     "scenarios/../", "")
-                assert resolved in site or resolved in ("style.css", "matrix.js"), (name, url)
+                assert resolved in site or resolved in ("style.css", "matrix.js", "back.js"), (name, url)
 
 
 def test_cell_page_has_numbers_chart_environment_and_reproduce_command(tmp_path: Path) -> None:
@@ -416,3 +431,59 @@ def test_a_cell_that_did_not_run_has_no_result_to_differ_from_its_expectation() 
     suites = {s.get("name"): s for s in ET.fromstring(files["junit.xml"])}
     gpu = suites["bnmatrix.gpu"]
     assert gpu.get("failures") == "0" and gpu.get("skipped") == gpu.get("tests") == str(37 * 18)
+
+
+# Machado, Oliveira and Fernandes (2009), severity 1.0: linear-RGB matrices simulating each deficiency.
+CVD = {"protanopia": ((0.152286, 1.052583, -0.204868), (0.114503, 0.786281, 0.099216),
+                      (-0.003882, -0.048116, 1.051998)),
+       "deuteranopia": ((0.367322, 0.860646, -0.227968), (0.280085, 0.672501, 0.047413),
+                        (-0.011820, 0.042940, 0.968881)),
+       "tritanopia": ((1.255528, -0.076749, -0.178779), (-0.078411, 0.930809, 0.147602),
+                      (0.004733, 0.691367, 0.303900)),
+       "normal": ((1, 0, 0), (0, 1, 0), (0, 0, 1))}
+
+
+def _linear(colour: str) -> list[float]:
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    return [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+
+
+def _lab(rgb: list[float]) -> tuple[float, float, float]:
+    r, g, b = rgb
+    x, y, z = 0.4124 * r + 0.3576 * g + 0.1805 * b, 0.2126 * r + 0.7152 * g + 0.0722 * b, \
+        0.0193 * r + 0.1192 * g + 0.9505 * b
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
+    fx, fy, fz = f(x / 0.95047), f(y), f(z / 1.08883)
+    return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+
+
+def _seen(colour: str, vision: str) -> tuple[float, float, float]:
+    rgb = _linear(colour)
+    return _lab([min(1.0, max(0.0, sum(m * c for m, c in zip(row, rgb, strict=True)))) for row in CVD[vision]])
+
+
+def _contrast(a: str, b: str) -> float:
+    la, lb = (sum(w * c for w, c in zip((0.2126, 0.7152, 0.0722), _linear(x), strict=True)) for x in (a, b))
+    return (max(la, lb) + 0.05) / (min(la, lb) + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_status_colours_stay_apart_under_colour_vision_deficiencies(scheme: str) -> None:
+    css = (data_path("report") / "style.css").read_text()
+    light, dark = css.split("@media (prefers-color-scheme: dark)")[:2]
+    block = light if scheme == "light" else dark.split("}")[0]
+    colours = dict(re.findall(r"--([a-z-]+): (#[0-9a-fA-F]{6})", block))
+    verdicts = ["updated", "stale", "wrong", "unsupported", "error"]
+    for vision in CVD:
+        for index, a in enumerate(verdicts):
+            for b in verdicts[index + 1:]:
+                distance = math.dist(_seen(colours[a], vision), _seen(colours[b], vision))
+                assert distance >= 15, (scheme, vision, a, b, round(distance, 1))  # CIE76: clearly different
+        for rare in ("build-error", "not-run"):
+            for other in verdicts:
+                distance = math.dist(_seen(colours[rare], vision), _seen(colours[other], vision))
+                assert distance >= 5, (scheme, vision, rare, other)
+    for status in [*verdicts, "build-error", "not-run"]:
+        assert _contrast(colours[status], colours["fg"]) >= 7, (scheme, status)
