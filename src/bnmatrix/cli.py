@@ -244,7 +244,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     if not cells:
         raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
     run_id = new_run_id()
-    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir(), rebuild=args.rebuild)
+    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir(), rebuild=args.rebuild,
+                                  images=[cell.image for cell in cells])
     console.print(why)
     store = RunStore(args.results, run_id, {
         "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,

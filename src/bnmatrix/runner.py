@@ -140,7 +140,9 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
 
 
 def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: RunStore, timeout_s: float,
-             inputs_hash: str, step: Callable[[str], None]) -> CellResult:
+             inputs_hash: str, step: Callable[[str], None], scenarios: ThreadPoolExecutor) -> CellResult:
+    """Prepare the cell's environment, then run its scenarios as independent processes on `scenarios`, the
+    run's pool (--jobs processes at once, shared by every cell)."""
     clock = time.monotonic()
     result = CellResult(cell=cell.describe(), status=CellStatus.RAN, reason=None, backend=backend.name,
                         inputs_hash=inputs_hash, started=now())
@@ -149,14 +151,27 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
     try:
         with backend.open(cell, setup_log, step) as session:
             result.environment = session.environment
-            for index, name in enumerate(cell.scenarios, 1):
-                step(f"scenario {index}/{len(cell.scenarios)}: {name}")
+            done = []
+
+            def one(name: str) -> ScenarioResult:
                 args = ["--steps", str(cell.steps), "--device", cell.device, "--tf-version", cell.tf]
                 log = store.log_path(cell.id, name)
                 run = session.run(catalog[name], args, timeout_s, log)
                 scenario = parse_scenario(name, cell, run, timeout_s)
                 scenario.log, scenario.log_tail = store.relative(log), tail(run.stderr_tail, 15)
-                result.scenarios[name] = scenario
+                done.append(name)
+                step(f"scenarios {len(done)}/{len(cell.scenarios)} done (last: {name})")
+                return scenario
+
+            step(f"scenarios 0/{len(cell.scenarios)} done")
+            futures = [(name, scenarios.submit(one, name)) for name in cell.scenarios]
+            try:
+                for name, future in futures:
+                    result.scenarios[name] = future.result()
+            except BaseException:
+                for _, future in futures:
+                    future.cancel()
+                raise
     except CellNotRun as exc:
         result.status, result.reason = CellStatus.NOT_RUN, str(exc)
     except CellSetupError as exc:
@@ -171,12 +186,15 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
 def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, store: RunStore,
              scenario_dirs: tuple[Path, ...], timeout_s: float, force: bool, progress: ProgressCallback,
              jobs: int = 1) -> list[CellResult]:
-    """Run every cell, `jobs` at a time (reusing unchanged ones unless `force`), storing each as it finishes.
+    """Run every cell, `jobs` at a time (reusing unchanged ones unless `force`), storing each as it finishes;
+    `jobs` also bounds the scenario processes running at once, over all cells, so that the cores stay busy
+    while a single cell is left.
 
     On KeyboardInterrupt the backend stops what still runs, and nothing half-done is stored.
     """
     sources = scenario_sources(scenario_dirs)
     stopping = threading.Event()
+    scenario_pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-scenario")
 
     def one(index: int, cell: Cell) -> CellResult:
         if stopping.is_set():
@@ -187,7 +205,7 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
             progress(index, len(cells), cell, "starting", None)
             try:
                 result = run_cell(cell, catalog, backend, store, timeout_s, inputs_hash,
-                                  lambda text: progress(index, len(cells), cell, text, None))
+                                  lambda text: progress(index, len(cells), cell, text, None), scenario_pool)
             except BaseException:
                 stopping.set()
                 raise
@@ -211,9 +229,11 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     except BaseException:
         stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
+        scenario_pool.shutdown(wait=False, cancel_futures=True)
         backend.close()  # kills the scenarios and containers still running
         wait(futures)
         raise
     finally:
         pool.shutdown(wait=True)
+        scenario_pool.shutdown(wait=True)
     return [future.result() for future in futures]

@@ -8,11 +8,14 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import require
 from tests.faults.conftest import Fault, wait_for
 
 pytestmark = pytest.mark.faults
@@ -232,3 +235,22 @@ def test_gpu_cells_a_host_cannot_serve_fail_the_run_only_when_asked_for(fault: F
     assert "tf-2.15.1-gpu: not-run: no GPU on this host" in output
     code, output = fault.run("--select", "*-gpu*", **env)
     assert code == 1, output
+
+
+def test_auto_on_a_docker_host_that_cannot_get_the_base_image_runs_in_venvs(fault: Fault) -> None:
+    """The quick start on a host whose Docker daemon answers but has no registry (this machine) and no local
+    base for the cells: auto says so in one line and gives verdicts with the venv backend."""
+    from bnmatrix.backends.docker import connect
+
+    client, about = connect()
+    require(client is not None, f"no Docker daemon answered: {about}")
+    # A base image no host has and no registry serves: what a host without a registry sees for python:X.Y-slim.
+    fault.matrix(["ok"], versions=("2.15.1",), extra='  images: {cpu: "bnmatrix-test/nowhere:{python}"}\n')
+    process = subprocess.run([sys.executable, "-m", "bnmatrix", "run", "--matrix", "matrix.yaml", "--results",
+                              str(fault.results)], capture_output=True, text=True, env=fault.env, cwd=fault.dir,
+                             timeout=300)
+    assert process.returncode == 0, process.stdout + process.stderr
+    image = f"bnmatrix-test/nowhere:{sys.version_info[0]}.{sys.version_info[1]}"
+    assert "venv backend (auto: Docker" in process.stdout and f"but it has no {image} and cannot pull" in process.stdout
+    (run,) = fault.runs()
+    assert run["backend"] == "venv" and fault.cell(run, "tf-2.15.1-cpu")["scenarios"]["ok"]["status"] == "updated"

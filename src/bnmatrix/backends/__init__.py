@@ -7,7 +7,7 @@ The runner never asks which backend it holds; a backend signals a cell it cannot
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,25 +159,33 @@ class Backend(Protocol):
         ...
 
 
-def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path,
-                   rebuild: bool = False) -> tuple[Backend, str]:
+def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path, rebuild: bool = False,
+                   images: Sequence[str] = ()) -> tuple[Backend, str]:
     """The backend for --backend NAME and one line saying which and why.
 
-    auto takes Docker when a daemon answers (DOCKER_HOST honoured), the venv backend otherwise.
+    auto takes Docker when a daemon answers (DOCKER_HOST honoured) and can obtain the cells' base `images`
+    (on this host, or from a registry it reaches); the venv backend otherwise.
     """
-    from bnmatrix.backends.docker import DockerBackend, connect
+    from bnmatrix.backends.docker import DockerBackend, connect, unobtainable
     from bnmatrix.backends.venv import VenvBackend
 
     if name in ("auto", "docker"):
         client, about = connect(matrix.timeout_s)
-        if client is not None:
+        missing, reason = unobtainable(client, images) if client is not None and name == "auto" else ([], "")
+        if client is not None and not missing:
             backend = DockerBackend(client, matrix.container, run_id, matrix.scenario_dirs, rebuild=rebuild,
                                     scenario_timeout_s=matrix.timeout_s)
             return backend, f"docker backend: {about} answered ({'chosen' if name == 'docker' else 'auto'})"
         if name == "docker":
             raise BnMatrixError(f"--backend docker: no Docker daemon answered ({about}); start one, set "
                                 "DOCKER_HOST, or use --backend venv")
-        why = f"venv backend (auto: no Docker daemon answered: {about})"
+        if client is not None:
+            client.close()
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            why = (f"venv backend (auto: {about} answered, but it has no {shown} and cannot pull: {reason}; "
+                   "build local bases with docker/base/build.sh, or map images with --image-map, to use Docker)")
+        else:
+            why = f"venv backend (auto: no Docker daemon answered: {about})"
     else:
         why = "venv backend (chosen)"
     return VenvBackend(cache_dir, run_id, rebuild), f"{why}; one virtualenv per cell in {cache_dir}"

@@ -17,7 +17,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,29 @@ def connect(scenario_timeout_s: float = 0) -> tuple[docker.DockerClient | None, 
     except docker.errors.DockerException as exc:
         return None, str(exc).splitlines()[0]
     return client, f"Docker {version} at {client.api.base_url}"
+
+
+def unobtainable(client: docker.DockerClient, images: Sequence[str]) -> tuple[list[str], str]:
+    """The base images this daemon neither has nor can pull (a host without a registry), and why; asking the
+    registry once, for the first image missing here."""
+    missing = []
+    for image in sorted(set(images)):
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            missing.append(image)
+        except docker.errors.APIError:
+            missing.append(image)
+    if not missing:
+        return [], ""
+    try:
+        client.api.inspect_distribution(missing[0])  # type: ignore[no-untyped-call]
+    except docker.errors.APIError as exc:
+        message = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+        return missing, message[-200:]
+    except docker.errors.DockerException as exc:
+        return missing, str(exc).splitlines()[0][-200:]
+    return [], ""
 
 
 def remove_dead_runs(client: docker.DockerClient) -> int:

@@ -10,6 +10,8 @@ import pytest
 from bnmatrix.backends.venv import find_interpreter
 from tests.conftest import SCENARIOS, require
 
+pytestmark = pytest.mark.e2e  # needs every cell Python (3.6 to 3.13) on this host
+
 
 @pytest.mark.parametrize("python", [f"3.{minor}" for minor in range(6, 14)])
 def test_scenarios_compile_on_every_cell_python(python: str) -> None:
