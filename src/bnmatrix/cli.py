@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="recreate the cells' environments (venvs, or images without the layer cache); "
                                  "implies --force")
     run_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
-                            help="cells at once (default: the CPU count)")
+                            help="cells at once, and scenario processes at once over all cells (default: the "
+                                 "CPU count)")
     run_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
                             help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
 
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     bisect_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                                help="results root: the probes are a run there, reused like any other")
     bisect_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
-                               help="cells at once (default: the CPU count)")
+                               help="cells at once, and scenario processes at once (default: the CPU count)")
 
     merge_parser = commands.add_parser("merge", help="merge result directories (e.g. CI shards) into one run")
     merge_parser.add_argument("inputs", nargs="+", type=Path, metavar="DIR",
