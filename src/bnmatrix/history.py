@@ -159,9 +159,8 @@ def prune(root: Path, keep: int) -> list[str]:
     return deleted
 
 
-def write_archive(root: Path, target: Path) -> Path:
+def write_archive(history: History, target: Path) -> Path:
     """The results root as a versioned archive (see docs/history.md): archive.json, then each run's folder."""
-    history = History.load(root)
     index = {"schema": ARCHIVE_SCHEMA, "created": now(),
              "runs": [{"run_id": r.id, "folder": r.directory.name, "kind": r.kind,
                        "started": r.manifest.get("started"), "status": r.manifest.get("status")}

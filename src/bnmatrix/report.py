@@ -643,7 +643,7 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             if logs.is_dir():
                 shutil.copytree(logs, _inside(staging, f"cells/logs/{cell_result.id}"))
         if site.history is not None:  # the results root, for the next run to add to (docs/history.md)
-            write_archive(site.history.root, staging / ARCHIVE_NAME)
+            write_archive(site.history, staging / ARCHIVE_NAME)
         written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         if out.is_dir():  # what the user added to the earlier site stays
             for path in out.rglob("*"):
