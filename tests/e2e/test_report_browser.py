@@ -365,9 +365,11 @@ def test_the_matrix_link_on_a_cell_page_returns_to_the_filter(page: Any, data_si
     page.goto((data_site / "index.html").as_uri() + "#status=stale&device=cpu")
     filtered = visible_rows(page)
     page.locator("td.cell.s-stale:not(.dimmed) a").first.click()
-    assert "/cells/" in page.url and "?back=" in page.url
+    page.wait_for_url("**/cells/**")
+    assert "?back=" in page.url
     page.get_by_role("link", name="← the matrix").click()
-    assert page.url.endswith("index.html#status=stale&device=cpu")
+    page.wait_for_url("**/index.html#status=stale&device=cpu")
+    page.wait_for_load_state()
     assert visible_rows(page) == filtered and page.is_checked('input[name="status"][value="stale"]')
 
 
