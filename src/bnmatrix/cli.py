@@ -267,11 +267,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
             results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
                                args.force or args.rebuild, report_progress, jobs=args.jobs)
     except KeyboardInterrupt as exc:
-        store.finish("interrupted")
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        console.print(f"[bold red]interrupted[/] ({signal.Signals(signum).name}): finished cells are kept in "
-                      f"{store.directory}; run again to go on (unchanged cells are reused)")
-        return 128 + signum
+        return _interrupted(console, store, exc, f"finished cells are kept in {store.directory}; run again to go "
+                            "on (unchanged cells are reused)")
     finally:
         backend.close()
     store.finish("complete")
@@ -294,6 +291,14 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                       "reasons above and the logs")
         return EXIT_CELL_FAILED
     return EXIT_CELL_FAILED if failed else EXIT_OK
+
+
+def _interrupted(console: Console, store: RunStore, exc: KeyboardInterrupt, kept: str) -> int:
+    """Close a run stopped by Ctrl-C, SIGTERM or SIGHUP; the exit code says which (128 + the signal)."""
+    store.finish("interrupted")
+    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
+    console.print(f"[bold red]interrupted[/] ({signal.Signals(signum).name}): {escape(kept)}")
+    return 128 + signum
 
 
 def _verdict_line(result: CellResult) -> str:
@@ -419,11 +424,8 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
                                        args.budget * 60 if args.budget else None)
     except KeyboardInterrupt as exc:
         store.write_searches([s.conclusion() for s in bisector.searches])
-        store.finish("interrupted")
-        signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-        console.print(f"[bold red]interrupted[/] ({signal.Signals(signum).name}): the probes that finished are kept "
-                      f"in {store.directory}; run the same command again to go on (nothing is run twice)")
-        return 128 + signum
+        return _interrupted(console, store, exc, f"the probes that finished are kept in {store.directory}; run the "
+                            "same command again to go on (nothing is run twice)")
     finally:
         backend.close()
     store.finish("complete")

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -392,17 +393,21 @@ class RunStore:
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.directory))
 
-    def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
-        """The newest earlier result of this cell, in any run of the root, that ran with the same inputs and
-        backend (its logs copied); None when there is none."""
+    def _earlier_results(self, cell_id: str) -> Iterator[tuple[Path, CellResult]]:
+        """(run directory, result) of this cell in every earlier run of the root, newest first."""
         for directory in reversed(self._earlier):
             path = directory / "cells" / f"{cell_id}.json"
             if not path.is_file():
                 continue
             try:
-                result = read_cell(path)
+                yield directory, read_cell(path)
             except BnMatrixError:
                 continue  # a damaged old result is redone, not fatal
+
+    def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
+        """The newest earlier result of this cell, in any run of the root, that ran with the same inputs and
+        backend (its logs copied); None when there is none."""
+        for directory, result in self._earlier_results(cell_id):
             if result.status is not CellStatus.RAN or result.inputs_hash != inputs_hash or result.backend != backend:
                 continue
             logs = directory / "logs" / cell_id
@@ -418,14 +423,7 @@ class RunStore:
         `scenario` and ran the same definition with the same scenario code on the same backend: bisect's reuse,
         one scenario at a time."""
         wanted = {k: v for k, v in cell.describe().items() if k not in ("scenarios", "expect")}
-        for directory in reversed(self._earlier):
-            path = directory / "cells" / f"{cell.id}.json"
-            if not path.is_file():
-                continue
-            try:
-                result = read_cell(path)
-            except BnMatrixError:
-                continue
+        for directory, result in self._earlier_results(cell.id):
             definition = {k: v for k, v in result.cell.items() if k not in ("scenarios", "expect")}
             if (result.status is CellStatus.RAN and scenario in result.scenarios and result.backend == backend
                     and definition == wanted and result.inputs_hash == inputs_hash(result.cell, sources)):
