@@ -204,15 +204,30 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
 
 
 @contextlib.contextmanager
-def _cell_progress(console: Console, total: int | None) -> Iterator[ProgressCallback]:
-    """A live progress display of the cells being run; yields the callback run_plan reports to."""
+def _cell_progress(console: Console, total: int | None, expected: dict[str, float] | None = None,
+                   jobs: int = 1) -> Iterator[ProgressCallback]:
+    """A live view of the cells being run (one line each, with its current step); yields the callback run_plan
+    reports to. With `expected` (each cell's duration when it last ran) the overall line says how long is left."""
     count = MofNCompleteColumn() if total is not None else TextColumn("{task.completed:.0f} done")
     columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), count,
                TextColumn("{task.description}"), TimeElapsedColumn())
+    known = [v for v in (expected or {}).values() if v]
+    typical = sorted(known)[len(known) // 2] if known else None
     with Progress(*columns, console=console) as progress:
         overall = progress.add_task("", total=total, label="cells")
         running: dict[str, tuple[TaskID, float]] = {}  # cell id -> its progress task, start time
+        finished: set[str] = set()
         lock = threading.Lock()
+
+        def left() -> str:
+            """About how long the cells still to finish take, from their last durations, `jobs` at a time."""
+            if expected is None or typical is None or finished >= expected.keys():
+                return ""
+            now = time.monotonic()
+            seconds = sum(max(0.0, (expected.get(cell_id) or typical) - (now - running[cell_id][1]
+                                                                         if cell_id in running else 0.0))
+                          for cell_id in expected if cell_id not in finished) / max(1, jobs)
+            return f"about {seconds / 60:.0f} min left" if seconds >= 90 else f"about {seconds:.0f} s left"
 
         def report_progress(index: int, count: int, cell: Cell, step: str, result: CellResult | None) -> None:
             with lock:
@@ -224,10 +239,13 @@ def _cell_progress(console: Console, total: int | None) -> Iterator[ProgressCall
                 if step.startswith("waiting"):  # worth a line of its own: it may last long
                     progress.console.print(f"{cell.id}: {escape(step)}", highlight=False, soft_wrap=True)
                 if result is None:
+                    progress.update(overall, description=left())
                     return
                 progress.remove_task(task)
                 del running[cell.id]
+                finished.add(cell.id)
                 progress.advance(overall)
+                progress.update(overall, description=left())
                 progress.console.print(f"[{index}/{count}] {cell.id}: {step} in "
                                        f"{time.monotonic() - cell_started:.0f} s: {_verdict_line(result)}",
                                        highlight=False)
@@ -263,7 +281,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                   soft_wrap=True)
     started = time.monotonic()
     try:
-        with _cell_progress(console, len(cells)) as report_progress:
+        expected = {cell.id: store.previous_duration(cell.id) or 0.0 for cell in cells}
+        with _cell_progress(console, len(cells), expected, args.jobs) as report_progress:
             results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
                                args.force or args.rebuild, report_progress, jobs=args.jobs)
     except KeyboardInterrupt as exc:
@@ -302,9 +321,14 @@ def _interrupted(console: Console, store: RunStore, exc: KeyboardInterrupt, kept
 
 
 def _verdict_line(result: CellResult) -> str:
+    """A finished cell in one line: its verdicts counted (the table at the end has them scenario by scenario)."""
     if result.status is not CellStatus.RAN:
         return f"{result.status.value}: {escape(str(result.reason))}"
-    return ", ".join(f"{name} {_styled(s.status)}" for name, s in result.scenarios.items())
+    counts: dict[Status, int] = {}
+    for scenario in result.scenarios.values():
+        counts[scenario.status] = counts.get(scenario.status, 0) + 1
+    return " · ".join(f"{count} {_styled(status)}" for status, count in
+                      sorted(counts.items(), key=lambda item: list(Status).index(item[0])))
 
 
 def _named(result: CellResult, select: Sequence[str]) -> bool:

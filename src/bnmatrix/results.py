@@ -404,6 +404,11 @@ class RunStore:
             except BnMatrixError:
                 continue  # a damaged old result is redone, not fatal
 
+    def previous_duration(self, cell_id: str) -> float | None:
+        """How long this cell took when it last ran (in any earlier run of the root): what an ETA rests on."""
+        return next((r.duration_s for _, r in self._earlier_results(cell_id)
+                     if r.status is CellStatus.RAN and not r.reused_from), None)
+
     def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
         """The newest earlier result of this cell, in any run of the root, that ran with the same inputs and
         backend (its logs copied); None when there is none."""
