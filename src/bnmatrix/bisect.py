@@ -35,7 +35,7 @@ from bnmatrix.backends import Backend
 from bnmatrix.config import Matrix, TFVersion
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, all_cells
-from bnmatrix.results import CellResult, Run, RunStore, now
+from bnmatrix.results import CellResult, RunStore, now
 from bnmatrix.runner import ProgressCallback, run_plan, scenario_sources
 from bnmatrix.verdict import VERDICTS, Status
 
@@ -496,24 +496,3 @@ class Bisector:
                     say(f"  {name}: {self.feed(result, name).describe()}")
             store.write_searches([s.conclusion() for s in self.searches])
         return [s.conclusion() for s in self.searches]
-
-
-def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str] = ()) -> list[
-        tuple[str, str, str | None, CellResult, CellResult]]:
-    """Each pair of adjacent versions of a run whose verdicts differ for a scenario (entries without a
-    verdict in between are passed over): (scenario, device, variant, older cell, newer cell)."""
-    columns: dict[tuple[str, str | None], list[CellResult]] = {}
-    for cell in run.cells:
-        if not devices or cell.cell["device"] in devices:
-            columns.setdefault((cell.cell["device"], cell.cell["variant"]), []).append(cell)
-    found = []
-    for (device, variant), cells in columns.items():
-        cells.sort(key=lambda c: Version(c.cell["tf"]))
-        names = [n for n in dict.fromkeys(n for c in cells for n in c.cell["scenarios"])
-                 if not scenarios or n in scenarios]
-        for name in names:
-            judged = [c for c in cells if c.entry_status(name).value in VERDICTS]
-            for older, newer in itertools.pairwise(judged):
-                if older.entry_status(name) != newer.entry_status(name):
-                    found.append((name, device, variant, older, newer))
-    return found

@@ -33,7 +33,9 @@ from bnmatrix.results import (
     CellResult,
     Run,
     RunStore,
+    change_span,
     check_results_root,
+    latest_searches,
     load_run,
     merge_runs,
     new_run_id,
@@ -367,7 +369,8 @@ def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> Table
 
 def command_bisect(args: argparse.Namespace, console: Console) -> int:
     from bnmatrix.backends.venv import find_interpreter
-    from bnmatrix.bisect import Bisector, Probe, change_points
+    from bnmatrix.bisect import Bisector, Probe
+    from bnmatrix.history import change_points
 
     matrix = _load_matrix(args.matrix, args.scenarios)
     one = (args.scenario, args.good, args.bad)
@@ -483,18 +486,12 @@ def _drop_if_known(store: RunStore) -> bool:
 
 
 def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The searches a results root has already narrowed to their release (as thoroughly as asked now)."""
-    if not root.is_dir() or not any(root.glob("*/manifest.json")):
+    """The searches a results root has already narrowed to their release (as thoroughly as asked now), by the
+    change they looked at."""
+    if not root.is_dir():
         return {}
-    return {search_key(s)[:3] + tuple(sorted(search_key(s)[3:], key=_version_key)): s
-            for s in History.load(root).searches()
+    return {change_span(s): s for s in latest_searches(runs_in(root))
             if s.get("outcome") == "narrowed" and (s.get("exhaustive") or not exhaustive)}
-
-
-def _version_key(text: Any) -> Any:
-    from packaging.version import Version
-
-    return Version(str(text))
 
 
 def _check_bisect_input(args: argparse.Namespace, matrix: Matrix) -> None:

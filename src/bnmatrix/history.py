@@ -1,22 +1,27 @@
 """The history of a results root: every run kept, each cell's newest result (the cumulative matrix),
-how each verdict evolved run by run, what changed between two runs, bisect conclusions, retention,
+how each verdict evolved run by run, what changed between two runs and where a run's verdicts change
+between versions (its change points), bisect conclusions, retention,
 and the archive a published site carries so that the next run can add to it.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.results import RUN_ID, CellResult, Run, load_run, now, runs_in, search_key
-from bnmatrix.verdict import CellStatus
+from bnmatrix.results import RUN_ID, CellResult, Run, latest_searches, load_run, now, runs_in
+from bnmatrix.verdict import VERDICTS, CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
 ARCHIVE_NAME = "results-archive.tar.gz"
@@ -112,13 +117,28 @@ class History:
 
     def searches(self) -> list[dict[str, Any]]:
         """The newest conclusion of every bisect search in the root, each with the run that holds it."""
-        found: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for run in self.runs:
-            for search in run.searches:
-                key = search_key(search)
-                if key not in found or str(search.get("updated")) >= str(found[key].get("updated")):
-                    found[key] = {**search, "run_id": run.id}
-        return list(found.values())
+        return latest_searches((run.directory, run.manifest) for run in self.runs)
+
+
+def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str] = ()) -> list[
+        tuple[str, str, str | None, CellResult, CellResult]]:
+    """Each pair of adjacent versions of a run whose verdicts differ for a scenario (entries without a
+    verdict in between are passed over): (scenario, device, variant, older cell, newer cell)."""
+    columns: dict[tuple[str, str | None], list[CellResult]] = {}
+    for cell in run.cells:
+        if not devices or cell.cell["device"] in devices:
+            columns.setdefault((cell.cell["device"], cell.cell["variant"]), []).append(cell)
+    found = []
+    for (device, variant), cells in columns.items():
+        cells.sort(key=lambda c: Version(c.cell["tf"]))
+        names = [n for n in dict.fromkeys(n for c in cells for n in c.cell["scenarios"])
+                 if not scenarios or n in scenarios]
+        for name in names:
+            judged = [c for c in cells if c.entry_status(name).value in VERDICTS]
+            for older, newer in itertools.pairwise(judged):
+                if older.entry_status(name) != newer.entry_status(name):
+                    found.append((name, device, variant, older, newer))
+    return found
 
 
 def cited_runs(searches: list[dict[str, Any]]) -> set[str]:
@@ -135,19 +155,13 @@ def prune(root: Path, keep: int) -> list[str]:
         return []
     protected = {directory.name for directory, _ in runs[-keep:]}
     newest_holder: dict[str, str] = {}
-    searches: dict[tuple[Any, ...], dict[str, Any]] = {}
     for directory, manifest in runs:
         if manifest.get("status") == "running":
             protected.add(directory.name)
         if manifest.get("kind", "run") == "run":
             for path in (directory / "cells").glob("*.json"):
                 newest_holder[path.stem] = directory.name
-        try:
-            for search in json.loads((directory / "bisect.json").read_text(encoding="utf-8")).get("searches", []):
-                searches[search_key(search)] = {**search, "run_id": directory.name}
-        except (OSError, ValueError, AttributeError):
-            pass
-    protected |= set(newest_holder.values()) | cited_runs(list(searches.values()))
+    protected |= set(newest_holder.values()) | cited_runs(latest_searches(runs))
     latest = root / "latest"
     if latest.is_symlink():
         protected.add(latest.resolve().name)

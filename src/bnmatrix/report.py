@@ -27,10 +27,10 @@ from pygments.lexers import PythonLexer
 
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.history import ARCHIVE_NAME, History, write_archive
+from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
 from bnmatrix.plan import all_cells
-from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, load_run, runs_under
-from bnmatrix.verdict import VERDICTS, CellStatus, Status
+from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, change_span, load_run, runs_under
+from bnmatrix.verdict import CellStatus, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
@@ -255,7 +255,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                 held_since=held_since.get(cell["id"]))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
-    _note_transitions(ordered, site.searches)
+    _note_transitions(ordered, run, site.searches)
     overview = _overview(ordered, scenarios, devices, site.searches)
     # A device column where no cell ran (GPU on a host without one) is folded into one line.
     folded = {}
@@ -316,37 +316,31 @@ def search_anchor(search: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(p for p in parts if p))
 
 
-def _note_transitions(rows: list[Row], searches: list[dict[str, Any]]) -> None:
-    """On each entry whose verdict differs from the nearest older version's verdict (same variant and device;
-    an error or a cell that did not run is no verdict and is passed over, as `bnmatrix bisect --from-run` does):
-    the release a bisect pinned the change to, or the bisect command that would."""
-    by_range = {(s["scenario"], s["device"], s.get("variant"),
-                 *sorted((s["good"]["version"], s["bad"]["version"]), key=Version)): s for s in searches}
-    last: dict[tuple[str | None, str, str], tuple[Row, Entry]] = {}  # (variant, device, scenario) -> last verdict
-    for row in reversed(rows):
-        for (device, name), entry in row.entries.items():
-            if entry.status not in VERDICTS:
-                continue
-            older = last.get((row.variant, device, name))
-            last[(row.variant, device, name)] = (row, entry)
-            if older is None or older[1].status == entry.status:
-                continue
-            older[1].boundary = True
-            was, now = STATES[older[1].status][1], STATES[entry.status][1]
-            rows_text = f"{older[0].tf} → {row.tf}"
-            search = by_range.get((name, device, row.variant, older[0].tf, row.tf))
-            if search and search["outcome"] in ("narrowed", "range") and search.get("changed_in"):
-                where = (f"in {search['changed_in']}" if search["outcome"] == "narrowed" else
-                         f"between {search['last_before']} and {search['changed_in']}")
-                more = f"; {len(search['changes'])} changes in all" if len(search["changes"]) > 1 else ""
-                entry.change = {"text": f"{name} ({device}): {was} → {search['changes'][0]['to'] if more else now} "
-                                        f"{where} (rows {rows_text}{more})",
-                                "href": f"changes.html#{search_anchor(search)}"}
-            else:
-                words = ["bnmatrix", "bisect", "--scenario", name, "--good", older[0].tf, "--bad", row.tf,
-                         "--device", device] + (["--variant", row.variant] if row.variant else [])
-                entry.change = {"text": f"{name} ({device}): {was} → {now} between {older[0].tf} and {row.tf}",
-                                "command": shlex.join(words)}
+def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]]) -> None:
+    """At each change point of the run (history.change_points, as `bnmatrix bisect --from-run` finds them): the
+    line above the older entry, and on the newer one the release a bisect pinned the change to, or the bisect
+    command that would."""
+    by_span = {change_span(s): s for s in searches}
+    by_row = {(row.tf, row.variant): row for row in rows}
+    for name, device, variant, older_cell, newer_cell in change_points(run):
+        older, newer = older_cell.cell["tf"], newer_cell.cell["tf"]
+        before = by_row[(older, variant)].entries[(device, name)]
+        entry = by_row[(newer, variant)].entries[(device, name)]
+        before.boundary = True
+        was, now = STATES[before.status][1], STATES[entry.status][1]
+        search = by_span.get((name, device, variant, older, newer))
+        if search and search["outcome"] in ("narrowed", "range") and search.get("changed_in"):
+            where = (f"in {search['changed_in']}" if search["outcome"] == "narrowed" else
+                     f"between {search['last_before']} and {search['changed_in']}")
+            more = f"; {len(search['changes'])} changes in all" if len(search["changes"]) > 1 else ""
+            entry.change = {"text": f"{name} ({device}): {was} → {search['changes'][0]['to'] if more else now} "
+                                    f"{where} (rows {older} → {newer}{more})",
+                            "href": f"changes.html#{search_anchor(search)}"}
+        else:
+            words = ["bnmatrix", "bisect", "--scenario", name, "--good", older, "--bad", newer,
+                     "--device", device] + (["--variant", variant] if variant else [])
+            entry.change = {"text": f"{name} ({device}): {was} → {now} between {older} and {newer}",
+                            "command": shlex.join(words)}
 
 
 def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
@@ -354,9 +348,7 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
     """The answer at a glance: per scenario and per device (and variant), the verdicts as version ranges,
     oldest first (a range starts at the release a bisect pinned, where one did), and one mark per version.
     Device and variant columns where no cell ran are left out and counted instead."""
-    pinned = {(s["scenario"], s["device"], s.get("variant"),
-               *sorted((s["good"]["version"], s["bad"]["version"]), key=Version)): s
-              for s in searches if s.get("outcome") == "narrowed"}
+    pinned = {change_span(s): s for s in searches if s.get("outcome") == "narrowed"}
     variants = sorted({r.variant for r in rows}, key=lambda v: (v is not None, v or ""))
     lines = [(device, variant) for device in devices for variant in variants]
     table: dict[str, dict[tuple[str, str | None], dict[str, Any]]] = {}

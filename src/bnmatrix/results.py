@@ -14,13 +14,14 @@ import secrets
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+from packaging.version import Version
 
 from bnmatrix.config import PACKAGE_DIR, Scenario
 from bnmatrix.errors import BnMatrixError
@@ -197,6 +198,25 @@ def search_key(search: dict[str, Any]) -> tuple[Any, ...]:
     """What identifies a bisect search: a rerun of the same search replaces its conclusion."""
     return (search.get("scenario"), search.get("device"), search.get("variant"), search.get("good", {}).get("version"),
             search.get("bad", {}).get("version"))
+
+
+def change_span(search: dict[str, Any]) -> tuple[Any, ...]:
+    """(scenario, device, variant, older version, newer version): the change a search looked at, whichever
+    way round --good and --bad were given; what a change point of a run is matched with."""
+    ends = sorted((search["good"]["version"], search["bad"]["version"]), key=Version)
+    return (search["scenario"], search["device"], search.get("variant"), *ends)
+
+
+def latest_searches(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The newest conclusion of every bisect search in these runs ((directory, manifest) pairs), each with the
+    id of the run that holds it."""
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for directory, manifest in runs:
+        for search in read_searches(directory):
+            key = search_key(search)
+            if key not in found or str(search.get("updated")) >= str(found[key].get("updated")):
+                found[key] = {**search, "run_id": str(manifest.get("run_id") or directory.name)}
+    return list(found.values())
 
 
 def read_searches(directory: Path) -> list[dict[str, Any]]:

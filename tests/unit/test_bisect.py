@@ -12,10 +12,10 @@ import html5lib
 import jsonschema
 import pytest
 
-from bnmatrix.bisect import Probe, Search, change_points, list_releases
+from bnmatrix.bisect import Probe, Search, list_releases
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.history import History, diff, prune
+from bnmatrix.history import History, change_points, diff, prune
 from bnmatrix.report import Site, render_site
 from bnmatrix.results import load_run, write_json
 
