@@ -423,6 +423,7 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
                 console.print(f"  {known['answer']} [run {known['run_id']}]", highlight=False, soft_wrap=True,
                               markup=False)
             if not bisector.searches:
+                backend.close()
                 return EXIT_OK
         else:
             _check_bisect_input(args, matrix)
@@ -477,8 +478,8 @@ def _drop_if_known(store: RunStore) -> bool:
     if store.written:
         return False
     mine = read_searches(store.directory)
-    earlier = {search_key(s): s["answer"] for directory, _ in runs_in(store.root) if directory != store.directory
-               for s in read_searches(directory)}
+    earlier = {search_key(s): s["answer"]
+               for s in latest_searches((d, m) for d, m in runs_in(store.root) if d != store.directory)}
     if not mine or any(earlier.get(search_key(s)) != s["answer"] for s in mine):
         return False
     shutil.rmtree(store.directory)

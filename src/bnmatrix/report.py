@@ -311,9 +311,7 @@ def _probed_by(searches: list[dict[str, Any]]) -> dict[tuple[str, str], list[dic
 
 def search_anchor(search: dict[str, Any]) -> str:
     """The id of a search's section on changes.html."""
-    ends = sorted((search["good"]["version"], search["bad"]["version"]), key=Version)
-    parts = [search["scenario"], search["device"], search.get("variant") or "", *ends]
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(p for p in parts if p))
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(str(part) for part in change_span(search) if part))
 
 
 def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]]) -> None:
