@@ -106,14 +106,13 @@ class History:
                 newest[cell.id] = (cell, run)
         return newest
 
-    def timeline(self, cell_id: str) -> list[CellResult]:
-        """The distinct results of a cell over time, one per run that produced one (reused copies count once)."""
-        seen: dict[str, CellResult] = {}
+    def timelines(self) -> dict[str, list[CellResult]]:
+        """Each cell's distinct results over time, one per run that produced one (reused copies count once)."""
+        seen: dict[str, dict[str, CellResult]] = {}
         for run in self.matrix_runs:
             for cell in run.cells:
-                if cell.id == cell_id:
-                    seen.setdefault(cell.run_id or run.id, cell)
-        return sorted(seen.values(), key=lambda c: c.started)
+                seen.setdefault(cell.id, {}).setdefault(cell.run_id or run.id, cell)
+        return {cell_id: sorted(results.values(), key=lambda c: c.started) for cell_id, results in seen.items()}
 
     def searches(self) -> list[dict[str, Any]]:
         """The newest conclusion of every bisect search in the root, each with the run that holds it."""

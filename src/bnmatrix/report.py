@@ -196,7 +196,7 @@ class Site:
             if run.kind == "bisect":
                 evidence.update({c.id: (c, run) for c in run.cells if c.id not in current})
         return cls(Run(path.resolve(), manifest, cells), {cid: run for cid, (_, run) in current.items()},
-                   {cid: history.timeline(cid) for cid in current}, history.searches(), evidence, history)
+                   history.timelines(), history.searches(), evidence, history)
 
     @property
     def previous_statuses(self) -> dict[tuple[str, str], str]:
