@@ -383,7 +383,8 @@ class Bisector:
     releases: dict[tuple[str, str], Release] = field(default_factory=dict)  # (package, version) -> release
 
     def package(self, version: str, device: str, variant: str | None) -> str:
-        return Requirement(template_entry(self.matrix, version, device, variant).at(version, "3").packages[device]).name
+        entry = template_entry(self.matrix, version, device, variant)
+        return Requirement(entry.at(version, entry.python).packages[device]).name
 
     def range(self, good: str, bad: str, device: str, variant: str | None,
               endpoints_known: bool = False) -> tuple[list[str], dict[str, str]]:
