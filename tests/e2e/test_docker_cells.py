@@ -169,10 +169,13 @@ def test_a_killed_run_leaves_a_bounded_container_that_the_next_run_removes(
     command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker",
                "--results", str(tmp_path / "r"), *image_map_args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The cell's container, not the short-lived one that fills the scenarios volume before it.
+    def cell_containers() -> list[Any]:
+        return [c for c in ours(docker_client) if c.attrs["Config"]["Cmd"] != ["true"]]
     deadline = time.monotonic() + 120
-    while not ours(docker_client) and time.monotonic() < deadline:
+    while not cell_containers() and time.monotonic() < deadline:
         time.sleep(0.5)
-    (container,) = ours(docker_client)
+    (container,) = cell_containers()
     assert container.attrs["Config"]["Cmd"] == ["sleep", str(600 + 300)]  # it ends by itself, at the latest
     assert container.labels["org.bnmatrix.pid"] == str(process.pid)
     time.sleep(3)
