@@ -101,16 +101,16 @@ def test_a_run_where_every_scenario_errors_exits_1(fault: Fault) -> None:
     assert fault.runs()[0]["status"] == "complete"
 
 
-def test_a_killed_pip_never_writes_into_a_later_env(fault: Fault) -> None:
+def test_a_killed_install_never_writes_into_a_later_env(fault: Fault) -> None:
     fault.matrix(["ok"], pins=["slowpkg==1.0"], versions=("2.15.1",))
     process = fault.start(FAULT_SLOW_SECONDS="120")
     setup = wait_for(lambda: next(iter(fault.results.glob("2*/logs/tf-2.15.1-cpu/setup.log")), None),
                      what="the setup log")
-    wait_for(lambda: "pip install --no-cache-dir tensorflow==2.15.1 slowpkg==1.0" in setup.read_text(),
-             what="pip installing")
+    wait_for(lambda: "pip install" in setup.read_text() and "tensorflow==2.15.1 slowpkg==1.0" in setup.read_text(),
+             what="installing")
     (run,) = fault.runs()
-    wait_for(lambda: fault.left_running(run["run_id"]), what="pip")
-    time.sleep(2)  # pip is inside the slow build now
+    wait_for(lambda: fault.left_running(run["run_id"]), what="the installer")
+    time.sleep(2)  # the installer is inside the slow build now
     process.kill()
     process.wait(timeout=30)
     venvs = fault.dir / "cache" / "venvs"
@@ -133,7 +133,10 @@ def test_a_corrupt_ready_marker_means_a_rebuild_not_an_error(fault: Fault) -> No
     assert code == 0, output
     last = fault.runs()[-1]
     setup = (fault.results / last["run_id"] / "logs" / "tf-2.15.1-cpu" / "setup.log").read_text()
-    assert "-m venv" in setup and json.loads(marker.read_text())["python_version"]
+    assert "uv venv " in setup and json.loads(marker.read_text())["python_version"]
+    # What the cell records as installed: the environment's packages, one per line, and nothing else.
+    packages = json.loads(marker.read_text())["packages"]
+    assert "tensorflow==2.15.1" in packages and all("==" in line for line in packages), packages
 
 
 def test_force_reruns_scenarios_and_rebuild_recreates_envs(fault: Fault) -> None:
@@ -145,7 +148,7 @@ def test_force_reruns_scenarios_and_rebuild_recreates_envs(fault: Fault) -> None
     assert setup.startswith("reused ") and fault.cell(forced, "tf-2.15.1-cpu")["reused_from"] is None
     assert fault.run("--rebuild")[0] == 0
     rebuilt = fault.runs()[-1]
-    assert "-m venv" in (fault.results / rebuilt["run_id"] / "logs" / "tf-2.15.1-cpu" / "setup.log").read_text()
+    assert "uv venv " in (fault.results / rebuilt["run_id"] / "logs" / "tf-2.15.1-cpu" / "setup.log").read_text()
 
 
 @pytest.mark.parametrize("damage", ["real directory", "dangling"])

@@ -141,7 +141,7 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     ('settings: {steps: 100}\nvariants: {x: {description: d, env: {A: "1\\nRUN curl evil"}}}', "variants.x.env.A",
      "expected a variable name and a value without whitespace"),
 ])
-def test_nothing_from_the_matrix_can_add_a_dockerfile_line(tmp_path: Path, line: str, key: str,
+def test_nothing_from_the_matrix_can_add_a_script_line(tmp_path: Path, line: str, key: str,
                                                             expected: str) -> None:
     text = GOOD.replace("settings:\n  steps: 100\n", line + "\n")
     if "variants: {x" in line:

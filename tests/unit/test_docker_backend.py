@@ -1,4 +1,4 @@
-"""The container backend's pure parts: Dockerfiles (golden files), tags, labels, run options,
+"""The container backend's pure parts: install scripts (golden files), tags, labels, run options,
 GPU requests, image substitution and the backend choice. Real containers: tests/e2e."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bnmatrix.backends import select_backend
-from bnmatrix.backends.docker import image_tag, render_dockerfile, run_options
+from bnmatrix.backends.docker import image_tag, render_script, run_options
 from bnmatrix.backends.venv import VenvBackend
 from bnmatrix.config import ContainerSettings, Matrix
 from bnmatrix.errors import BnMatrixError
@@ -35,28 +35,29 @@ def cell(matrix: Matrix, cell_id: str, image_map: dict[str, str] | None = None) 
 
 
 @pytest.mark.parametrize("cell_id", ["tf-1.15.5-cpu", "tf-1.15.5-gpu", "tf-2.16.2-cpu-tfkeras", "tf-2.15.1-gpu"])
-def test_dockerfile_matches_its_golden_file(matrix: Matrix, cell_id: str) -> None:
-    rendered = render_dockerfile(cell(matrix, cell_id))
-    golden = GOLDEN / f"Dockerfile.{cell_id}"
+def test_install_script_matches_its_golden_file(matrix: Matrix, cell_id: str) -> None:
+    rendered = render_script(cell(matrix, cell_id))
+    golden = GOLDEN / f"cell.sh.{cell_id}"
     if os.environ.get("BNMATRIX_UPDATE_GOLDEN"):
         golden.write_text(rendered)
     assert rendered == golden.read_text()
 
 
-def test_dockerfile_quotes_requirements_for_the_shell(matrix: Matrix) -> None:
-    text = render_dockerfile(cell(matrix, "tf-1.15.5-cpu"))
-    assert "python3 -m pip install tensorflow==1.15.5 'numpy<1.19' 'protobuf<3.20' 'h5py<3'" in text
-    assert text.startswith("# bnmatrix cell tf-1.15.5-cpu") and "FROM python:3.7-slim\n" in text
+def test_install_script_quotes_requirements_for_the_shell(matrix: Matrix) -> None:
+    text = render_script(cell(matrix, "tf-1.15.5-cpu"))
+    assert "tensorflow==1.15.5 'numpy<1.19' 'protobuf<3.20' 'h5py<3'\n" in text
+    assert text.startswith("#!/bin/sh\n# bnmatrix cell tf-1.15.5-cpu") and "on python:3.7-slim.\n" in text
+    assert "index=https://pypi.org/simple\n" in text
 
 
 def test_tags_are_content_addressed(matrix: Matrix) -> None:
     a = cell(matrix, "tf-1.15.5-cpu")
-    assert image_tag(a, render_dockerfile(a)) == image_tag(a, render_dockerfile(a))
-    assert image_tag(a, render_dockerfile(a)).startswith("bnmatrix-cell:1.15.5-cpu-")
+    assert image_tag(a, render_script(a)) == image_tag(a, render_script(a))
+    assert image_tag(a, render_script(a)).startswith("bnmatrix-cell:1.15.5-cpu-")
     pinned = replace(a, requirements=(*a.requirements, "six==1.16.0"))
-    assert image_tag(pinned, render_dockerfile(pinned)) != image_tag(a, render_dockerfile(a))
+    assert image_tag(pinned, render_script(pinned)) != image_tag(a, render_script(a))
     moved = replace(a, image="bnmatrix-local/python:3.7")
-    assert image_tag(moved, render_dockerfile(moved)) != image_tag(a, render_dockerfile(a))
+    assert image_tag(moved, render_script(moved)) != image_tag(a, render_script(a))
 
 
 def test_run_options_are_hardened_by_default(matrix: Matrix) -> None:
@@ -106,7 +107,7 @@ def test_gpu_cells_request_every_gpu(matrix: Matrix) -> None:
 def test_image_substitution_from_option_and_overlay_file(tmp_path: Path, matrix: Matrix) -> None:
     mapped = cell(matrix, "tf-1.15.5-cpu", {"python:3.7-slim": "bnmatrix-local/python:3.7"})
     assert (mapped.image, mapped.requested_image) == ("bnmatrix-local/python:3.7", "python:3.7-slim")
-    assert "FROM bnmatrix-local/python:3.7\n" in render_dockerfile(mapped)
+    assert "on bnmatrix-local/python:3.7.\n" in render_script(mapped)
     (tmp_path / "matrix.yaml").write_text((REPO / "matrix.yaml").read_text())
     (tmp_path / "image-map.yaml").write_text("python:3.7-slim: mirror.example/python:3.7-slim\n")
     overlaid = Matrix.from_file(tmp_path / "matrix.yaml")

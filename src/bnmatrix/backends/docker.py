@@ -1,9 +1,12 @@
 """The container backend: one image and one hardened container per cell, through the Docker SDK.
 
-Images are content-addressed (the hash of the rendered Dockerfile) and reused when their tag
-exists. Every container carries our labels and is removed after success, failure, timeout and
-Ctrl-C. The scenarios reach the container through a read-only volume, so editing one never
-rebuilds TensorFlow, and a remote daemon (DOCKER_HOST=ssh://...) works the same way.
+A cell's image is its base image plus what docker/cell.sh.j2 installs: the script runs in a container
+of the base image with the shared download cache volume mounted (so no wheel is downloaded twice by
+any build on the daemon, the classic builder has no cache mounts), and the container is committed.
+Images are content-addressed (the hash of the rendered script) and reused when their tag exists;
+cells on the same base share its layers. Every container carries our labels and is removed after
+success, failure, timeout and Ctrl-C. The scenarios reach the container through a read-only volume,
+so editing one never rebuilds TensorFlow, and a remote daemon (DOCKER_HOST=ssh://...) works the same way.
 """
 
 from __future__ import annotations
@@ -11,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import platform
 import shlex
 import socket
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -24,10 +27,11 @@ from typing import Any
 
 import docker.errors
 import jinja2
-from docker.types import DeviceRequest, Ulimit
+from docker.types import DeviceRequest, Mount, Ulimit
 
 import docker
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
+from bnmatrix.backends.venv import uv_binary
 from bnmatrix.config import ContainerSettings, Scenario, data_path, scenario_files
 from bnmatrix.plan import Cell
 from bnmatrix.results import process_alive
@@ -40,21 +44,23 @@ LABEL_PID = "org.bnmatrix.pid"
 LIFETIME_MARGIN_S = 300  # a cell container ends by itself this long after its scenarios' time budget
 IMAGE_REPOSITORY = "bnmatrix-cell"
 SCENARIO_MOUNT = "/scenarios"
+CACHE_VOLUME = "bnmatrix-cache"  # downloads (uv's and pip's caches, and uv itself) shared by every build
+CACHE_MOUNT = "/cache"
 # `timeout` sends SIGKILL to the scenario; 137 (128 + 9) is its exit status then.
 KILLED_EXIT = 137
 
 
-def render_dockerfile(cell: Cell) -> str:
-    """The cell's Dockerfile (pure)."""
+def render_script(cell: Cell) -> str:
+    """The cell's install script (pure)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path("docker")), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.filters["shell"] = shlex.quote
-    return env.get_template("Dockerfile.j2").render(cell=cell)
+    return env.get_template("cell.sh.j2").render(cell=cell)
 
 
-def image_tag(cell: Cell, dockerfile: str) -> str:
-    """A content-addressed tag: the same Dockerfile gives the same tag, so an image is built once."""
-    digest = hashlib.sha256(dockerfile.encode("utf-8")).hexdigest()[:16]
+def image_tag(cell: Cell, script: str) -> str:
+    """A content-addressed tag: the same script on the same base gives the same tag, so an image is built once."""
+    digest = hashlib.sha256(script.encode("utf-8")).hexdigest()[:16]
     return f"{IMAGE_REPOSITORY}:{cell.id.removeprefix('tf-')}-{digest}"
 
 
@@ -184,6 +190,7 @@ class DockerBackend:
         self.rebuild = rebuild  # --rebuild: build every cell's image again, without the layer cache
         self._lock = threading.Lock()
         self._volume: str | None = None
+        self._uv: str | None = None  # the path of uv in the cache volume ("" for none), once known
         self.closed = False
         runtimes = client.info().get("Runtimes") or {}
         self.gpu_runtime = "nvidia" in runtimes
@@ -194,9 +201,9 @@ class DockerBackend:
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[DockerSession]:
         if cell.device == "gpu" and not self.gpu_runtime:
             raise CellNotRun("no GPU runtime: the Docker daemon lists no 'nvidia' runtime")
-        dockerfile = render_dockerfile(cell)
-        tag = image_tag(cell, dockerfile)
-        self._image(cell, dockerfile, tag, setup_log, report_step)
+        script = render_script(cell)
+        tag = image_tag(cell, script)
+        self._image(cell, script, tag, setup_log, report_step)
         volume = self._scenarios_volume(tag)
         report_step("starting container")
         lifetime = self.scenario_timeout_s * max(1, len(cell.scenarios)) + LIFETIME_MARGIN_S
@@ -207,41 +214,91 @@ class DockerBackend:
         finally:
             self._remove(container)
 
-    def _image(self, cell: Cell, dockerfile: str, tag: str, setup_log: Path, report_step: StepReporter) -> None:
+    def _image(self, cell: Cell, script: str, tag: str, setup_log: Path, report_step: StepReporter) -> None:
         with open(setup_log, "w", encoding="utf-8") as log:
-            log.write(dockerfile + "\n")
-            try:
-                self.client.images.get(tag)
-                if not self.rebuild:
-                    report_step(f"reusing image {tag}")
-                    log.write(f"reused image {tag}\n")
-                    return
-            except docker.errors.ImageNotFound:
-                pass
+            log.write(script + "\n")
+            previous = None
+            with suppress(docker.errors.ImageNotFound):
+                previous = self.client.images.get(tag)
+            if previous is not None and not self.rebuild:
+                report_step(f"reusing image {tag}")
+                log.write(f"reused image {tag}\n")
+                return
             report_step(f"building {tag} from {cell.image}")
             error = None
-            with tempfile.TemporaryDirectory(prefix="bnmatrix-build-") as context:
-                Path(context, "Dockerfile").write_text(dockerfile, encoding="utf-8")
+            try:
+                uv = self._uv_in_cache(cell.image)
+                builder = self.client.containers.create(
+                    cell.image, command=["sh", "-c", script, "cell.sh", *([uv] if uv else [])],
+                    labels={**image_labels(cell), **owner_labels(self.run_id)}, user="0", working_dir="/",
+                    # A mount, not `volumes=` (which would make /cache a VOLUME of the committed image).
+                    mounts=[Mount(target=CACHE_MOUNT, source=CACHE_VOLUME, type="volume")])
                 try:
-                    for chunk in self.client.api.build(path=context, tag=tag, rm=True, forcerm=True, decode=True,
-                                                       labels=image_labels(cell), nocache=self.rebuild):
-                        if self.closed:  # Ctrl-C: leaving the stream makes the daemon cancel the build
+                    builder.start()
+                    for chunk in builder.logs(stream=True, follow=True):
+                        if self.closed:  # Ctrl-C: close() removes the builder, which ends the stream
                             raise KeyboardInterrupt
-                        log.write(chunk.get("stream", ""))
+                        log.write(chunk.decode("utf-8", "replace"))
                         log.flush()
-                        if "error" in chunk:
-                            error = chunk["error"].strip()
-                            log.write(error + "\n")
-                except docker.errors.APIError as exc:
-                    error = str(exc)
-                    log.write(error + "\n")
+                    code = builder.wait().get("StatusCode")
+                    if self.closed:
+                        raise KeyboardInterrupt
+                    if code != 0:
+                        error = f"the install script exited with {code}"
+                    else:
+                        # The image: our labels with the builder's owner blanked (the daemon merges the
+                        # builder's labels in), so that no container of the image looks like a run's.
+                        owner = dict.fromkeys(owner_labels(self.run_id), "")
+                        labels = {**owner, **image_labels(cell), "org.bnmatrix.requested-image": cell.requested_image}
+                        builder.commit(repository=IMAGE_REPOSITORY, tag=tag.partition(":")[2],
+                                       conf={"Cmd": ["python3"], "Labels": labels})
+                        if previous is not None:  # --rebuild: the image it replaces, untagged now
+                            with suppress(docker.errors.APIError):
+                                self.client.images.remove(str(previous.id))
+                finally:
+                    self._remove(builder)
+            except docker.errors.APIError as exc:
+                error = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+                log.write(error + "\n")
         if error is not None:
             hint = ""
-            if "pull access denied" in error or "registry" in error or "dial tcp" in error:
+            if "No such image" in error or "pull access denied" in error or "registry" in error:
                 hint = (f"; is {cell.image} available here? Without a registry, build local bases with "
                         "docker/base/build.sh or map the image with --image-map")
-            raise CellSetupError(f"image build failed: {error.splitlines()[-1]}{hint}",
+            raise CellSetupError(f"image build failed: {error}{hint}",
                                  setup_log.read_text(encoding="utf-8", errors="replace"))
+
+    def _uv_in_cache(self, image: str) -> str | None:
+        """uv (bnmatrix's own) in the cache volume, put there once per version through a short-lived container;
+        None when the daemon runs another architecture than this host (then the builds use pip)."""
+        with self._lock:
+            if self._uv is None:
+                self._uv = ""
+                if self.client.info().get("Architecture") == platform.machine():
+                    self._uv = self._put_uv(image)
+            return self._uv or None
+
+    def _put_uv(self, image: str) -> str:
+        source = Path(uv_binary())
+        target = f"bin/uv-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
+        filler = self.client.containers.create(image, command=["true"], labels=owner_labels(self.run_id),
+                                               network_disabled=True,
+                                               volumes={CACHE_VOLUME: {"bind": CACHE_MOUNT, "mode": "rw"}})
+        try:
+            try:
+                filler.get_archive(f"{CACHE_MOUNT}/{target}")  # there already (its stream is not read)
+            except docker.errors.NotFound:
+                archive = io.BytesIO()
+                with tarfile.open(fileobj=archive, mode="w") as tar:
+                    info = tar.gettarinfo(str(source), arcname=target)
+                    info.uid = info.gid = 0
+                    info.mode = 0o755
+                    with open(source, "rb") as handle:
+                        tar.addfile(info, handle)
+                filler.put_archive(CACHE_MOUNT, archive.getvalue())
+        finally:
+            self._remove(filler)
+        return f"{CACHE_MOUNT}/{target}"
 
     def _scenarios_volume(self, image: str) -> str:
         """A volume holding every scenario folder (subfolders included) as /scenarios/<index>, the

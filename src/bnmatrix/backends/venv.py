@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uv
+
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
 from bnmatrix.config import Scenario, data_path
 from bnmatrix.plan import Cell
@@ -31,6 +33,7 @@ READY_MARKER = "bnmatrix-ready.json"
 # other PIP_* setting and every pip config file is dropped, so a cell installs from its index only.
 PIP_TRANSPORT_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
                           "PIP_RETRIES")
+UV_TRANSPORT_SETTINGS = ("UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_INSECURE_HOST", "UV_CONCURRENT_DOWNLOADS")
 INSTALL_TIMEOUT_S = 3600
 PROBE_TIMEOUT_S = 30  # an interpreter, `uv python find`, nvidia-smi, pip freeze
 LOCK_POLL_S = 0.5
@@ -149,10 +152,16 @@ def gpu_available() -> bool:
     return listing.returncode == 0 and "GPU" in listing.stdout
 
 
+def uv_binary() -> str:
+    """The uv executable installed with bnmatrix (the `uv` package)."""
+    return str(uv.find_uv_bin())
+
+
 def pip_environment(index_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in PIP_TRANSPORT_SETTINGS}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "UV_")) or k in PIP_TRANSPORT_SETTINGS + UV_TRANSPORT_SETTINGS}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=index_url, PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PIP_NO_INPUT="1")
+               PIP_NO_INPUT="1", UV_NO_CONFIG="1", UV_PYTHON_DOWNLOADS="never")
     env.pop("PYTHONPATH", None)
     env.pop("PYTHONHOME", None)
     return env
@@ -315,13 +324,22 @@ class VenvBackend:
             shutil.rmtree(leftover, ignore_errors=True)
         env = pip_environment(cell.index_url)
         python = str(building / "bin" / "python")
+        # uv (a dependency of bnmatrix) creates and installs: one download cache for every cell, linked from,
+        # and bytecode written at install time as pip does. Its compiler needs Python 3.7+: a 3.6 env is
+        # compiled by its own Python afterwards.
+        uv = uv_binary()
+        env["UV_CACHE_DIR"] = str(self.cache_dir / "uv")
+        old_python = interpreter.version.startswith("3.6.")
         steps = [
-            (f"creating venv (Python {interpreter.version})", [str(interpreter.path), "-m", "venv", str(building)]),
-            # The venv's own pip may be too old to read manylinux2010+ tags or to backtrack.
-            ("upgrading pip", [python, "-m", "pip", "install", "--no-cache-dir", "--upgrade", "pip"]),
+            (f"creating venv (Python {interpreter.version})",
+             [uv, "venv", "--quiet", "--seed", "--python", str(interpreter.path), str(building)]),
             (f"installing {' '.join(cell.requirements)}",
-             [python, "-m", "pip", "install", "--no-cache-dir", *cell.requirements]),
+             [uv, "pip", "install", "--python", python, "--index-url", cell.index_url,
+              *([] if old_python else ["--compile-bytecode"]), *cell.requirements]),
         ]
+        if old_python:
+            steps.append(("compiling bytecode", [python, "-m", "compileall", "-q", "-j", "0",
+                                                 str(building / "lib" / "python3.6" / "site-packages")]))
         try:
             with open(setup_log, "w", encoding="utf-8") as log:
 
@@ -342,11 +360,11 @@ class VenvBackend:
 
                 for label, command in steps:
                     step(label, command, INSTALL_TIMEOUT_S, log)
-                packages = step("listing the installed packages", [python, "-m", "pip", "freeze", "--all"],
+                packages = step("listing the installed packages", [uv, "pip", "freeze", "--quiet", "--python", python],
                                 PROBE_TIMEOUT_S, subprocess.PIPE)
             ready = {"python": str(interpreter.path), "python_version": interpreter.version,
                      "requirements": list(cell.requirements), "index_url": cell.index_url,
-                     "packages": packages.split()}
+                     "packages": packages.splitlines()}
             write_json(building / READY_MARKER, ready)
             if venv.exists():
                 shutil.rmtree(venv)  # a broken or --rebuild env: replaced whole

@@ -1,0 +1,213 @@
+"""How fast a run is, side by side with plain shell loops doing the same work on the same cells.
+
+Each case (cold or warm environments, 1 or 3 cells, the original 4 or all scenarios) is measured in
+alternating rounds for: bnmatrix with 1 and N jobs (venv backend), a naive loop (`python -m venv`,
+`pip install`, each script), the same loop with uv, and N uv loops in parallel, the floor: installs
+N at a time, then every (cell, scenario) N at a time through xargs. Every method runs the same
+scenario scripts with the same arguments and the same requirements.
+
+Cold: no environment exists; downloads are cached (uv's cache for bnmatrix and the uv loops; pip's own
+cache for the pip loop). Warm: every environment exists; only the scenarios run. Then the nothing-
+changed rerun: `bnmatrix run` of the whole default matrix on a results root where every cell is
+reusable (a copy of tests/data), and `bnmatrix plan`.
+
+usage: python benchmarks/run_speed.py [--rounds 3] [--jobs 2] [--case cold-3x4 ...] [--write docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bnmatrix.backends.venv import find_interpreter, uv_binary
+from bnmatrix.config import Matrix, default_matrix_path
+from bnmatrix.plan import Cell, plan
+
+REPO = Path(__file__).resolve().parents[1]
+SCENARIOS = REPO / "scenarios"
+ORIGINAL = ["keras_bn_custom_estimator", "layers_bn_custom_estimator", "keras_bn_model_to_estimator",
+            "layers_bn_session"]
+CELLS = {1: ["tf-2.15.1-cpu"], 3: ["tf-1.15.5-cpu", "tf-2.6.5-cpu", "tf-2.15.1-cpu"]}
+# name -> (environments, cells, scenarios)
+CASES = {"cold-1x4": ("cold", 1, "4"), "cold-3x4": ("cold", 3, "4"), "warm-1x4": ("warm", 1, "4"),
+         "warm-3x4": ("warm", 3, "4"), "warm-1xall": ("warm", 1, "all"), "warm-3xall": ("warm", 3, "all")}
+METHODS = ["bnmatrix -j1", "bnmatrix -jN", "pip loop", "uv loop", "uv xN (floor)"]
+
+
+class Bench:
+    """One case's cells, scenarios and folders; `run(method)` does the work once and returns the wall time."""
+
+    def __init__(self, work: Path, cells: list[Cell], scenarios: list[str], jobs: int):
+        self.work = work
+        self.cells = cells
+        self.scenarios = scenarios
+        self.jobs = jobs
+        self.uv = uv_binary() or sys.exit("run_speed: uv is needed (pip install uv)")
+        self.pythons = {}
+        for cell in cells:
+            interpreter, looked = find_interpreter(cell.python)
+            if interpreter is None:
+                sys.exit(f"run_speed: no Python {cell.python} for {cell.id} (looked in {', '.join(looked)})")
+            self.pythons[cell.id] = str(interpreter.path)
+        self.downloads = work / "uv-cache"  # shared by bnmatrix and the uv loops, like a user's ~/.cache/uv
+
+    def env(self, method: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "BNMATRIX_"))}
+        env.update(UV_CACHE_DIR=str(self.downloads), PIP_CACHE_DIR=str(self.work / "pip-cache"),
+                   PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONPATH=str(SCENARIOS), CUDA_VISIBLE_DEVICES="",
+                   BNMATRIX_CACHE=str(self.work / method.replace(" ", "_")))
+        return env
+
+    def venvs(self, method: str) -> Path:
+        return self.work / method.replace(" ", "_") / "venvs"
+
+    def clear(self, method: str) -> None:
+        """Cold: no environment of this method is left (the download caches stay)."""
+        shutil.rmtree(self.venvs(method), ignore_errors=True)
+
+    def script(self, method: str) -> str:
+        """The shell loop of a baseline method."""
+        venvs = self.venvs(method)
+        lines = ["set -e", f"mkdir -p {venvs}"]
+        installs, runs = [], []
+        for cell in self.cells:
+            venv = venvs / cell.id
+            python = f"{venv}/bin/python"
+            reqs = " ".join(shlex.quote(r) for r in cell.requirements)
+            if method == "pip loop":
+                install = (f"{self.pythons[cell.id]} -m venv {venv} && {python} -m pip install -q -U pip "
+                           f"&& {python} -m pip install -q --index-url {cell.index_url} {reqs}")
+            else:
+                compile_flag = "" if cell.python == "3.6" else "--compile-bytecode"
+                install = (f"{self.uv} venv -q --seed --python {self.pythons[cell.id]} {venv} && {self.uv} pip "
+                           f"install -q --python {python} --index-url {cell.index_url} {compile_flag} {reqs}")
+            installs.append(f"[ -x {python} ] || {{ {install}; }}")
+            args = f"--steps {cell.steps} --device {cell.device} --tf-version {cell.tf}"
+            runs += [f"{python} {SCENARIOS / name}.py {args} >/dev/null 2>&1 || true" for name in self.scenarios]
+        if method == "uv xN (floor)":
+            for part in (installs, runs):
+                lines.append(f"xargs -P {self.jobs} -d '\\n' -I CMD bash -c CMD <<'EOF'\n" + "\n".join(part)
+                             + "\nEOF")
+        else:
+            lines += installs + runs
+        return "\n".join(lines) + "\n"
+
+    def run(self, method: str) -> float:
+        if method.startswith("bnmatrix"):
+            jobs = 1 if method == "bnmatrix -j1" else self.jobs
+            results = Path(tempfile.mkdtemp(dir=self.work))  # a fresh results root: nothing is reused
+            command = [sys.executable, "-m", "bnmatrix", "run", "--backend", "venv", "--jobs", str(jobs),
+                       "--results", str(results)]
+            command += [x for cell in self.cells for x in ("--select", cell.id)]
+            command += [x for name in self.scenarios for x in ("--scenario", name)]
+        else:
+            command = ["bash", "-c", self.script(method)]
+        started = time.monotonic()
+        done = subprocess.run(command, env=self.env(method), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        elapsed = time.monotonic() - started
+        # bnmatrix exits 1 when a verdict is unexpected or a cell errs: here only a crash (2, 130) is a failure.
+        if done.returncode not in (0, 1) if method.startswith("bnmatrix") else done.returncode != 0:
+            sys.exit(f"run_speed: {method} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        return elapsed
+
+
+def measure(bench: Bench, state: str, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {method: [] for method in METHODS}
+    if state == "warm":
+        for method in METHODS:  # build every environment once, untimed
+            bench.run(method)
+    for number in range(rounds):
+        order = METHODS if number % 2 == 0 else METHODS[::-1]  # alternate, so no method always goes first
+        for method in order:
+            if state == "cold":
+                bench.clear(method)
+            times[method].append(bench.run(method))
+            print(f"  round {number + 1}: {method}: {times[method][-1]:.1f} s", flush=True)
+    return times
+
+
+def nothing_changed(work: Path, rounds: int) -> tuple[list[float], list[float]]:
+    """Wall times of `bnmatrix run` (every cell reusable) and `bnmatrix plan` on the default matrix."""
+    root = work / "unchanged"
+    shutil.copytree(REPO / "tests" / "data", root)
+    env = {**os.environ, "BNMATRIX_CACHE": str(work / "unchanged-cache")}  # proves no env is needed
+    run, plans = [], []
+    for _ in range(rounds):
+        for command, times in ((["run", "--backend", "venv", "--results", str(root)], run), (["plan"], plans)):
+            started = time.monotonic()
+            done = subprocess.run([sys.executable, "-m", "bnmatrix", *command], env=env, capture_output=True,
+                                  text=True)
+            times.append(time.monotonic() - started)
+            if done.returncode != 0 or (command[0] == "run" and "reused" not in done.stdout + done.stderr):
+                sys.exit(f"run_speed: bnmatrix {command[0]} did not reuse every cell:\n{done.stdout[-2000:]}")
+    if (work / "unchanged-cache").exists():
+        sys.exit("run_speed: the nothing-changed rerun touched an environment")
+    return run, plans
+
+
+def table(results: dict[str, dict[str, list[float]]], jobs: int) -> str:
+    rows = ["| case | " + " | ".join(m.replace("N", str(jobs)) for m in METHODS) + " |",
+            "|---" * (len(METHODS) + 1) + "|"]
+    for case, times in results.items():
+        floor = statistics.median(times["uv xN (floor)"])
+        cells = []
+        for method in METHODS:
+            median = statistics.median(times[method])
+            cells.append(f"{median:.1f} s (min {min(times[method]):.1f}; {median / floor:.2f}x)")
+        rows.append(f"| {case} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def machine() -> str:
+    uv = subprocess.run([uv_binary() or "uv", "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, Python "
+            f"{platform.python_version()} (bnmatrix), {uv}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--case", action="append", choices=sorted(CASES), help="(default: all but warm-3xall)")
+    parser.add_argument("--work", type=Path, default=None, help="keep the caches here (default: a temporary folder)")
+    parser.add_argument("--write", type=Path, default=None, help="write the tables as Markdown to this file")
+    args = parser.parse_args()
+    matrix = Matrix.from_file(default_matrix_path())
+    work = args.work or Path(tempfile.mkdtemp(prefix="bnmatrix-speed-"))
+    results: dict[str, dict[str, list[float]]] = {}
+    for case in args.case or [c for c in CASES if c != "warm-3xall"]:
+        state, count, which = CASES[case]
+        scenarios = ORIGINAL if which == "4" else list(matrix.scenarios)
+        cells = plan(matrix, select=CELLS[count], scenarios=scenarios)
+        print(f"{case}: {', '.join(CELLS[count])}, {len(scenarios)} scenarios, {state} environments", flush=True)
+        bench = Bench(work / f"{count}x{which}", cells, scenarios, args.jobs)
+        label = f"{state}, {count} cell{'s' * (count > 1)}, {len(scenarios)} scenarios"
+        results[label] = measure(bench, state, args.rounds)
+    rerun, plans = nothing_changed(work, args.rounds)
+    cells = len(plan(matrix))
+    text = (f"# Run speed\n\nMade by `python benchmarks/run_speed.py --write docs/benchmarks.md` on {machine()}: "
+            f"{args.rounds} alternating rounds, median wall time (min; ratio to the floor). The cells: "
+            f"{', '.join(CELLS[3])} (1 cell: {CELLS[1][0]}); the 4 scenarios: {', '.join(ORIGINAL)}.\n\n"
+            + table(results, args.jobs)
+            + f"\n\nNothing changed: `bnmatrix run` of the whole default matrix ({cells} cells) with every cell "
+            f"reusable: median {statistics.median(rerun):.2f} s (min {min(rerun):.2f}); `bnmatrix plan`: median "
+            f"{statistics.median(plans):.2f} s.\n")
+    print(text)
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
