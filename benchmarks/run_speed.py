@@ -49,6 +49,7 @@ class Bench:
 
     def __init__(self, work: Path, cells: list[Cell], scenarios: list[str], jobs: int):
         self.work = work
+        work.mkdir(parents=True, exist_ok=True)
         self.cells = cells
         self.scenarios = scenarios
         self.jobs = jobs
@@ -125,9 +126,8 @@ class Bench:
 
 def measure(bench: Bench, state: str, rounds: int) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {method: [] for method in METHODS}
-    if state == "warm":
-        for method in METHODS:  # build every environment once, untimed
-            bench.run(method)
+    for method in METHODS:  # once, untimed: the downloads are cached, and (warm) every environment exists
+        bench.run(method)
     for number in range(rounds):
         order = METHODS if number % 2 == 0 else METHODS[::-1]  # alternate, so no method always goes first
         for method in order:
