@@ -2,7 +2,7 @@
 x 2 devices x 10 scenarios, side by side. Measures the site's size, the time bnmatrix takes to render
 it, and in Debian's Chromium the time to load the matrix page and to apply a filter.
 
-usage: python benchmarks/report_scale.py [--repeat 5] [--write docs/benchmarks.md]
+usage: python benchmarks/report_scale.py [--repeat 5] [--write docs/report-benchmarks.md]
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main() -> None:
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(
-            "# Report benchmarks\n\nMade by `python benchmarks/report_scale.py --write docs/benchmarks.md` "
+            "# Report benchmarks\n\nMade by `python benchmarks/report_scale.py --write docs/report-benchmarks.md` "
             f"(medians of {args.repeat} runs, on this project's 2-core machine; ratios against the real run).\n\n"
             + table + "\n")
 

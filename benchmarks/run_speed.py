@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -66,11 +67,14 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "BNMATRIX_"))}
         env.update(UV_CACHE_DIR=str(self.downloads), PIP_CACHE_DIR=str(self.work / "pip-cache"),
                    PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONPATH=str(SCENARIOS), CUDA_VISIBLE_DEVICES="",
-                   BNMATRIX_CACHE=str(self.work / method.replace(" ", "_")))
+                   BNMATRIX_CACHE=str(self.folder(method)))
         return env
 
+    def folder(self, method: str) -> Path:
+        return self.work / re.sub(r"\W+", "_", method).strip("_")
+
     def venvs(self, method: str) -> Path:
-        return self.work / method.replace(" ", "_") / "venvs"
+        return self.folder(method) / "venvs"
 
     def clear(self, method: str) -> None:
         """Cold: no environment of this method is left (the download caches stay)."""

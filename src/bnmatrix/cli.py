@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run the scenarios again even where the cell's inputs did not change "
                                  "(on the cached environments)")
     run_parser.add_argument("--rebuild", action="store_true",
-                            help="recreate the cells' environments (venvs, or images without the layer cache); "
+                            help="recreate the cells' environments (venvs or images; downloads come from the cache); "
                                  "implies --force")
     run_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                             help="cells at once, and scenario processes at once over all cells (default: the "

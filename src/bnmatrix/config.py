@@ -36,8 +36,8 @@ def default_matrix_path() -> Path:
     return local if local.exists() else data_path("matrix.yaml")
 
 
-# What a value that reaches a Dockerfile, a command line or an environment may look like (whole match):
-# no whitespace, so no newline can start another Dockerfile instruction.
+# What a value that reaches an install script, a command line or an environment may look like (whole match):
+# no whitespace, so no newline can start another command.
 IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*")
 INDEX_URL = re.compile(r"(https?|file)://[^\s]+")
 ENV_VALUE = re.compile(r"[^\s]*")

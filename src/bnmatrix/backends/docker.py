@@ -187,7 +187,7 @@ class DockerBackend:
         self.settings = settings
         self.run_id = run_id
         self.scenario_dirs = scenario_dirs
-        self.rebuild = rebuild  # --rebuild: build every cell's image again, without the layer cache
+        self.rebuild = rebuild  # --rebuild: build every cell's image again
         self._lock = threading.Lock()
         self._volume: str | None = None
         self._uv: str | None = None  # the path of uv in the cache volume ("" for none), once known
