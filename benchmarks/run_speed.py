@@ -61,7 +61,8 @@ class Bench:
             if interpreter is None:
                 sys.exit(f"run_speed: no Python {cell.python} for {cell.id} (looked in {', '.join(looked)})")
             self.pythons[cell.id] = str(interpreter.path)
-        self.downloads = work / "uv-cache"  # shared by bnmatrix and the uv loops, like a user's ~/.cache/uv
+        # One download cache for bnmatrix (its own, in BNMATRIX_CACHE) and the uv loops, as on a user's machine.
+        self.downloads = self.folder("bnmatrix") / "uv"
 
     def env(self, method: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_", "BNMATRIX_"))}
@@ -71,7 +72,8 @@ class Bench:
         return env
 
     def folder(self, method: str) -> Path:
-        return self.work / re.sub(r"\W+", "_", method).strip("_")
+        """Where a method keeps its environments (both bnmatrix methods share theirs: BNMATRIX_CACHE)."""
+        return self.work / ("bnmatrix" if method.startswith("bnmatrix") else re.sub(r"\W+", "_", method).strip("_"))
 
     def venvs(self, method: str) -> Path:
         return self.folder(method) / "venvs"

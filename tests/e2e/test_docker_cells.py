@@ -216,3 +216,22 @@ def test_ctrl_c_during_an_image_build_stops_it_promptly(docker_runs: dict[str, A
     assert time.monotonic() - interrupted < 30, "the build went on after Ctrl-C"
     time.sleep(2)  # the daemon removes the cancelled step's container
     assert {c.id for c in docker_client.containers.list(all=True)} == before
+
+
+def test_a_rebuild_downloads_nothing_and_replaces_the_image(docker_runs: dict[str, Any], docker_client: Any,
+                                                            image_map_args: list[str], tmp_path: Path) -> None:
+    # The cell's image was built above, so every wheel it needs is in the daemon's bnmatrix-cache volume: building
+    # it again prepares only what must be built from an sdist, and downloads nothing.
+    tag = docker_runs["tf-1.15.5-cpu"].environment["cell_image"]
+    before = docker_client.images.get(tag)
+    assert main(["run", "--matrix", str(probe_matrix(tmp_path, 60, ["broken"])), "--backend", "docker", "--rebuild",
+                 "--results", str(tmp_path / "r"), *image_map_args]) == 1  # (its one scenario errs)
+    (log,) = (tmp_path / "r").glob("2*/logs/tf-1.15.5-cpu/setup.log")
+    text = log.read_text()
+    prepared = re.search(r"^Prepared (\d+) packages? in", text, re.M)
+    built = re.findall(r"^ +Built ", text, re.M)
+    assert re.search(r"^Installed \d+ packages in", text, re.M), text
+    assert prepared is None or int(prepared.group(1)) == len(built), text  # prepared = downloaded + built
+    after = docker_client.images.get(tag)
+    assert after.id != before.id and before.id not in {i.id for i in docker_client.images.list(all=True)}
+    assert after.labels["org.bnmatrix.pid"] == "" and after.attrs["Config"]["Volumes"] is None
