@@ -29,13 +29,13 @@ from bnmatrix.plan import Cell
 from bnmatrix.results import write_json
 
 READY_MARKER = "bnmatrix-ready.json"
-# pip settings about transport (certificates, proxies) are the host's business and kept; every
-# other PIP_* setting and every pip config file is dropped, so a cell installs from its index only.
+# uv and pip settings about transport (certificates, proxies, timeouts) are the host's business and kept;
+# every other UV_* and PIP_* setting and their config files are dropped, so a cell installs from its index only.
 PIP_TRANSPORT_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUSTED_HOST", "PIP_DEFAULT_TIMEOUT",
                           "PIP_RETRIES")
 UV_TRANSPORT_SETTINGS = ("UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_INSECURE_HOST", "UV_CONCURRENT_DOWNLOADS")
 INSTALL_TIMEOUT_S = 3600
-PROBE_TIMEOUT_S = 30  # an interpreter, `uv python find`, nvidia-smi, pip freeze
+PROBE_TIMEOUT_S = 30  # an interpreter, `uv python find`, nvidia-smi, the package listing
 LOCK_POLL_S = 0.5
 # Every process bnmatrix starts carries this in its environment, and so do its descendants (even a
 # double-forked, setsid one): `<run id>:<process id>`, so that what a scenario left behind can be found.
@@ -364,7 +364,7 @@ class VenvBackend:
                                 PROBE_TIMEOUT_S, subprocess.PIPE)
             ready = {"python": str(interpreter.path), "python_version": interpreter.version,
                      "requirements": list(cell.requirements), "index_url": cell.index_url,
-                     "packages": packages.splitlines()}
+                     "packages": [line for line in packages.splitlines() if "==" in line or " @ " in line]}
             write_json(building / READY_MARKER, ready)
             if venv.exists():
                 shutil.rmtree(venv)  # a broken or --rebuild env: replaced whole
