@@ -154,6 +154,19 @@ def unobtainable(client: docker.DockerClient, images: Sequence[str]) -> tuple[li
     return [], ""
 
 
+def tar_of(files: Sequence[tuple[Path, str, int]]) -> bytes:
+    """A tar of (file, name in the archive, mode) entries, owned by root: what put_archive copies into a volume."""
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path, name, mode in files:
+            info = tar.gettarinfo(str(path), arcname=name)
+            info.uid = info.gid = 0
+            info.mode = mode
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+    return archive.getvalue()
+
+
 def remove_dead_runs(client: docker.DockerClient) -> int:
     """Remove the containers and volumes of bnmatrix runs on this host whose process is gone (killed with
     -9, a crashed CI job); how many. Nothing without our labels, or of a live run, is touched."""
@@ -192,8 +205,9 @@ class DockerBackend:
         self._volume: str | None = None
         self._uv: str | None = None  # the path of uv in the cache volume ("" for none), once known
         self.closed = False
-        runtimes = client.info().get("Runtimes") or {}
-        self.gpu_runtime = "nvidia" in runtimes
+        info = client.info()
+        self.gpu_runtime = "nvidia" in (info.get("Runtimes") or {})
+        self.architecture = info.get("Architecture")
         self.scenario_timeout_s = scenario_timeout_s
         remove_dead_runs(client)
 
@@ -274,31 +288,29 @@ class DockerBackend:
         with self._lock:
             if self._uv is None:
                 self._uv = ""
-                if self.client.info().get("Architecture") == platform.machine():
+                if self.architecture == platform.machine():
                     self._uv = self._put_uv(image)
             return self._uv or None
 
     def _put_uv(self, image: str) -> str:
         source = Path(uv_binary())
         target = f"bin/uv-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
-        filler = self.client.containers.create(image, command=["true"], labels=owner_labels(self.run_id),
-                                               network_disabled=True,
-                                               volumes={CACHE_VOLUME: {"bind": CACHE_MOUNT, "mode": "rw"}})
-        try:
+        with self._filler(image, CACHE_VOLUME, CACHE_MOUNT) as filler:
             try:
                 filler.get_archive(f"{CACHE_MOUNT}/{target}")  # there already (its stream is not read)
             except docker.errors.NotFound:
-                archive = io.BytesIO()
-                with tarfile.open(fileobj=archive, mode="w") as tar:
-                    info = tar.gettarinfo(str(source), arcname=target)
-                    info.uid = info.gid = 0
-                    info.mode = 0o755
-                    with open(source, "rb") as handle:
-                        tar.addfile(info, handle)
-                filler.put_archive(CACHE_MOUNT, archive.getvalue())
+                filler.put_archive(CACHE_MOUNT, tar_of([(source, target, 0o755)]))
+        return f"{CACHE_MOUNT}/{target}"
+
+    @contextmanager
+    def _filler(self, image: str, volume: str, mount: str) -> Iterator[Any]:
+        """A short-lived container of `image` (never started, no network) with `volume` at `mount`, to copy into."""
+        filler = self.client.containers.create(image, command=["true"], labels=owner_labels(self.run_id),
+                                               network_disabled=True, volumes={volume: {"bind": mount, "mode": "rw"}})
+        try:
+            yield filler
         finally:
             self._remove(filler)
-        return f"{CACHE_MOUNT}/{target}"
 
     def _scenarios_volume(self, image: str) -> str:
         """A volume holding every scenario folder (subfolders included) as /scenarios/<index>, the
@@ -306,23 +318,13 @@ class DockerBackend:
         with self._lock:
             if self._volume is not None:
                 return self._volume
-            archive = io.BytesIO()
-            with tarfile.open(fileobj=archive, mode="w") as tar:
-                for index, directory in enumerate(self.scenario_dirs):
-                    for path in sorted(scenario_files(directory)):
-                        info = tar.gettarinfo(str(path), arcname=f"{index}/{path.relative_to(directory)}")
-                        info.uid = info.gid = 0
-                        info.mode = 0o644
-                        with open(path, "rb") as handle:
-                            tar.addfile(info, handle)
-            labels = owner_labels(self.run_id)
-            volume = self.client.volumes.create(name=f"bnmatrix-scenarios-{self.run_id}", labels=labels)
-            filler = self.client.containers.create(image, command=["true"], labels=labels, network_disabled=True,
-                                                   volumes={volume.name: {"bind": SCENARIO_MOUNT, "mode": "rw"}})
-            try:
-                filler.put_archive(SCENARIO_MOUNT, archive.getvalue())
-            finally:
-                self._remove(filler)
+            archive = tar_of([(path, f"{index}/{path.relative_to(directory)}", 0o644)
+                              for index, directory in enumerate(self.scenario_dirs)
+                              for path in sorted(scenario_files(directory))])
+            volume = self.client.volumes.create(name=f"bnmatrix-scenarios-{self.run_id}",
+                                                labels=owner_labels(self.run_id))
+            with self._filler(image, volume.name, SCENARIO_MOUNT) as filler:
+                filler.put_archive(SCENARIO_MOUNT, archive)
             self._volume = volume.name
             return volume.name
 
