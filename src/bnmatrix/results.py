@@ -15,7 +15,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,19 +44,19 @@ UMASK = _current_umask()  # read once: os.umask can only be read by setting it
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # two runs within a second keep their order
 
 
-def write_json(path: Path, data: Any, durable: bool = True) -> None:
+def write_json(path: Path, data: Any, durable: bool = True) -> str:
     """Write atomically: a reader sees the old file or the new one, never half of one; `durable`: on disk
-    before the rename, so that even a power cut leaves one of the two."""
+    before the rename, so that even a power cut leaves one of the two. Returns the file's SHA-256."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    content = (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600: results are for colleagues and web servers too
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True, allow_nan=False)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
@@ -64,6 +64,13 @@ def write_json(path: Path, data: Any, durable: bool = True) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return hashlib.sha256(content).hexdigest()
+
+
+@functools.cache
+def _schema_digest() -> str:
+    """What a run's list of checked cell files is valid for: a changed schema trusts none of them."""
+    return hashlib.sha256((PACKAGE_DIR / "result.schema.json").read_bytes()).hexdigest()
 
 
 @functools.cache
@@ -141,7 +148,7 @@ class ScenarioResult:
         return cls(**{**values, "status": Status(data["status"])})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": self.status.value}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value}
 
 
 @dataclass(kw_only=True)
@@ -376,9 +383,10 @@ class RunStore:
         finished = [d for d, m in earlier if m.get("status") in ("complete", "interrupted")
                     and m.get("kind", "run") == "run" and m.get("cells_written", len(m.get("cells") or [])) > 0]
         self.previous = finished[-1].resolve() if finished else None
-        self._earlier = [d for d, _ in earlier]
+        self._earlier = earlier
         self._read: dict[Path, dict[str, Any] | None] = {}  # earlier cell files, each read and checked once
         self.written = 0
+        self._checked_cells: dict[str, dict[str, str]] = {}  # cell id -> the checked file it wrote: SHA-256, status
         self.manifest = {
             "schema": RUN_SCHEMA,
             "run_id": self.run_id,
@@ -429,15 +437,17 @@ class RunStore:
     def relative(self, path: Path) -> str:
         return str(path.relative_to(self.directory))
 
-    def _earlier_results(self, cell_id: str) -> Iterator[tuple[Path, CellResult]]:
-        """(run directory, result) of this cell in every earlier run of the root, newest first."""
-        for directory in reversed(self._earlier):
+    def _earlier_results(self, cell_id: str, ran_only: bool = False) -> Iterator[tuple[Path, CellResult]]:
+        """(run directory, result) of this cell in every earlier run of the root, newest first; `ran_only`: only
+        results of cells that ran (a run's manifest says which, so that a GPU cell never run on this host does
+        not cost a file read per kept run)."""
+        for directory, manifest in reversed(self._earlier):
+            recorded = _recorded(manifest, cell_id)
+            if ran_only and recorded is not None and recorded.get("status") != CellStatus.RAN.value:
+                continue
             path = directory / "cells" / f"{cell_id}.json"
             if path not in self._read:
-                try:
-                    self._read[path] = check_cell_result(_read_json(path), str(path)) if path.is_file() else None
-                except BnMatrixError:
-                    self._read[path] = None  # a damaged old result is redone, not fatal
+                self._read[path] = _checked(path, recorded)
             data = self._read[path]
             if data is not None:
                 yield directory, CellResult.from_dict(data)  # a fresh object each time: callers change it
@@ -450,12 +460,12 @@ class RunStore:
     def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
         """The newest earlier result of this cell, in any run of the root, that ran with the same inputs and
         backend (its logs copied); None when there is none."""
-        for directory, result in self._earlier_results(cell_id):
+        for directory, result in self._earlier_results(cell_id, ran_only=True):
             if result.status is not CellStatus.RAN or result.inputs_hash != inputs_hash or result.backend != backend:
                 continue
             logs = directory / "logs" / cell_id
-            if logs.is_dir():
-                shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True)
+            if logs.is_dir():  # hard links where the file system allows: logs are never written to again
+                shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True, copy_function=_link)
             result.reused_from = result.reused_from or directory.name
             return result
         return None
@@ -466,7 +476,7 @@ class RunStore:
         `scenario` and ran the same definition with the same scenario code on the same backend: bisect's reuse,
         one scenario at a time."""
         wanted = {k: v for k, v in cell.describe().items() if k not in ("scenarios", "expect")}
-        for directory, result in self._earlier_results(cell.id):
+        for directory, result in self._earlier_results(cell.id, ran_only=True):
             definition = {k: v for k, v in result.cell.items() if k not in ("scenarios", "expect")}
             if (result.status is CellStatus.RAN and scenario in result.scenarios and result.backend == backend
                     and definition == wanted and result.inputs_hash == inputs_hash(result.cell, sources)):
@@ -485,15 +495,47 @@ class RunStore:
         # A reused result was checked when it was read, and its own run keeps it safe on disk.
         if not result.reused_from:
             check_cell_result(data, f"cell {result.id}")
-        write_json(self.directory / "cells" / f"{result.id}.json", data, durable=not result.reused_from)
+        digest = write_json(self.directory / "cells" / f"{result.id}.json", data, durable=not result.reused_from)
+        self._checked_cells[result.id] = {"sha256": digest, "status": data["status"]}
         self.written += 1
 
     def finish(self, status: str) -> None:
         """Close the run; `latest` moves to it only when it holds at least one cell."""
-        self.manifest.update(status=status, finished=now(), cells_written=self.written)
+        self.manifest.update(status=status, finished=now(), cells_written=self.written,
+                             checked={"schema": _schema_digest(), "cells": dict(sorted(self._checked_cells.items()))})
         write_json(self.directory / "manifest.json", self.manifest)
         if self.written and self.manifest["kind"] == "run":  # a bisect's few cells are no matrix to show
             self._point_latest()
+
+
+def _recorded(manifest: dict[str, Any], cell_id: str) -> dict[str, Any] | None:
+    """What a run's manifest records of a cell file it wrote and checked (its SHA-256 and status), if it was
+    checked under this very schema."""
+    checked = manifest.get("checked")
+    if not isinstance(checked, dict) or checked.get("schema") != _schema_digest():
+        return None
+    entry = checked.get("cells", {}).get(cell_id) if isinstance(checked.get("cells"), dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+def _checked(path: Path, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An earlier cell file, schema-checked unless its run recorded these very bytes as checked (a rerun of an
+    unchanged matrix then reads its 74 files in milliseconds); None if absent or damaged (it is redone)."""
+    try:
+        content = path.read_bytes()
+        data = json.loads(content)
+        if recorded is not None and recorded.get("sha256") == hashlib.sha256(content).hexdigest():
+            return data  # type: ignore[no-any-return]
+        return check_cell_result(data, str(path))
+    except (OSError, ValueError, BnMatrixError):
+        return None
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(source, target)
 
 
 def runs_under(path: Path) -> list[Path]:

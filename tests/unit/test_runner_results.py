@@ -163,6 +163,36 @@ def test_force_and_changed_inputs_redo_cells(tmp_path: Path, cells: list[Cell]) 
     assert changed.opened == ["tf-1.15.5-cpu"]
 
 
+def test_a_result_changed_after_its_run_is_checked_again_before_it_is_reused(tmp_path: Path,
+                                                                             cells: list[Cell]) -> None:
+    first = run(tmp_path, cells[:1], ReplayBackend({}))
+    assert first.manifest["checked"]["cells"]["tf-1.15.5-cpu"]["status"] == "ran"
+    unchanged = run(tmp_path, cells[:1], ReplayBackend({}))  # read on the strength of the recorded digest
+    reused = load_run(unchanged.directory).cells[0]
+    assert reused.reused_from == first.directory.name
+    log = str(reused.scenarios["layers_bn_session"].log)
+    assert (unchanged.directory / log).stat().st_ino == (first.directory / log).stat().st_ino  # linked, not copied
+
+    edited = unchanged.directory / "cells" / "tf-1.15.5-cpu.json"
+    data = json.loads(edited.read_text())
+    data["duration_s"] = 99.0  # still a valid result: checked, then reused
+    edited.write_text(json.dumps(data))
+    backend = ReplayBackend({})
+    again = run(tmp_path, cells[:1], backend)
+    assert backend.opened == [] and load_run(again.directory).cells[0].duration_s == 99.0
+
+    edited = again.directory / "cells" / "tf-1.15.5-cpu.json"
+    data["scenarios"]["layers_bn_session"]["status"] = "fine"  # no longer a result: checked and passed over
+    edited.write_text(json.dumps(data))
+    for older in (first, unchanged):
+        (older.directory / "cells" / "tf-1.15.5-cpu.json").write_text("{truncated")
+    backend = ReplayBackend({})
+    redone = run(tmp_path, cells[:1], backend)
+    assert backend.opened == ["tf-1.15.5-cpu"]  # no earlier result left to reuse: run again
+    assert load_run(redone.directory).cells[0].scenarios["layers_bn_session"].status.value == "updated"
+
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
     target = tmp_path / "cell.json"
     write_json(target, {"a": 1})

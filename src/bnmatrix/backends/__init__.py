@@ -166,10 +166,11 @@ def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path, rebu
     auto takes Docker when a daemon answers (DOCKER_HOST honoured) and can obtain the cells' base `images`
     (on this host, or from a registry it reaches); the venv backend otherwise.
     """
-    from bnmatrix.backends.docker import DockerBackend, connect, unobtainable
     from bnmatrix.backends.venv import VenvBackend
 
     if name in ("auto", "docker"):
+        from bnmatrix.backends.docker import DockerBackend, connect, unobtainable  # docker-py takes 0.1 s to import
+
         client, about = connect(matrix.timeout_s)
         missing, reason = unobtainable(client, images) if client is not None and name == "auto" else ([], "")
         if client is not None and not missing:
