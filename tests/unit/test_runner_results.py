@@ -330,3 +330,31 @@ def test_a_scenario_printing_200_mb_costs_bounded_memory_and_log(tmp_path: Path)
     assert len(log) < 9 << 20  # the first 8 MiB, a note, and the tail
     assert b"bytes of output left out here" in log  # then the ends of both streams
     assert b'BNMATRIX_RESULT {"ok": 1}' in log[-200:]  # the streams interleave in any order
+
+
+def test_an_imported_run_is_checked_again_whatever_its_manifest_says(tmp_path: Path, cells: list[Cell]) -> None:
+    """A hostile archive whose manifest vouches for a cell file that is no result: the file is not reused."""
+    import hashlib
+    import tarfile
+
+    from bnmatrix.history import ARCHIVE_INDEX, ARCHIVE_SCHEMA, import_archive
+
+    source = run(tmp_path / "theirs", cells[:1], ReplayBackend({}))
+    cell_file = source.directory / "cells" / "tf-1.15.5-cpu.json"
+    data = json.loads(cell_file.read_text())
+    data["scenarios"]["layers_bn_session"]["moving_mean"] = "<img src=x onerror=alert(1)>"  # a number, says the schema
+    cell_file.write_text(json.dumps(data))
+    manifest = json.loads((source.directory / "manifest.json").read_text())
+    manifest["checked"]["cells"]["tf-1.15.5-cpu"]["sha256"] = hashlib.sha256(cell_file.read_bytes()).hexdigest()
+    (source.directory / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / ARCHIVE_INDEX).write_text(json.dumps({"schema": ARCHIVE_SCHEMA,
+                                                      "runs": [{"folder": source.directory.name}]}))
+    with tarfile.open(tmp_path / "archive.tar.gz", "w:gz") as archive:
+        archive.add(tmp_path / ARCHIVE_INDEX, ARCHIVE_INDEX)
+        archive.add(source.directory, source.directory.name)
+
+    assert import_archive(tmp_path / "archive.tar.gz", tmp_path / "ours") == [source.directory.name]
+    backend = ReplayBackend({})
+    ours = run(tmp_path / "ours", cells[:1], backend)
+    assert backend.opened == ["tf-1.15.5-cpu"]
+    assert load_run(ours.directory).cells[0].scenarios["layers_bn_session"].status.value == "updated"
