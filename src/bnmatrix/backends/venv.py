@@ -110,31 +110,34 @@ def _probe(candidate: Path) -> Interpreter | None:
 
 
 def find_interpreter(python: str) -> tuple[Interpreter | None, list[str]]:
-    """A Python X.Y from pyenv's versions, uv's managed Pythons or PATH (pyenv shims skipped).
+    """A Python X.Y from pyenv's versions, uv's managed Pythons or PATH (pyenv shims skipped), tried in that
+    order: a place is asked only when the ones before it had none that runs.
 
     Returns the interpreter (or None) and the places looked in, for the not-run reason.
     """
     looked: list[str] = []
-    candidates: list[Path] = []
-    pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    looked.append(str(pyenv_root / "versions"))
-    candidates += sorted((pyenv_root / "versions").glob(f"{python}.*/bin/python{python}"), reverse=True)
-    uv = shutil.which("uv")
-    if uv:
-        looked.append("uv python find")
-        with suppress(subprocess.TimeoutExpired):
-            found = subprocess.run([uv, "python", "find", python], capture_output=True, text=True,
-                                   timeout=PROBE_TIMEOUT_S)
-            if found.returncode == 0 and found.stdout.strip():
-                candidates.append(Path(found.stdout.strip()))
-    looked.append("PATH")
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        candidate = Path(directory) / f"python{python}"
-        if candidate.is_file() and "shims" not in candidate.parts:
-            candidates.append(candidate)
-    if sys.version_info[:2] == tuple(int(p) for p in python.split(".")):
-        candidates.append(Path(sys.executable))
-    for candidate in candidates:
+
+    def candidates() -> Iterator[Path]:
+        pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
+        looked.append(str(pyenv_root / "versions"))
+        yield from sorted((pyenv_root / "versions").glob(f"{python}.*/bin/python{python}"), reverse=True)
+        uv = shutil.which("uv")
+        if uv:
+            looked.append("uv python find")
+            with suppress(subprocess.TimeoutExpired):
+                found = subprocess.run([uv, "python", "find", python], capture_output=True, text=True,
+                                       timeout=PROBE_TIMEOUT_S)
+                if found.returncode == 0 and found.stdout.strip():
+                    yield Path(found.stdout.strip())
+        looked.append("PATH")
+        for directory in os.environ.get("PATH", "").split(os.pathsep):
+            candidate = Path(directory) / f"python{python}"
+            if candidate.is_file() and "shims" not in candidate.parts:
+                yield candidate
+        if sys.version_info[:2] == tuple(int(p) for p in python.split(".")):
+            yield Path(sys.executable)
+
+    for candidate in candidates():
         interpreter = _probe(candidate)
         if interpreter and interpreter.version.startswith(python + "."):
             return interpreter, looked
@@ -266,6 +269,8 @@ class VenvBackend:
         self.processes = ProcessGroups(run_id)
         self.rebuild = rebuild  # --rebuild: recreate each cell's environment once in this run
         self._rebuilt: set[Path] = set()
+        self._interpreters: dict[str, tuple[Interpreter | None, list[str]]] = {}
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self.processes.close()
@@ -275,7 +280,10 @@ class VenvBackend:
         if cell.device == "gpu" and not gpu_available():
             raise CellNotRun("no GPU on this host (nvidia-smi lists none)")
         report_step(f"finding Python {cell.python}")
-        interpreter, looked = find_interpreter(cell.python)
+        with self._lock:  # once per Python in a run: cells of the same Python share what was found
+            if cell.python not in self._interpreters:
+                self._interpreters[cell.python] = find_interpreter(cell.python)
+            interpreter, looked = self._interpreters[cell.python]
         if interpreter is None:
             raise CellNotRun(f"no Python {cell.python} on this host (looked in {', '.join(looked)})")
         venv = self._venv(cell, interpreter, setup_log, report_step)
