@@ -358,3 +358,18 @@ def test_an_imported_run_is_checked_again_whatever_its_manifest_says(tmp_path: P
     ours = run(tmp_path / "ours", cells[:1], backend)
     assert backend.opened == ["tf-1.15.5-cpu"]
     assert load_run(ours.directory).cells[0].scenarios["layers_bn_session"].status.value == "updated"
+
+
+def test_cells_starting_together_all_find_uv() -> None:
+    """uv's finder reads sysconfig, whose first reading races on Python 3.11: two cells starting at once once got
+    a TypeError instead of uv. Eight threads at a barrier, in a fresh interpreter, must all get the same path."""
+    import subprocess
+    import sys
+
+    code = ("import threading\nfrom bnmatrix.backends.venv import uv_binary\nbarrier = threading.Barrier(8)\n"
+            "found = []\ndef find():\n    barrier.wait()\n    try:\n        found.append(uv_binary())\n"
+            "    except Exception as exc:\n        found.append(repr(exc))\n"
+            "threads = [threading.Thread(target=find) for _ in range(8)]\n"
+            "for t in threads: t.start()\nfor t in threads: t.join()\nprint(sorted(set(found)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.count("'") == 2 and "/uv'" in out, out  # one path, no exception

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -155,9 +156,15 @@ def gpu_available() -> bool:
     return listing.returncode == 0 and "GPU" in listing.stdout
 
 
+_UV_LOCK = threading.Lock()
+
+
+@functools.cache
 def uv_binary() -> str:
-    """The uv executable installed with bnmatrix (the `uv` package)."""
-    return str(uv.find_uv_bin())
+    """The uv executable installed with bnmatrix (the `uv` package). Found under a lock: it reads sysconfig,
+    whose first reading is not thread-safe on Python 3.11 (two cells starting together got EXE = None)."""
+    with _UV_LOCK:
+        return str(uv.find_uv_bin())
 
 
 def pip_environment(index_url: str) -> dict[str, str]:
