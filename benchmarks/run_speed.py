@@ -154,8 +154,8 @@ def nothing_changed(work: Path, rounds: int) -> tuple[list[float], list[float]]:
     env = {**os.environ, "BNMATRIX_CACHE": str(work / "unchanged-cache")}  # proves no env is needed
     # The committed run's cells of Pythons with local Docker bases were planned with an image map (an image is
     # part of a cell's definition): map the same images, so that this checkout's plan matches it.
-    recorded = {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text())["cell"]["image"]
-                for p in (root / "run" / "cells").glob("*.json")}
+    cells = [json.loads(p.read_text())["cell"] for p in (root / "run" / "cells").glob("*.json")]
+    recorded = {cell["id"]: cell["image"] for cell in cells}
     images = {cell.image: recorded[cell.id] for cell in plan(Matrix.from_file(default_matrix_path()))
               if recorded.get(cell.id, cell.image) != cell.image}
     mapped = [x for pair in images.items() for x in ("--image-map", "=".join(pair))]

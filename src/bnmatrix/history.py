@@ -20,7 +20,17 @@ from typing import Any
 from packaging.version import Version
 
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.results import RUN_ID, CellResult, Run, latest_searches, load_run, now, runs_in, write_json
+from bnmatrix.results import (
+    RUN_ID,
+    CellResult,
+    Run,
+    latest_searches,
+    load_run,
+    now,
+    read_json_object,
+    runs_in,
+    write_json,
+)
 from bnmatrix.verdict import VERDICTS, CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
@@ -215,8 +225,8 @@ def import_archive(archive_path: Path, root: Path) -> list[str]:
                 for folder in sorted(folders):
                     manifest = Path(staging) / folder / "manifest.json"
                     if manifest.is_file() and not (root / folder).exists():
-                        data = json.loads(manifest.read_text(encoding="utf-8"))
-                        if isinstance(data, dict) and data.pop("checked", None) is not None:
+                        data = read_json_object(manifest)
+                        if data.pop("checked", None) is not None:
                             write_json(manifest, data)  # what another host says it checked is checked here again
                         (Path(staging) / folder).rename(root / folder)
                         added.append(folder)

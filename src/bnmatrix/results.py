@@ -242,7 +242,7 @@ def latest_searches(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[st
 
 
 def read_searches(directory: Path) -> list[dict[str, Any]]:
-    data = _read_json_or_none(directory / BISECT_FILE)
+    data = read_json_object(directory / BISECT_FILE)
     searches = data.get("searches") if data.get("schema") == BISECT_SCHEMA else None
     return [s for s in searches if isinstance(s, dict)] if isinstance(searches, list) else []
 
@@ -345,7 +345,7 @@ def runs_in(root: Path, newly_dead: list[str] | None = None) -> list[tuple[Path,
         directory = manifest_path.parent
         if directory.name == "latest" or directory.name.startswith("."):
             continue
-        manifest = _read_json_or_none(manifest_path)
+        manifest = read_json_object(manifest_path)
         if manifest.get("schema") != RUN_SCHEMA:
             continue
         if manifest.get("status") == "running" and not _alive(manifest):
@@ -408,7 +408,7 @@ class RunStore:
         latest = self.root / "latest"
         if latest.is_symlink() or not latest.is_dir():
             return
-        run_id = _read_json_or_none(latest / "manifest.json").get("run_id")
+        run_id = read_json_object(latest / "manifest.json").get("run_id")
         target = self.root / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
         if target is None or target.exists():
             target = self.root / f"latest-copy-{secrets.token_hex(3)}"
@@ -514,7 +514,8 @@ def _recorded(manifest: dict[str, Any], cell_id: str) -> dict[str, Any] | None:
     checked = manifest.get("checked")
     if not isinstance(checked, dict) or checked.get("schema") != _schema_digest():
         return None
-    entry = checked.get("cells", {}).get(cell_id) if isinstance(checked.get("cells"), dict) else None
+    cells = checked.get("cells")
+    entry = cells.get(cell_id) if isinstance(cells, dict) else None
     return entry if isinstance(entry, dict) else None
 
 
@@ -598,7 +599,7 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         "merged_from": sources,
         "cells": sorted(chosen),
     }
-    if out.exists() and any(out.iterdir()) and "merged_from" not in _read_json_or_none(out / "manifest.json"):
+    if out.exists() and any(out.iterdir()) and "merged_from" not in read_json_object(out / "manifest.json"):
         raise BnMatrixError(f"--out {out}: exists and is not an earlier merge; expected a new or empty directory")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     for key, (result, _, directory) in sorted(chosen.items()):
@@ -624,7 +625,8 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
     return out
 
 
-def _read_json_or_none(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} when the file is missing, damaged or holds no object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

@@ -192,7 +192,6 @@ def test_a_result_changed_after_its_run_is_checked_again_before_it_is_reused(tmp
     assert load_run(redone.directory).cells[0].scenarios["layers_bn_session"].status.value == "updated"
 
 
-
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
     target = tmp_path / "cell.json"
     write_json(target, {"a": 1})
