@@ -288,7 +288,8 @@ RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
 
 
 def new_run_id() -> str:
-    """A run id that sorts by time and does not collide within a host."""
+    """A run id that sorts by the second it started and does not collide within a host (runs that start within one
+    second are ordered by their manifests' `started`, which carries milliseconds)."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 

@@ -170,8 +170,10 @@ class Fault:
         return done.returncode, done.stdout + done.stderr
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run's manifest, oldest first."""
-        return [json.loads(p.read_text()) for p in sorted(self.results.glob("2*/manifest.json"))]
+        """Every run's manifest, oldest first: ordered by the manifest's start time, as bnmatrix orders them (run ids
+        only carry whole seconds, and runs of these tests often start within the same second)."""
+        manifests = [json.loads(p.read_text()) for p in self.results.glob("2*/manifest.json")]
+        return sorted(manifests, key=lambda m: (m["started"], m["run_id"]))
 
     def cell(self, run: dict[str, Any], cell_id: str) -> dict[str, Any]:
         data: dict[str, Any] = json.loads((self.results / run["run_id"] / "cells" / f"{cell_id}.json").read_text())
