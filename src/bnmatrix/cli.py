@@ -62,8 +62,8 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated(signum)
 
 
-def _styled(status: Status, word: bool = True) -> str:
-    return f"[{status.colour}]{status.icon}{' ' + status.word if word else ''}[/]"
+def _styled(status: Status) -> str:
+    return f"[{status.colour}]{status.icon} {status.word}[/]"
 
 
 def _selection_options(parser: argparse.ArgumentParser) -> None:
