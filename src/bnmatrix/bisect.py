@@ -396,6 +396,9 @@ class Bisector:
         good, bad = spelled.get(Version(good), good), spelled.get(Version(bad), bad)
         for option, version in (("--good", good), ("--bad", bad)):
             if version not in on_index and not endpoints_known:
+                if Version(version).is_prerelease and not self.pre:
+                    raise BnMatrixError(f"{option} {version}: a pre-release, which bisect leaves out unless asked; "
+                                        "expected a final release, or --pre to take release candidates and betas")
                 known = [r.version for r in releases]
                 nearby = [v for v in known if v.split(".")[:2] == version.split(".")[:2]] or known[-5:]
                 why = f" ({left_out[version]})" if version in left_out else ""

@@ -7,6 +7,7 @@ import contextlib
 import fnmatch
 import functools
 import json
+import math
 import os
 import shutil
 import signal
@@ -34,6 +35,7 @@ from bnmatrix.results import (
     CellResult,
     Run,
     RunStore,
+    StoreError,
     change_span,
     check_results_root,
     latest_searches,
@@ -47,19 +49,32 @@ from bnmatrix.results import (
 from bnmatrix.runner import ProgressCallback, run_plan
 from bnmatrix.verdict import CellStatus, Status
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (CI cancelling a job, a closed terminal): stopped as cleanly as Ctrl-C."""
+    """Ctrl-C, SIGTERM or SIGHUP (CI cancelling a job, a closed terminal): the command stops cleanly."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-def _terminate(signum: int, frame: object) -> None:
-    for other in (signal.SIGTERM, signal.SIGHUP):  # a second one must not break the cleanup of the first
-        signal.signal(other, signal.SIG_IGN)
-    raise Terminated(signum)
+class _Stop:
+    """The first stop signal stops cleanly (Terminated: running work killed, finished cells kept, the run closed);
+    a second one, while that cleanup runs, ends bnmatrix at once: the next run marks the run interrupted and
+    sweeps whatever it left (its children die with it)."""
+
+    first: int | None = None
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        if cls.first is not None:
+            os.write(2, f"\nbnmatrix: {signal.Signals(signum).name} again: stopping at once; the next run marks "
+                        "this one interrupted and sweeps what it left\n".encode())
+            os._exit(128 + signum)
+        cls.first = signum
+        raise Terminated(signum)
 
 
 def _styled(status: Status) -> str:
@@ -291,6 +306,9 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt as exc:
         return _interrupted(console, store, exc, f"finished cells are kept in {store.directory}; run again to go "
                             "on (unchanged cells are reused)")
+    except StoreError:
+        _close_broken(store)
+        raise
     finally:
         backend.close()
     store.finish("complete")
@@ -313,6 +331,13 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                       "reasons above and the logs")
         return EXIT_CELL_FAILED
     return EXIT_CELL_FAILED if failed else EXIT_OK
+
+
+def _close_broken(store: RunStore) -> None:
+    """A run whose results could not be written (a full disk): marked interrupted if even that can be written;
+    else the next run marks it, as it does a killed run's."""
+    with contextlib.suppress(StoreError):
+        store.finish("interrupted")
 
 
 def _interrupted(console: Console, store: RunStore, exc: KeyboardInterrupt, kept: str) -> int:
@@ -390,8 +415,8 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
                             "VERSION, or --from-run [RUN]")
     if args.jobs < 1:
         raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
-    if args.budget is not None and args.budget <= 0:
-        raise BnMatrixError(f"--budget {args.budget:g}: expected minutes above 0")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
+        raise BnMatrixError(f"--budget {args.budget:g}: expected a number of minutes above 0")
     if args.variant is not None and args.variant not in matrix.variants:
         raise BnMatrixError(f"--variant {args.variant}: unknown; expected one of "
                             f"{', '.join(matrix.variants) or '(none)'}")
@@ -461,6 +486,9 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
         store.write_searches([s.conclusion() for s in bisector.searches])
         return _interrupted(console, store, exc, f"the probes that finished are kept in {store.directory}; run the "
                             "same command again to go on (nothing is run twice)")
+    except StoreError:
+        _close_broken(store)
+        raise
     finally:
         backend.close()
     store.finish("complete")
@@ -595,17 +623,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report,
                 "scenario": command_scenario, "bisect": command_bisect, "diff": command_diff,
                 "import": command_import}
-    previous = {signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    _Stop.first = None
+    previous = {signum: signal.signal(signum, _Stop.handle) for signum in STOP_SIGNALS}
     try:
-        return handlers[args.command](args, console)
+        code = handlers[args.command](args, console)
     except KeyboardInterrupt as exc:  # outside a run (plan, report, merge): nothing to record
-        return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
+        code = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     except BnMatrixError as exc:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(str(exc))}", highlight=False)
-        return exc.exit_code
+        code = exc.exit_code
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    _exit_if_stuck(code)
+    return code
+
+
+def _exit_if_stuck(code: int) -> None:
+    """A cell that outlived a stop's grace (runner.STOP_GRACE_S) would keep Python from exiting, which waits for
+    every worker thread: exit without it (what it started dies with this process)."""
+    stuck = [t for t in threading.enumerate() if t.name.startswith("bnmatrix-") and t.is_alive()]
+    deadline = time.monotonic() + 5
+    for thread in stuck:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in stuck):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

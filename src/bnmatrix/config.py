@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,6 +45,31 @@ ENV_VALUE = re.compile(r"[^\s]*")
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000  # after alias expansion: a billion-laughs file stops here
 HELPER_MODULE = "bnmatrix_scenario"
+# A scenario's folder comes first on the scenario's sys.path, so a script, helper or subfolder named like a module
+# that Python, TensorFlow or their dependencies import (json.py, numpy/) would replace it for every scenario there.
+SHADOWED_MODULES = frozenset(sys.stdlib_module_names) | {
+    # standard modules of Pythons 3.6 to 3.11 that newer ones dropped
+    "asynchat", "asyncore", "binhex", "distutils", "formatter", "imp", "macpath", "parser", "smtpd", "symbol",
+    "dataclasses", "site", "sitecustomize", "usercustomize",
+    # TensorFlow 1.x to 2.x, Keras and what they import
+    "absl", "astor", "astunparse", "backports", "cachetools", "certifi", "chardet", "charset_normalizer", "clang",
+    "dm_tree", "enum34", "flatbuffers", "futures", "gast", "google", "google_auth_oauthlib", "grpc", "h5py", "idna",
+    "importlib_metadata", "jax", "jaxlib", "keras", "keras_applications", "keras_preprocessing", "libclang",
+    "markdown", "markdown_it", "mdurl", "mock", "ml_dtypes", "namex", "numpy", "oauthlib", "opt_einsum", "optree",
+    "packaging", "pbr", "pip", "pkg_resources", "protobuf", "pyasn1", "pyasn1_modules", "pygments", "requests",
+    "requests_oauthlib", "rich", "rsa", "scipy", "setuptools", "six", "tensorboard", "tensorboard_data_server",
+    "tensorboard_plugin_wit", "tensorflow", "tensorflow_core", "tensorflow_estimator", "tensorflow_io_gcs_filesystem",
+    "termcolor", "tf_keras", "tree", "typing_extensions", "urllib3", "werkzeug", "wheel", "wrapt", "zipp",
+}
+
+
+def shadowing(name: str) -> str | None:
+    """Why a top-level name in a scenario folder would break the scenarios there, or None."""
+    if name == HELPER_MODULE:
+        return "it is bnmatrix's scenario helper"
+    if name in SHADOWED_MODULES:
+        return f"it would hide the module {name!r} that Python, TensorFlow or its dependencies import"
+    return None
 SCENARIO_NAME = re.compile(r"[a-z][a-z0-9_]*")
 NOTE_KEYS = {"pattern": str, "why": str, "fix": str, "fix_code": str, "links": list}
 
@@ -74,6 +100,11 @@ def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
         why = "is not a directory" if directory.exists() else "does not exist"
         raise BnMatrixError(f"{origin}: {why}; expected a folder of scenario scripts")
     found = {}
+    for entry in sorted(directory.iterdir()):  # modules and regular packages shadow; data folders do not
+        module = entry.stem if entry.suffix == ".py" else entry.name if (entry / "__init__.py").is_file() else None
+        shadows = shadowing(module) if module and module != HELPER_MODULE else None
+        if shadows:
+            raise BnMatrixError(f"{entry}: {shadows}; expected another name (rename it)")
     for script in sorted(directory.glob("*.py")):
         name = script.stem
         if name.startswith("_") or name == HELPER_MODULE:
@@ -578,9 +609,13 @@ fix: >-
 
 def new_scenario(name: str, directory: Path) -> Path:
     """Write a working scenario skeleton `<directory>/<name>.py` and its notes; returns the script."""
-    if not SCENARIO_NAME.fullmatch(name) or name == HELPER_MODULE:
+    if not SCENARIO_NAME.fullmatch(name):
         raise BnMatrixError(f"scenario new {name!r}: expected a plain identifier (lower case letters, digits and "
                             f"underscores, starting with a letter), e.g. my_keras_fit")
+    why = shadowing(name)
+    if why:
+        raise BnMatrixError(f"scenario new {name!r}: {why}; expected another name, e.g. my_{name} (nothing was "
+                            "written)")
     builtin = data_path("scenarios") / f"{name}.py"
     if builtin.exists():
         raise BnMatrixError(f"scenario new {name!r}: a built-in scenario has that name ({builtin}); expected a "

@@ -9,9 +9,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +20,8 @@ from typing import Any
 from packaging.version import Version
 
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.results import (
-    RUN_ID,
-    CellResult,
-    Run,
-    latest_searches,
-    load_run,
-    now,
-    read_json_object,
-    runs_in,
-    write_json,
-)
+from bnmatrix.intake import extract_archive, staging_name, sweep_staging
+from bnmatrix.results import CellResult, Run, check_run, latest_searches, load_run, now, runs_in, write_json
 from bnmatrix.verdict import VERDICTS, CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
@@ -82,7 +73,14 @@ class History:
 
     @classmethod
     def load(cls, root: Path) -> History:
-        runs = [load_run(directory) for directory, _ in runs_in(root)]
+        """Every run of a results root, each file checked; a run that fails its checks is one clear error (its
+        file named), never a run quietly left out of what is shown."""
+        refused: list[str] = []
+        found = runs_in(root, refused=refused)
+        if refused:
+            more = f" (and {len(refused) - 1} more run{'s' if len(refused) > 2 else ''})" if len(refused) > 1 else ""
+            raise BnMatrixError(refused[0] + more)
+        runs = [load_run(directory) for directory, _ in found]
         if not runs:
             why = "no run here" if root.is_dir() else "does not exist"
             raise BnMatrixError(f"{root}: {why} (expected run folders with a manifest.json); run 'bnmatrix run' "
@@ -200,41 +198,38 @@ def write_archive(history: History, target: Path) -> Path:
 
 
 def import_archive(archive_path: Path, root: Path) -> list[str]:
-    """Unpack an archive into a results root: runs it does not hold yet are added, the others kept as they
-    are. Refuses another archive format and any member that would leave its run folder."""
-    if not hasattr(tarfile, "data_filter"):
-        raise BnMatrixError("importing an archive safely needs tarfile's data filter (Python 3.10.12, 3.11.4 or "
-                            "newer); expected a newer Python for bnmatrix")
+    """Add the runs of an archive that a results root does not hold yet; the others are kept as they are.
+
+    Everything is checked before anything enters the root (intake.py, results.check_run): another format, a
+    member that is no regular file or folder or leaves its run folder, an archive beyond the bounds, or a run
+    whose files fail their schemas (a start in the future among them) refuses the whole archive, and nothing is
+    written. An imported run is never one that runs here: a `running` manifest is marked `interrupted`, and
+    what its host says it checked is dropped (this host checks those cell files itself)."""
     try:
-        with tarfile.open(archive_path, "r:*") as archive:
-            member = archive.extractfile(ARCHIVE_INDEX) if ARCHIVE_INDEX in archive.getnames() else None
-            index = json.loads(member.read()) if member else None
-            if not isinstance(index, dict) or index.get("schema") != ARCHIVE_SCHEMA:
-                found = index.get("schema") if isinstance(index, dict) else "no archive.json"
-                raise BnMatrixError(f"{archive_path}: found {found!r}, expected a {ARCHIVE_SCHEMA} archive "
-                                    "(written by 'bnmatrix report' as results-archive.tar.gz)")
-            folders = {str(r.get("folder")) for r in index.get("runs", []) if isinstance(r, dict)}
-            for folder in folders:
-                if not (RUN_ID.fullmatch(folder) or folder.replace("-", "").isalnum()):
-                    raise BnMatrixError(f"{archive_path}: run folder {folder!r}: expected a run id")
-            root.mkdir(parents=True, exist_ok=True)
-            added = []
-            with tempfile.TemporaryDirectory(dir=root, prefix=".import-") as staging:
-                members = [m for m in archive.getmembers() if m.name.split("/", 1)[0] in folders]
-                archive.extractall(staging, members=members, filter="data")
-                for folder in sorted(folders):
-                    manifest = Path(staging) / folder / "manifest.json"
-                    if manifest.is_file() and not (root / folder).exists():
-                        data = read_json_object(manifest)
-                        if data.pop("checked", None) is not None:
-                            write_json(manifest, data)  # what another host says it checked is checked here again
-                        (Path(staging) / folder).rename(root / folder)
-                        added.append(folder)
-            return added
-    except tarfile.ReadError:
-        raise BnMatrixError(f"{archive_path}: not a tar archive; expected a {ARCHIVE_SCHEMA} archive "
-                            "(results-archive.tar.gz from a bnmatrix site)") from None
-    except (tarfile.TarError, OSError, ValueError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BnMatrixError(f"{archive_path}: cannot unpack the archive: {first}; expected a {ARCHIVE_SCHEMA} "
-                            "archive") from None
+        root.mkdir(parents=True, exist_ok=True)
+        sweep_staging(root)  # what a killed import left
+        staging = root / staging_name("import")
+        staging.mkdir()
+    except OSError as exc:
+        raise BnMatrixError(f"--results {root}: cannot write there: {exc.strerror}") from None
+    try:
+        _, folders = extract_archive(archive_path, staging, ARCHIVE_INDEX, ARCHIVE_SCHEMA)
+        new = [f for f in folders if (staging / f / "manifest.json").is_file() and not os.path.lexists(root / f)]
+        for folder in new:
+            try:
+                manifest = check_run(staging / folder).manifest
+            except BnMatrixError as exc:
+                raise BnMatrixError(f"{archive_path}: {str(exc).replace(str(staging) + '/', '')} (nothing was "
+                                    "imported)") from None
+            manifest.pop("checked", None)
+            if manifest["status"] == "running":
+                manifest.update(status="interrupted", note="imported while it was running on its own host")
+            write_json(staging / folder / "manifest.json", manifest)
+        for folder in new:
+            (staging / folder).rename(root / folder)
+        return new
+    except OSError as exc:
+        raise BnMatrixError(f"{archive_path}: cannot import into {root}: {exc.strerror or exc} (nothing was "
+                            "imported)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from pygments.lexers import PythonLexer
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
+from bnmatrix.intake import copy_tree, read_json, read_text, replace_folder, staging_name, sweep_staging
 from bnmatrix.plan import all_cells
 from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, change_span, load_run, runs_under
 from bnmatrix.verdict import CellStatus, Status
@@ -144,10 +144,9 @@ def scenario_page_sources(runs: list[Run]) -> dict[str, tuple[str, dict[str, Any
     for name in sorted(names):
         for run in runs:
             kept = run.directory / "scenarios" / name
-            if (kept / "scenario.py").is_file():
-                notes = json.loads((kept / "notes.json").read_text(encoding="utf-8")) \
-                    if (kept / "notes.json").is_file() else {}
-                found[name] = ((kept / "scenario.py").read_text(encoding="utf-8"), notes)
+            if os.path.lexists(kept / "scenario.py"):
+                notes = read_json(kept / "notes.json", "notes") if os.path.lexists(kept / "notes.json") else {}
+                found[name] = (read_text(kept / "scenario.py"), notes)
                 break
         else:
             builtin = data_path("scenarios") / f"{name}.py"
@@ -577,11 +576,11 @@ SITE_MARKER = ".bnmatrix-site.json"  # in every site bnmatrix writes: the files 
 def _site_files(out: Path) -> set[str] | None:
     """The files bnmatrix wrote into `out` (from its marker); None when `out` is no bnmatrix site."""
     try:
-        marker = json.loads((out / SITE_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        marker = read_json(out / SITE_MARKER)
+    except BnMatrixError:
         return None
     files = marker.get("files") if isinstance(marker, dict) else None
-    return set(files) if isinstance(files, list) else None
+    return {f for f in files if isinstance(f, str)} if isinstance(files, list) else None
 
 
 def _inside(base: Path, relative: str) -> Path:
@@ -617,7 +616,9 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
     files = render_site(site, earlier, Expectations.from_matrix(matrix) if matrix else None)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        sweep_staging(out.parent)  # what a killed report left (and an earlier site it had moved aside)
+        staging = out.parent / staging_name("site")
+        staging.mkdir()
     except OSError as exc:
         raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
     try:
@@ -628,32 +629,30 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
         for asset in ("style.css", "matrix.js", "runs.js", "back.js"):
             shutil.copyfile(data_path("report") / asset, staging / asset)
         holders = [(c, site.origins[c.id]) for c in site.run.cells] + list(site.evidence.values())
-        for cell_result, origin in holders:  # the full logs, next to the cell's page
+        for cell_result, origin in holders:  # the full logs, next to the cell's page (regular files only)
             logs = origin.directory / "logs" / cell_result.id
-            if logs.is_dir():
-                shutil.copytree(logs, _inside(staging, f"cells/logs/{cell_result.id}"))
+            if logs.is_dir() and not logs.is_symlink():
+                copy_tree(logs, _inside(staging, f"cells/logs/{cell_result.id}"))
         if site.history is not None:  # the results root, for the next run to add to (docs/history.md)
             write_archive(site.history, staging / ARCHIVE_NAME)
         written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        if out.is_dir():  # what the user added to the earlier site stays
-            for path in out.rglob("*"):
-                relative = str(path.relative_to(out))
-                if path.is_file() and relative not in earlier_files and relative != SITE_MARKER \
-                        and not (staging / relative).exists():
-                    (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(path, staging / relative)
+        if out.is_dir():  # what the user added to the earlier site stays (a link as a link)
+            for place, _, names in os.walk(out):
+                for name in names:
+                    path = Path(place) / name
+                    relative = str(path.relative_to(out))
+                    if relative not in earlier_files and relative != SITE_MARKER and \
+                            not os.path.lexists(staging / relative):
+                        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(path, staging / relative, follow_symlinks=False)
         (staging / SITE_MARKER).write_text(json.dumps({"files": written}, indent=0) + "\n", encoding="utf-8")
         for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
-            folder.chmod(0o777 & ~UMASK)  # mkdtemp makes 0700: a web server must read the site
-        if out.exists():
-            retired = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(retired)
-            staging.rename(out)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
+            folder.chmod(0o777 & ~UMASK)  # a web server must read the site
+        replace_folder(staging, out)
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write the site: {exc.strerror or exc} (the earlier site, if any, "
+                            "is kept)") from None
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out / "index.html"
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
-import re
 import secrets
 import shutil
 import socket
@@ -20,13 +20,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 from packaging.version import Version
 
 from bnmatrix.config import PACKAGE_DIR, Scenario
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.intake import (
+    MAX_JSON_BYTES,
+    MAX_TEXT_BYTES,
+    RUN_ID,
+    check,
+    copy_tree,
+    parse_json,
+    read_bytes,
+    read_json,
+    regular_file,
+    replace_folder,
+    run_folders,
+    schema_problem,
+    staging_name,
+    start_ticks,
+    sweep_staging,
+)
 from bnmatrix.plan import Cell, inputs_hash
-from bnmatrix.verdict import CellStatus, Status
+from bnmatrix.verdict import CellStatus, Status, judge
 
 CELL_SCHEMA = "bnmatrix.cell/1"
 RUN_SCHEMA = "bnmatrix.run/1"
@@ -47,13 +63,18 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")  # two runs within a second keep their order
 
 
+class StoreError(BnMatrixError):
+    """A file of the results could not be written (a full disk, a folder without permission): the run stops."""
+
+
 def write_json(path: Path, data: Any, durable: bool = True) -> str:
     """Write atomically: a reader sees the old file or the new one, never half of one; `durable`: on disk
     before the rename, so that even a power cut leaves one of the two. Returns the file's SHA-256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     content = (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600: results are for colleagues and web servers too
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
@@ -61,8 +82,13 @@ def write_json(path: Path, data: Any, durable: bool = True) -> str:
             if durable:
                 os.fsync(handle.fileno())
         os.replace(temporary, path)
+    except OSError as exc:
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
+        raise StoreError(f"{path}: cannot write: {exc.strerror or exc}") from None
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary:
+            Path(temporary).unlink(missing_ok=True)
         raise
     return hashlib.sha256(content).hexdigest()
 
@@ -71,34 +97,6 @@ def write_json(path: Path, data: Any, durable: bool = True) -> str:
 def _schema_digest() -> str:
     """What a run's list of checked cell files is valid for: a changed schema trusts none of them."""
     return hashlib.sha256((PACKAGE_DIR / "result.schema.json").read_bytes()).hexdigest()
-
-
-@functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((PACKAGE_DIR / "result.schema.json").read_text(encoding="utf-8"))
-    definitions = schema.pop("$defs", {})
-
-    def inline(node: Any) -> Any:
-        """The schema with each (non-recursive) "$ref": "#/$defs/X" replaced by X: twice as fast to check."""
-        if isinstance(node, list):
-            return [inline(item) for item in node]
-        if not isinstance(node, dict):
-            return node
-        rest = {key: inline(value) for key, value in node.items() if key != "$ref"}
-        if "$ref" in node:
-            return {**inline(definitions[node["$ref"].removeprefix("#/$defs/")]), **rest}
-        return rest
-
-    return jsonschema.Draft202012Validator(inline(schema))
-
-
-def check_cell_result(data: Any, origin: str) -> dict[str, Any]:
-    """`data` if it is a valid cell result; else BnMatrixError naming `origin` and the field."""
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
-    if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise BnMatrixError(f"{origin}: {where}: {error.message}; expected a {CELL_SCHEMA} result")
-    return data  # type: ignore[no-any-return]
 
 
 @dataclass(kw_only=True)
@@ -138,6 +136,64 @@ class ScenarioResult:
     log: str | None = None
     log_tail: str | None = None
 
+    def judge(self) -> None:
+        """The host's verdict on this result's observations (`layers`, `steps`, `momentum`): its status, reason,
+        each judged layer's verdict and the first judged layer's numbers. Numbers no verdict can be computed
+        from (an overflow, a negative variance) make it an `error` that says so."""
+        layers = {name: {k: v for k, v in layer.items() if k != "verdict"} for name, layer in self.layers.items()}
+        try:
+            status, reason, verdicts = judge({"steps": self.steps, "momentum": self.momentum, "layers": layers})
+            numbers = [v for verdict in verdicts.values() for v in (*verdict.to_dict().values(), verdict.data.mean,
+                                                                    verdict.data.variance_biased)]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise ArithmeticError("a statistic overflows")
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            self.status, self.reason = Status.ERROR, f"the observed numbers cannot be judged: {exc}"
+            self.layers = layers
+            for name in JUDGED_FIELDS:
+                setattr(self, name, None)
+            return
+        self.status, self.reason = status, reason
+        self.layers = {name: {**layer, "verdict": verdicts[name].to_dict()} if name in verdicts else layer
+                       for name, layer in layers.items()}
+        for name in JUDGED_FIELDS:
+            setattr(self, name, None)
+        if verdicts:
+            layer_name, verdict = next(iter(verdicts.items()))
+            self.judged_layer = layer_name
+            self.moving_mean, self.moving_variance = layers[layer_name]["moving_mean"], layers[layer_name][
+                "moving_variance"]
+            self.expected_moving_mean = verdict.expected_moving_mean
+            self.expected_moving_variance = verdict.expected_moving_variance
+            self.effective_updates = verdict.effective_updates
+            self.effective_updates_variance = verdict.effective_updates_variance
+            self.variance_correction = verdict.variance_correction
+            self.forward_statistics = verdict.forward_statistics
+            self.batch_mean, self.batch_variance = verdict.data.mean, verdict.data.variance_biased
+
+    def rejudge(self) -> bool:
+        """Judge a stored result again from its observations, here: a verdict is never taken on trust from a file.
+        Returns whether the stored verdict stands (same status and facets); where it does not, the result now
+        holds this host's verdict and its reason says what the file claimed."""
+        if self.status not in (Status.UPDATED, Status.STALE, Status.WRONG):
+            return True  # no numbers to judge: an unsupported API or an error says why there are none
+        stored = (self.status, self.variance_correction, self.forward_statistics)
+        problem = next((f"layers.{name}: {p}" for name, layer in self.layers.items()
+                        if (p := schema_problem({k: v for k, v in layer.items() if k != "verdict"}
+                                                if isinstance(layer, dict) else layer, "layer"))), None)
+        if problem is None and not (isinstance(self.momentum, float | int) and 0 < self.momentum < 1):
+            problem = f"momentum: {self.momentum!r}; expected a number between 0 and 1"
+        if problem is None:
+            self.judge()
+        else:
+            self.status, self.reason = Status.ERROR, f"the stored observations cannot be judged ({problem})"
+            for name in JUDGED_FIELDS:
+                setattr(self, name, None)
+        if (self.status, self.variance_correction, self.forward_statistics) == stored:
+            return True
+        self.reason = f"{self.reason} [judged again from the stored numbers: the file said {stored[0].value}]"
+        return False
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
         """From a stored result (schema-checked); fields of older results that no longer exist are dropped."""
@@ -149,6 +205,11 @@ class ScenarioResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value}
+
+
+JUDGED_FIELDS = ("judged_layer", "moving_mean", "moving_variance", "expected_moving_mean", "expected_moving_variance",
+                 "effective_updates", "effective_updates_variance", "variance_correction", "forward_statistics",
+                 "batch_mean", "batch_variance")
 
 
 @dataclass(kw_only=True)
@@ -182,6 +243,10 @@ class CellResult:
     def entry_status(self, scenario: str) -> Status:
         """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
         return self.scenarios[scenario].status if scenario in self.scenarios else self.own_status
+
+    def rejudge(self) -> bool:
+        """Judge every scenario again from its stored numbers; whether every stored verdict stands."""
+        return all([scenario.rejudge() for scenario in self.scenarios.values()])
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
@@ -242,9 +307,11 @@ def latest_searches(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[st
 
 
 def read_searches(directory: Path) -> list[dict[str, Any]]:
-    data = read_json_object(directory / BISECT_FILE)
-    searches = data.get("searches") if data.get("schema") == BISECT_SCHEMA else None
-    return [s for s in searches if isinstance(s, dict)] if isinstance(searches, list) else []
+    """A run's bisect conclusions (none without a bisect.json); a damaged or forged file is a BnMatrixError."""
+    path = directory / BISECT_FILE
+    if not os.path.lexists(path):
+        return []
+    return list(read_json(path, "bisect")["searches"])
 
 
 def resolve_run_dir(path: Path) -> Path:
@@ -260,31 +327,32 @@ def resolve_run_dir(path: Path) -> Path:
 
 
 def load_run(path: Path) -> Run:
+    """A run, every file checked (intake.py) and every verdict judged again from its numbers, but those of cell
+    files this host wrote and checked itself (the manifest's `checked` record)."""
     directory = resolve_run_dir(path)
-    manifest_path = directory / "manifest.json"
-    manifest = _read_json(manifest_path)
-    found = manifest.get("schema") if isinstance(manifest, dict) else manifest
-    if found != RUN_SCHEMA:
-        raise BnMatrixError(f"{manifest_path}: schema: found {found!r}, expected {RUN_SCHEMA!r}")
-    cells = [read_cell(p) for p in sorted((directory / "cells").glob("*.json"))]
+    manifest = read_json(directory / "manifest.json", "manifest")
+    read_searches(directory)
+    cells = [read_cell(p, _recorded(manifest, p.stem)) for p in sorted((directory / "cells").glob("*.json"))]
     return Run(directory, manifest, cells)
 
 
-def read_cell(path: Path) -> CellResult:
-    """A stored cell result; BnMatrixError naming the file and the field when it is damaged."""
-    return CellResult.from_dict(check_cell_result(_read_json(path), str(path)))
+def read_cell(path: Path, recorded: dict[str, Any] | None = None) -> CellResult:
+    """A stored cell result, its verdicts judged again (see ScenarioResult.rejudge) unless `recorded` (what its
+    run recorded of the file it wrote) vouches for these very bytes; BnMatrixError naming the file and the field
+    when it is damaged."""
+    return _read_cell(path, recorded)[0]
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BnMatrixError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    except OSError as exc:
-        raise BnMatrixError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}")
+def _read_cell(path: Path, recorded: dict[str, Any] | None) -> tuple[CellResult, bool]:
+    """read_cell, and whether every verdict the file holds stands as stored."""
+    content = read_bytes(path, MAX_JSON_BYTES, "cell result")
+    if recorded is not None and recorded.get("sha256") == hashlib.sha256(content).hexdigest():
+        return CellResult.from_dict(json.loads(content)), True
+    data = check(parse_json(content, str(path)), "cell", str(path))
+    if data["cell"]["id"] != path.stem:
+        raise BnMatrixError(f"{path}: cell.id: found {data['cell']['id']!r}; expected {path.stem!r}, the file's name")
+    result = CellResult.from_dict(data)
+    return result, result.rejudge()
 
 
 def new_run_id() -> str:
@@ -327,36 +395,35 @@ def _alive(manifest: dict[str, Any]) -> bool:
     if not process_alive(process["pid"]):
         return False
     started = process.get("started_ticks")
-    return started is None or started == _start_ticks(process["pid"])
+    return started is None or started == start_ticks(process["pid"])
 
 
-def _start_ticks(pid: int) -> int | None:
-    """When a process started (clock ticks since boot): tells a live pid from a reused one."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def runs_in(root: Path, newly_dead: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """(run directory, manifest) of every run in a results root, oldest first (by start); runs whose process
-    died while they ran are marked `interrupted` here (and their ids added to `newly_dead`)."""
+def runs_in(root: Path, newly_dead: list[str] | None = None,
+            refused: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """(run directory, manifest) of every run in a results root, oldest first (by start): real folders named like
+    a run id whose manifest (and bisect.json) pass their schema; the others are left out, and why is added to
+    `refused`. Runs whose process died while they ran are marked `interrupted` here (and their folders' names
+    added to `newly_dead`)."""
     found = []
-    for manifest_path in sorted(root.glob("*/manifest.json")):
-        directory = manifest_path.parent
-        if directory.name == "latest" or directory.name.startswith("."):
+    for directory in run_folders(root):
+        manifest_path = directory / "manifest.json"
+        if not os.path.lexists(manifest_path):
+            continue  # not a run, or one being created
+        try:
+            manifest = read_json(manifest_path, "manifest")
+            read_searches(directory)
+        except BnMatrixError as exc:
+            if refused is not None:
+                refused.append(str(exc))
             continue
-        manifest = read_json_object(manifest_path)
-        if manifest.get("schema") != RUN_SCHEMA:
-            continue
-        if manifest.get("status") == "running" and not _alive(manifest):
+        if manifest["status"] == "running" and not _alive(manifest):
             manifest.update(status="interrupted", finished=manifest.get("finished") or now(),
                             note="its process ended without finishing the run")
             write_json(manifest_path, manifest)
             if newly_dead is not None:
                 newly_dead.append(directory.name)
         found.append((directory, manifest))
-    return sorted(found, key=lambda item: (str(item[1].get("started") or ""), item[0].name))
+    return sorted(found, key=lambda item: (str(item[1]["started"]), item[0].name))
 
 
 class RunStore:
@@ -373,6 +440,7 @@ class RunStore:
         self.directory = root / run_id
         try:
             root.mkdir(parents=True, exist_ok=True)
+            sweep_staging(root)  # what a killed import left
             self._adopt_real_latest()
             self.dead_runs: list[str] = []  # runs found killed: what they started may still run
             earlier = runs_in(root, self.dead_runs)
@@ -398,7 +466,7 @@ class RunStore:
             "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                      "python": platform.python_version()},
             "process": {"hostname": socket.gethostname(), "pid": os.getpid(),
-                        "started_ticks": _start_ticks(os.getpid())},
+                        "started_ticks": start_ticks(os.getpid())},
             "previous_run": self.previous.name if self.previous else None,
             **manifest,
         }
@@ -409,7 +477,7 @@ class RunStore:
         latest = self.root / "latest"
         if latest.is_symlink() or not latest.is_dir():
             return
-        run_id = read_json_object(latest / "manifest.json").get("run_id")
+        run_id = read_json_object(latest / "manifest.json").get("run_id")  # a damaged one: a copy of its own
         target = self.root / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
         if target is None or target.exists():
             target = self.root / f"latest-copy-{secrets.token_hex(3)}"
@@ -495,7 +563,7 @@ class RunStore:
         data = result.to_dict()
         # A reused result was checked when it was read, and its own run keeps it safe on disk.
         if not result.reused_from:
-            check_cell_result(data, f"cell {result.id}")
+            check(data, "cell", f"cell {result.id}")
         digest = write_json(self.directory / "cells" / f"{result.id}.json", data, durable=not result.reused_from)
         self._checked_cells[result.id] = {"sha256": digest, "status": data["status"]}
         self.written += 1
@@ -503,17 +571,19 @@ class RunStore:
     def finish(self, status: str) -> None:
         """Close the run; `latest` moves to it only when it holds at least one cell."""
         self.manifest.update(status=status, finished=now(), cells_written=self.written,
-                             checked={"schema": _schema_digest(), "cells": dict(sorted(self._checked_cells.items()))})
+                             checked={"schema": _schema_digest(), "host": socket.gethostname(),
+                                      "cells": dict(sorted(self._checked_cells.items()))})
         write_json(self.directory / "manifest.json", self.manifest)
         if self.written and self.manifest["kind"] == "run":  # a bisect's few cells are no matrix to show
             self._point_latest()
 
 
 def _recorded(manifest: dict[str, Any], cell_id: str) -> dict[str, Any] | None:
-    """What a run's manifest records of a cell file it wrote and checked (its SHA-256 and status), if it was
-    checked under this very schema."""
+    """What a run's manifest records of a cell file this host wrote and checked (its SHA-256 and status), if it
+    was checked under this very schema; None for a file this host did not write (an imported or merged one)."""
     checked = manifest.get("checked")
-    if not isinstance(checked, dict) or checked.get("schema") != _schema_digest():
+    if (not isinstance(checked, dict) or checked.get("schema") != _schema_digest()
+            or checked.get("host") != socket.gethostname()):
         return None
     cells = checked.get("cells")
     entry = cells.get(cell_id) if isinstance(cells, dict) else None
@@ -521,15 +591,12 @@ def _recorded(manifest: dict[str, Any], cell_id: str) -> dict[str, Any] | None:
 
 
 def _checked(path: Path, recorded: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An earlier cell file, schema-checked unless its run recorded these very bytes as checked (a rerun of an
-    unchanged matrix then reads its 74 files in milliseconds); None if absent or damaged (it is redone)."""
+    """An earlier cell file that may be reused: checked and judged again unless its run recorded these very bytes
+    as checked here (a rerun of an unchanged matrix then reads its 74 files in milliseconds); None if absent,
+    damaged, or holding a verdict its own numbers do not give (it is redone)."""
     try:
-        content = path.read_bytes()
-        data = json.loads(content)
-        if recorded is None or recorded.get("sha256") != hashlib.sha256(content).hexdigest():
-            check_cell_result(data, str(path))
-        CellResult.from_dict(data)  # even a file vouched for must make a result
-        return data  # type: ignore[no-any-return]
+        result, stands = _read_cell(path, recorded)  # even a file vouched for must make a result
+        return result.to_dict() if stands else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, BnMatrixError):
         return None
 
@@ -542,48 +609,87 @@ def _link(source: str, target: str) -> None:
 
 
 def runs_under(path: Path) -> list[Path]:
-    """Run directories at or below `path` (a run, a results root, or a folder of CI artifacts)."""
+    """Run directories at or below `path` (a run, a results root, or a folder of CI artifacts); folders whose
+    name starts with a dot (staging folders, a killed import's) and links are not searched."""
     if (path / "manifest.json").is_file():
         return [path.resolve()]
     if not path.is_dir():
         raise BnMatrixError(f"{path}: not a directory; expected a run directory or a folder holding runs")
-    return sorted({p.parent.resolve() for p in path.rglob("manifest.json")})
+    found = []
+    for folder, subfolders, files in os.walk(path):  # links to folders are listed, never followed
+        if "manifest.json" in files:
+            found.append(Path(folder).resolve())
+            subfolders.clear()  # a run holds no run
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    return sorted(set(found))
+
+
+def check_run(directory: Path) -> Run:
+    """A run that is about to enter a results root (import, merge), every file checked: regular files and folders
+    only (no link, no device), its manifest, cell results, bisect conclusions and scenario notes against their
+    schemas, its kept scripts bounded. BnMatrixError naming the first file that fails."""
+    for folder, subfolders, files in os.walk(directory):
+        for name in [*subfolders, *files]:
+            path = Path(folder) / name
+            if not path.is_dir() or path.is_symlink():
+                regular_file(path, "file of a run")
+    for notes in sorted(directory.glob("scenarios/*/notes.json")):
+        read_json(notes, "notes")
+    for script in sorted(directory.glob("scenarios/*/scenario.py")):
+        read_bytes(script, MAX_TEXT_BYTES, "scenario script")
+    return load_run(directory)
+
+
+COPY_FIELDS = ("reused_from",)  # what differs between a result and a later run's copy of it
 
 
 def merge_runs(inputs: list[Path], out: Path) -> Path:
-    """Merge runs into one run directory at `out`; idempotent and independent of the inputs' order.
+    """Merge runs into one run directory at `out`; idempotent and independent of the inputs' order. An earlier
+    merge at `out` is one more input, so that merging into it loses nothing.
 
     A cell found in several runs keeps its newest result; two different results for the same cell
-    and the same run are an error naming both files.
+    and the same run are an error naming both files. `out` is replaced by rename (aside, in, delete):
+    killed at any point, the earlier merge is still there, or is put back by the next command.
     """
-    runs = sorted({run for path in inputs for run in runs_under(path)} - {out.resolve()})
-    if not runs:
+    out_parent = out.absolute().parent
+    sweep_staging(out_parent)  # what a killed merge left (and an earlier merge it had moved aside)
+    earlier = []
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise BnMatrixError(f"--out {out}: is a {'link' if out.is_symlink() else 'file'}; expected a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if "merged_from" not in read_json_object(out / "manifest.json"):
+            raise BnMatrixError(f"--out {out}: exists and is not an earlier merge; expected a new or empty directory, "
+                                "or an earlier merge to add to (nothing was written)")
+        earlier = [out.resolve()]
+    runs = sorted({run for path in inputs for run in runs_under(path)} | set(earlier))
+    if not runs or runs == earlier:
         raise BnMatrixError(f"no run found in {', '.join(map(str, inputs))} (expected manifest.json files)")
     manifests: list[dict[str, Any]] = []
     chosen: dict[str, tuple[dict[str, Any], Path, Path]] = {}
     for directory in runs:
-        manifest = _read_json(directory / "manifest.json")
-        manifests.append(manifest)
-        for path in sorted((directory / "cells").glob("*.json")):
-            result = check_cell_result(_read_json(path), str(path))
-            origin = result.get("run_id") or manifest["run_id"]
-            result = {**result, "run_id": origin}
-            key = result["cell"]["id"]
-            if key in chosen:
-                other, other_path, other_dir = chosen[key]
-                other_origin = other.get("run_id")
-                if origin == other_origin and result != other:
-                    raise BnMatrixError(f"{other_path} and {path}: two different results for cell {key} "
+        run = check_run(directory)
+        manifests.append(run.manifest)
+        for cell in run.cells:
+            path = directory / "cells" / f"{cell.id}.json"
+            cell.run_id = origin = cell.run_id or run.id
+            result = cell.to_dict()
+            if cell.id in chosen:
+                other, other_path, _ = chosen[cell.id]
+                other_origin = other["run_id"]
+                if origin == other_origin and _without(result, COPY_FIELDS) != _without(other, COPY_FIELDS):
+                    raise BnMatrixError(f"{other_path} and {path}: two different results for cell {cell.id} "
                                         f"of run {origin}; expected one")
                 if (result["started"], origin) <= (other["started"], other_origin):
                     continue
-            chosen[key] = (result, path, directory)
+            chosen[cell.id] = (result, path, directory)
     sources = sorted({source for m in manifests for source in (m.get("merged_from") or [m["run_id"]])})
     statuses = {m["status"] for m in manifests}
 
-    def union(values: list[str], separator: str) -> str:
-        """Joined distinct values; an earlier merge's joined value counts as its parts (idempotence)."""
-        return separator.join(sorted({part for value in values for part in value.split(separator)}))
+    def union(key: str, separator: str) -> str:
+        """Joined distinct values of a manifest field; an earlier merge's joined value counts as its parts."""
+        values = [m.get(key) if key != "hostname" else (m.get("host") or {}).get("hostname") for m in manifests]
+        return separator.join(sorted({part for value in values if isinstance(value, str)
+                                      for part in value.split(separator) if part}))
 
     merged = {
         "schema": RUN_SCHEMA,
@@ -591,45 +697,57 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         "status": "complete" if statuses == {"complete"} else "partial",
         "started": min(m["started"] for m in manifests),
         "finished": max((m.get("finished") or "" for m in manifests), default=None) or None,
-        "backend": union([m["backend"] for m in manifests], "+"),
-        "host": {"hostname": union([m["host"]["hostname"] for m in manifests], ", ")},
-        "matrix": union([m["matrix"] for m in manifests], " "),
-        "matrix_hash": union([m["matrix_hash"] for m in manifests], " "),
-        "bnmatrix_version": union([m["bnmatrix_version"] for m in manifests], " "),
+        "backend": union("backend", "+"),
+        "host": {"hostname": union("hostname", ", ")},
+        "matrix": union("matrix", " "),
+        "matrix_hash": union("matrix_hash", " "),
+        "bnmatrix_version": union("bnmatrix_version", " "),
         "previous_run": None,
         "merged_from": sources,
         "cells": sorted(chosen),
     }
-    if out.exists() and any(out.iterdir()) and "merged_from" not in read_json_object(out / "manifest.json"):
-        raise BnMatrixError(f"--out {out}: exists and is not an earlier merge; expected a new or empty directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    for key, (result, _, directory) in sorted(chosen.items()):
-        write_json(staging / "cells" / f"{key}.json", result)
-        if (directory / "logs" / key).is_dir():
-            shutil.copytree(directory / "logs" / key, staging / "logs" / key)
-    for directory in runs:  # the scenarios' code and notes; a later run's copy wins
-        if (directory / "scenarios").is_dir():
-            shutil.copytree(directory / "scenarios", staging / "scenarios", dirs_exist_ok=True)
-    searches: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: str(s.get("updated"))):
-        searches[search_key(search)] = search  # the newest conclusion of each search
-    if searches:
-        write_json(staging / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": merged["run_id"],
-                                           "searches": [searches[k] for k in sorted(searches, key=str)]})
-    if all(m.get("kind") == "bisect" for m in manifests):
-        merged["kind"] = "bisect"
-    write_json(staging / "manifest.json", merged)
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
+    try:
+        out_parent.mkdir(parents=True, exist_ok=True)
+        staging = out_parent / staging_name("merge")
+        staging.mkdir()
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
+    try:
+        for key, (result, _, directory) in sorted(chosen.items()):
+            write_json(staging / "cells" / f"{key}.json", result)
+            if (directory / "logs" / key).is_dir():
+                copy_tree(directory / "logs" / key, staging / "logs" / key)
+        for directory in runs:  # the scenarios' code and notes; a later run's copy wins
+            if (directory / "scenarios").is_dir():
+                copy_tree(directory / "scenarios", staging / "scenarios")
+        searches: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: str(s.get("updated"))):
+            searches[search_key(search)] = search  # the newest conclusion of each search
+        if searches:
+            write_json(staging / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": merged["run_id"],
+                                               "searches": [searches[k] for k in sorted(searches, key=str)]})
+        if all(m.get("kind") == "bisect" for m in manifests):
+            merged["kind"] = "bisect"
+        write_json(staging / "manifest.json", merged)
+        for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+            folder.chmod(0o777 & ~UMASK)
+        replace_folder(staging, out)
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write the merge: {exc.strerror or exc} (nothing was "
+                            "replaced)") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
+def _without(data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
 def read_json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`; {} when the file is missing, damaged or holds no object."""
+    """The JSON object in `path` (bounded, finite); {} when the file is missing, damaged or holds no object."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        data = read_json(path)
+    except BnMatrixError:
         return {}
     return data if isinstance(data, dict) else {}

@@ -8,27 +8,28 @@ already on disk.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
-from bnmatrix.config import PACKAGE_DIR, Scenario, scenario_files
+from bnmatrix.config import Scenario, scenario_files
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.intake import schema_problem, shape_problem
 from bnmatrix.plan import Cell
-from bnmatrix.results import CellResult, RunStore, ScenarioResult, now
-from bnmatrix.verdict import CellStatus, Status, judge
+from bnmatrix.results import CellResult, RunStore, ScenarioResult, StoreError, now
+from bnmatrix.verdict import CellStatus, Status
 
 SCENARIO_SCHEMA = "bnmatrix.scenario/2"
+# After a stop, how long the cells still running get to end (their processes and containers are killed at
+# once); a cell that takes longer is left behind, and bnmatrix exits all the same.
+STOP_GRACE_S = 30.0
 
 # (cell index, cell count, cell, step text, the cell's result once it is done).
 ProgressCallback = Callable[[int, int, Cell, str, CellResult | None], None]
@@ -44,12 +45,6 @@ def scenario_sources(directories: tuple[Path, ...]) -> dict[str, str]:
     return {f"{index}/{path.relative_to(directory)}": hashlib.sha256(path.read_bytes()).hexdigest()
             for index, directory in enumerate(directories) for path in sorted(scenario_files(directory))
             if path.suffix == ".py"}
-
-
-@functools.cache
-def _scenario_validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((PACKAGE_DIR / "scenario.schema.json").read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
 
 
 class ResultRefused(Exception):
@@ -68,10 +63,14 @@ def read_observation(line: bytes, name: str, cell: Cell) -> dict[str, Any]:
         raise ResultRefused(f"the result line is not UTF-8 ({exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise ResultRefused(f"the result line is not valid JSON: {exc.msg} at column {exc.colno}") from None
-    error = jsonschema.exceptions.best_match(_scenario_validator().iter_errors(data))
-    if error is not None:
-        where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ResultRefused(f"the result does not match {SCENARIO_SCHEMA}: {where}: {error.message[:300]}")
+    except RecursionError:
+        raise ResultRefused("the result line is nested deeper than Python can parse") from None
+    problem = shape_problem(data)
+    if problem is not None:
+        raise ResultRefused(f"the result line: {problem}")
+    problem = schema_problem(data, "observation")
+    if problem is not None:
+        raise ResultRefused(f"the result does not match {SCENARIO_SCHEMA}: {problem}")
     if data["scenario"] != name:
         raise ResultRefused(f"the result is for scenario {data['scenario']!r}; expected {name!r}")
     if data["tf_version"] is not None and data["tf_version"] != cell.tf:
@@ -120,22 +119,7 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
         result.reason = last if last.startswith(data["error"]["type"]) else f"{data['error']['type']}: {last[:500]}"
         result.error = data["error"]
         return result
-    status, reason, verdicts = judge(data)
-    result.status, result.reason = status, reason
-    for layer_name, verdict in verdicts.items():
-        result.layers[layer_name] = {**result.layers[layer_name], "verdict": verdict.to_dict()}
-    if verdicts:
-        layer_name, verdict = next(iter(verdicts.items()))
-        layer = data["layers"][layer_name]
-        result.judged_layer = layer_name
-        result.moving_mean, result.moving_variance = layer["moving_mean"], layer["moving_variance"]
-        result.expected_moving_mean = verdict.expected_moving_mean
-        result.expected_moving_variance = verdict.expected_moving_variance
-        result.effective_updates = verdict.effective_updates
-        result.effective_updates_variance = verdict.effective_updates_variance
-        result.variance_correction = verdict.variance_correction
-        result.forward_statistics = verdict.forward_statistics
-        result.batch_mean, result.batch_variance = verdict.data.mean, verdict.data.variance_biased
+    result.judge()
     return result
 
 
@@ -154,11 +138,17 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
             done = []
 
             def one(name: str) -> ScenarioResult:
-                args = ["--steps", str(cell.steps), "--device", cell.device, "--tf-version", cell.tf]
                 log = store.log_path(cell.id, name)
-                run = session.run(catalog[name], args, timeout_s, log)
-                scenario = parse_scenario(name, cell, run, timeout_s)
-                scenario.log, scenario.log_tail = store.relative(log), tail(run.stderr_tail, 15)
+                try:
+                    args = ["--steps", str(cell.steps), "--device", cell.device, "--tf-version", cell.tf]
+                    run = session.run(catalog[name], args, timeout_s, log)
+                    scenario = parse_scenario(name, cell, run, timeout_s)
+                    scenario.log, scenario.log_tail = store.relative(log), tail(run.stderr_tail, 15)
+                except Exception as exc:  # a bnmatrix bug costs this scenario, not the cell's other results
+                    why = f"bnmatrix failed on this scenario: {type(exc).__name__}: {exc}"
+                    scenario = ScenarioResult(scenario=name, status=Status.ERROR, reason=why, device=cell.device,
+                                              steps=cell.steps, error={"type": "bnmatrix", "message": why,
+                                                                       "traceback": tail(traceback.format_exc())})
                 done.append(name)
                 step(f"scenarios {len(done)}/{len(cell.scenarios)} done (last: {name})")
                 return scenario
@@ -176,6 +166,8 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
         result.status, result.reason = CellStatus.NOT_RUN, str(exc)
     except CellSetupError as exc:
         result.status, result.reason, result.setup_log_tail = CellStatus.BUILD_ERROR, str(exc), tail(exc.log)
+    except (StoreError, KeyboardInterrupt):
+        raise
     except Exception as exc:  # a bnmatrix bug must not stop the other cells
         result.status, result.reason = CellStatus.ERROR, f"{type(exc).__name__}: {exc}"
         result.setup_log_tail = tail(traceback.format_exc())
@@ -190,33 +182,42 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     `jobs` also bounds the scenario processes running at once, over all cells, so that the cores stay busy
     while a single cell is left.
 
-    On KeyboardInterrupt the backend stops what still runs, and nothing half-done is stored.
+    Any failure inside a cell becomes that cell's (or scenario's) error. On KeyboardInterrupt (or a result that
+    cannot be written) the cells still queued are dropped, the backend stops what still runs, the running cells
+    get STOP_GRACE_S to end, and nothing half-done is stored.
     """
     sources = scenario_sources(scenario_dirs)
     stopping = threading.Event()
     scenario_pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-scenario")
 
+    def failed(cell: Cell, why: str, inputs: str = "", started: str | None = None) -> CellResult:
+        return CellResult(cell=cell.describe(), status=CellStatus.ERROR, reason=why, backend=backend.name,
+                          inputs_hash=inputs, started=started or now())
+
     def one(index: int, cell: Cell) -> CellResult:
         if stopping.is_set():
             raise KeyboardInterrupt
-        inputs_hash = cell.inputs_hash(sources)
-        result = None if force else store.reusable(cell.id, inputs_hash, backend.name)
-        if result is None:
-            progress(index, len(cells), cell, "starting", None)
-            try:
+        try:
+            inputs_hash = cell.inputs_hash(sources)
+            result = None if force else store.reusable(cell.id, inputs_hash, backend.name)
+            if result is None:
+                progress(index, len(cells), cell, "starting", None)
                 result = run_cell(cell, catalog, backend, store, timeout_s, inputs_hash,
                                   lambda text: progress(index, len(cells), cell, text, None), scenario_pool)
-            except BaseException:
-                stopping.set()
-                raise
+        except (KeyboardInterrupt, StoreError):
+            stopping.set()
+            raise
+        except Exception as exc:  # a bnmatrix bug must cost one cell, not the run
+            result = failed(cell, f"{type(exc).__name__}: {exc}")
         if stopping.is_set():
             raise KeyboardInterrupt
         try:
             store.write_cell(result)
-        except BnMatrixError as exc:  # a bnmatrix bug must cost one cell, not the run
-            result = CellResult(cell=cell.describe(), status=CellStatus.ERROR, reason=f"result not stored: {exc}",
-                                backend=backend.name, inputs_hash=result.inputs_hash, started=result.started,
-                                duration_s=result.duration_s)
+        except StoreError:
+            stopping.set()
+            raise
+        except BnMatrixError as exc:  # a result that breaks its schema: a bug, recorded as the cell's error
+            result = failed(cell, f"result not stored: {exc}", result.inputs_hash, result.started)
             store.write_cell(result)
         progress(index, len(cells), cell, "reused" if result.reused_from else "done", result)
         return result
@@ -231,9 +232,14 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
         pool.shutdown(wait=False, cancel_futures=True)
         scenario_pool.shutdown(wait=False, cancel_futures=True)
         backend.close()  # kills the scenarios and containers still running
-        wait(futures)
+        settle(futures, STOP_GRACE_S)
         raise
-    finally:
-        pool.shutdown(wait=True)
-        scenario_pool.shutdown(wait=True)
+    pool.shutdown()
+    scenario_pool.shutdown()
     return [future.result() for future in futures]
+
+
+def settle(futures: list[Future[Any]], timeout_s: float) -> None:
+    """Wait at most `timeout_s` for the work that started: a cancelled future (a queued cell dropped by a stop)
+    never completes, so waiting for it would wait forever."""
+    wait([future for future in futures if not future.cancelled()], timeout=timeout_s)

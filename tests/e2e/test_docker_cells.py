@@ -127,6 +127,20 @@ def test_timeout_and_failure_leave_no_container(docker_runs: dict[str, Any], doc
     assert ours(docker_client) == []
 
 
+def test_a_child_in_its_own_session_cannot_hold_a_scenarios_output(docker_runs: dict[str, Any], docker_client: Any,
+                                                                   image_map_args: list[str], tmp_path: Path) -> None:
+    """`timeout` kills the scenario's process group; a child that left it (setsid) keeps the output open. The
+    scenario is done all the same, and the child goes with the cell's container."""
+    matrix = probe_matrix(tmp_path, 60, ["escaper"])
+    started = time.monotonic()
+    assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
+                 *image_map_args]) == 0
+    assert time.monotonic() - started < 60  # not the container's lifetime (60 s + 5 min)
+    (cell,) = load_run(tmp_path / "r").cells
+    assert cell.scenarios["escaper"].status.value == "updated", cell.scenarios["escaper"].reason
+    assert ours(docker_client) == []
+
+
 def test_build_failure_is_a_build_error_and_leaves_no_container(docker_runs: dict[str, Any], docker_client: Any,
                                                                 image_map_args: list[str], tmp_path: Path) -> None:
     matrix = probe_matrix(tmp_path, 3, ["broken"], pins="six==0.0.1")

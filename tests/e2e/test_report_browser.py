@@ -269,19 +269,22 @@ def test_screenshots_for_the_readme(browser: Any, tmp_path: Path) -> None:
         assert (docs / f"report-{name}.png").stat().st_size > 10_000
 
 
-def test_the_runs_page_compares_any_two_runs_and_shows_hostile_ids_as_text(page: Any, tmp_path: Path) -> None:
+def test_the_runs_page_compares_any_two_runs_and_shows_hostile_data_as_text(page: Any, tmp_path: Path) -> None:
     root = tmp_path / "results"
     shutil.copytree(REAL_RUN, root / "run")
     shutil.copytree(REPO / "tests" / "data" / "bisect", root / "bisect")
     later = root / "later"
     (later / "cells").mkdir(parents=True)
     cell = json.loads((REAL_RUN / "cells" / "tf-1.9.0-cpu.json").read_text())
-    cell["run_id"], cell["started"] = EVIL, "2026-11-28T00:00:00+00:00"
-    cell["scenarios"]["keras_bn_custom_estimator"]["status"] = "updated"
+    cell["run_id"], cell["started"] = "later", "2026-11-28T00:00:00+00:00"
+    updated = json.loads((REAL_RUN / "cells" / "tf-1.8.0-cpu.json").read_text())["scenarios"][
+        "keras_bn_custom_estimator"]  # the numbers of a run where the statistics updated
+    cell["scenarios"]["keras_bn_custom_estimator"] = {**updated, "tf_version": "1.9.0", "reason": EVIL,
+                                                      "log": "logs/tf-1.9.0-cpu/keras_bn_custom_estimator.log"}
     (later / "cells" / "tf-1.9.0-cpu.json").write_text(json.dumps(cell))
     manifest = json.loads((REAL_RUN / "manifest.json").read_text())
-    (later / "manifest.json").write_text(json.dumps({**manifest, "run_id": EVIL, "cells": ["tf-1.9.0-cpu"],
-                                                     "started": "2026-11-28T00:00:00+00:00"}))
+    (later / "manifest.json").write_text(json.dumps({**manifest, "run_id": "later", "cells": ["tf-1.9.0-cpu"],
+                                                     "backend": EVIL, "started": "2026-11-28T00:00:00+00:00"}))
     out = tmp_path / "site"
     write_report(root, out)
     page.goto((out / "runs.html").as_uri())
@@ -418,7 +421,8 @@ def test_no_page_overflows_a_phone_screen(browser: Any, tmp_path: Path, data_sit
         shutil.copytree(REAL_RUN, root / "a")
         shutil.copytree(REAL_RUN, root / "b")
         manifest = json.loads((root / "b" / "manifest.json").read_text())
-        (root / "b" / "manifest.json").write_text(json.dumps({**manifest, "run_id": "later", "started": "2027"}))
+        (root / "b" / "manifest.json").write_text(json.dumps({**manifest, "run_id": "later",
+                                                               "started": "2026-11-28T00:00:00+00:00"}))
         site = tmp_path / "site"
         write_report(root, site)
     context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -229,3 +230,27 @@ def test_from_run_shares_cells_the_report_pins_changes_and_history_is_kept(fault
     code, output = fault.bnmatrix("report", "--results", "other", "--out", "site2")
     assert code == 0, output
     assert (fault.dir / "site2" / "changes.html").read_text().count("changed in 2.99.4") >= 2
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_while_probes_are_still_queued_stops_the_bisect_at_once(fault: Fault, signum: int,
+                                                                         code: int) -> None:
+    """--exhaustive with --jobs 1: the first release's probe runs (for 10 minutes) and six wait their turn."""
+    setup(fault, STALE_UNTIL_4)
+    command = [sys.executable, "-m", "bnmatrix", "bisect", "--matrix", "matrix.yaml", "--backend", "venv", "--jobs",
+               "1", "--results", "results", "--scenario", "versioned", "--good", "2.99.0", "--bad", "2.99.6",
+               "--exhaustive"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=fault.dir,
+                               env={**fault.env, "FAULT_PROBE_SECONDS": "600"},
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: list(fault.results.glob("2*/logs/*/versioned.log")), timeout=120, what="the first probe")
+    (run,) = fault.runs()
+    wait_for(lambda: fault.left_running(run["run_id"]), what="the probe's process")
+    started = time.monotonic()
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == code, output
+    assert time.monotonic() - started < 30
+    (after,) = fault.runs()
+    assert after["status"] == "interrupted" and fault.left_running(run["run_id"]) == []
+    assert [c["outcome"] for c in conclusions(fault)] == ["incomplete"]

@@ -257,3 +257,90 @@ def test_auto_on_a_docker_host_that_cannot_get_the_base_image_runs_in_venvs(faul
     assert "venv backend (auto: Docker" in process.stdout and f"but it has no {image} and cannot pull" in process.stdout
     (run,) = fault.runs()
     assert run["backend"] == "venv" and fault.cell(run, "tf-2.15.1-cpu")["scenarios"]["ok"]["status"] == "updated"
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_while_cells_are_still_queued_stops_the_run_at_once(fault: Fault, signum: int, code: int) -> None:
+    """The first cell hangs and the second waits its turn (--jobs 1), as cells do in every run of the default
+    matrix: the stop must not wait for the queued cell, which will never start."""
+    fault.matrix(["ok", "hang"], timeout_s=600)
+    process = fault.start(FAULT_HANG_TF="2.15.1")
+    wait_for(lambda: list(fault.results.glob("2*/logs/tf-2.15.1-cpu/hang.log")), what="the hanging scenario")
+    (run,) = fault.runs()
+    wait_for(lambda: fault.left_running(run["run_id"]), what="the scenario process")
+    started = time.monotonic()
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == code, output
+    assert time.monotonic() - started < 30
+    assert f"interrupted ({signal.Signals(signum).name})" in output
+    (after,) = fault.runs()
+    assert after["status"] == "interrupted" and after["cells_written"] == 0  # the queued cell never started
+    assert not list((fault.results / run["run_id"] / "cells").iterdir())
+    assert fault.left_running(str(run["run_id"])) == []
+    code_again, again = fault.run(FAULT_HANG_TF="none")
+    assert code_again == 0, again
+
+
+def test_a_second_stop_signal_ends_bnmatrix_at_once_even_while_its_cleanup_hangs(tmp_path: Path) -> None:
+    """The first SIGTERM starts a clean stop; a second one (GitHub Actions sends SIGINT, then SIGTERM) is never
+    ignored: bnmatrix's own handler ends the process at once, whatever the cleanup waits for."""
+    script = ("import signal, sys, time\n"
+              "from bnmatrix.cli import STOP_SIGNALS, _Stop\n"
+              "for signum in STOP_SIGNALS:\n"
+              "    signal.signal(signum, _Stop.handle)\n"
+              "try:\n"
+              "    print('working', flush=True)\n"
+              "    time.sleep(600)\n"
+              "except KeyboardInterrupt:\n"
+              "    print('cleaning up', flush=True)\n"
+              "    time.sleep(600)  # a cleanup that hangs\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    assert process.stdout is not None and process.stdout.readline() == "working\n"
+    process.send_signal(signal.SIGINT)
+    assert process.stdout.readline() == "cleaning up\n"
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 143 and time.monotonic() - started < 5
+    assert "SIGTERM again: stopping at once" in output
+
+
+def test_a_child_that_sheds_its_token_and_session_cannot_hold_the_run(fault: Fault) -> None:
+    """A scenario leaves a child with an empty environment (no token), in its own session (not in the group),
+    holding the scenario's output pipe open: the scenario still ends, and the child is killed."""
+    fault.matrix(["escape", "ok"], versions=("2.15.1",))
+    started = time.monotonic()
+    code, output = fault.run(timeout=120)
+    assert code == 0, output
+    assert time.monotonic() - started < 60
+    (run,) = fault.runs()
+    scenarios = fault.cell(run, "tf-2.15.1-cpu")["scenarios"]
+    assert scenarios["escape"]["status"] == "updated" and scenarios["ok"]["status"] == "updated"
+    escaped = int((fault.dir / "escaped").read_text())
+    wait_for(lambda: not Path(f"/proc/{escaped}").exists() or
+             Path(f"/proc/{escaped}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+             timeout=10, what=f"the escaped child {escaped} to be killed")
+
+
+def test_numbers_no_verdict_can_be_computed_from_cost_their_scenario_only(fault: Fault) -> None:
+    """Schema-valid numbers that overflow, nest too deep, or have no square root: each of those scenarios is an
+    `error` saying why, while the other scenarios of the cell (and the queued cell) keep their verdicts."""
+    fault.matrix(["overflow", "deep_json", "huge_spread", "negative_variance", "ok"])
+    code, output = fault.run(timeout=120)
+    assert code == 0, output
+    (run,) = fault.runs()
+    for cell_id in ("tf-2.15.1-cpu", "tf-2.14.1-cpu"):
+        cell = fault.cell(run, cell_id)
+        assert cell["status"] == "ran", cell["reason"]
+        scenarios = cell["scenarios"]
+        assert scenarios["ok"]["status"] == "updated"
+        reasons = {name: scenarios[name]["reason"] for name in ("overflow", "deep_json", "huge_spread",
+                                                                 "negative_variance")}
+        assert all(scenarios[name]["status"] == "error" for name in reasons), reasons
+        assert reasons["overflow"] == ("result refused: the result line: layers.bn.moving_mean: the number overflows "
+                                       "(inf); expected finite numbers")
+        assert reasons["deep_json"] == "result refused: the result line is nested deeper than Python can parse"
+        assert reasons["huge_spread"].startswith("the observed numbers cannot be judged:")
+        assert reasons["negative_variance"] == "the observed numbers cannot be judged: math domain error"

@@ -128,7 +128,10 @@ def history_root(tmp_path: Path) -> Path:
     (later / "cells").mkdir(parents=True)
     cell = json.loads((REAL_RUN / "cells" / "tf-1.9.0-cpu.json").read_text())
     cell["run_id"], cell["started"] = later.name, "2026-11-28T00:00:00+00:00"
-    cell["scenarios"]["keras_bn_custom_estimator"]["status"] = "updated"
+    updated = json.loads((REAL_RUN / "cells" / "tf-1.8.0-cpu.json").read_text())["scenarios"][
+        "keras_bn_custom_estimator"]
+    cell["scenarios"]["keras_bn_custom_estimator"] = {**updated, "tf_version": "1.9.0",
+                                                      "log": "logs/tf-1.9.0-cpu/keras_bn_custom_estimator.log"}
     write_json(later / "cells" / "tf-1.9.0-cpu.json", cell)
     manifest = json.loads((REAL_RUN / "manifest.json").read_text())
     write_json(later / "manifest.json", {**manifest, "run_id": later.name, "started": "2026-11-28T00:00:00+00:00",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from hypothesis import strategies as st
 from bnmatrix.cli import main
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, shard
-from bnmatrix.results import load_run, merge_runs, write_json
+from bnmatrix.results import ScenarioResult, load_run, merge_runs, write_json
+from bnmatrix.verdict import Status
 
 RUNNERS = {"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"]}
 
@@ -78,6 +80,9 @@ def test_bad_shard_and_job_limit_are_user_errors() -> None:
         github_jobs([make_cell("1.0.0", "cpu", None), make_cell("1.0.0", "gpu", None)], RUNNERS, 1)
 
 
+T0 = "2026-01-01T00:00:00+00:00"
+
+
 # -- merge ---------------------------------------------------------------------------------------
 
 def cell_result(cell_id: str, started: str, status: str) -> dict[str, Any]:
@@ -87,19 +92,29 @@ def cell_result(cell_id: str, started: str, status: str) -> dict[str, Any]:
             "setup_log_tail": None,
             "cell": {"id": cell_id, "tf": tf, "python": "3.11", "device": cell_id.split("-")[2], "variant": None,
                      "requirements": [], "steps": 100, "scenarios": ["layers_bn_session"]},
-            "scenarios": {"layers_bn_session": {
-                "scenario": "layers_bn_session", "status": status, "reason": None, "tf_version": tf,
-                "python": "3.11.7", "device": "cpu", "steps": 100, "moving_mean": 0.95, "moving_variance": 1.15,
-                "expected_moving_mean": 0.95, "expected_moving_variance": 1.15, "effective_updates": 100.0,
-                "update_ops": 4, "train_loss": 1.0, "eval_loss": 1.0, "duration_s": 1.0, "error": None,
-                "log": f"logs/{cell_id}/layers_bn_session.log"}}}
+            "scenarios": {"layers_bn_session": scenario_result(status, tf, f"logs/{cell_id}/layers_bn_session.log")}}
+
+
+def scenario_result(status: str, tf: str, log: str) -> dict[str, Any]:
+    """A scenario's stored result whose numbers the host judges as `status` (updated: 100 updates of the
+    report's batch [0, 1, 2, 3]; stale: still 0 and 1)."""
+    mean, variance = (0.0, 1.0) if status == "stale" else (1.5 * (1 - 0.99 ** 100), 1.25 - 0.25 * 0.99 ** 100)
+    result = ScenarioResult(scenario="layers_bn_session", status=Status.ERROR, reason=None, device="cpu", steps=100,
+                            momentum=0.99, tf_version=tf, python="3.11.7", update_ops=4, train_loss=1.0,
+                            eval_loss=1.0, duration_s=1.0, log=log, layers={"bn": {
+                                "moving_mean": mean, "moving_variance": variance,
+                                "data": {"values": [0.0, 1.0, 2.0, 3.0]}}})
+    result.judge()
+    assert result.status.value == status
+    return result.to_dict()
 
 
 def write_run(root: Path, run_id: str, cells: list[dict[str, Any]]) -> Path:
     directory = root / run_id
     write_json(directory / "manifest.json", {
-        "schema": "bnmatrix.run/1", "run_id": run_id, "status": "complete", "started": f"s-{run_id}",
-        "finished": f"f-{run_id}", "backend": "venv", "host": {"hostname": f"host-{run_id}"}, "matrix": "matrix.yaml",
+        "schema": "bnmatrix.run/1", "run_id": run_id, "status": "complete", "started": T0,
+        "finished": "2026-01-01T01:00:00+00:00", "backend": "venv", "host": {"hostname": f"host-{run_id}"},
+        "matrix": "matrix.yaml",
         "matrix_hash": "0" * 64, "bnmatrix_version": "t", "previous_run": None, "cells": []})
     for cell in cells:
         write_json(directory / "cells" / f"{cell['cell']['id']}.json", cell)
@@ -123,10 +138,11 @@ CELL_IDS = [f"tf-2.{minor}.0-{device}" for minor in range(4) for device in ("cpu
        order=st.randoms())
 def test_merge_is_order_independent_and_idempotent(tmp_path: Path, layout: list[list[tuple[str, int, str]]],
                                                    order: Any) -> None:
-    work = tmp_path / str(order.random())
+    work = Path(tempfile.mkdtemp(dir=tmp_path))  # a fresh folder per example, even when hypothesis replays one
     runs = []
     for index, entries in enumerate(layout):
-        cells = {cell_id: cell_result(cell_id, f"2026-01-0{day + 1}", status) for cell_id, day, status in entries}
+        cells = {cell_id: cell_result(cell_id, f"2026-01-0{day + 1}T00:00:00+00:00", status)
+                 for cell_id, day, status in entries}
         runs.append(write_run(work / "in", f"run{index}", list(cells.values())))
     first = merge_runs(runs, work / "a")
     shuffled = runs[:]
@@ -145,8 +161,8 @@ def test_merge_is_order_independent_and_idempotent(tmp_path: Path, layout: list[
 
 
 def test_two_different_results_for_one_cell_and_run_are_an_error(tmp_path: Path) -> None:
-    a = write_run(tmp_path / "x", "run1", [cell_result("tf-2.1.0-cpu", "2026-01-01", "updated")])
-    b = write_run(tmp_path / "y", "run1", [cell_result("tf-2.1.0-cpu", "2026-01-01", "stale")])
+    a = write_run(tmp_path / "x", "run1", [cell_result("tf-2.1.0-cpu", T0, "updated")])
+    b = write_run(tmp_path / "y", "run1", [cell_result("tf-2.1.0-cpu", T0, "stale")])
     with pytest.raises(BnMatrixError) as caught:
         merge_runs([a, b], tmp_path / "out")
     message = str(caught.value)
@@ -157,8 +173,8 @@ def test_two_different_results_for_one_cell_and_run_are_an_error(tmp_path: Path)
 
 def test_merge_finds_runs_in_artifact_folders_and_keeps_a_foreign_out_dir(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    write_run(tmp_path / "artifacts" / "results-0", "run1", [cell_result("tf-2.1.0-cpu", "d1", "updated")])
-    write_run(tmp_path / "artifacts" / "results-1", "run2", [cell_result("tf-2.2.0-cpu", "d1", "stale")])
+    write_run(tmp_path / "artifacts" / "results-0", "run1", [cell_result("tf-2.1.0-cpu", T0, "updated")])
+    write_run(tmp_path / "artifacts" / "results-1", "run2", [cell_result("tf-2.2.0-cpu", T0, "stale")])
     assert main(["merge", str(tmp_path / "artifacts"), "--out", str(tmp_path / "merged")]) == 0
     assert "merged 2 runs, 2 cells" in capsys.readouterr().out
     foreign = tmp_path / "mine"

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import shlex
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import html5lib
 import jsonschema
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
@@ -38,7 +41,9 @@ def scenario(name: str, status: str, mean: float | None, updates: float | None, 
             "moving_variance": 1.0 if mean == 0 else 1.1584919, "expected_moving_mean": 0.95095149,
             "expected_moving_variance": 1.15849191, "effective_updates": updates, "update_ops": 0,
             "train_loss": 6.9, "eval_loss": 15.3, "duration_s": 3.5, "error": None,
-            "log": f"logs/x/{name}.log", "log_tail": "", **extra}
+            "log": f"logs/x/{name}.log", "log_tail": "",
+            "layers": {} if mean is None else {"bn": {"moving_mean": mean, "moving_variance": 1.0 if mean == 0 else
+                                                      1.1584919, "data": {"values": [0.0, 1.0, 2.0, 3.0]}}}, **extra}
 
 
 def cell(cell_id: str, tf: str, device: str, status: str, scenarios: dict[str, Any], reason: str | None = None,
@@ -64,7 +69,8 @@ def sample_run(tmp_path: Path) -> Run:
             "keras_bn_custom_estimator": scenario("keras_bn_custom_estimator", "unsupported", None, None),
             "layers_bn_session": scenario("layers_bn_session", "updated", 0.95095158, 100.000016)}),
     ]
-    manifest = {"schema": "bnmatrix.run/1", "run_id": "r1", "status": "complete", "started": "s", "finished": "f",
+    manifest = {"schema": "bnmatrix.run/1", "run_id": "r1", "status": "complete",
+                "started": "2026-11-26T00:00:00+00:00", "finished": "2026-11-26T01:00:00+00:00",
                 "backend": "venv", "host": {"hostname": "h"}, "bnmatrix_version": "t", "matrix": "matrix.yaml",
                 "matrix_hash": "0" * 64}
     return Run(tmp_path, manifest, [CellResult.from_dict(c) for c in cells])
@@ -487,3 +493,45 @@ def test_status_colours_stay_apart_under_colour_vision_deficiencies(scheme: str)
                 assert distance >= 5, (scheme, vision, rare, other)
     for status in [*verdicts, "build-error", "not-run"]:
         assert _contrast(colours[status], colours["fg"]) >= 7, (scheme, status)
+
+
+def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key and (first two) list items of a JSON document, as paths."""
+    found: list[tuple[Any, ...]] = []
+    items = node.items() if isinstance(node, dict) else enumerate(node[:2]) if isinstance(node, list) else []
+    for key, value in items:
+        found += [path + (key,), *_paths(value, path + (key,))]
+    return found
+
+
+REAL_DATA = Path(__file__).resolve().parents[1] / "data"
+DOCUMENTS = {"cell": REAL_DATA / "run" / "cells" / "tf-1.15.5-cpu.json",
+             "manifest": REAL_DATA / "run" / "manifest.json", "bisect": REAL_DATA / "bisect" / "bisect.json"}
+ODD_VALUES = [0, -1, 1e308, 10 ** 30, "", "a\nb", None, [], {}, "1.2.3.4.5", True, "<deleted>"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.sampled_from(sorted(DOCUMENTS)), data=st.data())
+def test_no_stored_data_crashes_the_report(tmp_path: Path, document: str, data: Any) -> None:
+    """Any one field of a stored cell, manifest or bisect file set to an odd value (or deleted): the report is
+    written, or refused with one BnMatrixError naming the file; never another exception."""
+    docs = {name: json.loads(path.read_text()) for name, path in DOCUMENTS.items()}
+    docs["manifest"].pop("checked", None)  # what this host checked vouches for nothing changed here
+    path = data.draw(st.sampled_from(_paths(docs[document])))
+    value = data.draw(st.sampled_from(ODD_VALUES))
+    node = docs[document]
+    for key in path[:-1]:
+        node = node[key]
+    if value == "<deleted>":
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    run = root / "run"
+    write_json(run / "manifest.json", docs["manifest"])
+    write_json(run / "bisect.json", docs["bisect"])
+    write_json(run / "cells" / "tf-1.15.5-cpu.json", docs["cell"])
+    try:
+        render_site(Site.load(root))
+    except BnMatrixError as exc:
+        assert str(exc).startswith(str(root)), exc

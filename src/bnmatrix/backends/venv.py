@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ import uv
 
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
 from bnmatrix.config import Scenario, data_path
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.intake import RUN_ID
 from bnmatrix.plan import Cell
 from bnmatrix.results import write_json
 
@@ -51,9 +54,10 @@ def _die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def tagged_processes(prefix: str) -> list[int]:
-    """The processes whose environment holds a token starting with `prefix` (a run id, or a run's process)."""
-    needle = f"{TOKEN_VARIABLE}={prefix}".encode()
+def tagged_processes(run_id: str | None = None, token: str | None = None) -> list[int]:
+    """The processes whose environment holds a token of the run `run_id` (the token's first part is exactly that
+    id), or exactly `token` (one process bnmatrix started, with its descendants)."""
+    variable = f"{TOKEN_VARIABLE}=".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -62,24 +66,44 @@ def tagged_processes(prefix: str) -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:  # gone, or not ours to read
             continue
-        if any(item.startswith(needle) for item in environ.split(b"\0")):
-            found.append(int(entry.name))
+        for item in environ.split(b"\0"):
+            if item.startswith(variable):
+                value = item[len(variable):].decode("utf-8", "replace")
+                if value == token or (run_id is not None and value.partition(":")[0] == run_id):
+                    found.append(int(entry.name))
+                break
     return found
 
 
 def sweep_dead_run(run_id: str) -> int:
     """What a killed run left on this host: its processes (by token) and its scratch folders; how many
-    processes were stopped."""
-    killed = kill_tagged(run_id)
+    processes were stopped. Only a run id of bnmatrix's own shape is swept (never a prefix of others)."""
+    if not RUN_ID.fullmatch(run_id):
+        return 0
+    killed = _kill_all(tagged_processes(run_id=run_id))
     for scratch in Path(tempfile.gettempdir()).glob(f"bnmatrix-cell-{run_id}-*"):
         shutil.rmtree(scratch, ignore_errors=True)
     return killed
 
 
-def kill_tagged(prefix: str) -> int:
-    """SIGKILL every process whose token starts with `prefix`; how many."""
+def pipe_holders(inodes: set[int]) -> list[int]:
+    """The processes (but this one) that hold an end of one of these pipes open: what keeps a scenario's output
+    open after it ended, even a descendant that shed its session and its environment (and so its token)."""
+    wanted = {f"pipe:[{inode}]" for inode in inodes}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with suppress(OSError):
+            if any(os.readlink(fd) in wanted for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+    return found
+
+
+def _kill_all(pids: list[int]) -> int:
+    """SIGKILL these processes; how many."""
     killed = 0
-    for pid in tagged_processes(prefix):
+    for pid in pids:
         with suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
             killed += 1
@@ -89,6 +113,22 @@ def kill_tagged(prefix: str) -> int:
 def default_cache_dir() -> Path:
     configured = os.environ.get("BNMATRIX_CACHE")
     return Path(configured) if configured else Path.home() / ".cache" / "bnmatrix"
+
+
+def check_cache_dir(cache_dir: Path) -> None:
+    """Refuse, before anything is written, a cache folder bnmatrix could not build environments in (a file, a
+    folder without write permission): every cell would be an error. Nothing is created here."""
+    existing = cache_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = f"{existing} is no folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise BnMatrixError(f"cache folder {cache_dir} (BNMATRIX_CACHE, default ~/.cache/bnmatrix): {problem}; expected "
+                        "a folder bnmatrix may create files in (set BNMATRIX_CACHE to one)")
 
 
 @dataclass(frozen=True)
@@ -177,11 +217,16 @@ def pip_environment(index_url: str) -> dict[str, str]:
     return env
 
 
+DRAIN_GRACE_S = 5.0  # after a process ended and what it left was killed: the most its pipes are read for
+
+
 class ProcessGroups:
     """Child processes in their own process groups, so that close() can kill each with its children.
 
-    Each child dies with bnmatrix (a parent-death signal) and carries a token in its environment;
-    when it ends, whatever it started that still runs (double-forked or not) is killed too.
+    Each child dies with bnmatrix (a parent-death signal) and carries a token in its environment; when it
+    ends, whatever it started that still runs (double-forked or not) is killed too, and so is any process
+    that still holds its output pipes. Its pipes are read for at most DRAIN_GRACE_S after that: no child,
+    however it hides, keeps bnmatrix waiting.
     """
 
     def __init__(self, run_id: str = "") -> None:
@@ -202,59 +247,78 @@ class ProcessGroups:
             self._running.add(process)
         return process, token
 
-    def _end(self, process: subprocess.Popen[Any], token: str) -> None:
+    def _watch(self, process: subprocess.Popen[Any], token: str, timeout_s: float,
+               feed: Callable[[bytes, str], None]) -> bool:
+        """Read the process's pipes into `feed` until it has ended and they are drained, or until `timeout_s`
+        (then it is killed); whatever it left is killed when it ends. Returns whether it timed out."""
+        pipes = {pipe: name for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr")) if pipe}
+        inodes = {os.fstat(pipe.fileno()).st_ino for pipe in pipes}
+        deadline = time.monotonic() + timeout_s
+        timed_out, ended = False, None
+        with selectors.DefaultSelector() as selector:
+            for pipe, name in pipes.items():
+                os.set_blocking(pipe.fileno(), False)
+                selector.register(pipe, selectors.EVENT_READ, name)
+            while True:
+                now = time.monotonic()
+                if ended is None and (process.poll() is not None or now >= deadline):
+                    timed_out = process.returncode is None
+                    self._end(process, token, inodes)
+                    ended = now
+                if ended is not None and (not selector.get_map() or now - ended > DRAIN_GRACE_S):
+                    return timed_out
+                if not selector.get_map():
+                    with suppress(subprocess.TimeoutExpired):
+                        process.wait(timeout=max(0.0, min(deadline - now, 1.0)))
+                    continue
+                for key, _ in selector.select(timeout=0.2):
+                    try:
+                        chunk = os.read(key.fd, 1 << 16)
+                    except BlockingIOError:
+                        continue
+                    if chunk:
+                        feed(chunk, key.data)
+                    else:
+                        selector.unregister(key.fileobj)
+
+    def _end(self, process: subprocess.Popen[Any], token: str, inodes: set[int]) -> None:
+        """Kill the process's group, then every process with its token or holding its pipes."""
         self._kill(process)
         process.wait()
-        kill_tagged(token)
+        _kill_all(tagged_processes(token=token) + (pipe_holders(inodes) if inodes else []))
         with self._lock:
             self._running.discard(process)
 
-    def run(self, command: list[str], timeout_s: float, **options: Any) -> tuple[subprocess.Popen[str], str, str,
+    def run(self, command: list[str], timeout_s: float, **options: Any) -> tuple[subprocess.Popen[bytes], str, str,
                                                                                   bool]:
         """(process, stdout, stderr, timed_out) of `command`, killed with its group after `timeout_s`."""
-        process, token = self._start(command, {"text": True, "errors": "replace", **options})
+        process, token = self._start(command, options)
+        output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         try:
-            stdout, stderr = process.communicate(timeout=timeout_s)
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            self._kill(process)
-            stdout, stderr = process.communicate()
-            timed_out = True
+            timed_out = self._watch(process, token, timeout_s, lambda chunk, name: output[name].extend(chunk))
         finally:
-            self._end(process, token)
-        return process, stdout or "", stderr or "", timed_out
+            self._finish(process, token)
+        return (process, output["stdout"].decode("utf-8", "replace"), output["stderr"].decode("utf-8", "replace"),
+                timed_out)
 
     def stream(self, command: list[str], timeout_s: float, capture: OutputCapture,
                **options: Any) -> tuple[int | None, bool]:
-        """(exit code, timed_out) of `command`, its output streamed into `capture`.
-
-        When the process ends (or is killed at `timeout_s`) its whole process group goes with it, so
-        a child it left behind can neither outlive it nor hold its output open.
-        """
+        """(exit code, timed_out) of `command`, its output streamed into `capture`."""
         process, token = self._start(command, {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **options})
-
-        def pump(pipe: Any, stream: str) -> None:
-            for chunk in iter(lambda: pipe.read1(1 << 16), b""):
-                capture.feed(chunk, stream)
-
-        readers = [threading.Thread(target=pump, args=(process.stdout, "stdout"), daemon=True),
-                   threading.Thread(target=pump, args=(process.stderr, "stderr"), daemon=True)]
-        for reader in readers:
-            reader.start()
-        timed_out = False
         try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            timed_out = self._watch(process, token, timeout_s, capture.feed)
         finally:
-            self._end(process, token)
-            for reader in readers:
-                reader.join()
-            assert process.stdout is not None and process.stderr is not None
-            process.stdout.close()
-            process.stderr.close()
+            self._finish(process, token)
             capture.finish()
         return (None if timed_out else process.returncode), timed_out
+
+    def _finish(self, process: subprocess.Popen[Any], token: str) -> None:
+        """However the watch ended (even by an exception): nothing of the process left, its pipes closed."""
+        if process.returncode is None or process in self._running:
+            self._end(process, token, set())
+        for pipe in (process.stdout, process.stderr):
+            if pipe:
+                pipe.close()
 
     @staticmethod
     def _kill(process: subprocess.Popen[Any]) -> None:
@@ -272,6 +336,7 @@ class VenvBackend:
     name = "venv"
 
     def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False):
+        check_cache_dir(cache_dir)
         self.cache_dir = cache_dir
         self.processes = ProcessGroups(run_id)
         self.rebuild = rebuild  # --rebuild: recreate each cell's environment once in this run
