@@ -420,6 +420,8 @@ def runs_in(root: Path, newly_dead: list[str] | None = None,
             manifest.update(status="interrupted", finished=manifest.get("finished") or now(),
                             note="its process ended without finishing the run")
             write_json(manifest_path, manifest)
+            for half_written in [*directory.glob(".*.tmp"), *directory.glob("cells/.*.tmp")]:  # killed mid-write
+                half_written.unlink(missing_ok=True)
             if newly_dead is not None:
                 newly_dead.append(directory.name)
         found.append((directory, manifest))

@@ -59,12 +59,15 @@ def test_sigkill_leaves_no_process_and_the_next_run_marks_it_and_recovers(fault:
              what="the scenario to die with bnmatrix (parent-death signal)")
     assert fault.runs()[0]["status"] == "running"  # nobody could write more
     assert list(fault.tmp.glob(f"bnmatrix-cell-{run['run_id']}-*"))  # its scratch folder, left behind
+    half_written = fault.results / run["run_id"] / "cells" / ".tf-2.14.1-cpu.json.k1ll3d.tmp"  # as by a kill mid-write
+    half_written.write_text('{"schema": "bnmatrix.cel')
     code, output = fault.run(FAULT_HANG_TF="none")
     assert code == 0, output
     assert f"run {run['run_id']} was killed before it finished: marked interrupted" in output
     assert list(fault.tmp.glob("bnmatrix-cell-*")) == []  # swept
     dead, last = fault.runs()
     assert dead["status"] == "interrupted" and "ended without finishing" in dead["note"]
+    assert not half_written.exists()
     assert last["previous_run"] == dead["run_id"]
     assert fault.cell(last, "tf-2.15.1-cpu")["reused_from"] == dead["run_id"]
 
