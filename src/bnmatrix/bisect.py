@@ -388,7 +388,8 @@ class Bisector:
 
     def range(self, good: str, bad: str, device: str, variant: str | None,
               endpoints_known: bool = False) -> tuple[list[str], dict[str, str]]:
-        """Releases from `good` to `bad` (in that order) that a probe can install here, and those it cannot."""
+        """Releases from the older of `good` and `bad` to the newer (in release order) that a probe can install here,
+        and those it cannot."""
         package = self.package(good, device, variant)
         releases, left_out = list_releases(self.matrix.index_url, package, self.pre)
         on_index = {r.version: r for r in releases}
@@ -431,8 +432,8 @@ class Bisector:
         for version in (good, bad):
             if version not in inside:
                 inside.append(version)
-        inside.sort(key=Version)
-        return (inside if Version(good) < Version(bad) else inside[::-1]), unavailable
+        inside.sort(key=Version)  # in release order, whichever way round the ends were given
+        return inside, unavailable
 
     def add(self, scenario: str, device: str, variant: str | None, good: str, bad: str,
             endpoints: dict[str, Probe] | None = None) -> Search:

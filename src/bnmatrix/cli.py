@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -27,7 +28,7 @@ from rich.text import Text
 from bnmatrix import __version__
 from bnmatrix.backends import select_backend
 from bnmatrix.backends.venv import default_cache_dir, sweep_dead_run
-from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
+from bnmatrix.config import Matrix, default_matrix_path, parse_image_map, unknown_scenario
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
 from bnmatrix.history import History, diff, import_archive, prune
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
@@ -460,6 +461,9 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
         else:
             _check_bisect_input(args, matrix)
             bisector.add(args.scenario, args.device or "cpu", args.variant, args.good, args.bad)
+            if Version(args.good) > Version(args.bad):  # a change is always stored in release order
+                console.print(f"--good {args.good} is newer than --bad {args.bad}: searching from {args.bad} to "
+                              f"{args.good}, in release order", highlight=False)
         console.print(why)
         for search in bisector.searches:
             between = len(search.candidates) - 2
@@ -534,8 +538,7 @@ def _check_bisect_input(args: argparse.Namespace, matrix: Matrix) -> None:
     from packaging.version import InvalidVersion, Version
 
     if args.scenario not in matrix.catalog:
-        raise BnMatrixError(f"--scenario {args.scenario}: unknown scenario; expected one of "
-                            f"{', '.join(sorted(matrix.catalog))}")
+        raise unknown_scenario(args.scenario, sorted(matrix.catalog), f"from {matrix.path}")
     for option, value in (("--good", args.good), ("--bad", args.bad)):
         try:
             Version(value)

@@ -163,6 +163,20 @@ def load_scenario_notes(path: Path) -> dict[str, Any]:
     return raw
 
 
+def unknown_scenario(name: str, known: Sequence[str], origin: str) -> BnMatrixError:
+    """The error for a scenario name the matrix does not know: the known ones, and where a script of that name
+    lies in a folder below this one (`scenario new` writes one there), with the --scenarios that takes it."""
+    found = None
+    for path in sorted(Path.cwd().glob(f"*/{name}.py")) + sorted(Path.cwd().glob(f"*/*/{name}.py")):
+        if not any(part.startswith(".") or part in ("venv", "site-packages", "node_modules")
+                   for part in path.relative_to(Path.cwd()).parts[:-1]):
+            found = path.relative_to(Path.cwd())
+            break
+    hint = (f"; {found} is one: add --scenarios {found.parent}" if found else
+            "; a scenario of your own needs --scenarios DIR, its folder")
+    return BnMatrixError(f"--scenario {name}: unknown scenario; expected one of {', '.join(known)} ({origin}){hint}")
+
+
 def merge_scenarios(catalog: dict[str, Scenario], more: dict[str, Scenario]) -> dict[str, Scenario]:
     """`catalog` with `more` added; one name in two folders is an error naming both files."""
     for name, scenario in more.items():

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bnmatrix.config import Matrix
+from bnmatrix.config import Matrix, unknown_scenario
 from bnmatrix.errors import BnMatrixError
 
 
@@ -90,8 +90,7 @@ def plan(matrix: Matrix, select: Sequence[str] = (), skip: Sequence[str] = (),
     """The cells whose id matches any --select glob (all if none) and no --skip glob."""
     unknown = [name for name in scenarios if name not in matrix.scenarios]
     if unknown:
-        raise BnMatrixError(f"--scenario {unknown[0]}: unknown scenario; expected one of "
-                            f"{', '.join(matrix.scenarios)} (from {matrix.path})")
+        raise unknown_scenario(unknown[0], matrix.scenarios, f"from {matrix.path}")
     cells = all_cells(matrix, scenarios, image_map)
     for pattern in select:
         if not any(fnmatch.fnmatchcase(cell.id, pattern) for cell in cells):

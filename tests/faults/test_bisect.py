@@ -254,3 +254,15 @@ def test_a_signal_while_probes_are_still_queued_stops_the_bisect_at_once(fault: 
     (after,) = fault.runs()
     assert after["status"] == "interrupted" and fault.left_running(run["run_id"]) == []
     assert [c["outcome"] for c in conclusions(fault)] == ["incomplete"]
+
+
+def test_ends_given_the_wrong_way_round_give_the_change_in_release_order(fault: Fault) -> None:
+    """--good newer than --bad: searched (and stored) from the older release to the newer, never backwards."""
+    setup(fault, STALE_UNTIL_4)
+    code, output = bisect(fault, "--scenario", "versioned", "--good", "2.99.6", "--bad", "2.99.0")
+    assert code == 0, output
+    assert "--good 2.99.6 is newer than --bad 2.99.0: searching from 2.99.0 to 2.99.6, in release order" in output
+    assert "versioned (cpu) changed from stale to updated in 2.99.4 (last stale: 2.99.3)" in output
+    (search,) = conclusions(fault)
+    assert (search["good"]["version"], search["bad"]["version"], search["changed_in"]) == ("2.99.0", "2.99.6",
+                                                                                          "2.99.4")

@@ -61,3 +61,16 @@ def test_bad_matrix_exits_2_naming_the_line(tmp_path: Path, capsys: pytest.Captu
 def test_unknown_option_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--sellect", "x"]) == 2
     assert "unrecognized arguments: --sellect" in capsys.readouterr().err
+
+
+def test_an_unknown_scenario_that_scenario_new_wrote_says_which_scenarios_folder_to_add(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["scenario", "new", "my_pattern", "--dir", "my-scenarios"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--scenario", "my_pattern", "--select",
+                 "tf-2.15.1-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--scenario my_pattern: unknown scenario" in err
+    assert "my-scenarios/my_pattern.py is one: add --scenarios my-scenarios" in err
+    assert not (tmp_path / "results").exists()
