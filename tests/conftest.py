@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,3 +19,17 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI must run this test, but: {reason}")
     pytest.skip(reason)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line naming what could not be tested on this host (a skipped end-to-end part and why), so that a
+    green run never hides it; pytest -rs lists each skip."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, set[str]] = {}
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons.setdefault(report.nodeid.split("::")[0], set()).add(reason.removeprefix("Skipped: "))
+    if reasons:
+        parts = [f"{path} ({'; '.join(sorted(why))})" for path, why in sorted(reasons.items())]
+        terminalreporter.write_line(f"not tested on this host ({len(skipped)} tests skipped): " + ", ".join(parts),
+                                    yellow=True, bold=True)

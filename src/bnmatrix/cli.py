@@ -108,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--max-jobs", type=int, default=GITHUB_JOB_LIMIT, metavar="N",
                              help=f"with --format github: at most N jobs, cells grouped into shards (default "
                                   f"{GITHUB_JOB_LIMIT}, GitHub's limit)")
+    plan_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto",
+                             help="with the table: which cells this host can run with that backend, as run would")
+    plan_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
+                             help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
 
     run_parser = commands.add_parser("run", help="run the selected cells and keep a JSON result per cell")
     _selection_options(run_parser)
@@ -202,7 +206,7 @@ def _load_matrix(path: Path | None, scenario_dirs: Sequence[Path] = ()) -> Matri
 
 def command_plan(args: argparse.Namespace, console: Console) -> int:
     matrix = _load_matrix(args.matrix, args.scenarios)
-    cells = plan(matrix, args.select, args.skip)
+    cells = plan(matrix, args.select, args.skip, image_map=parse_image_map(args.image_map))
     if args.format == "json":
         print(json.dumps([cell.describe() for cell in cells], indent=1))
         return EXIT_OK
@@ -212,13 +216,27 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps({"include": github_jobs(cells, matrix.runners, args.max_jobs)}, separators=(",", ":")))
         return EXIT_OK
     scenarios = cells[0].scenarios if cells else matrix.scenarios
+    backend, why = select_backend(args.backend, matrix, new_run_id(), default_cache_dir(),
+                                  images=[cell.image for cell in cells], sweep=False)
+    try:
+        unserved = {cell.id: reason for cell in cells if (reason := backend.serves(cell))}
+    finally:
+        backend.close()
     table = Table(title=f"{len(cells)} cells from {matrix.path}",
                   caption=f"each runs {len(scenarios)} scenarios: {', '.join(scenarios)}")
-    for column in ("cell", "python", "requirements", "image", "steps"):
+    for column in ("cell", "python", "requirements", "image", "steps", "here"):
         table.add_column(column, overflow="fold")
     for cell in cells:
-        table.add_row(cell.id, cell.python, " ".join(cell.requirements), cell.image, str(cell.steps))
+        here = Text("– not run", style=Status.NOT_RUN.colour) if cell.id in unserved else Text("✔ runs")
+        table.add_row(cell.id, cell.python, " ".join(cell.requirements), cell.image, str(cell.steps), here)
     console.print(table)
+    console.print(why, highlight=False, soft_wrap=True, markup=False)
+    by_reason: dict[str, list[str]] = {}
+    for cell_id, reason in unserved.items():
+        by_reason.setdefault(reason, []).append(cell_id)
+    for reason, ids in by_reason.items():
+        console.print(f"{len(ids)} cell{'s' if len(ids) != 1 else ''} cannot run here ({', '.join(ids)}): "
+                      f"{reason}", highlight=False, soft_wrap=True, markup=False)
     return EXIT_OK
 
 
@@ -370,9 +388,8 @@ def _verdict_text(result: CellResult, name: str) -> str:
     scenario = result.scenarios.get(name)
     if scenario is None:
         return _styled(result.entry_status(name))
-    updates = scenario.effective_updates
-    numbers = f" ({updates:.1f}/{scenario.steps})" if updates is not None and scenario.moving_mean is not None else ""
-    return f"{_styled(scenario.status)}{numbers}"
+    updates = scenario.updates_text
+    return f"{_styled(scenario.status)}{f' ({updates})' if updates else ''}"
 
 
 def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> RenderableType:

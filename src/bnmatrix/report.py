@@ -30,7 +30,7 @@ from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
 from bnmatrix.intake import copy_tree, read_json, read_text, replace_folder, staging_name, sweep_staging
 from bnmatrix.plan import all_cells
 from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, change_span, load_run, runs_under
-from bnmatrix.verdict import CellStatus, Status
+from bnmatrix.verdict import REL_TOLERANCE, CellStatus, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
@@ -528,6 +528,7 @@ def environment() -> jinja2.Environment:
     env.filters["curve"] = curve_points
     env.globals["reproduce"] = reproduce_command
     env.globals["anchor"] = search_anchor
+    env.globals["tolerance"] = f"{REL_TOLERANCE:g}"
     return env
 
 

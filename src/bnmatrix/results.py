@@ -171,6 +171,17 @@ class ScenarioResult:
             self.forward_statistics = verdict.forward_statistics
             self.batch_mean, self.batch_variance = verdict.data.mean, verdict.data.variance_biased
 
+    @property
+    def updates_text(self) -> str | None:
+        """The effective updates of the mean against the steps, as the CLI and the summary show them: "100/100"
+        for an `updated` verdict (the closed form for every step fits within tolerance, however few digits the
+        estimate has when momentum**steps is tiny), "200.1/100" otherwise; None without numbers."""
+        if self.effective_updates is None or self.moving_mean is None:
+            return None
+        if self.status is Status.UPDATED:
+            return f"{self.steps}/{self.steps}"
+        return f"{self.effective_updates:.4g}/{self.steps}"
+
     def rejudge(self) -> bool:
         """Judge a stored result again from its observations, here: a verdict is never taken on trust from a file.
         Returns whether the stored verdict stands (same status and facets); where it does not, the result now
@@ -243,6 +254,17 @@ class CellResult:
     def entry_status(self, scenario: str) -> Status:
         """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
         return self.scenarios[scenario].status if scenario in self.scenarios else self.own_status
+
+    @property
+    def updates_text(self) -> str | None:
+        """The effective updates of the mean against the steps, as the CLI and the summary show them: "100/100"
+        for an `updated` verdict (the closed form for every step fits within tolerance, however few digits the
+        estimate has when momentum**steps is tiny), "200.1/100" otherwise; None without numbers."""
+        if self.effective_updates is None or self.moving_mean is None:
+            return None
+        if self.status is Status.UPDATED:
+            return f"{self.steps}/{self.steps}"
+        return f"{self.effective_updates:.4g}/{self.steps}"
 
     def rejudge(self) -> bool:
         """Judge every scenario again from its stored numbers; whether every stored verdict stands."""
@@ -457,6 +479,7 @@ class RunStore:
         self._earlier = earlier
         self._read: dict[Path, dict[str, Any] | None] = {}  # earlier cell files, each read and checked once
         self.written = 0
+        self.measured = 0  # cells written that ran their scenarios (not: not run here, failed to build)
         self._checked_cells: dict[str, dict[str, str]] = {}  # cell id -> the checked file it wrote: SHA-256, status
         self.manifest = {
             "schema": RUN_SCHEMA,
@@ -569,14 +592,15 @@ class RunStore:
         digest = write_json(self.directory / "cells" / f"{result.id}.json", data, durable=not result.reused_from)
         self._checked_cells[result.id] = {"sha256": digest, "status": data["status"]}
         self.written += 1
+        self.measured += result.status is CellStatus.RAN
 
     def finish(self, status: str) -> None:
-        """Close the run; `latest` moves to it only when it holds at least one cell."""
+        """Close the run; `latest` moves to it only when it measured something: a cell that ran."""
         self.manifest.update(status=status, finished=now(), cells_written=self.written,
                              checked={"schema": _schema_digest(), "host": socket.gethostname(),
                                       "cells": dict(sorted(self._checked_cells.items()))})
         write_json(self.directory / "manifest.json", self.manifest)
-        if self.written and self.manifest["kind"] == "run":  # a bisect's few cells are no matrix to show
+        if self.measured and self.manifest["kind"] == "run":  # a bisect's few cells are no matrix to show
             self._point_latest()
 
 

@@ -145,6 +145,22 @@ def effective_variance_updates(moving_variance: float, variance: float, momentum
     return 0.0 if remaining >= 1.0 else math.log(remaining) / math.log(momentum)
 
 
+def fitting_momentum(moving_mean: float, moving_variance: float, data: BatchData,
+                     steps: int) -> tuple[float, str] | None:
+    """The momentum (and the batch variance) for which `steps` updates give both observed statistics, where one
+    does: what a scenario that forgot to report its own momentum has."""
+    if data.mean == 0.0:
+        return None
+    remaining = 1.0 - moving_mean / data.mean
+    if not 0.0 < remaining < 1.0:
+        return None
+    momentum = remaining ** (1.0 / steps)
+    for correction in ("biased", "unbiased"):
+        if close(moving_variance, expected_statistics(data, momentum, steps, correction)[1]):
+            return momentum, correction
+    return None
+
+
 def close(observed: float, expected: float, tolerance: float = REL_TOLERANCE) -> bool:
     return abs(observed - expected) <= tolerance * max(1.0, abs(expected))
 
@@ -232,7 +248,8 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerd
         f"moving variance {moving_variance:.6g} follows neither the biased nor the unbiased batch variance")
     mean_ok = close(moving_mean, expected_mean)
     if mean_ok and correction is not None and close(moving_variance, expected_variance):
-        return verdict(Status.UPDATED, f"matches the closed form for {steps} updates; {follows}")
+        return verdict(Status.UPDATED, f"matches the closed form for {steps} updates (within {REL_TOLERANCE:g}); "
+                                       f"{follows}")
     for label, alternative in (layer.get("alternatives") or {}).items():
         other = BatchData.from_observation(alternative)
         for kind in ("biased", "unbiased"):
@@ -247,6 +264,10 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerd
     variance_part = follows
     if variance_updates is not None and not math.isclose(variance_updates, mean_updates, abs_tol=0.01):
         variance_part += f", {_ratio(variance_updates, steps)}"
+    fit = fitting_momentum(moving_mean, moving_variance, data, steps)
+    if fit is not None and not math.isclose(fit[0], momentum, rel_tol=1e-3):
+        variance_part += (f"; the numbers fit {steps} updates with momentum {fit[0]:.4g} ({fit[1]} variance), not "
+                          f"the {momentum:g} the scenario reported")
     return verdict(Status.WRONG, f"{mean_part}; {variance_part}")
 
 

@@ -37,15 +37,16 @@ def ours(client: Any) -> list[Any]:
 @pytest.fixture(scope="module")
 def docker_runs(docker_client: Any, image_map_args: list[str],
                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, CellResult]:
+    from bnmatrix.backends.docker import unobtainable
+
     mapped = dict(entry.split("=", 1) for entry in image_map_args[1::2])
-    for cell_id, (_, python) in E2E_CELLS.items():
-        base = mapped.get(f"python:{python}-slim", f"python:{python}-slim")
+    bases = [mapped.get(f"python:{python}-slim", f"python:{python}-slim") for _, python in E2E_CELLS.values()]
+    missing, why = unobtainable(docker_client, bases)  # asks a registry once, not once per image
+    require(not missing, f"{', '.join(missing)} not on this daemon and no registry answers ({why}): build them "
+                         "with docker/base/build.sh")
+    for base in bases:
         if not docker_client.images.list(name=base):
-            try:
-                docker_client.images.pull(base)  # where a registry answers
-            except Exception as exc:  # any failure means: not available here
-                require(False, f"{base} for {cell_id} is not on this daemon and cannot be pulled ({exc}): "
-                               "build it with docker/base/build.sh")
+            docker_client.images.pull(base)  # a registry answers
     results = tmp_path_factory.mktemp("docker-results")
     args = ["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "docker", "--jobs", "1",
             "--results", str(results), *image_map_args, *[x for name in DOCKER_SCENARIOS for x in ("--scenario", name)]]

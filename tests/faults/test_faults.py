@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.faults.conftest import Fault, wait_for
+from tests.faults.conftest import PYTHON, Fault, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -347,3 +347,24 @@ def test_numbers_no_verdict_can_be_computed_from_cost_their_scenario_only(fault:
         assert reasons["deep_json"] == "result refused: the result line is nested deeper than Python can parse"
         assert reasons["huge_spread"].startswith("the observed numbers cannot be judged:")
         assert reasons["negative_variance"] == "the observed numbers cannot be judged: math domain error"
+
+
+def test_plan_and_run_say_which_cells_this_host_cannot_serve_and_how_to_get_them(fault: Fault) -> None:
+    """A host without Python 3.9 (no pyenv, no uv, nothing on PATH): plan marks the cell before anything runs,
+    and the run's not-run reason says how to get that Python."""
+    path = fault.matrix(["ok"])
+    path.write_text(path.read_text().replace('{tf: 2.14.1, python: "' + PYTHON + '"', '{tf: 2.14.1, python: "3.9"'))
+    bare = {"PYENV_ROOT": str(fault.dir / "no-pyenv"), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "bnmatrix", "plan", "--matrix", "matrix.yaml", "--backend", "venv"],
+                          capture_output=True, text=True, env={**fault.env, **bare}, cwd=fault.dir, timeout=120)
+    assert done.returncode == 0, done.stderr
+    output = " ".join(done.stdout.split())
+    assert "1 cell cannot run here (tf-2.14.1-cpu): no Python 3.9 on this host" in output
+    hint = ("install it (uv python install 3.9, or pyenv install 3.9), or use the container backend: bnmatrix run "
+            "--backend docker (where no registry answers, docker/base/build.sh 3.9 builds its base image)")
+    assert hint in output
+    code, output = fault.run(**bare)
+    assert code == 0, output  # a cell this host cannot serve fails a run only when asked for by name
+    (run,) = fault.runs()
+    assert fault.cell(run, "tf-2.14.1-cpu")["status"] == "not-run"
+    assert hint in fault.cell(run, "tf-2.14.1-cpu")["reason"]

@@ -43,8 +43,8 @@ def test_float32_numbers_of_real_tf_are_updated_and_name_the_variance() -> None:
     # TF 1.15.5, tf.layers BN, 100 steps (float32 variables).
     status, reason, layers = judge(observed(0.9509515762329102, 1.158491849899292))
     assert status is Status.UPDATED
-    assert reason == ("matches the closed form for 100 updates; moving variance follows the biased batch "
-                      "variance (n)")
+    assert reason == ("matches the closed form for 100 updates (within 0.0001); moving variance follows the biased "
+                      "batch variance (n)")
     verdict = layers["bn"]
     assert verdict.variance_correction == "biased"
     assert verdict.effective_updates == pytest.approx(100, abs=0.01)
@@ -162,3 +162,27 @@ def test_the_schemas_use_the_one_status_vocabulary() -> None:
 def test_the_scenario_contract_schema_is_versioned(tmp_path: Path) -> None:
     schema = json.loads((PACKAGE_DIR / "scenario.schema.json").read_text())
     assert schema["properties"]["schema"]["const"] == "bnmatrix.scenario/2"
+
+
+def test_numbers_of_another_momentum_say_which_momentum_they_fit() -> None:
+    """A scenario whose layer used momentum 0.9 but reported the default 0.99: wrong, and the reason says the
+    numbers fit 0.9."""
+    mean, variance = 1.5 * (1 - 0.9 ** 100), 1.25 - 0.25 * 0.9 ** 100
+    status, reason, layers = judge(observed(mean, variance))
+    assert status is Status.WRONG
+    assert "the numbers fit 100 updates with momentum 0.9 (biased variance), not the 0.99 the scenario reported" \
+        in reason
+
+
+def test_an_updated_verdict_says_every_step_even_when_momentum_to_the_steps_is_tiny() -> None:
+    """With momentum 0.9 and 100 steps, 0.9**100 is 2.7e-5: float32 statistics then pin the count of updates only
+    to a tenth or so, but they match the closed form for 100 updates within tolerance, which is what is shown."""
+    from bnmatrix.results import ScenarioResult
+
+    mean, variance = 1.5 * (1 - 0.9 ** 99.9), 1.25 - 0.25 * 0.9 ** 99.9  # what float32 arithmetic left
+    result = ScenarioResult(scenario="s", status=Status.ERROR, reason=None, device="cpu", steps=100, momentum=0.9,
+                            layers={"bn": {"moving_mean": mean, "moving_variance": variance,
+                                           "data": {"values": [0.0, 1.0, 2.0, 3.0]}}})
+    result.judge()
+    assert result.status is Status.UPDATED and result.effective_updates == pytest.approx(99.9, abs=0.01)
+    assert result.updates_text == "100/100"

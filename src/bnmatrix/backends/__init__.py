@@ -150,6 +150,10 @@ class CellSession(Protocol):
 class Backend(Protocol):
     name: str
 
+    def serves(self, cell: Cell) -> str | None:
+        """Why this host cannot run `cell` with this backend (no such Python, no GPU), or None when it can."""
+        ...
+
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> AbstractContextManager[CellSession]:
         """Prepare the cell's environment (reusing a cached one) and yield a session to run scenarios."""
         ...
@@ -160,11 +164,12 @@ class Backend(Protocol):
 
 
 def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path, rebuild: bool = False,
-                   images: Sequence[str] = ()) -> tuple[Backend, str]:
+                   images: Sequence[str] = (), sweep: bool = True) -> tuple[Backend, str]:
     """The backend for --backend NAME and one line saying which and why.
 
     auto takes Docker when a daemon answers (DOCKER_HOST honoured) and can obtain the cells' base `images`
-    (on this host, or from a registry it reaches); the venv backend otherwise.
+    (on this host, or from a registry it reaches); the venv backend otherwise. `sweep`: remove what dead runs
+    left on the daemon (a run does; `plan` only looks).
     """
     from bnmatrix.backends.venv import VenvBackend
 
@@ -175,7 +180,7 @@ def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path, rebu
         missing, reason = unobtainable(client, images) if client is not None and name == "auto" else ([], "")
         if client is not None and not missing:
             backend = DockerBackend(client, matrix.container, run_id, matrix.scenario_dirs, rebuild=rebuild,
-                                    scenario_timeout_s=matrix.timeout_s)
+                                    scenario_timeout_s=matrix.timeout_s, sweep=sweep)
             return backend, f"docker backend: {about} answered ({'chosen' if name == 'docker' else 'auto'})"
         if name == "docker":
             raise BnMatrixError(f"--backend docker: no Docker daemon answered ({about}); start one, set "

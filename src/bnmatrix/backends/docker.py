@@ -195,7 +195,8 @@ class DockerBackend:
     name = "docker"
 
     def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str,
-                 scenario_dirs: tuple[Path, ...], rebuild: bool = False, scenario_timeout_s: float = 900):
+                 scenario_dirs: tuple[Path, ...], rebuild: bool = False, scenario_timeout_s: float = 900,
+                 sweep: bool = True):
         self.client = client
         self.settings = settings
         self.run_id = run_id
@@ -209,12 +210,20 @@ class DockerBackend:
         self.gpu_runtime = "nvidia" in (info.get("Runtimes") or {})
         self.architecture = info.get("Architecture")
         self.scenario_timeout_s = scenario_timeout_s
-        remove_dead_runs(client)
+        if sweep:
+            remove_dead_runs(client)
+
+    def serves(self, cell: Cell) -> str | None:
+        """Why this daemon cannot run the cell (None when it can): what `open` would say."""
+        if cell.device == "gpu" and not self.gpu_runtime:
+            return "no GPU runtime: the Docker daemon lists no 'nvidia' runtime"
+        return None
 
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[DockerSession]:
-        if cell.device == "gpu" and not self.gpu_runtime:
-            raise CellNotRun("no GPU runtime: the Docker daemon lists no 'nvidia' runtime")
+        why = self.serves(cell)
+        if why:
+            raise CellNotRun(why)
         script = render_script(cell)
         tag = image_tag(cell, script)
         self._image(cell, script, tag, setup_log, report_step)

@@ -185,6 +185,15 @@ def find_interpreter(python: str) -> tuple[Interpreter | None, list[str]]:
     return None, looked
 
 
+def python_hint(python: str) -> str:
+    """How to get a cell's Python: where uv can install it, pyenv can, and so can the container backend."""
+    own = "pyenv install " + python
+    if tuple(int(p) for p in python.split(".")) >= (3, 8):
+        own = f"uv python install {python}, or {own}"
+    return (f"install it ({own}), or use the container backend: bnmatrix run --backend docker (where no registry "
+            f"answers, docker/base/build.sh {python} builds its base image)")
+
+
 def gpu_available() -> bool:
     smi = shutil.which("nvidia-smi")
     if not smi:
@@ -347,17 +356,31 @@ class VenvBackend:
     def close(self) -> None:
         self.processes.close()
 
+    def interpreter(self, python: str) -> tuple[Interpreter | None, list[str]]:
+        """Python X.Y on this host, and the places looked in; found once per run and shared by its cells."""
+        with self._lock:
+            if python not in self._interpreters:
+                self._interpreters[python] = find_interpreter(python)
+            return self._interpreters[python]
+
+    def serves(self, cell: Cell) -> str | None:
+        """Why this host cannot run the cell (None when it can): what `open` would say, and how to get what is
+        missing."""
+        if cell.device == "gpu" and not gpu_available():
+            return "no GPU on this host (nvidia-smi lists none)"
+        interpreter, looked = self.interpreter(cell.python)
+        if interpreter is None:
+            return f"no Python {cell.python} on this host (looked in {', '.join(looked)}); {python_hint(cell.python)}"
+        return None
+
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[VenvSession]:
-        if cell.device == "gpu" and not gpu_available():
-            raise CellNotRun("no GPU on this host (nvidia-smi lists none)")
         report_step(f"finding Python {cell.python}")
-        with self._lock:  # once per Python in a run: cells of the same Python share what was found
-            if cell.python not in self._interpreters:
-                self._interpreters[cell.python] = find_interpreter(cell.python)
-            interpreter, looked = self._interpreters[cell.python]
-        if interpreter is None:
-            raise CellNotRun(f"no Python {cell.python} on this host (looked in {', '.join(looked)})")
+        why = self.serves(cell)
+        if why:
+            raise CellNotRun(why)
+        interpreter, _ = self.interpreter(cell.python)
+        assert interpreter is not None
         venv = self._venv(cell, interpreter, setup_log, report_step)
         yield VenvSession(venv, cell, self.processes)
 
