@@ -255,17 +255,6 @@ class CellResult:
         """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
         return self.scenarios[scenario].status if scenario in self.scenarios else self.own_status
 
-    @property
-    def updates_text(self) -> str | None:
-        """The effective updates of the mean against the steps, as the CLI and the summary show them: "100/100"
-        for an `updated` verdict (the closed form for every step fits within tolerance, however few digits the
-        estimate has when momentum**steps is tiny), "200.1/100" otherwise; None without numbers."""
-        if self.effective_updates is None or self.moving_mean is None:
-            return None
-        if self.status is Status.UPDATED:
-            return f"{self.steps}/{self.steps}"
-        return f"{self.effective_updates:.4g}/{self.steps}"
-
     def rejudge(self) -> bool:
         """Judge every scenario again from its stored numbers; whether every stored verdict stands."""
         return all([scenario.rejudge() for scenario in self.scenarios.values()])
