@@ -36,7 +36,7 @@ from bnmatrix.config import Matrix, TFVersion
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, all_cells
 from bnmatrix.results import CellResult, RunStore, now
-from bnmatrix.runner import ProgressCallback, run_plan, scenario_sources
+from bnmatrix.runner import ProgressCallback, run_plan, scenario_hashes, scenario_sources
 from bnmatrix.verdict import VERDICTS, Status
 
 INDEX_TIMEOUT_S = 60
@@ -488,11 +488,12 @@ class Bisector:
                 remaining = []
                 for name in sorted(names):
                     cell = probe_cell(self.matrix, version, python, device, variant, (name,))
-                    found = store.reusable_scenario(cell, name, sources, backend.name)
+                    hashes = scenario_hashes(cell, self.matrix.catalog, self.matrix.scenario_dirs)
+                    found = store.reusable_scenarios(cell, hashes, sources, backend.name).get(name)
                     if found is None:
                         remaining.append(name)
                     else:
-                        say(f"  {name}: {self.feed(found, name).describe()} [from run {found.run_id}]")
+                        say(f"  {name}: {self.feed(found[1], name).describe()} [from run {found[1].run_id}]")
                 if remaining:
                     cells.append(probe_cell(self.matrix, version, python, device, variant, remaining))
             for result in run_plan(cells, self.matrix.catalog, backend, store, self.matrix.scenario_dirs,

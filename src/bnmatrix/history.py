@@ -13,7 +13,7 @@ import os
 import shutil
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,17 @@ from packaging.version import Version
 
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import extract_archive, staging_name, sweep_staging
-from bnmatrix.results import CellResult, Run, check_run, latest_searches, load_run, now, runs_in, write_json
+from bnmatrix.results import (
+    CellResult,
+    Run,
+    ScenarioResult,
+    check_run,
+    latest_searches,
+    load_run,
+    now,
+    runs_in,
+    write_json,
+)
 from bnmatrix.verdict import VERDICTS, CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
@@ -65,6 +75,15 @@ def diff(before: Run, after: Run) -> Diff:
 
 
 @dataclass(frozen=True)
+class Shown:
+    """A cell as the cumulative matrix shows it (History.current)."""
+
+    cell: CellResult  # the cell's newest result that ran, with every scenario's newest measured result
+    run: Run  # the run holding the cell's newest result that ran (its newest result, if none ran)
+    scenarios: dict[str, tuple[Run, str]]  # scenario -> the run holding its result, and the run that produced it
+
+
+@dataclass(frozen=True)
 class History:
     """Every run of a results root, oldest first."""
 
@@ -93,11 +112,12 @@ class History:
 
     def find(self, name: str) -> Run:
         """A run by id (or 'latest', or a unique prefix of an id)."""
-        if name == "latest":
-            if not self.matrix_runs:
-                raise BnMatrixError(f"{self.root}: no 'latest' run (it holds only bisects, or runs without cells); "
+        if name == "latest":  # as results/latest: the newest run that measured something
+            measuring = [r for r in self.matrix_runs if any(c.status is CellStatus.RAN for c in r.cells)]
+            if not measuring:
+                raise BnMatrixError(f"{self.root}: no 'latest' run (it holds only bisects, or runs where no cell ran); "
                                     "expected a run id, e.g. one of " + ", ".join(r.id for r in self.runs[-3:]))
-            return self.matrix_runs[-1]
+            return measuring[-1]
         found = [r for r in self.runs if r.id == name or r.directory.name == name] or \
                 [r for r in self.runs if r.id.startswith(name)]
         if len(found) != 1:
@@ -106,13 +126,33 @@ class History:
             raise BnMatrixError(f"{name!r} {why} in {self.root}; expected a run id such as {known}")
         return found[0]
 
-    def current(self) -> dict[str, tuple[CellResult, Run]]:
-        """Each cell's newest result and the run that holds it: what the cumulative matrix shows."""
+    def current(self) -> dict[str, Shown]:
+        """Each cell as the cumulative matrix shows it: every scenario's newest measured result (from a result of
+        the cell that ran it), whichever run holds it, so that a narrower run, one that could not run the cell
+        here, or one that failed to build never hides a verdict; a cell that never ran: its newest result."""
         newest: dict[str, tuple[CellResult, Run]] = {}
+        ran: dict[str, tuple[CellResult, Run]] = {}
+        measured: dict[str, dict[str, tuple[ScenarioResult, Run, str]]] = {}
         for run in self.matrix_runs:
             for cell in run.cells:
                 newest[cell.id] = (cell, run)
-        return newest
+                if cell.status is CellStatus.RAN:
+                    ran[cell.id] = (cell, run)
+                    for name, result in cell.scenarios.items():
+                        produced = result.reused_from or cell.run_id or run.id
+                        measured.setdefault(cell.id, {})[name] = (result, run, produced)
+        shown = {}
+        for cell_id, (cell, run) in newest.items():
+            if cell_id not in ran:
+                shown[cell_id] = Shown(cell, run, {})
+                continue
+            base, base_run = ran[cell_id]
+            kept = measured[cell_id]
+            names = [*base.cell["scenarios"], *(name for name in kept if name not in base.cell["scenarios"])]
+            composite = replace(base, cell={**base.cell, "scenarios": names},
+                                scenarios={name: kept[name][0] for name in names})
+            shown[cell_id] = Shown(composite, base_run, {name: (kept[name][1], kept[name][2]) for name in names})
+        return shown
 
     def timelines(self) -> dict[str, list[CellResult]]:
         """Each cell's distinct results over time, one per run that produced one (reused copies count once)."""

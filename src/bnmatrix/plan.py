@@ -47,6 +47,15 @@ def inputs_hash(definition: dict[str, Any], scenario_sources: dict[str, str]) ->
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def scenario_inputs_hash(definition: dict[str, Any], scenario: str, sources: dict[str, dict[str, str]]) -> str:
+    """What decides one scenario's outcome in a cell: the cell's definition (not its scenario list nor its
+    expectations), the scenario's name, and the code of the folders it runs from (`sources`, by role: the
+    built-in folder, which holds the helper, and its own)."""
+    payload = json.dumps({"cell": {k: v for k, v in definition.items() if k not in ("scenarios", "expect")},
+                          "scenario": scenario, "sources": sources}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
 def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str, str] | None = None) -> list[Cell]:
     """Every cell of the matrix in file order (newest TF first in the default matrix)."""
     chosen = tuple(scenarios) or matrix.scenarios

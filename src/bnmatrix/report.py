@@ -27,7 +27,7 @@ from pygments.lexers import PythonLexer
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
-from bnmatrix.intake import copy_tree, read_json, read_text, replace_folder, staging_name, sweep_staging
+from bnmatrix.intake import read_json, read_text, regular_file, replace_folder, staging_name, sweep_staging
 from bnmatrix.plan import all_cells
 from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, change_span, load_run, runs_under
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus, Status
@@ -161,7 +161,9 @@ class Site:
     bisect conclusions, and the cells they rest on that are no matrix cell (releases between two rows)."""
 
     run: Run  # one run, or the cumulative view of a results root as one
-    origins: dict[str, Run]  # cell id -> the run holding its result
+    origins: dict[str, Run]  # cell id -> the run holding its result (the newest that ran)
+    # (cell id, scenario) -> the run holding that scenario's result, and the run that produced it
+    holders: dict[tuple[str, str], tuple[Run, str]] = field(default_factory=dict)
     timelines: dict[str, list[CellResult]] = field(default_factory=dict)
     searches: list[dict[str, Any]] = field(default_factory=list)
     evidence: dict[str, tuple[CellResult, Run]] = field(default_factory=dict)
@@ -169,7 +171,9 @@ class Site:
 
     @classmethod
     def of_run(cls, run: Run) -> Site:
-        return cls(run, {c.id: run for c in run.cells}, searches=run.searches)
+        holders = {(c.id, name): (run, s.reused_from or c.run_id or run.id) for c in run.cells
+                   for name, s in c.scenarios.items()}
+        return cls(run, {c.id: run for c in run.cells}, holders, searches=run.searches)
 
     @classmethod
     def load(cls, path: Path) -> Site:
@@ -186,25 +190,32 @@ class Site:
                                 "expected the run they bisected beside them (copy its folder in, or 'bnmatrix import' "
                                 "a site's archive), or one run: --results RUN_DIR")
         runs = history.matrix_runs
-        holders = {run.id for _, run in current.values()}
-        manifest = {**runs[-1].manifest, "cumulative": True, "runs": [r.id for r in runs if r.id in holders],
-                    "started": min(str(r.manifest.get("started")) for r in runs if r.id in holders)}
-        cells = sorted((cell for cell, _ in current.values()), key=lambda c: c.id)
+        holders = {(cell_id, name): held for cell_id, shown in current.items()
+                   for name, held in shown.scenarios.items()}
+        holding = {shown.run.id for shown in current.values()} | {run.id for run, _ in holders.values()}
+        manifest = {**runs[-1].manifest, "cumulative": True, "runs": [r.id for r in runs if r.id in holding],
+                    "started": min(str(r.manifest.get("started")) for r in runs if r.id in holding)}
+        cells = sorted((shown.cell for shown in current.values()), key=lambda c: c.id)
         evidence: dict[str, tuple[CellResult, Run]] = {}
         for run in history.runs:
             if run.kind == "bisect":
                 evidence.update({c.id: (c, run) for c in run.cells if c.id not in current})
-        return cls(Run(path.resolve(), manifest, cells), {cid: run for cid, (_, run) in current.items()},
-                   history.timelines(), history.searches(), evidence, history)
+        return cls(Run(path.resolve(), manifest, cells), {cid: shown.run for cid, shown in current.items()},
+                   holders, history.timelines(), history.searches(), evidence, history)
 
     @property
     def previous_statuses(self) -> dict[tuple[str, str], str]:
-        """(cell, scenario) -> the status in the cell's previous result (a results root only)."""
+        """(cell, scenario) -> the status of that scenario's previous measured result, where it differs from the
+        run that produced the one shown (a results root only)."""
         before = {}
         for cell_id, timeline in self.timelines.items():
-            if len(timeline) > 1:
-                older = timeline[-2]
-                before.update({(cell_id, name): older.entry_status(name).value for name in older.cell["scenarios"]})
+            produced: dict[str, list[tuple[str, str]]] = {}
+            for past in timeline:
+                for name, result in past.scenarios.items():
+                    producer, seen = result.reused_from or past.run_id or "", produced.setdefault(name, [])
+                    if not seen or seen[-1][0] != producer:
+                        seen.append((producer, result.status.value))
+            before.update({(cell_id, name): seen[-2][1] for name, seen in produced.items() if len(seen) > 1})
         return before
 
 
@@ -230,8 +241,8 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                      reverse=True)
     sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()])
     before = _statuses(previous) if previous else site.previous_statuses
-    # With history: the cells whose result comes from an older run than the newest, and that run's start.
-    held_since = {cell_id: str(holder.manifest.get("started"))[:10] for cell_id, holder in site.origins.items()
+    # With history: the results held by an older run than the newest, and that run's start.
+    held_since = {key: str(holder.manifest.get("started"))[:10] for key, (holder, _) in site.holders.items()
                   if run.manifest.get("cumulative") and holder.id != run.manifest["run_id"]}
     scenarios: list[str] = []
     devices: list[str] = []
@@ -250,8 +261,9 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result), href=f"cells/{cell['id']}.html#{name}",
                 previous=earlier if earlier not in (None, status) else None,
-                expected=expected.get(name), origin=cell_result.run_id or site.origins[cell["id"]].id,
-                held_since=held_since.get(cell["id"]))
+                expected=expected.get(name),
+                origin=site.holders[(cell["id"], name)][1] if (cell["id"], name) in site.holders else
+                cell_result.run_id or site.origins[cell["id"]].id, held_since=held_since.get((cell["id"], name)))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, run, site.searches)
@@ -291,6 +303,8 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                                           len(scenarios), c["device"], str(c["variant"]), Version(c["ordered"][0]))),
         "evidence": site.evidence, "pages": {c.id for c in run.cells} | set(site.evidence),
         "probed_by": _probed_by(site.searches),
+        "produced": {key: (produced, str(holder.manifest.get("started"))[:10])
+                     for key, (holder, produced) in site.holders.items()},
         "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
         "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
         "expectations": expectations,
@@ -629,11 +643,17 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             target.write_text(text, encoding="utf-8")
         for asset in ("style.css", "matrix.js", "runs.js", "back.js"):
             shutil.copyfile(data_path("report") / asset, staging / asset)
-        holders = [(c, site.origins[c.id]) for c in site.run.cells] + list(site.evidence.values())
-        for cell_result, origin in holders:  # the full logs, next to the cell's page (regular files only)
-            logs = origin.directory / "logs" / cell_result.id
-            if logs.is_dir() and not logs.is_symlink():
-                copy_tree(logs, _inside(staging, f"cells/logs/{cell_result.id}"))
+        for cell_result, origin in [(c, site.origins[c.id]) for c in site.run.cells] + list(site.evidence.values()):
+            # The full logs, next to the cell's page (regular files only), each from the run holding its result.
+            logs = {"setup": origin, **{name: site.holders.get((cell_result.id, name), (origin, ""))[0]
+                                        for name in cell_result.scenarios}}
+            for name, holder in logs.items():
+                log = holder.directory / "logs" / cell_result.id / f"{name}.log"
+                if os.path.lexists(log):
+                    regular_file(log, "log file")
+                    target = _inside(staging, f"cells/logs/{cell_result.id}/{name}.log")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(log, target)
         if site.history is not None:  # the results root, for the next run to add to (docs/history.md)
             write_archive(site.history, staging / ARCHIVE_NAME)
         written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())

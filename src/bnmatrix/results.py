@@ -135,6 +135,8 @@ class ScenarioResult:
     duration_s: float | None = None
     log: str | None = None
     log_tail: str | None = None
+    inputs_hash: str | None = None  # what decided this outcome (plan.scenario_inputs_hash): reuse one at a time
+    reused_from: str | None = None  # the run that produced this result, where a later cell reused it
 
     def judge(self) -> None:
         """The host's verdict on this result's observations (`layers`, `steps`, `momentum`): its status, reason,
@@ -553,19 +555,37 @@ class RunStore:
             return result
         return None
 
-    def reusable_scenario(self, cell: Cell, scenario: str, sources: dict[str, str],
-                          backend: str) -> CellResult | None:
-        """The newest earlier result of `cell` (in any run of the root, whatever scenarios it ran) that holds
-        `scenario` and ran the same definition with the same scenario code on the same backend: bisect's reuse,
-        one scenario at a time."""
+    def reusable_scenarios(self, cell: Cell, hashes: dict[str, str], sources: dict[str, str],
+                           backend: str) -> dict[str, tuple[ScenarioResult, CellResult, Path]]:
+        """For each scenario of `hashes` (its name and what decides its outcome, plan.scenario_inputs_hash), its
+        newest earlier result in any run of the root with those very inputs on this backend, and the cell result
+        holding it (its run_id set), and the run folder that holds that. A result stored before bnmatrix recorded
+        each scenario's inputs counts when nothing the cell depends on has changed since (the same definition and
+        scenario code)."""
         wanted = {k: v for k, v in cell.describe().items() if k not in ("scenarios", "expect")}
+        found: dict[str, tuple[ScenarioResult, CellResult, Path]] = {}
         for directory, result in self._earlier_results(cell.id, ran_only=True):
-            definition = {k: v for k, v in result.cell.items() if k not in ("scenarios", "expect")}
-            if (result.status is CellStatus.RAN and scenario in result.scenarios and result.backend == backend
-                    and definition == wanted and result.inputs_hash == inputs_hash(result.cell, sources)):
-                result.run_id = result.run_id or directory.name
-                return result
-        return None
+            if result.status is not CellStatus.RAN or result.backend != backend:
+                continue
+            unchanged = ({k: v for k, v in result.cell.items() if k not in ("scenarios", "expect")} == wanted
+                         and result.inputs_hash == inputs_hash(result.cell, sources))
+            for name, digest in hashes.items():
+                scenario = result.scenarios.get(name)
+                if name in found or scenario is None:
+                    continue
+                if (scenario.inputs_hash == digest) if scenario.inputs_hash else unchanged:
+                    result.run_id = result.run_id or directory.name
+                    found[name] = (scenario, result, directory)
+            if len(found) == len(hashes):
+                break
+        return found
+
+    def link_log(self, cell_id: str, name: str, directory: Path) -> None:
+        """A log of another run of the root (its folder), in this run too (a hard link: logs are never written
+        to again)."""
+        source = directory / "logs" / cell_id / f"{name}.log"
+        if source.is_file() and not source.is_symlink():
+            _link(str(source), str(self.log_path(cell_id, name)))
 
     def write_searches(self, searches: list[dict[str, Any]]) -> None:
         """The run's bisect conclusions (written again after every step: an interrupted bisect keeps them)."""

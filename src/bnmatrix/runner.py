@@ -22,7 +22,7 @@ from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupEr
 from bnmatrix.config import Scenario, scenario_files
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import schema_problem, shape_problem
-from bnmatrix.plan import Cell
+from bnmatrix.plan import Cell, scenario_inputs_hash
 from bnmatrix.results import CellResult, RunStore, ScenarioResult, StoreError, now
 from bnmatrix.verdict import CellStatus, Status
 
@@ -39,12 +39,28 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def folder_sources(directory: Path) -> dict[str, str]:
+    """A digest of every Python file of a scenario folder, by its path in the folder (editing a scenario's notes
+    does not redo anything)."""
+    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(scenario_files(directory)) if path.suffix == ".py"}
+
+
 def scenario_sources(directories: tuple[Path, ...]) -> dict[str, str]:
-    """A digest of every Python file of every scenario folder: what a cell's outcome depends on besides its
-    definition (editing a scenario's notes does not redo cells)."""
-    return {f"{index}/{path.relative_to(directory)}": hashlib.sha256(path.read_bytes()).hexdigest()
-            for index, directory in enumerate(directories) for path in sorted(scenario_files(directory))
-            if path.suffix == ".py"}
+    """The code of every scenario folder: what a cell's outcome depends on besides its definition."""
+    return {f"{index}/{name}": digest for index, directory in enumerate(directories)
+            for name, digest in folder_sources(directory).items()}
+
+
+def scenario_hashes(cell: Cell, catalog: dict[str, Scenario], directories: tuple[Path, ...]) -> dict[str, str]:
+    """What decides each of the cell's scenarios (plan.scenario_inputs_hash): its folder's code and the built-in
+    folder's (the helper), wherever the folders are listed; a scenario whose folder is unchanged is reused when
+    another folder changes."""
+    folders = {directory: folder_sources(directory) for directory in directories}
+    builtin = folders[directories[0]]
+    return {name: scenario_inputs_hash(cell.describe(), name, {
+        "builtin": builtin, "own": folders[catalog[name].root] if catalog[name].root != directories[0] else {}})
+        for name in cell.scenarios}
 
 
 class ResultRefused(Exception):
@@ -124,12 +140,29 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
 
 
 def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: RunStore, timeout_s: float,
-             inputs_hash: str, step: Callable[[str], None], scenarios: ThreadPoolExecutor) -> CellResult:
+             inputs_hash: str, step: Callable[[str], None], scenarios: ThreadPoolExecutor,
+             hashes: dict[str, str] | None = None,
+             kept: dict[str, tuple[ScenarioResult, CellResult, Path]] | None = None) -> CellResult:
     """Prepare the cell's environment, then run its scenarios as independent processes on `scenarios`, the
-    run's pool (--jobs processes at once, shared by every cell)."""
+    run's pool (--jobs processes at once, shared by every cell). `hashes`: what decides each scenario's outcome,
+    stored with it; `kept`: earlier results of some scenarios with those very inputs (RunStore.reusable_scenarios),
+    reused as they are, their logs linked: only the others run, and none when every one is kept."""
     clock = time.monotonic()
+    kept = kept or {}
     result = CellResult(cell=cell.describe(), status=CellStatus.RAN, reason=None, backend=backend.name,
                         inputs_hash=inputs_hash, started=now())
+    for name, (scenario, holder, directory) in kept.items():
+        store.link_log(cell.id, name, directory)
+        scenario.reused_from = scenario.reused_from or holder.run_id
+        result.scenarios[name] = scenario
+    remaining = [name for name in cell.scenarios if name not in kept]
+    if not remaining:  # nothing to run: the newest holder's environment and setup log stand for the cell
+        holder, directory = max(((h, d) for _, h, d in kept.values()), key=lambda item: item[0].started)
+        result.environment, result.setup_log, result.reused_from = holder.environment, holder.setup_log, holder.run_id
+        store.link_log(cell.id, "setup", directory)
+        result.scenarios = {name: result.scenarios[name] for name in cell.scenarios}
+        result.duration_s = round(time.monotonic() - clock, 3)
+        return result
     setup_log = store.log_path(cell.id, "setup")
     result.setup_log = store.relative(setup_log)
     try:
@@ -149,12 +182,13 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
                     scenario = ScenarioResult(scenario=name, status=Status.ERROR, reason=why, device=cell.device,
                                               steps=cell.steps, error={"type": "bnmatrix", "message": why,
                                                                        "traceback": tail(traceback.format_exc())})
+                scenario.inputs_hash = (hashes or {}).get(name)
                 done.append(name)
-                step(f"scenarios {len(done)}/{len(cell.scenarios)} done (last: {name})")
+                step(f"scenarios {len(done)}/{len(remaining)} done (last: {name})")
                 return scenario
 
-            step(f"scenarios 0/{len(cell.scenarios)} done")
-            futures = [(name, scenarios.submit(one, name)) for name in cell.scenarios]
+            step(f"scenarios 0/{len(remaining)} done" + (f" ({len(kept)} reused)" if kept else ""))
+            futures = [(name, scenarios.submit(one, name)) for name in remaining]
             try:
                 for name, future in futures:
                     result.scenarios[name] = future.result()
@@ -162,14 +196,16 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
                 for _, future in futures:
                     future.cancel()
                 raise
+        result.scenarios = {name: result.scenarios[name] for name in cell.scenarios}
     except CellNotRun as exc:
-        result.status, result.reason = CellStatus.NOT_RUN, str(exc)
+        result.status, result.reason, result.scenarios = CellStatus.NOT_RUN, str(exc), {}
     except CellSetupError as exc:
-        result.status, result.reason, result.setup_log_tail = CellStatus.BUILD_ERROR, str(exc), tail(exc.log)
+        result.status, result.reason, result.scenarios = CellStatus.BUILD_ERROR, str(exc), {}
+        result.setup_log_tail = tail(exc.log)
     except (StoreError, KeyboardInterrupt):
         raise
     except Exception as exc:  # a bnmatrix bug must not stop the other cells
-        result.status, result.reason = CellStatus.ERROR, f"{type(exc).__name__}: {exc}"
+        result.status, result.reason, result.scenarios = CellStatus.ERROR, f"{type(exc).__name__}: {exc}", {}
         result.setup_log_tail = tail(traceback.format_exc())
     result.duration_s = round(time.monotonic() - clock, 3)
     return result
@@ -201,9 +237,12 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
             inputs_hash = cell.inputs_hash(sources)
             result = None if force else store.reusable(cell.id, inputs_hash, backend.name)
             if result is None:
+                hashes = scenario_hashes(cell, catalog, scenario_dirs)
+                kept = {} if force else store.reusable_scenarios(cell, hashes, sources, backend.name)
                 progress(index, len(cells), cell, "starting", None)
                 result = run_cell(cell, catalog, backend, store, timeout_s, inputs_hash,
-                                  lambda text: progress(index, len(cells), cell, text, None), scenario_pool)
+                                  lambda text: progress(index, len(cells), cell, text, None), scenario_pool, hashes,
+                                  kept)
         except (KeyboardInterrupt, StoreError):
             stopping.set()
             raise

@@ -368,3 +368,46 @@ def test_plan_and_run_say_which_cells_this_host_cannot_serve_and_how_to_get_them
     (run,) = fault.runs()
     assert fault.cell(run, "tf-2.14.1-cpu")["status"] == "not-run"
     assert hint in fault.cell(run, "tf-2.14.1-cpu")["reason"]
+
+
+def test_the_report_keeps_every_measured_verdict_and_a_run_reuses_each_unchanged_scenario(fault: Fault) -> None:
+    """A full run; a narrower one (one scenario, one cell); one where no cell could be built: the report shows every
+    scenario's newest measured result, `latest` stays on the last run that measured something, and a run that
+    adds a scenario of its own runs only that one, reusing the others scenario by scenario."""
+    fault.matrix(["ok", "versioned"])
+    assert fault.run()[0] == 0
+    code, output = fault.run("--select", "tf-2.15.1-cpu", "--scenario", "ok", "--force")
+    assert code == 0, output
+    full, narrow = fault.runs()
+    fault.matrix(["ok", "versioned"], pins=["nosuchpkg==1.0"])  # every cell fails to build
+    code, output = fault.run()
+    assert code == 1 and "build-error" in output, output
+    assert (fault.results / "latest").resolve().name == narrow["run_id"]  # nothing was measured
+    code, output = fault.bnmatrix("report", "--results", "results", "--out", "site")
+    assert code == 0, output
+    exported = json.loads((fault.dir / "site" / "results.json").read_text())
+    by_id = {c["id"]: c for c in exported["cells"]}
+    for cell_id in ("tf-2.15.1-cpu", "tf-2.14.1-cpu"):
+        assert {n: s["status"] for n, s in by_id[cell_id]["scenarios"].items()} == {"ok": "updated",
+                                                                                  "versioned": "updated"}, cell_id
+    page = (fault.dir / "site" / "cells" / "tf-2.15.1-cpu.html").read_text()
+    assert f"Measured by run <code>{full['run_id']}</code>" in page  # versioned: from the full run
+    assert (fault.dir / "site" / "cells" / "logs" / "tf-2.15.1-cpu" / "versioned.log").is_file()
+
+    extra = fault.dir / "extra"
+    extra.mkdir()
+    source = (Path(__file__).parent / "scenarios" / "ok.py").read_text()
+    (extra / "extra_ok.py").write_text(source.replace('bns.main("ok", train)', 'bns.main("extra_ok", train)'))
+    fault.matrix(["ok", "versioned"])
+    code, output = fault.run("--scenarios", str(extra))
+    assert code == 0, output
+    last = fault.runs()[-1]
+    for cell_id in ("tf-2.15.1-cpu", "tf-2.14.1-cpu"):
+        scenarios = fault.cell(last, cell_id)["scenarios"]
+        assert sorted(scenarios) == ["extra_ok", "ok", "versioned"]
+        assert scenarios["extra_ok"]["reused_from"] is None and scenarios["extra_ok"]["status"] == "updated"
+        assert scenarios["versioned"]["reused_from"] == full["run_id"]
+        assert scenarios["ok"]["reused_from"] == (narrow if cell_id == "tf-2.15.1-cpu" else full)["run_id"]
+        assert (fault.results / last["run_id"] / "logs" / cell_id / "versioned.log").is_file()
+    ran = [line for line in (fault.results / last["run_id"] / "logs" / "tf-2.15.1-cpu").iterdir()]
+    assert {p.name for p in ran} >= {"extra_ok.log", "ok.log", "versioned.log", "setup.log"}
