@@ -9,6 +9,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -21,7 +22,7 @@ from typing import Any
 from packaging.version import Version
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -240,18 +241,20 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+SCENARIOS_DONE = re.compile(r"scenarios (\d+)/(\d+) done")  # the step runner.run_cell reports
+
+
 @contextlib.contextmanager
 def _cell_progress(console: Console, total: int | None, expected: dict[str, float] | None = None,
                    jobs: int = 1) -> Iterator[ProgressCallback]:
     """A live view of the cells being run (one line each, with its current step); yields the callback run_plan
     reports to. With `expected` (each cell's duration when it last ran) the overall line says how long is left."""
-    count = MofNCompleteColumn() if total is not None else TextColumn("{task.completed:.0f} done")
-    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), count,
+    columns = (TextColumn("{task.fields[label]}"), BarColumn(bar_width=16), TextColumn("{task.fields[count]}"),
                TextColumn("{task.description}"), TimeElapsedColumn())
     known = [v for v in (expected or {}).values() if v]
     typical = sorted(known)[len(known) // 2] if known else None
     with Progress(*columns, console=console, refresh_per_second=4) as progress:  # 10 a second cost 3% of a core
-        overall = progress.add_task("", total=total, label="cells")
+        overall = progress.add_task("", total=total, label="cells", count=f"0/{total}" if total else "0 done")
         running: dict[str, tuple[TaskID, float]] = {}  # cell id -> its progress task, start time
         finished: set[str] = set()
         lock = threading.Lock()
@@ -269,10 +272,14 @@ def _cell_progress(console: Console, total: int | None, expected: dict[str, floa
         def report_progress(index: int, count: int, cell: Cell, step: str, result: CellResult | None) -> None:
             with lock:
                 if cell.id not in running:
-                    task = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}")
+                    task = progress.add_task("", total=None, label=f"{index}/{count} {cell.id}", count="")
                     running[cell.id] = (task, time.monotonic())
                 task, cell_started = running[cell.id]
                 progress.update(task, description=escape(step))
+                scenarios = SCENARIOS_DONE.match(step)  # the bar: the cell's scenarios (none while it is set up)
+                if scenarios:
+                    done, of = int(scenarios[1]), int(scenarios[2])
+                    progress.update(task, completed=done, total=of, count=f"{done}/{of}")
                 if step.startswith("waiting"):  # worth a line of its own: it may last long
                     progress.console.print(f"{cell.id}: {escape(step)}", highlight=False, soft_wrap=True)
                 if result is None:
@@ -282,7 +289,9 @@ def _cell_progress(console: Console, total: int | None, expected: dict[str, floa
                 del running[cell.id]
                 finished.add(cell.id)
                 progress.advance(overall)
-                progress.update(overall, description=left())
+                cells_done = len(finished)
+                progress.update(overall, description=left(),
+                                count=f"{cells_done}/{total}" if total else f"{cells_done} done")
                 progress.console.print(f"[{index}/{count}] {cell.id}: {step} in "
                                        f"{time.monotonic() - cell_started:.0f} s: {_verdict_line(result)}",
                                        highlight=False)

@@ -137,10 +137,9 @@ def _statuses(run: Run) -> dict[tuple[str, str], str]:
     return {(c.id, name): c.entry_status(name).value for c in run.cells for name in c.cell["scenarios"]}
 
 
-def scenario_page_sources(runs: list[Run]) -> dict[str, tuple[str, dict[str, Any]]]:
+def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
     """Each scenario's code and notes as the runs kept them, the first run first (older runs: the built-in ones)."""
     found: dict[str, tuple[str, dict[str, Any]]] = {}
-    names = {name for run in runs for cell in run.cells for name in cell.cell["scenarios"]}
     for name in sorted(names):
         for run in runs:
             kept = run.directory / "scenarios" / name
@@ -237,9 +236,10 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     for a results root, since each cell's previous result); expectations from the run's cells, or from
     `expectations` (a matrix file) where given; change points from the bisect conclusions."""
     run = site.run
-    origins = sorted({id(r): r for r in site.origins.values()}.values(), key=lambda r: str(r.manifest.get("started")),
-                     reverse=True)
-    sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()])
+    holding = [*site.origins.values(), *(holder for holder, _ in site.holders.values())]
+    origins = sorted({id(r): r for r in holding}.values(), key=lambda r: str(r.manifest.get("started")), reverse=True)
+    names = {name for cell in [*run.cells, *(c for c, _ in site.evidence.values())] for name in cell.cell["scenarios"]}
+    sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()], sorted(names))
     before = _statuses(previous) if previous else site.previous_statuses
     # With history: the results held by an older run than the newest, and that run's start.
     held_since = {key: str(holder.manifest.get("started"))[:10] for key, (holder, _) in site.holders.items()
@@ -406,6 +406,16 @@ def _ranges_text(lines: dict[tuple[str, str | None], dict[str, Any]], device: st
     return " ".join(parts) or "not run on this host"
 
 
+def glance_text(found: dict[str, Any] | None) -> str:
+    """One scenario's verdicts on one line of the glance, in words: "✔ updated 1.7.1–1.8.0; ✘ stale from 1.9.0"
+    (the summary's table, and the README's, which a test compares with it); "–" where it has none. Safe as
+    Markdown: our own words, and versions that passed PEP 440."""
+    if not found:
+        return "–"
+    return "; ".join(f"{STATES[r['status']][0]} {STATES[r['status']][1]}{' (' + r['note'] + ')' if r['note'] else ''} "
+                     f"{r['label']}" for r in found["ranges"])
+
+
 def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) -> dict[str, Any]:
     """Coordinates for the SVG chart of the expected moving mean against the observed one."""
     steps = result.steps
@@ -542,6 +552,7 @@ def environment() -> jinja2.Environment:
     env.filters["curve"] = curve_points
     env.globals["reproduce"] = reproduce_command
     env.globals["anchor"] = search_anchor
+    env.globals["glance"] = glance_text
     env.globals["tolerance"] = f"{REL_TOLERANCE:g}"
     return env
 

@@ -364,6 +364,11 @@ def _read_cell(path: Path, recorded: dict[str, Any] | None) -> tuple[CellResult,
     data = check(parse_json(content, str(path)), "cell", str(path))
     if data["cell"]["id"] != path.stem:
         raise BnMatrixError(f"{path}: cell.id: found {data['cell']['id']!r}; expected {path.stem!r}, the file's name")
+    listed, held = data["cell"]["scenarios"], sorted(data["scenarios"])
+    if held != (sorted(listed) if data["status"] == CellStatus.RAN.value else []):
+        raise BnMatrixError(f"{path}: scenarios: found results of {', '.join(held) or 'none'}; expected "
+                            + (f"one for each of cell.scenarios ({', '.join(listed)})" if data["status"] == "ran"
+                               else f"none for a cell that did not run ({data['status']})"))
     result = CellResult.from_dict(data)
     return result, result.rejudge()
 

@@ -535,3 +535,14 @@ def test_no_stored_data_crashes_the_report(tmp_path: Path, document: str, data: 
         render_site(Site.load(root))
     except BnMatrixError as exc:
         assert str(exc).startswith(str(root)), exc
+
+
+def test_the_readmes_table_is_the_reports_glance_of_the_committed_data() -> None:
+    """The README's findings table is not written by hand: it is the glance of summary.md for tests/data, word for
+    word (regenerate it from `bnmatrix report --results tests/data` when the data changes)."""
+    summary = render_site(Site.load(REAL_DATA))["summary.md"].splitlines()
+    start = next(i for i, line in enumerate(summary) if line.startswith("| scenario |"))
+    table = summary[start:start + next(i for i, line in enumerate(summary[start:]) if not line.startswith("|"))]
+    assert len(table) == 2 + 18
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "\n".join(table) in readme
