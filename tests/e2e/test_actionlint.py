@@ -30,9 +30,9 @@ def actionlint(*files: Path) -> list[dict[str, Any]]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def test_both_workflows_pass_actionlint() -> None:
-    assert [p.name for p in WORKFLOWS] == ["matrix.yml", "tests.yml"]
-    assert actionlint(*WORKFLOWS) == []
+def test_the_workflows_and_the_actions_example_pass_actionlint() -> None:
+    assert [p.name for p in WORKFLOWS] == ["matrix.yml", "release.yml", "tests.yml"]
+    assert actionlint(*WORKFLOWS, REPO / "docs" / "examples" / "bn-patterns.yml") == []
 
 
 def test_actionlint_really_lints(tmp_path: Path) -> None:
