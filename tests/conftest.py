@@ -31,5 +31,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         reasons.setdefault(report.nodeid.split("::")[0], set()).add(reason.removeprefix("Skipped: "))
     if reasons:
         parts = [f"{path} ({'; '.join(sorted(why))})" for path, why in sorted(reasons.items())]
-        terminalreporter.write_line(f"not tested on this host ({len(skipped)} tests skipped): " + ", ".join(parts),
-                                    yellow=True, bold=True)
+        count = f"{len(skipped)} test{'s' if len(skipped) != 1 else ''} skipped"
+        terminalreporter.write_line(f"not tested on this host ({count}): " + ", ".join(parts), yellow=True, bold=True)

@@ -74,3 +74,19 @@ def test_an_unknown_scenario_that_scenario_new_wrote_says_which_scenarios_folder
     assert "--scenario my_pattern: unknown scenario" in err
     assert "my-scenarios/my_pattern.py is one: add --scenarios my-scenarios" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_a_test_run_names_what_it_could_not_test_here(tmp_path: Path) -> None:
+    """The README's test command ends with one line naming the skipped parts and why (tests/conftest.py)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_parts.py").write_text(
+        "import pytest\n\n"
+        "def test_docker():\n    pytest.skip('no Docker daemon answered')\n\n"
+        "def test_here():\n    assert True\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-rs",
+                           str(tmp_path / "test_parts.py")], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stdout
+    assert "not tested on this host (1 test skipped): " in done.stdout
+    assert "test_parts.py (no Docker daemon answered)" in done.stdout
