@@ -28,6 +28,7 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -311,6 +312,40 @@ def sweep_staging(folder: Path) -> list[str]:
                 Path(entry.path).unlink(missing_ok=True)
             removed.append(entry.name)
     return removed
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()  # read once: os.umask can only be read by setting it
+
+
+@contextmanager
+def staged_folder(out: Path, what: str, kept: str) -> Iterator[Path]:
+    """A staging folder beside `out` to fill; when the block ends it takes `out`'s place (replace_folder), readable
+    by all the umask allows (mkdtemp would make it 0700; a web server reads a site). A failure to write (a full
+    disk) is one BnMatrixError saying what is `kept`; the staging folder goes in every case, and what a killed
+    command left beside `out` goes at the start."""
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        sweep_staging(parent)
+        staging = parent / staging_name(what)
+        staging.mkdir()
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
+    try:
+        yield staging
+        for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
+            folder.chmod(0o777 & ~UMASK)
+        replace_folder(staging, out)
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write the {what}: {exc.strerror or exc} ({kept})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def replace_folder(staging: Path, target: Path) -> None:

@@ -27,9 +27,9 @@ from pygments.lexers import PythonLexer
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
-from bnmatrix.intake import read_json, read_text, regular_file, replace_folder, staging_name, sweep_staging
+from bnmatrix.intake import read_json, read_text, regular_file, staged_folder
 from bnmatrix.plan import all_cells
-from bnmatrix.results import UMASK, CellResult, Run, ScenarioResult, change_span, load_run, runs_under
+from bnmatrix.results import CellResult, Run, ScenarioResult, change_span, load_run, runs_under
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
@@ -640,14 +640,7 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
                             "previous result; expected --previous only with one run directory as --results")
     earlier = load_run(previous) if previous is not None and runs_under(previous) else None
     files = render_site(site, earlier, Expectations.from_matrix(matrix) if matrix else None)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sweep_staging(out.parent)  # what a killed report left (and an earlier site it had moved aside)
-        staging = out.parent / staging_name("site")
-        staging.mkdir()
-    except OSError as exc:
-        raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
-    try:
+    with staged_folder(out, "site", "the earlier site, if any, is kept") as staging:
         for relative, text in files.items():
             target = _inside(staging, relative)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -678,13 +671,5 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
                         (staging / relative).parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(path, staging / relative, follow_symlinks=False)
         (staging / SITE_MARKER).write_text(json.dumps({"files": written}, indent=0) + "\n", encoding="utf-8")
-        for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
-            folder.chmod(0o777 & ~UMASK)  # a web server must read the site
-        replace_folder(staging, out)
-    except OSError as exc:
-        raise BnMatrixError(f"--out {out}: cannot write the site: {exc.strerror or exc} (the earlier site, if any, "
-                            "is kept)") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out / "index.html"
 

@@ -28,16 +28,16 @@ from bnmatrix.intake import (
     MAX_JSON_BYTES,
     MAX_TEXT_BYTES,
     RUN_ID,
+    UMASK,
     check,
     copy_tree,
     parse_json,
     read_bytes,
     read_json,
     regular_file,
-    replace_folder,
     run_folders,
     schema_problem,
-    staging_name,
+    staged_folder,
     start_ticks,
     sweep_staging,
 )
@@ -48,15 +48,6 @@ CELL_SCHEMA = "bnmatrix.cell/1"
 RUN_SCHEMA = "bnmatrix.run/1"
 BISECT_SCHEMA = "bnmatrix.bisect/1"
 BISECT_FILE = "bisect.json"  # a run's bisect conclusions (bnmatrix bisect), beside its manifest
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _current_umask()  # read once: os.umask can only be read by setting it
 
 
 def now() -> str:
@@ -691,8 +682,7 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
     and the same run are an error naming both files. `out` is replaced by rename (aside, in, delete):
     killed at any point, the earlier merge is still there, or is put back by the next command.
     """
-    out_parent = out.absolute().parent
-    sweep_staging(out_parent)  # what a killed merge left (and an earlier merge it had moved aside)
+    sweep_staging(out.absolute().parent)  # what a killed merge left (an earlier merge it moved aside goes back)
     earlier = []
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise BnMatrixError(f"--out {out}: is a {'link' if out.is_symlink() else 'file'}; expected a folder")
@@ -746,13 +736,7 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         "merged_from": sources,
         "cells": sorted(chosen),
     }
-    try:
-        out_parent.mkdir(parents=True, exist_ok=True)
-        staging = out_parent / staging_name("merge")
-        staging.mkdir()
-    except OSError as exc:
-        raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
-    try:
+    with staged_folder(out, "merge", "nothing was replaced") as staging:
         for key, (result, _, directory) in sorted(chosen.items()):
             write_json(staging / "cells" / f"{key}.json", result)
             if (directory / "logs" / key).is_dir():
@@ -769,14 +753,6 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         if all(m.get("kind") == "bisect" for m in manifests):
             merged["kind"] = "bisect"
         write_json(staging / "manifest.json", merged)
-        for folder in [staging, *(p for p in staging.rglob("*") if p.is_dir())]:
-            folder.chmod(0o777 & ~UMASK)
-        replace_folder(staging, out)
-    except OSError as exc:
-        raise BnMatrixError(f"--out {out}: cannot write the merge: {exc.strerror or exc} (nothing was "
-                            "replaced)") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

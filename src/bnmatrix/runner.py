@@ -9,7 +9,6 @@ already on disk.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 import traceback
@@ -21,7 +20,7 @@ from typing import Any
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
 from bnmatrix.config import Scenario, scenario_files
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.intake import schema_problem, shape_problem
+from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
 from bnmatrix.results import CellResult, RunStore, ScenarioResult, StoreError, now
 from bnmatrix.verdict import CellStatus, Status
@@ -67,23 +66,12 @@ class ResultRefused(Exception):
     """The scenario's result line cannot be taken; the message says why."""
 
 
-def _reject_constant(name: str) -> None:
-    raise ResultRefused(f"non-finite number {name} in the result line; expected finite numbers or null")
-
-
 def read_observation(line: bytes, name: str, cell: Cell) -> dict[str, Any]:
-    """The observations of a result line, checked: JSON, finite, the schema, this scenario, this cell's TF."""
+    """The observations of a result line, checked: JSON (bounded, finite), the schema, this scenario, this cell's TF."""
     try:
-        data = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise ResultRefused(f"the result line is not UTF-8 ({exc.reason})") from None
-    except json.JSONDecodeError as exc:
-        raise ResultRefused(f"the result line is not valid JSON: {exc.msg} at column {exc.colno}") from None
-    except RecursionError:
-        raise ResultRefused("the result line is nested deeper than Python can parse") from None
-    problem = shape_problem(data)
-    if problem is not None:
-        raise ResultRefused(f"the result line: {problem}")
+        data = parse_json(line, "the result line")
+    except BnMatrixError as exc:
+        raise ResultRefused(str(exc)) from None
     problem = schema_problem(data, "observation")
     if problem is not None:
         raise ResultRefused(f"the result does not match {SCENARIO_SCHEMA}: {problem}")

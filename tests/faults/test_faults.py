@@ -344,7 +344,8 @@ def test_numbers_no_verdict_can_be_computed_from_cost_their_scenario_only(fault:
         assert all(scenarios[name]["status"] == "error" for name in reasons), reasons
         assert reasons["overflow"] == ("result refused: the result line: layers.bn.moving_mean: the number overflows "
                                        "(inf); expected finite numbers")
-        assert reasons["deep_json"] == "result refused: the result line is nested deeper than Python can parse"
+        assert reasons["deep_json"] == ("result refused: the result line: nested deeper than Python can parse; "
+                                        "expected at most 64 levels")
         assert reasons["huge_spread"].startswith("the observed numbers cannot be judged:")
         assert reasons["negative_variance"] == "the observed numbers cannot be judged: math domain error"
 

@@ -259,8 +259,7 @@ def test_non_finite_numbers_never_reach_a_result(cells: list[Cell], tmp_path: Pa
     line = line.replace('"train_loss": 1.0', f'"train_loss": {constant}')
     result = intake(line, cells[0])
     assert result.status.value == "error"
-    assert result.reason == (f"result refused: non-finite number {constant} in the result line; expected finite "
-                             "numbers or null")
+    assert result.reason == f"result refused: the result line: non-finite number {constant}; expected finite numbers"
     write_json(tmp_path / "r.json", result.to_dict())  # and what is stored is strict JSON
     json.loads((tmp_path / "r.json").read_text(), parse_constant=lambda c: pytest.fail(c))
 
@@ -287,7 +286,7 @@ def test_a_run_whose_every_result_is_bad_still_finishes(tmp_path: Path, cells: l
     loaded = load_run(store.directory)
     assert loaded.manifest["status"] == "complete" and len(loaded.cells) == 3
     reasons = {s.reason for c in loaded.cells for s in c.scenarios.values()}
-    assert any(r and r.startswith("result refused: the result line is not valid JSON") for r in reasons)
+    assert any(r and r.startswith("result refused: the result line:1: not valid JSON") for r in reasons)
     assert {s.status.value for c in loaded.cells for s in c.scenarios.values()} == {"error"}
 
 
