@@ -525,8 +525,7 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
     outcomes = {c["outcome"] for c in conclusions}
     if args.from_run is None and outcomes == {"nothing-to-bisect"}:
         _drop_if_known(store)
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(conclusions[0]['answer'])}",
-                                                   highlight=False)
+        _say_error(conclusions[0]["answer"])
         return EXIT_USAGE
     for conclusion in conclusions:
         console.print(escape(conclusion["answer"]), highlight=False, soft_wrap=True)
@@ -659,13 +658,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # outside a run (plan, report, merge): nothing to record
         code = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     except BnMatrixError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(str(exc))}", highlight=False)
+        _say_error(str(exc))
         code = exc.exit_code
+    except OSError as exc:  # the file system refused (a name too long, a full disk): the user's to fix
+        _say_error(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc))
+        code = EXIT_USAGE
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     _exit_if_stuck(code)
     return code
+
+
+def _say_error(message: str) -> None:
+    """One line on stderr, `bnmatrix: ...`; a control character from the data (a newline in a file's name) is
+    shown escaped, so that no message can forge a line of its own."""
+    text = re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]bnmatrix:[/] {escape(text)}", highlight=False)
 
 
 def _exit_if_stuck(code: int) -> None:

@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import re
+import stat
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -122,7 +123,7 @@ def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
 def _check_scenario_script(script: Path, name: str) -> None:
     """A scenario calls the helper's main() with its own name under `if __name__ == "__main__":`."""
     try:
-        tree = ast.parse(script.read_text(encoding="utf-8"), str(script))
+        tree = ast.parse(read_user_text(script, "scenario script", 8 << 20), str(script))
     except SyntaxError as exc:
         raise BnMatrixError(f"{script}:{exc.lineno}: not a scenario: Python syntax error: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -143,7 +144,7 @@ def load_scenario_notes(path: Path) -> dict[str, Any]:
     """The notes beside a scenario (pattern, why, links, fix, fix_code), checked; none if absent."""
     if not path.exists():
         return {}
-    raw, lines = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    raw, lines = _parse_yaml(read_user_text(path, "scenario notes file"), path)
     where = _Locator(path, lines)
     if not isinstance(raw, dict):
         raise where.error((), f"found {_describe(raw)}, expected a mapping with keys {', '.join(NOTE_KEYS)}")
@@ -249,11 +250,7 @@ class Matrix:
     @classmethod
     def from_file(cls, path: Path) -> Matrix:
         """Load and check `path`; raises BnMatrixError naming file, line, key and value."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BnMatrixError(f"{path}: cannot read the matrix file: {exc.strerror}") from None
-        return cls.from_text(text, path)
+        return cls.from_text(read_user_text(path, "matrix file"), path)
 
     @classmethod
     def from_text(cls, text: str, path: Path) -> Matrix:
@@ -348,6 +345,24 @@ class _Locator:
 
     def error(self, keys: tuple[Any, ...], message: str) -> BnMatrixError:
         return BnMatrixError(f"{self(keys)}: {message}")
+
+
+def read_user_text(path: Path, what: str, limit: int = MAX_YAML_BYTES) -> str:
+    """A file a user names or keeps beside the matrix, as text: a regular file (a link to one is fine; a FIFO, a
+    device or a folder is not read), refused beyond `limit` before reading, UTF-8."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise BnMatrixError(f"{path}: is no regular file; expected a {what}")
+        if info.st_size > limit:
+            raise BnMatrixError(f"{path}: the file is {info.st_size} bytes; expected at most {limit} for a {what}")
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)[:limit].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BnMatrixError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start}); expected a {what} in UTF-8") \
+            from None
+    except OSError as exc:
+        raise BnMatrixError(f"{path}: cannot read the {what}: {exc.strerror}") from None
 
 
 def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
@@ -464,7 +479,7 @@ def load_image_map(path: Path) -> dict[str, str]:
     """Image substitutions from `path` (FROM: TO per line), or none where the file is absent."""
     if not path.exists():
         return {}
-    raw, lines = _parse_yaml(path.read_text(encoding="utf-8"), path)
+    raw, lines = _parse_yaml(read_user_text(path, "image map"), path)
     if raw is None:
         return {}
     where = _Locator(path, lines)

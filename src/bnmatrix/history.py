@@ -6,6 +6,7 @@ and the archive a published site carries so that the next run can add to it.
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
@@ -28,6 +29,7 @@ from bnmatrix.results import (
     check_run,
     latest_searches,
     load_run,
+    moment,
     now,
     runs_in,
     write_json,
@@ -160,7 +162,7 @@ class History:
         for run in self.matrix_runs:
             for cell in run.cells:
                 seen.setdefault(cell.id, {}).setdefault(cell.run_id or run.id, cell)
-        return {cell_id: sorted(results.values(), key=lambda c: c.started) for cell_id, results in seen.items()}
+        return {cell_id: sorted(results.values(), key=lambda c: moment(c.started)) for cell_id, results in seen.items()}
 
     def searches(self) -> list[dict[str, Any]]:
         """The newest conclusion of every bisect search in the root, each with the run that holds it."""
@@ -265,9 +267,15 @@ def import_archive(archive_path: Path, root: Path) -> list[str]:
             if manifest["status"] == "running":
                 manifest.update(status="interrupted", note="imported while it was running on its own host")
             write_json(staging / folder / "manifest.json", manifest)
+        added = []
         for folder in new:
-            (staging / folder).rename(root / folder)
-        return new
+            try:
+                (staging / folder).rename(root / folder)
+                added.append(folder)
+            except OSError as exc:  # another import took it first: it holds that run already
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        return added
     except OSError as exc:
         raise BnMatrixError(f"{archive_path}: cannot import into {root}: {exc.strerror or exc} (nothing was "
                             "imported)") from None

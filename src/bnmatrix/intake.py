@@ -27,7 +27,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path, PurePosixPath
@@ -88,12 +88,25 @@ def shape_problem(data: Any) -> str | None:
         value, depth, where = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
             return f"{where or '(top level)'}: the number overflows ({value}); expected finite numbers"
+        if isinstance(value, dict) and any(_not_text(key) for key in value):
+            return f"{where or '(top level)'}: a key holds a lone surrogate (\\ud800...); expected text"
+        if isinstance(value, str) and _not_text(value):
+            return f"{where or '(top level)'}: a lone surrogate (\\ud800...); expected text"
         if isinstance(value, dict | list):
             if depth > MAX_DEPTH:
                 return f"{where}: nested more than {MAX_DEPTH} levels deep; expected at most {MAX_DEPTH}"
             items = value.items() if isinstance(value, dict) else enumerate(value)
             stack.extend((item, depth + 1, f"{where}.{key}" if where else str(key)) for key, item in items)
     return None
+
+
+def _not_text(value: str) -> bool:
+    """A JSON string with a lone surrogate (\\ud800): no UTF-8 page or file can hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def regular_file(path: Path, what: str = "file") -> os.stat_result:
@@ -207,7 +220,7 @@ def check(data: Any, kind: str, origin: str) -> Any:
     if problem is None and kind == "bisect":
         problem = _versions_problem([(f"searches.{i}", v) for i, search in enumerate(data["searches"]) for v in (
             search["good"]["version"], search["bad"]["version"], *search["candidates"],
-            *(search[key] for key in ("changed_in", "last_before") if key in search))])
+            *(search[key] for key in ("changed_in", "last_before") if key in search))]) or _span_problem(data)
     if problem is None and kind == "cell":
         problem = _versions_problem([("cell.tf", data["cell"]["tf"])])
     if problem is not None:
@@ -231,6 +244,20 @@ def _future(started: Any) -> str | None:
     if moment > datetime.now(timezone.utc) + FUTURE_SLACK:
         return (f"started: {started} is in the future (this host's clock says "
                 f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)")
+    return None
+
+
+def _span_problem(data: dict[str, Any]) -> str | None:
+    """A search's releases all lie in its own span: its ends, probes and changes are among its candidates."""
+    for index, search in enumerate(data["searches"]):
+        candidates = set(search["candidates"])
+        named = [search["good"]["version"], search["bad"]["version"], *(p["version"] for p in search["probes"]),
+                 *(c[key] for c in search["changes"] for key in ("before", "after")),
+                 *(search[key] for key in ("changed_in", "last_before") if key in search)]
+        stray = next((v for v in named if v not in candidates), None)
+        if stray is not None:
+            return (f"searches.{index}: {stray!r} is not among the search's candidates "
+                    f"({', '.join(search['candidates'])})")
     return None
 
 
@@ -259,16 +286,17 @@ def run_folders(root: Path) -> list[Path]:
     return sorted(Path(e.path) for e in entries if RUN_FOLDER.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
 
 
-def copy_tree(source: Path, target: Path) -> None:
-    """Copy a folder of a run (its logs): regular files and folders only; a link or device in it is refused."""
+def copy_tree(source: Path, target: Path, copy: Callable[[str, str], Any] = shutil.copyfile) -> None:
+    """Copy a folder of a run (its logs, its scenarios) with `copy`: regular files and folders only; a link or a
+    device in it is refused, never followed."""
     target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(os.scandir(source), key=lambda e: e.name):
         path = Path(entry.path)
         if entry.is_dir(follow_symlinks=False):
-            copy_tree(path, target / entry.name)
+            copy_tree(path, target / entry.name, copy)
         else:
-            regular_file(path, "log file")
-            shutil.copyfile(path, target / entry.name, follow_symlinks=False)
+            regular_file(path, "file of a run")
+            copy(str(path), str(target / entry.name))
 
 
 def owner_tag() -> str:
@@ -329,7 +357,10 @@ def staged_folder(out: Path, what: str, kept: str) -> Iterator[Path]:
     by all the umask allows (mkdtemp would make it 0700; a web server reads a site). A failure to write (a full
     disk) is one BnMatrixError saying what is `kept`; the staging folder goes in every case, and what a killed
     command left beside `out` goes at the start."""
-    parent = out.absolute().parent
+    out = out.absolute()
+    if out == Path.cwd() or Path.cwd().is_relative_to(out):
+        raise BnMatrixError(f"--out {out}: is this folder or holds it; expected a folder of its own, e.g. --out public")
+    parent = out.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
         sweep_staging(parent)
@@ -358,7 +389,12 @@ def replace_folder(staging: Path, target: Path) -> None:
     holder = target.parent / staging_name("aside")
     holder.mkdir()
     target.rename(holder / target.name)
-    staging.rename(target)
+    try:
+        staging.rename(target)
+    except OSError:
+        (holder / target.name).rename(target)
+        holder.rmdir()
+        raise
     shutil.rmtree(holder, ignore_errors=True)
 
 
@@ -420,6 +456,7 @@ def extract_archive(archive: Path, staging: Path, index_name: str, schema: str) 
     other member (a symbolic link, a device, a FIFO, a name leaving its folder, a second member of one
     name) refuses the archive. Counts, sizes and the total are bounded."""
     origin = str(archive)
+    regular_file(archive, "results archive (.tar.gz)")
     try:
         raw = open(archive, "rb")  # noqa: SIM115 (closed below, after tarfile)
     except OSError as exc:

@@ -661,15 +661,21 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
         if site.history is not None:  # the results root, for the next run to add to (docs/history.md)
             write_archive(site.history, staging / ARCHIVE_NAME)
         written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-        if out.is_dir():  # what the user added to the earlier site stays (a link as a link)
-            for place, _, names in os.walk(out):
-                for name in names:
-                    path = Path(place) / name
-                    relative = str(path.relative_to(out))
-                    if relative not in earlier_files and relative != SITE_MARKER and \
-                            not os.path.lexists(staging / relative):
-                        (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copy2(path, staging / relative, follow_symlinks=False)
+        if out.is_dir():  # what the user added to the earlier site stays: files, links (as links), empty folders
+            for place, folders, names in os.walk(out):
+                for entry in [*folders, *names]:
+                    path = Path(place) / entry
+                    kept = staging / path.relative_to(out)
+                    if str(path.relative_to(out)) in earlier_files | {SITE_MARKER} or os.path.lexists(kept):
+                        continue
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    if path.is_dir() and not path.is_symlink():
+                        kept.mkdir()
+                    elif path.is_symlink():
+                        kept.symlink_to(os.readlink(path))
+                    else:
+                        regular_file(path, "file of the earlier site")  # a device or a FIFO would copy forever
+                        shutil.copy2(path, kept)
         (staging / SITE_MARKER).write_text(json.dumps({"files": written}, indent=0) + "\n", encoding="utf-8")
     return out / "index.html"
 

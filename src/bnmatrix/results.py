@@ -4,8 +4,10 @@ clear errors."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -15,6 +17,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +29,14 @@ from bnmatrix.config import PACKAGE_DIR, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import (
     MAX_JSON_BYTES,
+    MAX_MEMBER_BYTES,
     MAX_TEXT_BYTES,
     RUN_ID,
     UMASK,
     check,
     copy_tree,
     parse_json,
+    parse_time,
     read_bytes,
     read_json,
     regular_file,
@@ -82,6 +87,33 @@ def write_json(path: Path, data: Any, durable: bool = True) -> str:
             Path(temporary).unlink(missing_ok=True)
         raise
     return hashlib.sha256(content).hexdigest()
+
+
+@functools.cache
+def _host_key() -> bytes | None:
+    """This host's secret (~/.config/bnmatrix/host-key, this user's only), with which a run vouches for the cell
+    files it wrote and checked (`checked` in its manifest); None where it cannot be kept: then every earlier cell
+    file is checked and judged again, as one from another host is."""
+    path = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "bnmatrix" / "host-key"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+        key = read_bytes(path, 64, "host key")
+        return key if len(key) == 32 and path.stat().st_uid == os.getuid() else None
+    except (OSError, BnMatrixError):
+        return None
+
+
+def _vouch(record: dict[str, Any]) -> str | None:
+    """The MAC of a `checked` record under this host's key: no other host, and nobody without the key, can make
+    one that this host takes."""
+    key = _host_key()
+    if key is None:
+        return None
+    return hmac.new(key, json.dumps(record, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 @functools.cache
@@ -249,8 +281,23 @@ class CellResult:
         return self.scenarios[scenario].status if scenario in self.scenarios else self.own_status
 
     def rejudge(self) -> bool:
-        """Judge every scenario again from its stored numbers; whether every stored verdict stands."""
-        return all([scenario.rejudge() for scenario in self.scenarios.values()])
+        """Judge every scenario again from its stored numbers; whether every stored verdict stands. A scenario that
+        trained another number of steps than the cell asked for has no verdict (as the runner says of a result
+        line)."""
+        stands = True
+        for scenario in self.scenarios.values():
+            if scenario.steps != self.cell["steps"] and scenario.status in (Status.UPDATED, Status.STALE,
+                                                                            Status.WRONG):
+                was = scenario.status.value
+                scenario.status = Status.ERROR
+                scenario.reason = (f"result refused: the scenario trained {scenario.steps} steps; the cell asked for "
+                                   f"{self.cell['steps']} [the file said {was}]")
+                for name in JUDGED_FIELDS:
+                    setattr(scenario, name, None)
+                stands = False
+            else:
+                stands = scenario.rejudge() and stands
+        return stands
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
@@ -305,7 +352,7 @@ def latest_searches(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[st
     for directory, manifest in runs:
         for search in read_searches(directory):
             key = search_key(search)
-            if key not in found or str(search.get("updated")) >= str(found[key].get("updated")):
+            if key not in found or moment(search.get("updated")) >= moment(found[key].get("updated")):
                 found[key] = {**search, "run_id": str(manifest.get("run_id") or directory.name)}
     return list(found.values())
 
@@ -331,9 +378,17 @@ def resolve_run_dir(path: Path) -> Path:
 
 
 def load_run(path: Path) -> Run:
-    """A run, every file checked (intake.py) and every verdict judged again from its numbers, but those of cell
-    files this host wrote and checked itself (the manifest's `checked` record)."""
+    """A run, every file checked (intake.py: regular files and folders only, nothing behind a link, each JSON file
+    against its schema) and every verdict judged again from its numbers, but those of cell files this host wrote
+    and checked itself (the manifest's `checked` record)."""
     directory = resolve_run_dir(path)
+    for folder, subfolders, files in os.walk(directory):  # links are listed, never followed
+        for name in [*subfolders, *files]:
+            entry = Path(folder) / name
+            if (entry.is_symlink() or not entry.is_dir()) and regular_file(entry, "file of a run").st_size > \
+                    MAX_MEMBER_BYTES:
+                raise BnMatrixError(f"{entry}: {entry.stat().st_size} bytes; expected at most {MAX_MEMBER_BYTES} "
+                                    "for a file of a run (a log is at most 8 MiB and a tail)")
     manifest = read_json(directory / "manifest.json", "manifest")
     read_searches(directory)
     cells = [read_cell(p, _recorded(manifest, p.stem)) for p in sorted((directory / "cells").glob("*.json"))]
@@ -355,6 +410,11 @@ def _read_cell(path: Path, recorded: dict[str, Any] | None) -> tuple[CellResult,
     data = check(parse_json(content, str(path)), "cell", str(path))
     if data["cell"]["id"] != path.stem:
         raise BnMatrixError(f"{path}: cell.id: found {data['cell']['id']!r}; expected {path.stem!r}, the file's name")
+    cell = data["cell"]
+    named = f"tf-{cell['tf']}-{cell['device']}" + (f"-{cell['variant']}" if cell["variant"] else "")
+    if cell["id"] != named:
+        raise BnMatrixError(f"{path}: cell.id: found {cell['id']!r}; expected {named!r}, from its tf, device and "
+                            "variant")
     listed, held = data["cell"]["scenarios"], sorted(data["scenarios"])
     if held != (sorted(listed) if data["status"] == CellStatus.RAN.value else []):
         raise BnMatrixError(f"{path}: scenarios: found results of {', '.join(held) or 'none'}; expected "
@@ -387,7 +447,7 @@ def process_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True
@@ -428,13 +488,20 @@ def runs_in(root: Path, newly_dead: list[str] | None = None,
         if manifest["status"] == "running" and not _alive(manifest):
             manifest.update(status="interrupted", finished=manifest.get("finished") or now(),
                             note="its process ended without finishing the run")
-            write_json(manifest_path, manifest)
-            for half_written in [*directory.glob(".*.tmp"), *directory.glob("cells/.*.tmp")]:  # killed mid-write
-                half_written.unlink(missing_ok=True)
-            if newly_dead is not None:
+            if newly_dead is not None:  # a run that starts closes what died; a reader only sees it so
+                write_json(manifest_path, manifest)
+                for half_written in [*directory.glob(".*.tmp"), *directory.glob("cells/.*.tmp")]:  # killed mid-write
+                    half_written.unlink(missing_ok=True)
                 newly_dead.append(directory.name)
         found.append((directory, manifest))
-    return sorted(found, key=lambda item: (str(item[1]["started"]), item[0].name))
+    return sorted(found, key=lambda item: (moment(item[1]["started"]), item[0].name))
+
+
+def moment(text: Any) -> datetime:
+    """A stored time (ISO 8601, any zone) as a point in time, so that times in different zones order right; the
+    earliest possible for one that is none."""
+    parsed = parse_time(text) if isinstance(text, str) else None
+    return parsed or datetime.min.replace(tzinfo=timezone.utc)
 
 
 class RunStore:
@@ -546,7 +613,10 @@ class RunStore:
                 continue
             logs = directory / "logs" / cell_id
             if logs.is_dir():  # hard links where the file system allows: logs are never written to again
-                shutil.copytree(logs, self.directory / "logs" / cell_id, dirs_exist_ok=True, copy_function=_link)
+                try:
+                    copy_tree(logs, self.directory / "logs" / cell_id, _link)
+                except BnMatrixError:  # a link or a device among its logs: not a result to take as it is
+                    continue
             result.reused_from = result.reused_from or directory.name
             return result
         return None
@@ -601,9 +671,10 @@ class RunStore:
 
     def finish(self, status: str) -> None:
         """Close the run; `latest` moves to it only when it measured something: a cell that ran."""
+        checked: dict[str, Any] = {"schema": _schema_digest(), "host": socket.gethostname(),
+                                   "cells": dict(sorted(self._checked_cells.items()))}
         self.manifest.update(status=status, finished=now(), cells_written=self.written,
-                             checked={"schema": _schema_digest(), "host": socket.gethostname(),
-                                      "cells": dict(sorted(self._checked_cells.items()))})
+                             checked={**checked, "mac": _vouch(checked)})
         write_json(self.directory / "manifest.json", self.manifest)
         if self.measured and self.manifest["kind"] == "run":  # a bisect's few cells are no matrix to show
             self._point_latest()
@@ -613,9 +684,11 @@ def _recorded(manifest: dict[str, Any], cell_id: str) -> dict[str, Any] | None:
     """What a run's manifest records of a cell file this host wrote and checked (its SHA-256 and status), if it
     was checked under this very schema; None for a file this host did not write (an imported or merged one)."""
     checked = manifest.get("checked")
-    if (not isinstance(checked, dict) or checked.get("schema") != _schema_digest()
-            or checked.get("host") != socket.gethostname()):
+    if not isinstance(checked, dict) or checked.get("schema") != _schema_digest():
         return None
+    mac = _vouch({k: v for k, v in checked.items() if k != "mac"})
+    if mac is None or not isinstance(checked.get("mac"), str) or not hmac.compare_digest(mac, checked["mac"]):
+        return None  # written elsewhere, by an older bnmatrix, or forged
     cells = checked.get("cells")
     entry = cells.get(cell_id) if isinstance(cells, dict) else None
     return entry if isinstance(entry, dict) else None
@@ -656,14 +729,9 @@ def runs_under(path: Path) -> list[Path]:
 
 
 def check_run(directory: Path) -> Run:
-    """A run that is about to enter a results root (import, merge), every file checked: regular files and folders
-    only (no link, no device), its manifest, cell results, bisect conclusions and scenario notes against their
-    schemas, its kept scripts bounded. BnMatrixError naming the first file that fails."""
-    for folder, subfolders, files in os.walk(directory):
-        for name in [*subfolders, *files]:
-            path = Path(folder) / name
-            if not path.is_dir() or path.is_symlink():
-                regular_file(path, "file of a run")
+    """A run that is about to enter a results root (import, merge), every file checked: what load_run checks (regular
+    files and folders only, the manifest, cell results and bisect conclusions against their schemas), and its
+    scenario notes and kept scripts. BnMatrixError naming the first file that fails."""
     for notes in sorted(directory.glob("scenarios/*/notes.json")):
         read_json(notes, "notes")
     for script in sorted(directory.glob("scenarios/*/scenario.py")):
@@ -676,12 +744,27 @@ COPY_FIELDS = ("reused_from",)  # what differs between a result and a later run'
 
 def merge_runs(inputs: list[Path], out: Path) -> Path:
     """Merge runs into one run directory at `out`; idempotent and independent of the inputs' order. An earlier
-    merge at `out` is one more input, so that merging into it loses nothing.
+    merge at `out` is one more input, so that merging into it loses nothing (nor what else it holds).
 
     A cell found in several runs keeps its newest result; two different results for the same cell
     and the same run are an error naming both files. `out` is replaced by rename (aside, in, delete):
-    killed at any point, the earlier merge is still there, or is put back by the next command.
+    killed at any point, the earlier merge is still there, or is put back by the next command. Merges beside
+    one --out take turns (a lock on its folder), so that two at once both end up in it.
     """
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(parent, os.O_RDONLY)
+    except OSError as exc:
+        raise BnMatrixError(f"--out {out}: cannot write there: {exc.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _merge(inputs, out)
+    finally:
+        os.close(lock)
+
+
+def _merge(inputs: list[Path], out: Path) -> Path:
     sweep_staging(out.absolute().parent)  # what a killed merge left (an earlier merge it moved aside goes back)
     earlier = []
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -709,7 +792,7 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
                 if origin == other_origin and _without(result, COPY_FIELDS) != _without(other, COPY_FIELDS):
                     raise BnMatrixError(f"{other_path} and {path}: two different results for cell {cell.id} "
                                         f"of run {origin}; expected one")
-                if (result["started"], origin) <= (other["started"], other_origin):
+                if (moment(result["started"]), origin) <= (moment(other["started"]), other_origin):
                     continue
             chosen[cell.id] = (result, path, directory)
     sources = sorted({source for m in manifests for source in (m.get("merged_from") or [m["run_id"]])})
@@ -725,8 +808,8 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         "schema": RUN_SCHEMA,
         "run_id": "merged-" + hashlib.sha256(" ".join(sources).encode()).hexdigest()[:12],
         "status": "complete" if statuses == {"complete"} else "partial",
-        "started": min(m["started"] for m in manifests),
-        "finished": max((m.get("finished") or "" for m in manifests), default=None) or None,
+        "started": min((m["started"] for m in manifests), key=moment),
+        "finished": max((m["finished"] for m in manifests if m.get("finished")), key=moment, default=None),
         "backend": union("backend", "+"),
         "host": {"hostname": union("hostname", ", ")},
         "matrix": union("matrix", " "),
@@ -753,6 +836,14 @@ def merge_runs(inputs: list[Path], out: Path) -> Path:
         if all(m.get("kind") == "bisect" for m in manifests):
             merged["kind"] = "bisect"
         write_json(staging / "manifest.json", merged)
+        if earlier:  # what else the earlier merge holds (a README someone put there) stays
+            for place, _, names in os.walk(out):
+                for name in names:
+                    kept = Path(place) / name
+                    if not os.path.lexists(staging / kept.relative_to(out)):
+                        regular_file(kept, "file of an earlier merge")
+                        (staging / kept.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(kept, staging / kept.relative_to(out))
     return out
 
 

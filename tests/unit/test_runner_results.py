@@ -7,6 +7,7 @@ these tests run without TensorFlow; tests/e2e runs the same code on real TensorF
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -354,7 +355,12 @@ def test_an_imported_run_is_checked_again_whatever_its_manifest_says(tmp_path: P
         archive.add(tmp_path / ARCHIVE_INDEX, ARCHIVE_INDEX)
         archive.add(source.directory, source.directory.name)
 
-    assert import_archive(tmp_path / "archive.tar.gz", tmp_path / "ours") == [source.directory.name]
+    with pytest.raises(BnMatrixError, match=r"moving_mean: '<img src=x onerror=alert\(1\)>' is not of type"):
+        import_archive(tmp_path / "archive.tar.gz", tmp_path / "ours")
+    assert [p.name for p in (tmp_path / "ours").iterdir()] == []  # nothing imported
+    # Copied in by hand instead: the manifest's record names the forged file's digest, but without this host's
+    # key it vouches for nothing, so the file is checked, refused, and the cell runs again.
+    shutil.copytree(source.directory, tmp_path / "ours" / source.directory.name)
     backend = ReplayBackend({})
     ours = run(tmp_path / "ours", cells[:1], backend)
     assert backend.opened == ["tf-1.15.5-cpu"]
