@@ -208,7 +208,9 @@ def schema_problem(data: Any, kind: str) -> str | None:
     if error is None:
         return None
     where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    return f"{where}: {error.message[:300]}"
+    if len(error.message) > 300:  # the message quotes the value: say which rule it breaks instead
+        return f"{where}: {error.message[:100]}... breaks {error.validator} {error.validator_value!r}"
+    return f"{where}: {error.message}"
 
 
 def check(data: Any, kind: str, origin: str) -> Any:

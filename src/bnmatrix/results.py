@@ -732,11 +732,12 @@ def check_run(directory: Path) -> Run:
     """A run that is about to enter a results root (import, merge), every file checked: what load_run checks (regular
     files and folders only, the manifest, cell results and bisect conclusions against their schemas), and its
     scenario notes and kept scripts. BnMatrixError naming the first file that fails."""
+    run = load_run(directory)
     for notes in sorted(directory.glob("scenarios/*/notes.json")):
         read_json(notes, "notes")
     for script in sorted(directory.glob("scenarios/*/scenario.py")):
         read_bytes(script, MAX_TEXT_BYTES, "scenario script")
-    return load_run(directory)
+    return run
 
 
 COPY_FIELDS = ("reused_from",)  # what differs between a result and a later run's copy of it

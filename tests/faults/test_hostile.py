@@ -5,6 +5,7 @@ nothing of another run is touched, and nothing already there is lost."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -248,8 +249,12 @@ def test_a_forged_verdict_is_judged_again_from_its_numbers(fault: Fault) -> None
     exported = json.loads((fault.dir / "site" / "results.json").read_text())
     (ok,) = [c["scenarios"]["ok"] for c in exported["cells"] if c["id"] == "tf-2.15.1-cpu"]
     assert ok["status"] == "updated" and "the file said stale" in ok["reason"]
-    # In a root of its own: an edited cell file is not reused, the cell runs again.
+    # In a root of its own: an edited cell file is not reused, the cell runs again, even where the manifest's
+    # record of the files the run checked is edited to name it (only this host's key makes a record it takes).
     forge(source)
+    edit_json(source / "manifest.json", lambda m: {**m, "checked": {**m["checked"], "cells": {"tf-2.15.1-cpu": {
+        "sha256": hashlib.sha256((source / "cells" / "tf-2.15.1-cpu.json").read_bytes()).hexdigest(),
+        "status": "ran"}}}})
     code, output = fault.run()
     assert code == 0, output
     last = fault.runs()[-1]
@@ -318,10 +323,12 @@ def test_merging_into_an_earlier_merge_adds_to_it(fault: Fault) -> None:
     first, second = two_runs(fault)
     out = fault.dir / "merged"
     assert fault.bnmatrix("merge", str(first), "--out", str(out))[0] == 0
+    (out / "README.md").write_text("what these shards are")  # something of someone's own, in the merge
     code, output = fault.bnmatrix("merge", str(second), "--out", str(out))
     assert code == 0, output
     assert "merged 2 runs, 2 cells" in output
     assert sorted(p.stem for p in (out / "cells").glob("*.json")) == ["tf-2.14.1-cpu", "tf-2.15.1-cpu"]
+    assert (out / "README.md").read_text() == "what these shards are"
 
 
 def test_a_killed_merge_loses_nothing_and_the_next_one_goes_on(fault: Fault) -> None:
@@ -437,6 +444,13 @@ def bad_version() -> dict[str, Any]:
     return data  # type: ignore[no-any-return]
 
 
+def stray_change() -> dict[str, Any]:
+    """The committed bisect conclusions, with a release pinned outside the search's own span."""
+    data = json.loads((Path(__file__).parents[1] / "data" / "bisect" / "bisect.json").read_text())
+    data["searches"][0]["changed_in"] = "0.1"
+    return data  # type: ignore[no-any-return]
+
+
 REPORT_DAMAGE: dict[str, tuple[str, Callable[[Any], Any], str]] = {
     "steps 0": ("cells/tf-2.15.1-cpu.json", lambda c: {**c, "scenarios": {"ok": {**c["scenarios"]["ok"], "steps": 0}}},
                 "scenarios.ok.steps: 0 is less than the minimum of 1"),
@@ -460,6 +474,20 @@ REPORT_DAMAGE: dict[str, tuple[str, Callable[[Any], Any], str]] = {
                                   "environment.packages: 0 is not of type 'array'"),
     "a release number that is none": ("cells/tf-2.15.1-cpu.json", lambda c: {**c, "cell": {**c["cell"], "tf": "2."}},
                                       "cell.tf: '2.' is no PEP 440 version"),
+    "a lone surrogate": ("cells/tf-2.15.1-cpu.json",
+                         lambda c: {**c, "scenarios": {"ok": {**c["scenarios"]["ok"], "reason": "\ud800"}}},
+                         "scenarios.ok.reason: a lone surrogate"),
+    "a docker environment without its image": ("cells/tf-2.15.1-cpu.json", lambda c: {
+        **c, "environment": {**c["environment"], "kind": "docker"}}, "'cell_image' is a required property"),
+    "a pid no process has": ("manifest.json", lambda m: {**m, "status": "running",
+                                                         "process": {**m["process"], "pid": 2 ** 63}},
+                             "process.pid: 9223372036854775808 is greater than the maximum of 4194304"),
+    "a result of a scenario the cell does not list": ("cells/tf-2.15.1-cpu.json", lambda c: {
+        **c, "cell": {**c["cell"], "scenarios": []}}, "expected one for each of cell.scenarios"),
+    "20,000 scenarios": ("cells/tf-2.15.1-cpu.json", lambda c: {
+        **c, "cell": {**c["cell"], "scenarios": ["ok", *(f"s{i}" for i in range(20000))]}}, "breaks maxItems 256"),
+    "a change outside its own search": ("bisect.json", lambda _: json.dumps(stray_change()),
+                                        "'0.1' is not among the search's candidates"),
 }
 
 
@@ -573,3 +601,121 @@ def test_a_release_candidate_without_pre_says_to_add_it(fault: Fault) -> None:
                                           "versioned", "--good", "2.99.0", "--bad", "2.99.1rc0", "--results",
                                           "results"))
     assert "--bad 2.99.1rc0: a pre-release" in line and "--pre" in line
+
+
+@pytest.mark.parametrize("where", ["logs", "cells", "scenarios/ok"])
+def test_a_link_anywhere_in_a_run_is_refused_not_followed(fault: Fault, where: str) -> None:
+    """A run folder whose logs, cells or kept scenario is a link to a folder elsewhere (a private one): report and
+    merge refuse it, and nothing of the folder it points to is copied."""
+    source = real_run(fault)
+    elsewhere = fault.dir / "private"
+    shutil.copytree(source / where, elsewhere)
+    for path in elsewhere.rglob("*"):
+        if path.suffix == ".json":
+            edit_json(path, lambda data: {**data, "private": "PRIVATE"})
+        elif path.is_file():
+            path.write_text(path.read_text() + "\nPRIVATE")
+    shutil.rmtree(source / where)
+    (source / where).symlink_to(elsewhere)
+    for command in (["report", "--results", "results", "--out", "site"], ["merge", "results", "--out", "merged"]):
+        line = one_clear_line(*fault.bnmatrix(*command))
+        assert f"{where}: is a symbolic link" in line, line
+    written = [p for folder in ("site", "merged") for p in (fault.dir / folder).rglob("*") if p.is_file()]
+    assert not [p for p in written if "PRIVATE" in p.read_text(errors="replace")]
+
+
+def test_files_that_would_never_end_are_refused_before_they_are_read(fault: Fault) -> None:
+    """A matrix that is /dev/zero or a FIFO, an archive that is a FIFO, a 20 GB log (sparse), a device in an earlier
+    site: one line each, at once, in bounded memory."""
+    source = real_run(fault)
+    os.mkfifo(fault.dir / "fifo")
+    for args, expected in ((["report", "--results", "results", "--out", "site", "--matrix", "/dev/zero"],
+                            "/dev/zero: is no regular file; expected a matrix file"),
+                           (["report", "--results", "results", "--out", "site", "--matrix", "fifo"],
+                            "fifo: is no regular file; expected a matrix file"),
+                           (["import", "fifo", "--results", "imported"],
+                            "fifo: is a pipe; expected a results archive")):
+        line = one_clear_line(*fault.bnmatrix(*args, timeout=30))
+        assert expected in line, line
+    huge = source / "logs" / "tf-2.15.1-cpu" / "big.log"
+    with open(huge, "wb") as handle:
+        handle.truncate(20 << 30)
+    line = one_clear_line(*fault.bnmatrix("report", "--results", "results", "--out", "site", timeout=60))
+    assert "big.log: 21474836480 bytes; expected at most 67108864 for a file of a run" in line
+    huge.unlink()
+    assert fault.bnmatrix("report", "--results", "results", "--out", "site")[0] == 0
+    if os.geteuid() == 0:  # a device among what a user added to an earlier site
+        subprocess.run(["mknod", str(fault.dir / "site" / "zero"), "c", "1", "5"], check=True)
+        line = one_clear_line(*fault.bnmatrix("report", "--results", "results", "--out", "site", timeout=60))
+        assert "site/zero: is a device; expected a file of the earlier site" in line
+
+
+def test_odd_names_and_places_are_one_clear_line(fault: Fault) -> None:
+    source = real_run(fault)
+    long = "x" * 300
+    for args in (["report", "--results", long], ["report", "--results", "results", "--out", long],
+                 ["merge", long, "--out", "m"], ["merge", "results", "--out", long], ["diff", long]):
+        line = one_clear_line(*fault.bnmatrix(*args))
+        assert "File name too long" in line or "does not exist" in line, (args, line)
+    (fault.dir / "m.yaml").write_bytes(b"versions: \xff\n")
+    line = one_clear_line(*fault.bnmatrix("report", "--results", "results", "--out", "site", "--matrix", "m.yaml"))
+    assert "m.yaml: not UTF-8" in line
+    empty = fault.dir / "empty"
+    empty.mkdir()
+    for args in (["report", "--results", str(fault.results), "--out", "."], ["merge", str(fault.results), "--out",
+                                                                             "."]):
+        done = subprocess.run([sys.executable, "-m", "bnmatrix", *args], capture_output=True, text=True,
+                              env=fault.env, cwd=empty, timeout=120)
+        line = one_clear_line(done.returncode, done.stdout + done.stderr)
+        assert "is this folder or holds it" in line
+    assert list(empty.iterdir()) == []
+    # A cell file whose name holds a newline: the message stays one line (no forged "bnmatrix:" line).
+    shutil.copy(source / "cells" / "tf-2.15.1-cpu.json", source / "cells" / "x\nbnmatrix: all good.json")
+    line = one_clear_line(*fault.bnmatrix("report", "--results", "results", "--out", "site"))
+    assert "x\\nbnmatrix: all good.json" in line
+    (source / "cells" / "x\nbnmatrix: all good.json").unlink()
+    twin = json.loads((source / "cells" / "tf-2.15.1-cpu.json").read_text())
+    twin["cell"]["id"] = "tf-2.15.1-cpu-zz"  # a second id for one release, device and variant
+    (source / "cells" / "tf-2.15.1-cpu-zz.json").write_text(json.dumps(twin))
+    line = one_clear_line(*fault.bnmatrix("report", "--results", "results", "--out", "site"))
+    assert "cell.id: found 'tf-2.15.1-cpu-zz'; expected 'tf-2.15.1-cpu', from its tf, device and variant" in line
+
+
+def test_runs_in_other_time_zones_are_ordered_by_the_moment_they_started(fault: Fault) -> None:
+    """Run B started at 08:00+05:00 (03:00 UTC), run A at 04:00 UTC: A is the newer, whatever the text says."""
+    source = real_run(fault)
+    older = fault.results / "20261102T030000Z-bbbbbb"
+    shutil.copytree(source, older)
+    cell = older / "cells" / "tf-2.15.1-cpu.json"
+    edit_json(cell, lambda c: {**c, "started": "2026-11-02T08:00:00+05:00", "run_id": older.name, "scenarios": {
+        "ok": {**c["scenarios"]["ok"], "layers": {"bn": {"moving_mean": 0.0, "moving_variance": 1.0,
+                                                         "data": {"values": [0.0, 1.0, 2.0, 3.0]}}}}}})
+    edit_json(older / "manifest.json", lambda m: {**m, "run_id": older.name, "started": "2026-11-02T08:00:00+05:00"})
+    edit_json(source / "manifest.json", lambda m: {**m, "started": "2026-11-02T04:00:00+00:00"})
+    edit_json(source / "cells" / "tf-2.15.1-cpu.json", lambda c: {**c, "started": "2026-11-02T04:00:00+00:00"})
+    assert fault.bnmatrix("report", "--results", "results", "--out", "site")[0] == 0
+    exported = json.loads((fault.dir / "site" / "results.json").read_text())
+    assert exported["cells"][0]["scenarios"]["ok"]["status"] == "updated"  # A's, not B's stale one
+    assert fault.bnmatrix("merge", "results", "--out", "merged")[0] == 0
+    merged = json.loads((fault.dir / "merged" / "cells" / "tf-2.15.1-cpu.json").read_text())
+    assert merged["run_id"] == source.name
+
+
+def test_merges_and_imports_at_once_lose_nothing(fault: Fault) -> None:
+    first, second = two_runs(fault)
+    out = fault.dir / "merged"
+    for _ in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        assert fault.bnmatrix("merge", str(first), "--out", str(out))[0] == 0
+        processes = [subprocess.Popen([sys.executable, "-m", "bnmatrix", "merge", str(run), "--out", str(out)],
+                                      env=fault.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     for run in (first, second)]
+        assert [p.wait(timeout=120) for p in processes] == [0, 0], [p.communicate()[0] for p in processes]
+        assert sorted(p.stem for p in (out / "cells").glob("*.json")) == ["tf-2.14.1-cpu", "tf-2.15.1-cpu"]
+    archive = pack(fault.dir / "a.tar.gz", {first.name: first, second.name: second})
+    root = fault.dir / "imported"
+    processes = [subprocess.Popen([sys.executable, "-m", "bnmatrix", "import", str(archive), "--results", str(root)],
+                                  env=fault.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(3)]
+    assert [p.wait(timeout=120) for p in processes] == [0, 0, 0], [p.communicate()[0] for p in processes]
+    assert sorted(p.name for p in root.iterdir()) == sorted([first.name, second.name])
