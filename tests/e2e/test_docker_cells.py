@@ -148,7 +148,9 @@ def test_build_failure_is_a_build_error_and_leaves_no_container(docker_runs: dic
     before = {c.id for c in docker_client.containers.list(all=True)}
     assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
                  *image_map_args]) == 1
-    (cell,) = load_run(tmp_path / "r").cells
+    assert not (tmp_path / "r" / "latest").exists()  # nothing was measured
+    (run_dir,) = (tmp_path / "r").iterdir()
+    (cell,) = load_run(run_dir).cells
     assert cell.status.value == "build-error"
     assert "six==0.0.1" in (cell.setup_log_tail or "")
     assert {c.id for c in docker_client.containers.list(all=True)} == before
