@@ -5,8 +5,9 @@ from an archive is checked here before anything else reads it.
   numbers only (NaN, Infinity and 1e400 are refused), and its schema (cell results, run manifests,
   bisect conclusions, scenario notes); a schema's `$` means the end of the text, as in ECMA-262 (a
   trailing newline does not pass an id or name pattern).
-- Folders: a results root holds run folders whose names are run ids (RUN_FOLDER) and that are real
-  folders; a run holds regular files and folders only.
+- Folders: a results root holds run folders named like a run id or a plain lower-case name (RUN_FOLDER)
+  that are real folders; a run holds regular files (64 MiB at most) and folders only, nothing behind a link.
+- Text a user names (a matrix, notes) is read by config.read_user_text: a regular file, bounded, UTF-8.
 - Archives: unpacked by this module, not by tarfile's filters (which some Python releases get wrong):
   members checked one by one (names inside their run folder, regular files, folders, and hard links
   to a file of the same archive only), bounded in count, size and total, in bounded memory.
