@@ -202,6 +202,17 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "") 
     raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
 
 
+def stopped_at_once(fault: Fault, process: subprocess.Popen[str], run_id: str, signum: int, code: int) -> str:
+    """Send `signum` to a command once its run's scenario runs: it must end within 30 s with `code`; its output."""
+    wait_for(lambda: fault.left_running(run_id), what="the scenario's process")
+    started = time.monotonic()
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == code, output
+    assert time.monotonic() - started < 30
+    return output
+
+
 @pytest.fixture
 def fault(tmp_path: Path, fake_index: str) -> Iterator[Fault]:
     require(find_interpreter(PYTHON)[0] is not None, f"no Python {PYTHON} for the fault cells")

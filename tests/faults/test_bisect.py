@@ -9,12 +9,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
 
-from tests.faults.conftest import Fault, bisect_index, wait_for
+from tests.faults.conftest import Fault, bisect_index, stopped_at_once, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -245,12 +244,7 @@ def test_a_signal_while_probes_are_still_queued_stops_the_bisect_at_once(fault: 
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: list(fault.results.glob("2*/logs/*/versioned.log")), timeout=120, what="the first probe")
     (run,) = fault.runs()
-    wait_for(lambda: fault.left_running(run["run_id"]), what="the probe's process")
-    started = time.monotonic()
-    process.send_signal(signum)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == code, output
-    assert time.monotonic() - started < 30
+    stopped_at_once(fault, process, run["run_id"], signum, code)
     (after,) = fault.runs()
     assert after["status"] == "interrupted" and fault.left_running(run["run_id"]) == []
     assert [c["outcome"] for c in conclusions(fault)] == ["incomplete"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.faults.conftest import PYTHON, Fault, wait_for
+from tests.faults.conftest import PYTHON, Fault, stopped_at_once, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -270,12 +270,7 @@ def test_a_signal_while_cells_are_still_queued_stops_the_run_at_once(fault: Faul
     process = fault.start(FAULT_HANG_TF="2.15.1")
     wait_for(lambda: list(fault.results.glob("2*/logs/tf-2.15.1-cpu/hang.log")), what="the hanging scenario")
     (run,) = fault.runs()
-    wait_for(lambda: fault.left_running(run["run_id"]), what="the scenario process")
-    started = time.monotonic()
-    process.send_signal(signum)
-    output, _ = process.communicate(timeout=60)
-    assert process.returncode == code, output
-    assert time.monotonic() - started < 30
+    output = stopped_at_once(fault, process, run["run_id"], signum, code)
     assert f"interrupted ({signal.Signals(signum).name})" in output
     (after,) = fault.runs()
     assert after["status"] == "interrupted" and after["cells_written"] == 0  # the queued cell never started
