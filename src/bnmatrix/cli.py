@@ -225,11 +225,13 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
         backend.close()
     table = Table(title=f"{len(cells)} cells from {matrix.path}",
                   caption=f"each runs {len(scenarios)} scenarios: {', '.join(scenarios)}")
-    for column in ("cell", "python", "requirements", "image", "steps", "here"):
+    images = backend.name == "docker"  # the venv backend has no image
+    for column in ("cell", "python", "requirements", *(["image"] if images else []), "steps", "here"):
         table.add_column(column, overflow="fold")
     for cell in cells:
         here = Text("– not run", style=Status.NOT_RUN.colour) if cell.id in unserved else Text("✔ runs")
-        table.add_row(cell.id, cell.python, " ".join(cell.requirements), cell.image, str(cell.steps), here)
+        table.add_row(cell.id, cell.python, " ".join(cell.requirements), *([cell.image] if images else []),
+                      str(cell.steps), here)
     console.print(table)
     console.print(why, highlight=False, soft_wrap=True, markup=False)
     by_reason: dict[str, list[str]] = {}

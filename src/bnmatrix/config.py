@@ -33,6 +33,12 @@ def data_path(name: str) -> Path:
     return packaged if packaged.exists() else PACKAGE_DIR.parents[1] / name
 
 
+def base_image_script() -> str:
+    """docker/base/build.sh as a path that exists here, in a checkout or in an installed wheel."""
+    path = data_path("docker") / "base" / "build.sh"
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def default_matrix_path() -> Path:
     local = Path("matrix.yaml")
     return local if local.exists() else data_path("matrix.yaml")
@@ -173,8 +179,9 @@ def unknown_scenario(name: str, known: Sequence[str], origin: str) -> BnMatrixEr
                    for part in path.relative_to(Path.cwd()).parts[:-1]):
             found = path.relative_to(Path.cwd())
             break
-    hint = (f"; {found} is one: add --scenarios {found.parent}" if found else
-            "; a scenario of your own needs --scenarios DIR, its folder")
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = (f"; perhaps you meant {close[0]!r}?" if close else f"; {found} is one: add --scenarios {found.parent}"
+            if found else "; a scenario of your own needs --scenarios DIR, its folder")
     return BnMatrixError(f"--scenario {name}: unknown scenario; expected one of {', '.join(known)} ({origin}){hint}")
 
 

@@ -110,9 +110,9 @@ def _number(value: Any, digits: int = 6) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
 
-def _summary(result: ScenarioResult | None, cell: CellResult) -> str:
-    origin = f" [result of run {cell.run_id}, {cell.started[:10]}]" if cell.run_id else ""
-    return _numbers(result, cell) + origin
+def _summary(result: ScenarioResult | None, cell: CellResult, origin: str | None, date: str) -> str:
+    """The numbers behind an entry, and the run that measured it (where the data names one)."""
+    return _numbers(result, cell) + (f" [result of run {origin}, {date}]" if origin else "")
 
 
 def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
@@ -244,6 +244,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     # With history: the results held by an older run than the newest, and that run's start.
     held_since = {key: str(holder.manifest.get("started"))[:10] for key, (holder, _) in site.holders.items()
                   if run.manifest.get("cumulative") and holder.id != run.manifest["run_id"]}
+    started = {r.id: str(r.manifest["started"]) for r in (site.history.runs if site.history else [run])}
     scenarios: list[str] = []
     devices: list[str] = []
     rows: dict[tuple[str, str | None], Row] = {}
@@ -257,13 +258,14 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
             result = cell_result.scenarios.get(name)
             status = cell_result.entry_status(name).value
             earlier = before.get((cell["id"], name))
+            origin = site.holders[(cell["id"], name)][1] if (cell["id"], name) in site.holders else \
+                cell_result.run_id
             row.entries[(cell["device"], name)] = Entry(
                 cell=cell_result, scenario=name, status=status, result=result,
-                summary=_summary(result, cell_result), href=f"cells/{cell['id']}.html#{name}",
-                previous=earlier if earlier not in (None, status) else None,
-                expected=expected.get(name),
-                origin=site.holders[(cell["id"], name)][1] if (cell["id"], name) in site.holders else
-                cell_result.run_id or site.origins[cell["id"]].id, held_since=held_since.get((cell["id"], name)))
+                summary=_summary(result, cell_result, origin, started.get(origin or "", cell_result.started)[:10]),
+                href=f"cells/{cell['id']}.html#{name}", previous=earlier if earlier not in (None, status) else None,
+                expected=expected.get(name), origin=origin or site.origins[cell["id"]].id,
+                held_since=held_since.get((cell["id"], name)))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, run, site.searches)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -356,8 +357,9 @@ def test_plan_and_run_say_which_cells_this_host_cannot_serve_and_how_to_get_them
     assert done.returncode == 0, done.stderr
     output = " ".join(done.stdout.split())
     assert "1 cell cannot run here (tf-2.14.1-cpu): no Python 3.9 on this host" in output
+    script = str(Path(__file__).parents[2] / "docker" / "base" / "build.sh")  # a path that exists, from anywhere
     hint = ("install it (uv python install 3.9, or pyenv install 3.9), or use the container backend: bnmatrix run "
-            "--backend docker (where no registry answers, docker/base/build.sh 3.9 builds its base image)")
+            f"--backend docker (where no registry answers, {script} 3.9 builds its base image)")
     assert hint in output
     code, output = fault.run(**bare)
     assert code == 0, output  # a cell this host cannot serve fails a run only when asked for by name
@@ -388,6 +390,10 @@ def test_the_report_keeps_every_measured_verdict_and_a_run_reuses_each_unchanged
                                                                                   "versioned": "updated"}, cell_id
     page = (fault.dir / "site" / "cells" / "tf-2.15.1-cpu.html").read_text()
     assert f"Measured by run <code>{full['run_id']}</code>" in page  # versioned: from the full run
+    index = (fault.dir / "site" / "index.html").read_text()  # its entry names the run that measured it
+    tips = re.findall(r'id="tip-tf-2\.15\.1-cpu-versioned">[^<]*\[result of run ([^,\]]+)', index)
+    assert tips == [full["run_id"]], tips
+    assert "Results of 2 runs, the newest" in (fault.dir / "site" / "summary.md").read_text()
     assert (fault.dir / "site" / "cells" / "logs" / "tf-2.15.1-cpu" / "versioned.log").is_file()
 
     extra = fault.dir / "extra"

@@ -90,3 +90,10 @@ def test_a_test_run_names_what_it_could_not_test_here(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout
     assert "not tested on this host (1 test skipped): " in done.stdout
     assert "test_parts.py (no Docker daemon answered)" in done.stdout
+
+
+def test_a_misspelt_scenario_name_gets_the_close_one(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--scenario", "keras_fitt", "--select",
+                 "tf-2.15.1-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--scenario keras_fitt: unknown scenario" in err and "perhaps you meant 'keras_fit'?" in err

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from bnmatrix.config import Matrix, Scenario
+from bnmatrix.config import Matrix, Scenario, base_image_script
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell
 
@@ -189,7 +189,7 @@ def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path, rebu
             client.close()
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             why = (f"venv backend (auto: {about} answered, but it has no {shown} and cannot pull: {reason}; "
-                   "build local bases with docker/base/build.sh, or map images with --image-map, to use Docker)")
+                   f"build local bases with {base_image_script()}, or map images with --image-map, to use Docker)")
         else:
             why = f"venv backend (auto: no Docker daemon answered: {about})"
     else:

@@ -32,7 +32,7 @@ from docker.types import DeviceRequest, Mount, Ulimit
 import docker
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
 from bnmatrix.backends.venv import uv_binary
-from bnmatrix.config import ContainerSettings, Scenario, data_path, scenario_files
+from bnmatrix.config import ContainerSettings, Scenario, base_image_script, data_path, scenario_files
 from bnmatrix.plan import Cell
 from bnmatrix.results import process_alive
 
@@ -287,7 +287,7 @@ class DockerBackend:
             hint = ""
             if "No such image" in error or "pull access denied" in error or "registry" in error:
                 hint = (f"; is {cell.image} available here? Without a registry, build local bases with "
-                        "docker/base/build.sh or map the image with --image-map")
+                        f"{base_image_script()} or map the image with --image-map")
             raise CellSetupError(f"image build failed: {error}{hint}",
                                  setup_log.read_text(encoding="utf-8", errors="replace"))
 

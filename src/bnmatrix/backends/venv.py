@@ -26,7 +26,7 @@ from typing import Any
 import uv
 
 from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
-from bnmatrix.config import Scenario, data_path
+from bnmatrix.config import Scenario, base_image_script, data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import RUN_ID
 from bnmatrix.plan import Cell
@@ -191,7 +191,7 @@ def python_hint(python: str) -> str:
     if tuple(int(p) for p in python.split(".")) >= (3, 8):
         own = f"uv python install {python}, or {own}"
     return (f"install it ({own}), or use the container backend: bnmatrix run --backend docker (where no registry "
-            f"answers, docker/base/build.sh {python} builds its base image)")
+            f"answers, {base_image_script()} {python} builds its base image)")
 
 
 def gpu_available() -> bool:
@@ -367,7 +367,7 @@ class VenvBackend:
         """Why this host cannot run the cell (None when it can): what `open` would say, and how to get what is
         missing."""
         if cell.device == "gpu" and not gpu_available():
-            return "no GPU on this host (nvidia-smi lists none)"
+            return "no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' leaves GPU cells out"
         interpreter, looked = self.interpreter(cell.python)
         if interpreter is None:
             return f"no Python {cell.python} on this host (looked in {', '.join(looked)}); {python_hint(cell.python)}"
