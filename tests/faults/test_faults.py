@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bnmatrix.config import data_path
 from tests.conftest import require
 from tests.faults.conftest import PYTHON, Fault, stopped_at_once, wait_for
 
@@ -357,7 +358,7 @@ def test_plan_and_run_say_which_cells_this_host_cannot_serve_and_how_to_get_them
     assert done.returncode == 0, done.stderr
     output = " ".join(done.stdout.split())
     assert "1 cell cannot run here (tf-2.14.1-cpu): no Python 3.9 on this host" in output
-    script = str(Path(__file__).parents[2] / "docker" / "base" / "build.sh")  # a path that exists, from anywhere
+    script = str(data_path("docker") / "base" / "build.sh")  # where bnmatrix is installed: a path that exists
     hint = ("install it (uv python install 3.9, or pyenv install 3.9), or use the container backend: bnmatrix run "
             f"--backend docker (where no registry answers, {script} 3.9 builds its base image)")
     assert hint in output
@@ -413,3 +414,18 @@ def test_the_report_keeps_every_measured_verdict_and_a_run_reuses_each_unchanged
         assert (fault.results / last["run_id"] / "logs" / cell_id / "versioned.log").is_file()
     ran = [line for line in (fault.results / last["run_id"] / "logs" / "tf-2.15.1-cpu").iterdir()]
     assert {p.name for p in ran} >= {"extra_ok.log", "ok.log", "versioned.log", "setup.log"}
+
+
+def test_scenarios_that_start_and_end_at_once_never_take_each_other_down(fault: Fault) -> None:
+    """Two cells, five scenarios each, two at a time, five times over: when a scenario ends, bnmatrix kills what
+    still holds its output; a scenario another thread is just starting (between fork and exec it holds copies of
+    bnmatrix's reading ends) must never be taken for one."""
+    fault.matrix(["ok", "versioned", "versioned_twin", "escape", "double_fork"])
+    for _ in range(5):
+        code, output = fault.run("--jobs", "2", "--force")
+        assert code == 0, output
+        last = fault.runs()[-1]
+        for cell_id in ("tf-2.15.1-cpu", "tf-2.14.1-cpu"):
+            scenarios = fault.cell(last, cell_id)["scenarios"]
+            assert {n: s["status"] for n, s in scenarios.items()} == dict.fromkeys(scenarios, "updated"), \
+                {n: s["reason"] for n, s in scenarios.items()}

@@ -380,3 +380,25 @@ def test_cells_starting_together_all_find_uv() -> None:
             "for t in threads: t.start()\nfor t in threads: t.join()\nprint(sorted(set(found)))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.count("'") == 2 and "/uv'" in out, out  # one path, no exception
+
+
+def test_only_a_process_writing_to_a_scenarios_output_is_taken_for_its_leftover() -> None:
+    """When a scenario ends, what still holds its output's writing end is its leftover, and is killed; a process
+    holding only a reading end (another scenario just starting: until it execs, it holds copies of bnmatrix's
+    reading ends) is not."""
+    import os
+    import subprocess
+
+    from bnmatrix.backends.venv import pipe_holders
+
+    read, write = os.pipe()
+    writer = subprocess.Popen(["sleep", "30"], stdout=write)
+    reader = subprocess.Popen(["sleep", "30"], stdin=read)
+    os.close(write)
+    try:
+        assert pipe_holders({os.fstat(read).st_ino}) == [writer.pid]
+    finally:
+        for process in (writer, reader):
+            process.kill()
+            process.wait()
+        os.close(read)

@@ -87,17 +87,26 @@ def sweep_dead_run(run_id: str) -> int:
 
 
 def pipe_holders(inodes: set[int]) -> list[int]:
-    """The processes (but this one) that hold an end of one of these pipes open: what keeps a scenario's output
-    open after it ended, even a descendant that shed its session and its environment (and so its token)."""
+    """The processes that hold the writing end of one of these pipes open: what keeps a scenario's output open after
+    it ended, even a descendant that shed its session and its environment (and so its token). Only the writing
+    end counts: a process another thread of bnmatrix is just starting holds copies of bnmatrix's reading ends
+    until it execs, and is nobody's leftover."""
     wanted = {f"pipe:[{inode}]" for inode in inodes}
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         with suppress(OSError):
-            if any(os.readlink(fd) in wanted for fd in (entry / "fd").iterdir()):
+            if any(os.readlink(fd) in wanted and _writes(entry / "fdinfo" / fd.name)
+                   for fd in (entry / "fd").iterdir()):
                 found.append(int(entry.name))
     return found
+
+
+def _writes(fdinfo: Path) -> bool:
+    """Whether a file descriptor was opened for writing (its flags in /proc/PID/fdinfo, octal)."""
+    flags = next((line.split()[1] for line in fdinfo.read_text().splitlines() if line.startswith("flags:")), "0")
+    return int(flags, 8) & (os.O_WRONLY | os.O_RDWR) != 0
 
 
 def _kill_all(pids: list[int]) -> int:
