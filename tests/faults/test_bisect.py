@@ -192,7 +192,8 @@ def test_from_run_shares_cells_the_report_pins_changes_and_history_is_kept(fault
     second = fault.runs()[-1]["run_id"]
     code, output = fault.bnmatrix("diff", first, second, "--results", "results")
     assert code == 1, output
-    assert "tf-2.99.6-cpu versioned: ✔ updated -> ✘ stale" in output and "2 of 4 verdicts changed" in output
+    reasons = {n: s["reason"] for n, s in fault.cell(fault.runs()[-1], "tf-2.99.6-cpu")["scenarios"].items()}
+    assert "tf-2.99.6-cpu versioned: ✔ updated -> ✘ stale" in output and "2 of 4 verdicts changed" in output, reasons
     code, output = fault.bnmatrix("diff", second, "latest", "--results", "results")
     assert code == 0 and "0 of 4 verdicts changed" in output, output
 
