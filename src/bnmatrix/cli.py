@@ -27,11 +27,12 @@ from rich.table import Table
 from rich.text import Text
 
 from bnmatrix import __version__
-from bnmatrix.backends import select_backend
-from bnmatrix.backends.venv import default_cache_dir, sweep_dead_run
+from bnmatrix.backends import Setup, backend_kinds, select_backend
+from bnmatrix.backends.venv import default_cache_dir
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map, unknown_scenario
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
 from bnmatrix.history import History, diff, import_archive, prune
+from bnmatrix.host import sweep_dead_run
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
 from bnmatrix.results import (
     CellResult,
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--max-jobs", type=int, default=GITHUB_JOB_LIMIT, metavar="N",
                              help=f"with --format github: at most N jobs, cells grouped into shards (default "
                                   f"{GITHUB_JOB_LIMIT}, GitHub's limit)")
-    plan_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto",
+    plan_parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto",
                              help="with the table: which cells this host can run with that backend, as run would")
     plan_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
                              help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="only this scenario (repeatable)")
     run_parser.add_argument("--shard", default=None, metavar="K/N",
                             help="only the K-th of N deterministic shards of the selected cells")
-    run_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto")
+    run_parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto")
     run_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                             help="results root; the run goes to DIR/<run-id>, DIR/latest points at it")
     run_parser.add_argument("--force", action="store_true",
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="the matrix file whose entries the probes copy (default: ./matrix.yaml)")
     bisect_parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
                                help="a folder of your own scenarios (repeatable)")
-    bisect_parser.add_argument("--backend", choices=("auto", "venv", "docker"), default="auto")
+    bisect_parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto")
     bisect_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                                help="results root: the probes are a run there, reused like any other")
     bisect_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
@@ -217,15 +218,15 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps({"include": github_jobs(cells, matrix.runners, args.max_jobs)}, separators=(",", ":")))
         return EXIT_OK
     scenarios = cells[0].scenarios if cells else matrix.scenarios
-    backend, why = select_backend(args.backend, matrix, new_run_id(), default_cache_dir(),
-                                  images=[cell.image for cell in cells], sweep=False)
+    backend, why = select_backend(args.backend, Setup(matrix=matrix, run_id=new_run_id(), cache_dir=default_cache_dir(),
+                                                      images=[cell.image for cell in cells], sweep=False))
     try:
         unserved = {cell.id: reason for cell in cells if (reason := backend.serves(cell))}
     finally:
         backend.close()
     table = Table(title=f"{len(cells)} cells from {matrix.path}",
                   caption=f"each runs {len(scenarios)} scenarios: {', '.join(scenarios)}")
-    images = backend.name == "docker"  # the venv backend has no image
+    images = backend.uses_images
     for column in ("cell", "python", "requirements", *(["image"] if images else []), "steps", "here"):
         table.add_column(column, overflow="fold")
     for cell in cells:
@@ -311,8 +312,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     if not cells:
         raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
     run_id = new_run_id()
-    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir(), rebuild=args.rebuild,
-                                  images=[cell.image for cell in cells])
+    backend, why = select_backend(args.backend, Setup(matrix=matrix, run_id=run_id, cache_dir=default_cache_dir(),
+                                                      rebuild=args.rebuild, images=[cell.image for cell in cells]))
     console.print(why)
     store = RunStore(args.results, run_id, {
         "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
@@ -429,7 +430,6 @@ def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> Rende
 
 
 def command_bisect(args: argparse.Namespace, console: Console) -> int:
-    from bnmatrix.backends.venv import find_interpreter
     from bnmatrix.bisect import Bisector, Probe
     from bnmatrix.history import change_points
 
@@ -450,18 +450,9 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
         raise BnMatrixError(f"--variant {args.variant}: unknown; expected one of "
                             f"{', '.join(matrix.variants) or '(none)'}")
     run_id = new_run_id()
-    backend, why = select_backend(args.backend, matrix, run_id, default_cache_dir())
+    backend, why = select_backend(args.backend, Setup(matrix=matrix, run_id=run_id, cache_dir=default_cache_dir()))
     try:
-        pythons: dict[str, bool] = {}
-
-        def serves(python: str) -> bool:
-            if backend.name != "venv":
-                return True  # an image per Python
-            if python not in pythons:
-                pythons[python] = find_interpreter(python)[0] is not None
-            return pythons[python]
-
-        bisector = Bisector(matrix, serves, pre=args.pre, exhaustive=args.exhaustive)
+        bisector = Bisector(matrix, backend.serves_python, pre=args.pre, exhaustive=args.exhaustive)
         source = None
         if args.from_run is not None:
             run = load_run(Path(args.from_run) if args.from_run else args.results / "latest")

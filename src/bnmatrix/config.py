@@ -52,6 +52,7 @@ ENV_VALUE = re.compile(r"[^\s]*")
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000  # after alias expansion: a billion-laughs file stops here
 HELPER_MODULE = "bnmatrix_scenario"
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
 # A scenario's folder comes first on the scenario's sys.path, so a script, helper or subfolder named like a module
 # that Python, TensorFlow or their dependencies import (json.py, numpy/) would replace it for every scenario there.
 SHADOWED_MODULES = frozenset(sys.stdlib_module_names) | {
@@ -283,7 +284,7 @@ class Matrix:
             for name, spec in raw.get("variants", {}).items()
         }
         _check_scenarios(raw["scenarios"], catalog, where)
-        index_url = settings.get("index_url", "https://pypi.org/simple")
+        index_url = settings.get("index_url", DEFAULT_INDEX_URL)
         if not INDEX_URL.fullmatch(index_url):
             raise where.error(("settings", "index_url"), f"found {index_url!r}, expected an http(s):// or file:// URL "
                               "without whitespace")

@@ -9,3 +9,8 @@ class BnMatrixError(Exception):
     """A mistake in the user's input (matrix, options, results dir): one clear message, exit 2."""
 
     exit_code = EXIT_USAGE
+
+
+class Cancelled(Exception):
+    """Work that a stop (Ctrl-C, SIGTERM, SIGHUP, a store that cannot be written) cancelled before or while it ran:
+    raised inside the backends and the runner to unwind a cell; the command reports the stop itself."""

@@ -7,10 +7,10 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from bnmatrix.config import Matrix, unknown_scenario
+from bnmatrix.config import DEFAULT_INDEX_URL, Matrix, unknown_scenario
 from bnmatrix.errors import BnMatrixError
 
 
@@ -31,6 +31,16 @@ class Cell:
     scenarios: tuple[str, ...]
     index_url: str
     expect: dict[str, str] = field(default_factory=dict)  # scenario -> known status (matrix.yaml expect:)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Cell:
+        """The cell a stored result describes (describe()'s inverse; its schema checked it): what older results did
+        not record is left empty."""
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {"image": "", "requested_image": "", "index_url": DEFAULT_INDEX_URL, "variant": None,
+                                  "env": {}, "requirements": (), "scenarios": ()}
+        values.update({k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in names})
+        return cls(**values)
 
     def describe(self) -> dict[str, Any]:
         """The cell as JSON data (lists, not tuples)."""

@@ -24,6 +24,7 @@ from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
+from bnmatrix.backends import Reproduction, backend_kinds
 from bnmatrix.config import Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
@@ -167,6 +168,24 @@ class Site:
     searches: list[dict[str, Any]] = field(default_factory=list)
     evidence: dict[str, tuple[CellResult, Run]] = field(default_factory=dict)
     history: History | None = None
+
+    def reproduce(self, cell_result: CellResult, scenario: str, again: str | None = None) -> str:
+        """The command that runs one scenario of a cell as it ran, without bnmatrix: made by the backend that ran it
+        (backends.BackendKind.reproduce) from the record of the run holding the result, with that run's copy of
+        the code. `again`: the bnmatrix command that reruns it (default: `bnmatrix run` of the cell; a release a
+        bisect probed has no matrix cell, and its bisect command is given instead)."""
+        holder = self.holders.get((cell_result.id, scenario), (None, ""))[0]
+        held = next((c for c in holder.cells if c.id == cell_result.id), cell_result) if holder else cell_result
+        run = held.run_id or (holder or self.origins.get(held.id) or self.evidence.get(held.id, (None, self.run))[1]).id
+        environment = held.environment or {}
+        kinds = backend_kinds()
+        kind = kinds.get(str(environment.get("kind")), kinds["venv"])
+        folder = (held.code or {}).get("scenarios", {}).get(scenario)
+        own = ["--scenarios", f"results/{run}/code/{folder}"] if held.code and folder != held.code["helper"] else []
+        again = again or shlex.join(["bnmatrix", "run", "--backend", kind.name, "--select", held.id,
+                                     "--scenario", scenario, *own])
+        return kind.reproduce(Reproduction(cell=held.cell, environment=environment, scenario=scenario, run=run,
+                                           code=held.code, again=again))
 
     @classmethod
     def of_run(cls, run: Run) -> Site:
@@ -440,43 +459,6 @@ def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) ->
             "y_zero": y(0.0), "mu": mu, "steps": steps}
 
 
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _assignments(variables: dict[str, str]) -> list[str]:
-    """NAME=value words for a shell command line."""
-    return [f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items())]
-
-
-def reproduce_command(cell_result: CellResult, scenario: str, again: str | None = None) -> str:
-    """A copy-paste command that runs the scenario as the cell did (from a bnmatrix checkout); every word
-    from the data is shell-quoted. `again`: the bnmatrix command that reruns it (default: `bnmatrix run` of the
-    cell; a release a bisect probed has no matrix cell, and its bisect command is given instead)."""
-    cell = cell_result.cell
-    environment = cell_result.environment or {}
-    args = ["--steps", str(cell["steps"]), "--device", cell["device"], "--tf-version", cell["tf"]]
-    variables = {k: v for k, v in cell.get("env", {}).items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
-    again = again or shlex.join(["bnmatrix", "run", "--backend", environment.get("kind", "venv"), "--select",
-                                 cell["id"], "--scenario", scenario])
-    if environment.get("kind") == "docker":
-        flags = ["--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp:exec", "--user", "65534:65534",
-                 "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", "HOME=/tmp",
-                 "-e", "PYTHONPATH=/scenarios"]
-        device = ["--gpus", "all"] if cell["device"] == "gpu" else ["-e", "CUDA_VISIBLE_DEVICES="]
-        passed = [item for k, v in sorted(variables.items()) for item in ("-e", f"{k}={v}")]
-        image = [environment["cell_image"], "python3", f"/scenarios/{scenario}.py", *args]
-        return (f"{shlex.join(['docker', 'run', *flags])} -v \"$PWD\"/scenarios:/scenarios:ro "
-                f"{shlex.join([*device, *passed, *image])}\n# or: {again}")
-    if cell["device"] == "cpu":
-        variables = {"CUDA_VISIBLE_DEVICES": "", **variables}
-    setup = " && ".join([shlex.join([f"python{cell['python']}", "-m", "venv", "venv"]),
-                         shlex.join(["venv/bin/python", "-m", "pip", "install", "--upgrade", "pip"]),
-                         shlex.join(["venv/bin/python", "-m", "pip", "install", *cell["requirements"]])])
-    words = [*_assignments({**variables, "PYTHONPATH": "scenarios"}), shlex.join(["venv/bin/python",
-                                                                                  f"scenarios/{scenario}.py", *args])]
-    return f"{setup}\n{' '.join(words)}\n# or: {again}"
-
-
 def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
     """results.json: the stable, versioned contract for other tools (see report/results.schema.json)."""
     entries = {(e.cell.id, e.scenario): e for row in view["rows"] for e in row.entries.values()}
@@ -497,6 +479,7 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
                                                     "train_loss", "eval_loss", "tf_version", "keras_version",
                                                     "python", "devices_seen", "duration_s")},
                 "steps": cell["steps"],
+                "reproduce": view["site"].reproduce(cell_result, name) if entry.result else None,
             }
         environment = cell_result.environment or {}
         cells.append({
@@ -552,7 +535,6 @@ def environment() -> jinja2.Environment:
     env.filters["xml"] = _xml_text
     env.filters["md"] = _markdown
     env.filters["curve"] = curve_points
-    env.globals["reproduce"] = reproduce_command
     env.globals["anchor"] = search_anchor
     env.globals["glance"] = glance_text
     env.globals["tolerance"] = f"{REL_TOLERANCE:g}"
@@ -567,6 +549,7 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
     """Every file of the site by relative path (pure: same results, same bytes)."""
     view = build_view(site, previous, expectations)
     env = environment()
+    env.globals["reproduce"] = site.reproduce
     files = {"index.html": env.get_template("index.html").render(**view, root="")}
     pages = [(c, site.origins[c.id]) for c in view["cells"]] + sorted(site.evidence.values(), key=lambda i: i[0].id)
     for cell_result, origin in pages:

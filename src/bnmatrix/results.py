@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field, fields
@@ -25,8 +26,9 @@ from typing import Any
 
 from packaging.version import Version
 
-from bnmatrix.config import PACKAGE_DIR, Scenario
+from bnmatrix.config import PACKAGE_DIR, Scenario, scenario_files
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.host import process_alive
 from bnmatrix.intake import (
     MAX_JSON_BYTES,
     MAX_MEMBER_BYTES,
@@ -264,6 +266,9 @@ class CellResult:
     environment: dict[str, Any] | None = None
     setup_log: str | None = None
     setup_log_tail: str | None = None
+    # the scenario code this run kept (RunStore.keep_code): {"helper": <folder>, "scenarios": {name: <folder>}}, each
+    # a folder code/<folder> of the run's; None for a run that kept none (bnmatrix 0.1 and cells that did not run)
+    code: dict[str, Any] | None = None
     scenarios: dict[str, ScenarioResult] = field(default_factory=dict)
 
     @property
@@ -443,17 +448,6 @@ def check_results_root(root: Path) -> None:
                             "for results, e.g. --results results")
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _alive(manifest: dict[str, Any]) -> bool:
     """Whether the process that wrote a `running` manifest still runs (on this host; elsewhere: assume so)."""
     process = manifest.get("process")
@@ -461,10 +455,8 @@ def _alive(manifest: dict[str, Any]) -> bool:
         return False  # written before runs recorded their process: nobody is finishing it
     if process.get("hostname") != socket.gethostname():
         return True  # another host's run: not ours to judge
-    if not process_alive(process["pid"]):
-        return False
     started = process.get("started_ticks")
-    return started is None or started == start_ticks(process["pid"])
+    return process_alive(process["pid"], started if isinstance(started, int) else None)
 
 
 def runs_in(root: Path, newly_dead: list[str] | None = None,
@@ -535,6 +527,8 @@ class RunStore:
         self.written = 0
         self.measured = 0  # cells written that ran their scenarios (not: not run here, failed to build)
         self._checked_cells: dict[str, dict[str, str]] = {}  # cell id -> the checked file it wrote: SHA-256, status
+        self._kept: dict[Path, str] = {}  # scenario folder -> its copy in code/ (keep_code)
+        self._lock = threading.Lock()
         self.manifest = {
             "schema": RUN_SCHEMA,
             "run_id": self.run_id,
@@ -568,6 +562,30 @@ class RunStore:
         temporary.unlink(missing_ok=True)
         temporary.symlink_to(self.run_id)
         os.replace(temporary, link)
+
+    def keep_code(self, cell: Cell, catalog: dict[str, Scenario], directories: tuple[Path, ...]) -> dict[str, Any]:
+        """Copy the scenario folders the cell runs from into the run, once each, as code/<digest of the folder's
+        files>: what a reproduce command runs without bnmatrix; the cell's `code` record of them."""
+        with self._lock:
+            for directory in {directories[0], *(catalog[name].root for name in cell.scenarios)} - set(self._kept):
+                files = sorted(scenario_files(directory))
+                digest = hashlib.sha256()
+                for path in files:
+                    digest.update(f"{path.relative_to(directory)}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\0"
+                                  .encode())
+                folder = self.directory / "code" / digest.hexdigest()[:16]
+                if not folder.is_dir():
+                    staging = folder.with_name(f".{folder.name}.tmp")
+                    shutil.rmtree(staging, ignore_errors=True)
+                    for path in files:
+                        target = staging / path.relative_to(directory)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(path, target)
+                    staging.mkdir(parents=True, exist_ok=True)
+                    staging.rename(folder)
+                self._kept[directory] = folder.name
+        return {"helper": self._kept[directories[0]],
+                "scenarios": {name: self._kept[catalog[name].root] for name in cell.scenarios}}
 
     def save_scenarios(self, scenarios: list[Scenario]) -> None:
         """The code and notes of the run's scenarios, so that its report shows exactly what ran."""
@@ -740,7 +758,7 @@ def check_run(directory: Path) -> Run:
     return run
 
 
-COPY_FIELDS = ("reused_from",)  # what differs between a result and a later run's copy of it
+COPY_FIELDS = ("reused_from", "code")  # what differs between a result and a later run's copy of it
 
 
 def merge_runs(inputs: list[Path], out: Path) -> Path:
@@ -825,9 +843,10 @@ def _merge(inputs: list[Path], out: Path) -> Path:
             write_json(staging / "cells" / f"{key}.json", result)
             if (directory / "logs" / key).is_dir():
                 copy_tree(directory / "logs" / key, staging / "logs" / key)
-        for directory in runs:  # the scenarios' code and notes; a later run's copy wins
-            if (directory / "scenarios").is_dir():
-                copy_tree(directory / "scenarios", staging / "scenarios")
+        for directory in runs:  # the scenarios' code and notes (a later run's copy wins), and the code kept to
+            for folder in ("scenarios", "code"):  # reproduce them (by content: a name is always the same files)
+                if (directory / folder).is_dir():
+                    copy_tree(directory / folder, staging / folder)
         searches: dict[tuple[Any, ...], dict[str, Any]] = {}
         for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: str(s.get("updated"))):
             searches[search_key(search)] = search  # the newest conclusion of each search

@@ -2,8 +2,8 @@
 
 A cell that cannot run, fails to build or breaks is recorded and the matrix goes on; a scenario
 whose result is missing, malformed, non-finite, too long or from the wrong TensorFlow is an
-`error` with the reason; only KeyboardInterrupt stops the run, and then every finished cell is
-already on disk.
+`error` with the reason; only a stop (Ctrl-C, a signal, a store that cannot be written) ends the run
+early, and then every finished cell is already on disk.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
 from bnmatrix.config import Scenario, scenario_files
-from bnmatrix.errors import BnMatrixError
+from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
 from bnmatrix.results import CellResult, RunStore, ScenarioResult, StoreError, now
@@ -129,16 +129,17 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
 
 def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: RunStore, timeout_s: float,
              inputs_hash: str, step: Callable[[str], None], scenarios: ThreadPoolExecutor,
-             hashes: dict[str, str] | None = None,
+             scenario_dirs: tuple[Path, ...], hashes: dict[str, str] | None = None,
              kept: dict[str, tuple[ScenarioResult, CellResult, Path]] | None = None) -> CellResult:
     """Prepare the cell's environment, then run its scenarios as independent processes on `scenarios`, the
     run's pool (--jobs processes at once, shared by every cell). `hashes`: what decides each scenario's outcome,
     stored with it; `kept`: earlier results of some scenarios with those very inputs (RunStore.reusable_scenarios),
-    reused as they are, their logs linked: only the others run, and none when every one is kept."""
+    reused as they are, their logs linked: only the others run, and none when every one is kept. The scenario
+    folders are kept in the run (RunStore.keep_code), for the command that reproduces a scenario."""
     clock = time.monotonic()
     kept = kept or {}
     result = CellResult(cell=cell.describe(), status=CellStatus.RAN, reason=None, backend=backend.name,
-                        inputs_hash=inputs_hash, started=now())
+                        inputs_hash=inputs_hash, started=now(), code=store.keep_code(cell, catalog, scenario_dirs))
     for name, (scenario, holder, directory) in kept.items():
         store.link_log(cell.id, name, directory)
         scenario.reused_from = scenario.reused_from or holder.run_id
@@ -165,6 +166,8 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
                     run = session.run(catalog[name], args, timeout_s, log)
                     scenario = parse_scenario(name, cell, run, timeout_s)
                     scenario.log, scenario.log_tail = store.relative(log), tail(run.stderr_tail, 15)
+                except Cancelled:
+                    raise
                 except Exception as exc:  # a bnmatrix bug costs this scenario, not the cell's other results
                     why = f"bnmatrix failed on this scenario: {type(exc).__name__}: {exc}"
                     scenario = ScenarioResult(scenario=name, status=Status.ERROR, reason=why, device=cell.device,
@@ -186,14 +189,15 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
                 raise
         result.scenarios = {name: result.scenarios[name] for name in cell.scenarios}
     except CellNotRun as exc:
-        result.status, result.reason, result.scenarios = CellStatus.NOT_RUN, str(exc), {}
+        result.status, result.reason, result.scenarios, result.code = CellStatus.NOT_RUN, str(exc), {}, None
     except CellSetupError as exc:
-        result.status, result.reason, result.scenarios = CellStatus.BUILD_ERROR, str(exc), {}
+        result.status, result.reason, result.scenarios, result.code = CellStatus.BUILD_ERROR, str(exc), {}, None
         result.setup_log_tail = tail(exc.log)
-    except (StoreError, KeyboardInterrupt):
+    except (StoreError, Cancelled):
         raise
     except Exception as exc:  # a bnmatrix bug must not stop the other cells
         result.status, result.reason, result.scenarios = CellStatus.ERROR, f"{type(exc).__name__}: {exc}", {}
+        result.code = None
         result.setup_log_tail = tail(traceback.format_exc())
     result.duration_s = round(time.monotonic() - clock, 3)
     return result
@@ -206,7 +210,7 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     `jobs` also bounds the scenario processes running at once, over all cells, so that the cores stay busy
     while a single cell is left.
 
-    Any failure inside a cell becomes that cell's (or scenario's) error. On KeyboardInterrupt (or a result that
+    Any failure inside a cell becomes that cell's (or scenario's) error. On a stop (Ctrl-C, a signal, or a result that
     cannot be written) the cells still queued are dropped, the backend stops what still runs, the running cells
     get STOP_GRACE_S to end, and nothing half-done is stored.
     """
@@ -220,24 +224,26 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
 
     def one(index: int, cell: Cell) -> CellResult:
         if stopping.is_set():
-            raise KeyboardInterrupt
+            raise Cancelled
         try:
             inputs_hash = cell.inputs_hash(sources)
             result = None if force else store.reusable(cell.id, inputs_hash, backend.name)
+            if result is not None and result.status is CellStatus.RAN:  # its code, kept in this run too
+                result.code = store.keep_code(cell, catalog, scenario_dirs)
             if result is None:
                 hashes = scenario_hashes(cell, catalog, scenario_dirs)
                 kept = {} if force else store.reusable_scenarios(cell, hashes, sources, backend.name)
                 progress(index, len(cells), cell, "starting", None)
                 result = run_cell(cell, catalog, backend, store, timeout_s, inputs_hash,
-                                  lambda text: progress(index, len(cells), cell, text, None), scenario_pool, hashes,
-                                  kept)
-        except (KeyboardInterrupt, StoreError):
+                                  lambda text: progress(index, len(cells), cell, text, None), scenario_pool,
+                                  scenario_dirs, hashes, kept)
+        except (Cancelled, StoreError):
             stopping.set()
             raise
         except Exception as exc:  # a bnmatrix bug must cost one cell, not the run
             result = failed(cell, f"{type(exc).__name__}: {exc}")
         if stopping.is_set():
-            raise KeyboardInterrupt
+            raise Cancelled
         try:
             store.write_cell(result)
         except StoreError:
@@ -254,12 +260,17 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     try:
         for future in as_completed(futures):
             future.result()
-    except BaseException:
+    except BaseException as exc:
         stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)
         scenario_pool.shutdown(wait=False, cancel_futures=True)
         backend.close()  # kills the scenarios and containers still running
         settle(futures, STOP_GRACE_S)
+        if isinstance(exc, Cancelled):  # a cell saw the stop first: what stopped the run is another's failure
+            failures = [f.exception() for f in futures if f.done() and not f.cancelled()]
+            store_error = next((e for e in failures if isinstance(e, StoreError)), None)
+            if store_error is not None:
+                raise store_error from None
         raise
     pool.shutdown()
     scenario_pool.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,8 @@ def check_verdicts(cell: CellResult) -> None:
 
 def run_cell(cell_id: str, python: str, results: Path, *options: str) -> CellResult:
     """One cell with the venv backend, as a user runs it."""
-    from bnmatrix.backends.venv import find_interpreter
     from bnmatrix.cli import main
+    from bnmatrix.host import find_interpreter
     from bnmatrix.results import load_run
 
     interpreter, looked = find_interpreter(python)
@@ -135,3 +136,37 @@ def image_map_args() -> list[str]:
 
     mapping = load_image_map(REPO / "image-map.yaml")
     return [option for source, target in mapping.items() for option in ("--image-map", f"{source}={target}")]
+
+
+def reproduce_and_compare(results: Path, cell: CellResult, path: str = "") -> list[str]:
+    """Run the reproduce command of every scenario of `cell` as results.json gives it (from `bnmatrix report` of
+    `results`), in the folder of the run that holds the result, without bnmatrix on PATH; each must print the
+    stored layers' moving statistics again (to 1e-6). `path`: folders to put first on PATH (the cell's Python).
+    Returns the commands."""
+    import json
+    import subprocess
+
+    from bnmatrix.report import write_report
+
+    site = write_report(results, results.parent / f"{results.name}-site").parent
+    exported = next(c for c in json.loads((site / "results.json").read_text())["cells"] if c["id"] == cell.id)
+    commands = []
+    for name, stored in cell.scenarios.items():
+        command = exported["scenarios"][name]["reproduce"]
+        assert command.startswith(f"# from the folder of run {exported['run_id']} "), command
+        scratch = results.parent / f"{results.name}-scratch"
+        scratch.mkdir(exist_ok=True)
+        environment = {"PATH": f"{path}:/usr/local/bin:/usr/bin:/bin" if path else "/usr/local/bin:/usr/bin:/bin",
+                       "HOME": os.environ.get("HOME", "/root"), "TMPDIR": str(scratch)}
+        done = subprocess.run(["bash", "-e", "-c", command], cwd=results / exported["run_id"], env=environment,
+                              capture_output=True, text=True, timeout=1800)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("BNMATRIX_RESULT ")]
+        assert done.returncode == 0 and lines, f"{name}: exit {done.returncode}\n{command}\n{done.stderr[-3000:]}"
+        observed = json.loads(lines[-1].split(" ", 1)[1])["layers"]
+        assert sorted(observed) == sorted(stored.layers), name
+        for layer, numbers in stored.layers.items():
+            for statistic in ("moving_mean", "moving_variance"):
+                assert observed[layer][statistic] == pytest.approx(numbers[statistic], rel=1e-6, abs=1e-6), \
+                    (name, layer, statistic)
+        commands.append(command)
+    return commands

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bnmatrix.backends.venv import find_interpreter
 from bnmatrix.cli import main
+from bnmatrix.host import find_interpreter
 from tests.conftest import require
 from tests.e2e.conftest import MOMENTUM, MU, REPO, STEPS
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from bnmatrix.backends.docker import LABEL
 from bnmatrix.cli import main
 from bnmatrix.results import CellResult, load_run
 from tests.conftest import require
-from tests.e2e.conftest import E2E_CELLS, REPO, check_verdicts
+from tests.e2e.conftest import E2E_CELLS, REPO, check_verdicts, reproduce_and_compare
 from tests.e2e.test_venv_cells import user_scenarios
 
 pytestmark = pytest.mark.e2e
@@ -30,8 +31,28 @@ DOCKER_SCENARIOS = ["keras_bn_custom_estimator", "layers_bn_custom_estimator", "
                     "layers_bn_session", "keras_fit_4d_variance", "keras_tf_function"]
 
 
+Spawn = Callable[..., "subprocess.Popen[Any]"]
+
+
 def ours(client: Any) -> list[Any]:
-    return client.containers.list(all=True, filters={"label": LABEL})
+    return client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Starts bnmatrix processes that are killed when the test ends, passed or failed: a failed test leaves no run
+    whose live process keeps its container from the next test's sweep."""
+    processes: list[subprocess.Popen[Any]] = []
+
+    def start(command: list[str], **options: Any) -> subprocess.Popen[Any]:
+        processes.append(subprocess.Popen(command, **options))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +109,21 @@ def test_venv_and_docker_agree(docker_runs: dict[str, CellResult], venv_runs: di
 
 def test_a_users_own_scenario_runs_in_a_container(docker_runs: dict[str, CellResult], image_map_args: list[str],
                                                  tmp_path: Path) -> None:
+    """... and the reproduce command of each scenario, run without bnmatrix from the run's folder (`docker run` of the
+    cell's image with the container options it ran with, the run's copy of the code), gives its numbers again."""
     folder = user_scenarios(tmp_path / "mine")
     assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "docker", "--select", "tf-2.15.1-cpu",
-                 "--scenarios", str(folder), "--scenario", "user_keras_fit", "--results", str(tmp_path / "r"),
-                 *image_map_args]) == 0
+                 "--scenarios", str(folder), "--scenario", "user_keras_fit", "--scenario", "keras_bn_custom_estimator",
+                 "--results", str(tmp_path / "r"), *image_map_args]) == 0
     (cell,) = load_run(tmp_path / "r").cells
     mine = cell.scenarios["user_keras_fit"]
     assert mine.status.value == "updated", mine.reason
     assert mine.effective_updates == pytest.approx(100, abs=0.01) and mine.extra == {"made_by": "mylib"}
+    flags = (cell.environment or {})["run_flags"]
+    assert flags[flags.index("--network"):][:2] == ["--network", "none"] and "--read-only" in flags
+    commands = reproduce_and_compare(tmp_path / "r", cell)
+    assert all(command.splitlines()[1].startswith('docker run --rm -v "$PWD"/code:/scenarios:ro ')
+               for command in commands)
 
 
 def probe_matrix(tmp_path: Path, timeout_s: float, scenarios: list[str], pins: str = "") -> Path:
@@ -145,7 +173,7 @@ def test_a_child_in_its_own_session_cannot_hold_a_scenarios_output(docker_runs: 
 def test_build_failure_is_a_build_error_and_leaves_no_container(docker_runs: dict[str, Any], docker_client: Any,
                                                                 image_map_args: list[str], tmp_path: Path) -> None:
     matrix = probe_matrix(tmp_path, 3, ["broken"], pins="six==0.0.1")
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    before = {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)}
     assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
                  *image_map_args]) == 1
     assert not (tmp_path / "r" / "latest").exists()  # nothing was measured
@@ -153,16 +181,16 @@ def test_build_failure_is_a_build_error_and_leaves_no_container(docker_runs: dic
     (cell,) = load_run(run_dir).cells
     assert cell.status.value == "build-error"
     assert "six==0.0.1" in (cell.setup_log_tail or "")
-    assert {c.id for c in docker_client.containers.list(all=True)} == before
+    assert {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)} == before
 
 
 def test_ctrl_c_removes_the_running_container(docker_runs: dict[str, Any], docker_client: Any,
-                                              image_map_args: list[str], tmp_path: Path) -> None:
+                                              image_map_args: list[str], tmp_path: Path, spawn: Spawn) -> None:
     matrix = probe_matrix(tmp_path, 600, ["sleeper"])
     command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker",
                "--results", str(tmp_path / "r"), *image_map_args]
     # As from a terminal: SIGINT handled even where this test runs as a background job (which ignores it).
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    process = spawn(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "COLUMNS": "200"},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
@@ -182,11 +210,12 @@ def test_ctrl_c_removes_the_running_container(docker_runs: dict[str, Any], docke
 
 
 def test_a_killed_run_leaves_a_bounded_container_that_the_next_run_removes(
-        docker_runs: dict[str, Any], docker_client: Any, image_map_args: list[str], tmp_path: Path) -> None:
+        docker_runs: dict[str, Any], docker_client: Any, image_map_args: list[str], tmp_path: Path,
+        spawn: Spawn) -> None:
     matrix = probe_matrix(tmp_path, 600, ["sleeper"])
     command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker",
                "--results", str(tmp_path / "r"), *image_map_args]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # The cell's container, not the short-lived one that fills the scenarios volume before it.
     def cell_containers() -> list[Any]:
         return [c for c in ours(docker_client) if c.attrs["Config"]["Cmd"] != ["true"]]
@@ -200,7 +229,11 @@ def test_a_killed_run_leaves_a_bounded_container_that_the_next_run_removes(
     process.kill()  # no cleanup can run
     process.wait()
     assert ours(docker_client) and docker_client.volumes.list(filters={"label": LABEL})
-    # The next run on this daemon sees that the owner is gone and removes what it left.
+    # A container of a run from before a reboot, whose pid a live process (this one) has now: its owner's start
+    # time tells it apart.
+    labels = {**container.labels, "org.bnmatrix.pid": str(os.getpid()), "org.bnmatrix.started-ticks": "1"}
+    docker_client.containers.create(container.image.id, command=["true"], labels=labels)
+    # The next run on this daemon sees that the owners are gone and removes what they left.
     assert main(["run", "--matrix", str(probe_matrix(tmp_path, 15, ["broken"])), "--backend", "docker",
                  "--results", str(tmp_path / "r2"), *image_map_args]) == 1  # (every scenario errors)
     assert ours(docker_client) == []
@@ -208,14 +241,15 @@ def test_a_killed_run_leaves_a_bounded_container_that_the_next_run_removes(
 
 
 def test_ctrl_c_during_an_image_build_stops_it_promptly(docker_runs: dict[str, Any], docker_client: Any,
-                                                        image_map_args: list[str], tmp_path: Path) -> None:
+                                                        image_map_args: list[str], tmp_path: Path,
+                                                        spawn: Spawn) -> None:
     # --rebuild: a real build of the cell's image (uv installs TF inside its builder container); cancelled, it
     # leaves the existing image of that tag as it was.
     matrix = probe_matrix(tmp_path, 60, ["broken"])
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    before = {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)}
     command = [sys.executable, "-m", "bnmatrix", "run", "--matrix", str(matrix), "--backend", "docker", "--rebuild",
                "--results", str(tmp_path / "r"), *image_map_args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    process = spawn(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     log = None
@@ -232,7 +266,7 @@ def test_ctrl_c_during_an_image_build_stops_it_promptly(docker_runs: dict[str, A
     assert process.returncode == 130, output
     assert time.monotonic() - interrupted < 30, "the build went on after Ctrl-C"
     time.sleep(2)  # the daemon removes the cancelled step's container
-    assert {c.id for c in docker_client.containers.list(all=True)} == before
+    assert {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)} == before
 
 
 def test_a_rebuild_downloads_nothing_and_replaces_the_image(docker_runs: dict[str, Any], docker_client: Any,

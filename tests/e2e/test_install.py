@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bnmatrix.backends.venv import find_interpreter, uv_binary
+from bnmatrix.backends.venv import uv_binary
+from bnmatrix.host import find_interpreter
 from tests.conftest import require
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bnmatrix.backends.venv import find_interpreter
+from bnmatrix.host import find_interpreter
 from tests.conftest import SCENARIOS, require
 
 pytestmark = pytest.mark.e2e  # needs every cell Python (3.6 to 3.13) on this host

@@ -12,7 +12,15 @@ import pytest
 from bnmatrix.cli import main
 from bnmatrix.report import write_report
 from bnmatrix.results import CellResult, load_run
-from tests.e2e.conftest import E2E_CELLS, KERAS3_CELL, KERAS3_SCENARIOS, REPO, check_verdicts, run_cell
+from tests.e2e.conftest import (
+    E2E_CELLS,
+    KERAS3_CELL,
+    KERAS3_SCENARIOS,
+    REPO,
+    check_verdicts,
+    reproduce_and_compare,
+    run_cell,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -100,3 +108,21 @@ def test_a_users_own_scenario_runs_and_gets_its_page(tmp_path: Path) -> None:
     page = (site / "scenarios" / "user_keras_fit.html").read_text()
     assert "The user&#39;s own keras_fit." in page and "Because fit runs updates." in page
     assert "make_batch_norm" in page  # the code as it ran
+
+
+def test_the_reproduce_commands_of_a_venv_cell_give_its_numbers_without_bnmatrix(
+        venv_runs: dict[str, tuple[Path, CellResult]], tmp_path: Path) -> None:
+    """results.json's command, for a built-in scenario and for a user's (with its helper package), run from the run's
+    folder: a fresh virtualenv of the cell's Python with exactly the cell's packages (pip, from PyPI), then the run's
+    own copy of the scenario code. bnmatrix is not on PATH; the cell's Python is, as on a user's host."""
+    folder = user_scenarios(tmp_path / "elsewhere" / "my-scenarios")
+    cell = run_cell("tf-1.15.5-cpu", "3.7", tmp_path / "r", "--scenarios", str(folder),
+                    "--scenario", "user_keras_fit", "--scenario", "keras_bn_custom_estimator")
+    assert (cell.environment or {})["kind"] == "venv" and cell.code is not None
+    (run,) = (tmp_path / "r").glob("2*")
+    assert sorted(p.name for p in (run / "code").iterdir()) == sorted({cell.code["helper"],
+                                                                        *cell.code["scenarios"].values()})
+    assert (run / "code" / cell.code["scenarios"]["user_keras_fit"] / "mylib" / "layers.py").is_file()
+    python = Path(cell.environment["python"]).parent  # type: ignore[index]
+    commands = reproduce_and_compare(tmp_path / "r", cell, path=str(python))
+    assert all("--no-deps" in command and "tensorflow==1.15.5" in command for command in commands)

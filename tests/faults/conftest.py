@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bnmatrix.backends.venv import find_interpreter, tagged_processes
+from bnmatrix.host import find_interpreter, tagged_processes
 from tests.conftest import require
 
 SCENARIOS = Path(__file__).parent / "scenarios"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bnmatrix.backends import select_backend
+from bnmatrix.backends import Setup, select_backend
 from bnmatrix.backends.docker import image_tag, render_script, run_options
 from bnmatrix.backends.venv import VenvBackend
 from bnmatrix.config import ContainerSettings, Matrix
@@ -125,11 +125,11 @@ def test_a_bad_overlay_file_is_named(tmp_path: Path) -> None:
 def test_auto_falls_back_to_venv_without_a_daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   matrix: Matrix) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
-    backend, why = select_backend("auto", matrix, "r", tmp_path)
+    backend, why = select_backend("auto", Setup(matrix=matrix, run_id="r", cache_dir=tmp_path))
     assert isinstance(backend, VenvBackend)
     assert why.startswith("venv backend (auto: no Docker daemon answered")
     with pytest.raises(BnMatrixError, match="--backend docker: no Docker daemon answered") as caught:
-        select_backend("docker", matrix, "r", tmp_path)
+        select_backend("docker", Setup(matrix=matrix, run_id="r", cache_dir=tmp_path))
     assert caught.value.exit_code == 2
-    backend, why = select_backend("venv", matrix, "r", tmp_path)
+    backend, why = select_backend("venv", Setup(matrix=matrix, run_id="r", cache_dir=tmp_path))
     assert isinstance(backend, VenvBackend) and why.startswith("venv backend (chosen)")

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bnmatrix.backends.venv import TOKEN_VARIABLE, sweep_dead_run, tagged_processes
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.host import TOKEN_VARIABLE, sweep_dead_run, tagged_processes
 from bnmatrix.intake import (
     MAX_DEPTH,
     RUN_FOLDER,

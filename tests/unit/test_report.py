@@ -20,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bnmatrix.config import data_path
+from bnmatrix.backends.docker import run_flags, run_options
+from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import Cell
 from bnmatrix.report import Site, render_site, write_report
 from bnmatrix.results import CellResult, Run, write_json
 from bnmatrix.verdict import Status
@@ -176,27 +178,75 @@ def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
 
 
 def test_cell_page_has_numbers_chart_environment_and_reproduce_command(tmp_path: Path) -> None:
-    page = render(sample_run(tmp_path))["cells/tf-1.15.5-cpu.html"]
+    page = html.unescape(render(sample_run(tmp_path))["cells/tf-1.15.5-cpu.html"])
     assert '<section class="scenario" id="layers_bn_session"' in page
     assert "<td>1.2990305</td>" in page and "<td>0.95095149</td>" in page
     assert page.count('<svg class="chart"') == 2 and '<polyline class="expected"' in page
-    assert "venv/bin/python -m pip install tensorflow==1.15.5 &#39;numpy&lt;1.19&#39;" in page
-    assert ("CUDA_VISIBLE_DEVICES= PYTHONPATH=scenarios venv/bin/python scenarios/layers_bn_session.py --steps 100 "
-            "--device cpu") in page
+    # a run that kept no code (bnmatrix 0.1): from a checkout, with the packages the cell had
+    assert "# from a bnmatrix checkout (this run kept no copy of its scenario code)" in page
+    assert "python3.7 -m venv \"$venv\"\n" in page
+    assert '"$venv"/bin/python -m pip install --disable-pip-version-check --no-deps tensorflow==1.15.5\n' in page
+    assert ('(cd "$(mktemp -d)" && CUDA_VISIBLE_DEVICES= PYTHONPATH="$run"/scenarios "$venv"/bin/python '
+            '"$run"/scenarios/layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5)') in page
     assert "python version" in page and "tensorflow==1.15.5" in page
 
 
-def test_docker_cells_reproduce_with_docker_run(tmp_path: Path) -> None:
+def kept_code(run: Run, user_folder: str = "1" * 16) -> CellResult:
+    """The first cell as a run that kept its code records it: the built-in folder, and a user's for one scenario."""
+    cell = run.cells[0]
+    cell.code = {"helper": "0" * 16, "scenarios": {"keras_bn_custom_estimator": "0" * 16,
+                                                   "layers_bn_session": user_folder}}
+    cell.environment = {"kind": "venv", "python": "/usr/bin/python3.7", "python_version": "3.7.17",
+                        "packages": ["numpy==1.18.5", "tensorflow==1.15.5"]}
+    return cell
+
+
+def test_a_venv_cell_reproduces_from_the_runs_own_code_with_its_exact_packages(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
-    run.cells[0].environment = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
-                                   "image_id": "sha256:1", "python": "/usr/bin/python3", "python_version": "3.7.16",
-                                   "packages": []}
+    cell = kept_code(run)
+    site = Site.of_run(run)
+    command = site.reproduce(cell, "layers_bn_session")
+    assert command.splitlines()[0] == ("# from the folder of run r1 (results/r1), which keeps the code it ran in "
+                                       "code/")
+    assert "-m pip install --disable-pip-version-check --no-deps numpy==1.18.5 tensorflow==1.15.5\n" in command
+    assert ('PYTHONPATH="$run"/code/0000000000000000 "$venv"/bin/python "$run"/code/1111111111111111/'
+            'layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5)') in command
+    # a user's scenario reruns with its own folder, the run's copy of it
+    assert command.splitlines()[-1] == ("# or: bnmatrix run --backend venv --select tf-1.15.5-cpu --scenario "
+                                        "layers_bn_session --scenarios results/r1/code/1111111111111111")
+    assert site.reproduce(cell, "keras_bn_custom_estimator").splitlines()[-1] == (
+        "# or: bnmatrix run --backend venv --select tf-1.15.5-cpu --scenario keras_bn_custom_estimator")
+    exported = json.loads(render(run)["results.json"])
+    tf115 = next(c for c in exported["cells"] if c["id"] == "tf-1.15.5-cpu")
+    assert tf115["scenarios"]["layers_bn_session"]["reproduce"] == command  # the page's text, in results.json
     page = html.unescape(render(run)["cells/tf-1.15.5-cpu.html"])
-    assert ("docker run --rm --network none --read-only --tmpfs /tmp:exec --user 65534:65534 --cap-drop ALL "
-            "--security-opt no-new-privileges -e HOME=/tmp -e PYTHONPATH=/scenarios "
-            "-v \"$PWD\"/scenarios:/scenarios:ro "
-            "-e CUDA_VISIBLE_DEVICES= "
-            "bnmatrix-cell:1.15.5-x python3 /scenarios/layers_bn_session.py --steps 100") in page
+    assert command in page
+
+
+def test_docker_cells_reproduce_with_the_options_their_container_ran_with(tmp_path: Path) -> None:
+    run = sample_run(tmp_path)
+    cell = kept_code(run)
+    flags = run_flags(run_options(Cell.from_record(cell.cell), ContainerSettings(network="bridge", user="1000:1000",
+                                                                                memory="3g", cpus=1.5), "r1", "v", 60))
+    cell.environment = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
+                        "image_id": "sha256:1", "python": "/usr/bin/python3", "python_version": "3.7.16",
+                        "packages": [], "run_flags": flags}
+    command = Site.of_run(run).reproduce(cell, "layers_bn_session")
+    assert command.splitlines()[1] == (
+        'docker run --rm -v "$PWD"/code:/scenarios:ro --init --network bridge -w /tmp --read-only '
+        "--tmpfs /tmp:rw,exec,size=2g,mode=1777 --user 1000:1000 --memory 3g --memory-swap 3g --cpus 1.5 "
+        "--pids-limit 1024 --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --cap-drop ALL "
+        "--security-opt no-new-privileges -e CUDA_VISIBLE_DEVICES= -e HOME=/tmp -e PYTHONDONTWRITEBYTECODE=1 "
+        "-e TMPDIR=/tmp -e PYTHONPATH=/scenarios/0000000000000000 bnmatrix-cell:1.15.5-x python3 "
+        "/scenarios/1111111111111111/layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5")
+    assert command.splitlines()[-1].startswith("# or: bnmatrix run --backend docker --select tf-1.15.5-cpu")
+    # a run that recorded neither its options nor its code: the defaults of matrix.yaml, from a checkout
+    cell.code = None
+    del cell.environment["run_flags"]
+    command = Site.of_run(run).reproduce(cell, "layers_bn_session")
+    assert '-v "$PWD"/scenarios:/scenarios/0:ro --init --network none' in command
+    assert "--user 65534:65534 --memory 6g" in command
+    assert "-e PYTHONPATH=/scenarios/0 bnmatrix-cell:1.15.5-x python3 /scenarios/0/layers_bn_session.py" in command
 
 
 def test_scenario_page_has_the_highlighted_code_the_why_and_the_fix(tmp_path: Path) -> None:
@@ -393,16 +443,15 @@ def test_report_applies_the_matrix_files_current_expectations(tmp_path: Path) ->
 
 @pytest.mark.parametrize("kind", ["venv", "docker"])
 def test_reproduce_commands_quote_every_word_from_the_data(tmp_path: Path, kind: str) -> None:
-    from bnmatrix.report import reproduce_command
-
     run = sample_run(tmp_path)
     cell = run.cells[0]
     hostile = "$(touch /tmp/pwned)`id`;x"
     cell.cell.update(tf="1.15.5;id", python="3.7 && id", requirements=["numpy<2; python_version>'3'", hostile],
                      env={"TF_USE_LEGACY_KERAS": hostile, "BAD NAME": "x"})
+    cell.environment = {"kind": "venv", "packages": ["numpy<2; python_version>'3'", hostile]}
     if kind == "docker":
         cell.environment = {"kind": "docker", "cell_image": "img;id"}
-    command = reproduce_command(cell, "layers_bn_session")
+    command = Site.of_run(run).reproduce(cell, "layers_bn_session")
     lines = [shlex.split(line) for line in command.splitlines() if not line.startswith("#")]
     words = [word for line in lines for word in line]
     assert "1.15.5;id" in words and hostile in words or f"TF_USE_LEGACY_KERAS={hostile}" in words

@@ -305,7 +305,7 @@ sys.stderr.write("the end\n")
 MEASURE = r"""
 import sys
 from bnmatrix.backends import OutputCapture
-from bnmatrix.backends.venv import ProcessGroups
+from bnmatrix.host import ProcessGroups
 
 with open(sys.argv[2], "wb") as log:
     capture = OutputCapture(log)
@@ -389,7 +389,7 @@ def test_only_a_process_writing_to_a_scenarios_output_is_taken_for_its_leftover(
     import os
     import subprocess
 
-    from bnmatrix.backends.venv import pipe_holders
+    from bnmatrix.host import pipe_holders
 
     read, write = os.pipe()
     writer = subprocess.Popen(["sleep", "30"], stdout=write)

@@ -1,4 +1,6 @@
-"""What every backend offers the runner: open a cell's environment, run a scenario in it, clean up.
+"""What every backend offers the runner: open a cell's environment, run a scenario in it, clean up; and the
+registry of backends: each module of this package registers its kind (how it opens on a host, and how a cell
+it ran is reproduced without bnmatrix), so that a new backend is one file.
 
 The runner never asks which backend it holds; a backend signals a cell it cannot serve with
 `CellNotRun` and an environment it could not build with `CellSetupError`.
@@ -6,6 +8,9 @@ The runner never asks which backend it holds; a backend signals a cell it cannot
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from bnmatrix.config import Matrix, Scenario, base_image_script
+from bnmatrix.config import Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell
 
@@ -149,9 +154,14 @@ class CellSession(Protocol):
 
 class Backend(Protocol):
     name: str
+    uses_images: bool  # whether a cell's base image matters (plan shows it)
 
     def serves(self, cell: Cell) -> str | None:
         """Why this host cannot run `cell` with this backend (no such Python, no GPU), or None when it can."""
+        ...
+
+    def serves_python(self, python: str) -> bool:
+        """Whether a cell on Python `python` (X.Y) can run here: a release bisect probes has no matrix cell."""
         ...
 
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> AbstractContextManager[CellSession]:
@@ -163,35 +173,100 @@ class Backend(Protocol):
         ...
 
 
-def select_backend(name: str, matrix: Matrix, run_id: str, cache_dir: Path, rebuild: bool = False,
-                   images: Sequence[str] = (), sweep: bool = True) -> tuple[Backend, str]:
-    """The backend for --backend NAME and one line saying which and why.
+@dataclass(frozen=True, kw_only=True)
+class Setup:
+    """What a command asks of the backend it opens."""
 
-    auto takes Docker when a daemon answers (DOCKER_HOST honoured) and can obtain the cells' base `images`
-    (on this host, or from a registry it reaches); the venv backend otherwise. `sweep`: remove what dead runs
-    left on the daemon (a run does; `plan` only looks).
+    matrix: Matrix
+    run_id: str
+    cache_dir: Path  # where environments are kept (the venv backend's virtualenvs)
+    rebuild: bool = False  # build every cell's environment again
+    images: Sequence[str] = ()  # the base images of the cells to run
+    sweep: bool = True  # remove what dead runs left (a run does; `plan` only looks)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reproduction:
+    """What the command that reproduces one scenario of a stored cell is made of (all from the stored record)."""
+
+    cell: dict[str, Any]  # the cell's definition, as stored (plan.Cell.describe())
+    environment: dict[str, Any]  # what the backend recorded of the cell's environment
+    scenario: str
+    run: str  # the run that holds the result
+    code: dict[str, Any] | None  # the cell's record of the code the run kept (CellResult.code), if any
+    again: str  # the bnmatrix command that runs it again
+
+    def paths(self) -> tuple[str, str, str]:
+        """(where to run the command, the scenario's script and the folder of the helper module, relative to there):
+        the run's own copy of the code it ran, or a bnmatrix checkout for a run that kept none."""
+        folder = (self.code or {}).get("scenarios", {}).get(self.scenario)
+        if folder is None or self.code is None:
+            return ("from a bnmatrix checkout (this run kept no copy of its scenario code)",
+                    f"scenarios/{self.scenario}.py", "scenarios")
+        return (f"from the folder of run {self.run} (results/{self.run}), which keeps the code it ran in code/",
+                f"code/{folder}/{self.scenario}.py", f"code/{self.code['helper']}")
+
+    @property
+    def args(self) -> list[str]:
+        return ["--steps", str(self.cell["steps"]), "--device", self.cell["device"], "--tf-version", self.cell["tf"]]
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """The cell's own environment variables (only well-formed ones: the record may come from anywhere)."""
+        return {k: v for k, v in (self.cell.get("env") or {}).items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendKind:
+    """A backend as the registry knows it; each backend module registers one (register()), and nothing else in
+    bnmatrix names a backend."""
+
+    name: str
+    summary: str  # one line for --help
+    auto_order: int  # --backend auto tries the kinds in this order; the first that opens is taken
+    # (the backend, the line saying what it is), or (None, why it cannot open on this host); `chosen`: named
+    # with --backend rather than tried by auto (auto may decline what a named backend would try)
+    open: Callable[[Setup, bool], tuple[Backend | None, str]]
+    # a shell command that runs one stored scenario as the cell ran it, without bnmatrix
+    reproduce: Callable[[Reproduction], str]
+
+
+_KINDS: dict[str, BackendKind] = {}
+
+
+def register(kind: BackendKind) -> BackendKind:
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def backend_kinds() -> dict[str, BackendKind]:
+    """Every backend, in auto's order: each module of this package registers its own when imported."""
+    for module in pkgutil.iter_modules(__path__):  # imported once; a module imported before registered already
+        importlib.import_module(f"{__name__}.{module.name}")
+    return dict(sorted(_KINDS.items(), key=lambda item: (item[1].auto_order, item[0])))
+
+
+def select_backend(name: str, setup: Setup) -> tuple[Backend, str]:
+    """The backend for --backend NAME (a registered kind, or auto) and one line saying which and why.
+
+    auto takes the first kind that opens on this host (Docker when a daemon answers and can obtain the cells'
+    base images; the venv backend otherwise), and says why it passed the ones before it.
     """
-    from bnmatrix.backends.venv import VenvBackend
-
-    if name in ("auto", "docker"):
-        from bnmatrix.backends.docker import DockerBackend, connect, unobtainable  # docker-py takes 0.1 s to import
-
-        client, about = connect(matrix.timeout_s)
-        missing, reason = unobtainable(client, images) if client is not None and name == "auto" else ([], "")
-        if client is not None and not missing:
-            backend = DockerBackend(client, matrix.container, run_id, matrix.scenario_dirs, rebuild=rebuild,
-                                    scenario_timeout_s=matrix.timeout_s, sweep=sweep)
-            return backend, f"docker backend: {about} answered ({'chosen' if name == 'docker' else 'auto'})"
-        if name == "docker":
-            raise BnMatrixError(f"--backend docker: no Docker daemon answered ({about}); start one, set "
-                                "DOCKER_HOST, or use --backend venv")
-        if client is not None:
-            client.close()
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            why = (f"venv backend (auto: {about} answered, but it has no {shown} and cannot pull: {reason}; "
-                   f"build local bases with {base_image_script()}, or map images with --image-map, to use Docker)")
-        else:
-            why = f"venv backend (auto: no Docker daemon answered: {about})"
-    else:
-        why = "venv backend (chosen)"
-    return VenvBackend(cache_dir, run_id, rebuild), f"{why}; one virtualenv per cell in {cache_dir}"
+    kinds = backend_kinds()
+    if name != "auto":
+        if name not in kinds:
+            raise BnMatrixError(f"--backend {name}: unknown; expected auto or one of {', '.join(kinds)}")
+        backend, about = kinds[name].open(setup, True)
+        if backend is None:
+            raise BnMatrixError(f"--backend {name}: {about}")
+        return backend, f"{name} backend (chosen): {about}"
+    declined: list[str] = []
+    for kind in kinds.values():
+        backend, about = kind.open(setup, False)
+        if backend is not None:
+            return backend, f"{kind.name} backend (auto{': ' if declined else ''}{'; '.join(declined)}): {about}"
+        declined.append(about)
+    raise BnMatrixError(f"--backend auto: no backend opens on this host: {'; '.join(declined)}")

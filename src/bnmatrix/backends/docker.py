@@ -23,24 +23,35 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker.errors
 import jinja2
-from docker.types import DeviceRequest, Mount, Ulimit
 
-import docker
-from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
+from bnmatrix.backends import (
+    Backend,
+    BackendKind,
+    CellNotRun,
+    CellSetupError,
+    OutputCapture,
+    Reproduction,
+    ScenarioRun,
+    Setup,
+    StepReporter,
+    register,
+)
 from bnmatrix.backends.venv import uv_binary
 from bnmatrix.config import ContainerSettings, Scenario, base_image_script, data_path, scenario_files
+from bnmatrix.errors import Cancelled
+from bnmatrix.host import process_alive
+from bnmatrix.intake import start_ticks
 from bnmatrix.plan import Cell
-from bnmatrix.results import process_alive
 
 LABEL = "org.bnmatrix.tool"
 LABEL_CELL = "org.bnmatrix.cell"
 LABEL_RUN = "org.bnmatrix.run"
 LABEL_HOST = "org.bnmatrix.host"  # with LABEL_PID: which process owns a container or volume
 LABEL_PID = "org.bnmatrix.pid"
+LABEL_STARTED = "org.bnmatrix.started-ticks"  # when that process started: its pid may be another's after a reboot
 LIFETIME_MARGIN_S = 300  # a cell container ends by itself this long after its scenarios' time budget
 IMAGE_REPOSITORY = "bnmatrix-cell"
 SCENARIO_MOUNT = "/scenarios"
@@ -48,6 +59,11 @@ CACHE_VOLUME = "bnmatrix-cache"  # downloads (uv's and pip's caches, and uv itse
 CACHE_MOUNT = "/cache"
 # `timeout` sends SIGKILL to the scenario; 137 (128 + 9) is its exit status then.
 KILLED_EXIT = 137
+
+if TYPE_CHECKING:  # docker-py is imported where it is used: it takes 0.1 s, and the registry imports every backend
+    from docker.types import DeviceRequest
+
+    import docker
 
 
 def render_script(cell: Cell) -> str:
@@ -70,12 +86,14 @@ def image_labels(cell: Cell) -> dict[str, str]:
 
 def gpu_requests() -> list[DeviceRequest]:
     """All GPUs, as `docker run --gpus all` asks for them."""
+    from docker.types import DeviceRequest
     return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
 def owner_labels(run_id: str) -> dict[str, str]:
     """Labels that say which bnmatrix process made a container or volume, so a later run can tell dead ones."""
-    return {LABEL: "bnmatrix", LABEL_RUN: run_id, LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid())}
+    return {LABEL: "bnmatrix", LABEL_RUN: run_id, LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid()),
+            LABEL_STARTED: str(start_ticks(os.getpid()) or "")}
 
 
 def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_volume: str,
@@ -84,6 +102,7 @@ def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_
 
     The container's own command ends after `lifetime_s`, so it cannot outlive a bnmatrix killed with -9.
     """
+    from docker.types import Ulimit
     # The helper lives in the built-in scenario folder, mounted first: importable from any scenario folder.
     environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
                    "PYTHONPATH": f"{SCENARIO_MOUNT}/0", **cell.env}
@@ -117,11 +136,31 @@ def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_
     return options
 
 
+def run_flags(options: dict[str, Any]) -> list[str]:
+    """The `docker run` options of containers.run keyword arguments (pure): what a cell's container ran with,
+    but for its command, labels and volumes, and PYTHONPATH (which names where the scenarios are mounted)."""
+    flags = ["--init"] if options.get("init") else []
+    flags += ["--network", options["network_mode"], "-w", options["working_dir"]]
+    flags += ["--read-only"] if options.get("read_only") else []
+    flags += [item for path, spec in sorted(options.get("tmpfs", {}).items()) for item in ("--tmpfs", f"{path}:{spec}")]
+    flags += ["--user", options["user"], "--memory", options["mem_limit"], "--memory-swap", options["memswap_limit"],
+              "--cpus", f"{options['nano_cpus'] / 1e9:g}", "--pids-limit", str(options["pids_limit"])]
+    flags += [item for limit in options.get("ulimits", [])
+              for item in ("--ulimit", f"{limit['Name']}={limit['Soft']}:{limit['Hard']}")]
+    flags += [item for capability in options.get("cap_drop", []) for item in ("--cap-drop", capability)]
+    flags += [item for option in options.get("security_opt", []) for item in ("--security-opt", option)]
+    flags += ["--gpus", "all"] if options.get("device_requests") else []
+    flags += [item for k, v in sorted(options["environment"].items()) if k != "PYTHONPATH"
+              for item in ("-e", f"{k}={v}")]
+    return flags
+
+
 def connect(scenario_timeout_s: float = 0) -> tuple[docker.DockerClient | None, str]:
     """A client whose daemon answered (DOCKER_HOST honoured), or None and why not.
 
     Its socket timeout exceeds the scenario timeout: a scenario's output stream may be silent that long.
     """
+    import docker
     try:
         client = docker.from_env(timeout=int(max(600, scenario_timeout_s + 120)))
         client.ping()
@@ -134,6 +173,7 @@ def connect(scenario_timeout_s: float = 0) -> tuple[docker.DockerClient | None, 
 def unobtainable(client: docker.DockerClient, images: Sequence[str]) -> tuple[list[str], str]:
     """The base images this daemon neither has nor can pull (a host without a registry), and why; asking the
     registry once, for the first image missing here."""
+    import docker
     missing = []
     for image in sorted(set(images)):
         try:
@@ -170,15 +210,16 @@ def tar_of(files: Sequence[tuple[Path, str, int]]) -> bytes:
 def remove_dead_runs(client: docker.DockerClient) -> int:
     """Remove the containers and volumes of bnmatrix runs on this host whose process is gone (killed with
     -9, a crashed CI job); how many. Nothing without our labels, or of a live run, is touched."""
+    import docker
     host = socket.gethostname()
 
     def dead(labels: dict[str, str]) -> bool:
-        pid = labels.get(LABEL_PID, "")
+        pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_STARTED, "")
         return (labels.get(LABEL) == "bnmatrix" and labels.get(LABEL_HOST) == host
-                and not (pid.isdigit() and process_alive(int(pid))))
+                and not (pid.isdigit() and process_alive(int(pid), int(started) if started.isdigit() else None)))
 
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": LABEL}):
+    for container in client.containers.list(all=True, filters={"label": LABEL}, ignore_removed=True):
         if dead(container.labels):
             with suppress(docker.errors.NotFound):
                 container.remove(force=True)
@@ -193,6 +234,7 @@ def remove_dead_runs(client: docker.DockerClient) -> int:
 
 class DockerBackend:
     name = "docker"
+    uses_images = True
 
     def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str,
                  scenario_dirs: tuple[Path, ...], rebuild: bool = False, scenario_timeout_s: float = 900,
@@ -213,6 +255,9 @@ class DockerBackend:
         if sweep:
             remove_dead_runs(client)
 
+    def serves_python(self, python: str) -> bool:
+        return True  # each cell's base image brings its Python
+
     def serves(self, cell: Cell) -> str | None:
         """Why this daemon cannot run the cell (None when it can): what `open` would say."""
         if cell.device == "gpu" and not self.gpu_runtime:
@@ -230,14 +275,17 @@ class DockerBackend:
         volume = self._scenarios_volume(tag)
         report_step("starting container")
         lifetime = self.scenario_timeout_s * max(1, len(cell.scenarios)) + LIFETIME_MARGIN_S
-        container = self.client.containers.run(tag, **run_options(cell, self.settings, self.run_id, volume,
-                                                                   lifetime))
+        options = run_options(cell, self.settings, self.run_id, volume, lifetime)
+        container = self.client.containers.run(tag, **options)
         try:
-            yield DockerSession(container, cell, self.client, tag, self.scenario_dirs)
+            yield DockerSession(container, cell, self.client, tag, self.scenario_dirs, run_flags(options))
         finally:
             self._remove(container)
 
     def _image(self, cell: Cell, script: str, tag: str, setup_log: Path, report_step: StepReporter) -> None:
+        from docker.types import Mount
+
+        import docker
         with open(setup_log, "w", encoding="utf-8") as log:
             log.write(script + "\n")
             previous = None
@@ -260,12 +308,12 @@ class DockerBackend:
                     builder.start()
                     for chunk in builder.logs(stream=True, follow=True):
                         if self.closed:  # Ctrl-C: close() removes the builder, which ends the stream
-                            raise KeyboardInterrupt
+                            raise Cancelled
                         log.write(chunk.decode("utf-8", "replace"))
                         log.flush()
                     code = builder.wait().get("StatusCode")
                     if self.closed:
-                        raise KeyboardInterrupt
+                        raise Cancelled
                     if code != 0:
                         error = f"the install script exited with {code}"
                     else:
@@ -302,6 +350,7 @@ class DockerBackend:
             return self._uv or None
 
     def _put_uv(self, image: str) -> str:
+        import docker
         source = Path(uv_binary())
         target = f"bin/uv-{hashlib.sha256(source.read_bytes()).hexdigest()[:12]}"
         with self._filler(image, CACHE_VOLUME, CACHE_MOUNT) as filler:
@@ -338,13 +387,16 @@ class DockerBackend:
             return volume.name
 
     def _remove(self, container: Any) -> None:
+        import docker
         with suppress(docker.errors.NotFound):
             container.remove(force=True)
 
     def close(self) -> None:
         """Remove every container and the scenarios volume of this run (also on Ctrl-C)."""
+        import docker
         self.closed = True
-        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
+        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"},
+                                                    ignore_removed=True):
             self._remove(container)
         with self._lock:
             if self._volume is not None:
@@ -357,7 +409,7 @@ class DockerSession:
     """Runs each scenario as its own process in the cell's container (docker exec), with a timeout."""
 
     def __init__(self, container: Any, cell: Cell, client: docker.DockerClient, tag: str,
-                 scenario_dirs: tuple[Path, ...]):
+                 scenario_dirs: tuple[Path, ...], flags: list[str]):
         self.container = container
         self.cell = cell
         self.client = client
@@ -378,6 +430,7 @@ class DockerSession:
             "python": executable,
             "python_version": version,
             "packages": self._exec(["cat", "/etc/bnmatrix-packages.txt"]).split(),
+            "run_flags": flags,
         }
 
     def _exec(self, command: list[str]) -> str:
@@ -406,3 +459,47 @@ class DockerSession:
         duration = time.monotonic() - started
         timed_out = code == KILLED_EXIT and duration >= timeout_s * 0.99
         return ScenarioRun.from_capture(capture, None if timed_out else code, timed_out, duration)
+
+
+def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
+    """Opens where a Docker daemon answers (DOCKER_HOST honoured); tried by auto, also only where the daemon has
+    the cells' base images or can pull them."""
+    client, about = connect(setup.matrix.timeout_s)
+    if client is None:
+        hint = "; start one, set DOCKER_HOST, or use another --backend" if chosen else ""
+        return None, f"no Docker daemon answered: {about}{hint}"
+    missing, reason = unobtainable(client, setup.images) if not chosen else ([], "")
+    if missing:
+        client.close()
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        return None, (f"{about} answered, but it has no {shown} and cannot pull: {reason}; build local bases with "
+                      f"{base_image_script()}, or map images with --image-map, to use Docker")
+    return DockerBackend(client, setup.matrix.container, setup.run_id, setup.matrix.scenario_dirs,
+                         rebuild=setup.rebuild, scenario_timeout_s=setup.matrix.timeout_s,
+                         sweep=setup.sweep), f"{about} answered"
+
+
+def reproduce(what: Reproduction) -> str:
+    """`docker run` of the cell's image with the options its container ran with (the defaults of matrix.yaml's
+    settings.container for a run that did not record them), the scenario code mounted read-only as it was."""
+    flags = what.environment.get("run_flags")
+    if not isinstance(flags, list):
+        cell = Cell.from_record({**what.cell, "env": what.variables})
+        flags = run_flags(run_options(cell, ContainerSettings(), "", "", 0))
+    where, script, helper = what.paths()
+    folder = script.partition("/")[0]  # code/ of the run, or scenarios/ of a checkout
+
+    def inside(path: str) -> str:
+        return (SCENARIO_MOUNT if folder == "code" else f"{SCENARIO_MOUNT}/0") + path[len(folder):]
+
+    return "\n".join([
+        f"# {where}",
+        f'docker run --rm -v "$PWD"/{shlex.quote(folder)}:{inside(folder)}:ro '
+        + shlex.join([*map(str, flags), "-e", f"PYTHONPATH={inside(helper)}", str(what.environment.get("cell_image")),
+                      "python3", inside(script), *what.args]),
+        f"# or: {what.again}",
+    ])
+
+
+register(BackendKind(name="docker", summary="one hardened container per cell, through a Docker daemon",
+                     auto_order=10, open=_open, reproduce=reproduce))

@@ -2,33 +2,40 @@
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import functools
 import hashlib
 import json
 import os
-import selectors
+import shlex
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import uv
 
-from bnmatrix.backends import CellNotRun, CellSetupError, OutputCapture, ScenarioRun, StepReporter
-from bnmatrix.config import Scenario, base_image_script, data_path
-from bnmatrix.errors import BnMatrixError
-from bnmatrix.intake import RUN_ID
+from bnmatrix.backends import (
+    Backend,
+    BackendKind,
+    CellNotRun,
+    CellSetupError,
+    OutputCapture,
+    Reproduction,
+    ScenarioRun,
+    Setup,
+    StepReporter,
+    register,
+)
+from bnmatrix.config import DEFAULT_INDEX_URL, Scenario, base_image_script, data_path
+from bnmatrix.errors import BnMatrixError, Cancelled
+from bnmatrix.host import Interpreter, ProcessGroups, find_interpreter, gpu_available
 from bnmatrix.plan import Cell
 from bnmatrix.results import write_json
 
@@ -39,84 +46,9 @@ PIP_TRANSPORT_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT", "PIP_PROXY", "PIP_TRUST
                           "PIP_RETRIES")
 UV_TRANSPORT_SETTINGS = ("UV_NATIVE_TLS", "UV_HTTP_TIMEOUT", "UV_INSECURE_HOST", "UV_CONCURRENT_DOWNLOADS")
 INSTALL_TIMEOUT_S = 3600
-PROBE_TIMEOUT_S = 30  # an interpreter, `uv python find`, nvidia-smi, the package listing
+PROBE_TIMEOUT_S = 30  # the package listing
 LOCK_POLL_S = 0.5
-# Every process bnmatrix starts carries this in its environment, and so do its descendants (even a
-# double-forked, setsid one): `<run id>:<process id>`, so that what a scenario left behind can be found.
-TOKEN_VARIABLE = "BNMATRIX_PROCESS_TOKEN"
 READY_KEYS = {"python", "python_version", "requirements", "index_url", "packages"}
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when bnmatrix dies, even by SIGKILL (Linux prctl)."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def tagged_processes(run_id: str | None = None, token: str | None = None) -> list[int]:
-    """The processes whose environment holds a token of the run `run_id` (the token's first part is exactly that
-    id), or exactly `token` (one process bnmatrix started, with its descendants)."""
-    variable = f"{TOKEN_VARIABLE}=".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone, or not ours to read
-            continue
-        for item in environ.split(b"\0"):
-            if item.startswith(variable):
-                value = item[len(variable):].decode("utf-8", "replace")
-                if value == token or (run_id is not None and value.partition(":")[0] == run_id):
-                    found.append(int(entry.name))
-                break
-    return found
-
-
-def sweep_dead_run(run_id: str) -> int:
-    """What a killed run left on this host: its processes (by token) and its scratch folders; how many
-    processes were stopped. Only a run id of bnmatrix's own shape is swept (never a prefix of others)."""
-    if not RUN_ID.fullmatch(run_id):
-        return 0
-    killed = _kill_all(tagged_processes(run_id=run_id))
-    for scratch in Path(tempfile.gettempdir()).glob(f"bnmatrix-cell-{run_id}-*"):
-        shutil.rmtree(scratch, ignore_errors=True)
-    return killed
-
-
-def pipe_holders(inodes: set[int]) -> list[int]:
-    """The processes that hold the writing end of one of these pipes open: what keeps a scenario's output open after
-    it ended, even a descendant that shed its session and its environment (and so its token). Only the writing
-    end counts: a process another thread of bnmatrix is just starting holds copies of bnmatrix's reading ends
-    until it execs, and is nobody's leftover."""
-    wanted = {f"pipe:[{inode}]" for inode in inodes}
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with suppress(OSError):
-            if any(os.readlink(fd) in wanted and _writes(entry / "fdinfo" / fd.name)
-                   for fd in (entry / "fd").iterdir()):
-                found.append(int(entry.name))
-    return found
-
-
-def _writes(fdinfo: Path) -> bool:
-    """Whether a file descriptor was opened for writing (its flags in /proc/PID/fdinfo, octal)."""
-    flags = next((line.split()[1] for line in fdinfo.read_text().splitlines() if line.startswith("flags:")), "0")
-    return int(flags, 8) & (os.O_WRONLY | os.O_RDWR) != 0
-
-
-def _kill_all(pids: list[int]) -> int:
-    """SIGKILL these processes; how many."""
-    killed = 0
-    for pid in pids:
-        with suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-    return killed
 
 
 def default_cache_dir() -> Path:
@@ -140,60 +72,6 @@ def check_cache_dir(cache_dir: Path) -> None:
                         "a folder bnmatrix may create files in (set BNMATRIX_CACHE to one)")
 
 
-@dataclass(frozen=True)
-class Interpreter:
-    path: Path
-    version: str  # full, e.g. 3.7.16
-
-
-def _probe(candidate: Path) -> Interpreter | None:
-    """The real interpreter behind `candidate` if it runs and has venv, else None."""
-    code = "import sys, venv; print(sys.executable); print('%d.%d.%d' % sys.version_info[:3])"
-    try:
-        out = subprocess.run([str(candidate), "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = out.stdout.split()
-    if out.returncode != 0 or len(lines) != 2:
-        return None
-    return Interpreter(Path(lines[0]), lines[1])
-
-
-def find_interpreter(python: str) -> tuple[Interpreter | None, list[str]]:
-    """A Python X.Y from pyenv's versions, uv's managed Pythons or PATH (pyenv shims skipped), tried in that
-    order: a place is asked only when the ones before it had none that runs.
-
-    Returns the interpreter (or None) and the places looked in, for the not-run reason.
-    """
-    looked: list[str] = []
-
-    def candidates() -> Iterator[Path]:
-        pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-        looked.append(str(pyenv_root / "versions"))
-        yield from sorted((pyenv_root / "versions").glob(f"{python}.*/bin/python{python}"), reverse=True)
-        uv = shutil.which("uv")
-        if uv:
-            looked.append("uv python find")
-            with suppress(subprocess.TimeoutExpired):
-                found = subprocess.run([uv, "python", "find", python], capture_output=True, text=True,
-                                       timeout=PROBE_TIMEOUT_S)
-                if found.returncode == 0 and found.stdout.strip():
-                    yield Path(found.stdout.strip())
-        looked.append("PATH")
-        for directory in os.environ.get("PATH", "").split(os.pathsep):
-            candidate = Path(directory) / f"python{python}"
-            if candidate.is_file() and "shims" not in candidate.parts:
-                yield candidate
-        if sys.version_info[:2] == tuple(int(p) for p in python.split(".")):
-            yield Path(sys.executable)
-
-    for candidate in candidates():
-        interpreter = _probe(candidate)
-        if interpreter and interpreter.version.startswith(python + "."):
-            return interpreter, looked
-    return None, looked
-
-
 def python_hint(python: str) -> str:
     """How to get a cell's Python: where uv can install it, pyenv can, and so can the container backend."""
     own = "pyenv install " + python
@@ -201,17 +79,6 @@ def python_hint(python: str) -> str:
         own = f"uv python install {python}, or {own}"
     return (f"install it ({own}), or use the container backend: bnmatrix run --backend docker (where no registry "
             f"answers, {base_image_script()} {python} builds its base image)")
-
-
-def gpu_available() -> bool:
-    smi = shutil.which("nvidia-smi")
-    if not smi:
-        return False
-    try:
-        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return False
-    return listing.returncode == 0 and "GPU" in listing.stdout
 
 
 _UV_LOCK = threading.Lock()
@@ -235,123 +102,9 @@ def pip_environment(index_url: str) -> dict[str, str]:
     return env
 
 
-DRAIN_GRACE_S = 5.0  # after a process ended and what it left was killed: the most its pipes are read for
-
-
-class ProcessGroups:
-    """Child processes in their own process groups, so that close() can kill each with its children.
-
-    Each child dies with bnmatrix (a parent-death signal) and carries a token in its environment; when it
-    ends, whatever it started that still runs (double-forked or not) is killed too, and so is any process
-    that still holds its output pipes. Its pipes are read for at most DRAIN_GRACE_S after that: no child,
-    however it hides, keeps bnmatrix waiting.
-    """
-
-    def __init__(self, run_id: str = "") -> None:
-        self.run_id = run_id or uuid.uuid4().hex
-        self._running: set[subprocess.Popen[Any]] = set()
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def _start(self, command: list[str], options: dict[str, Any]) -> tuple[subprocess.Popen[Any], str]:
-        token = f"{self.run_id}:{uuid.uuid4().hex}"
-        env = dict(options.pop("env", None) or os.environ)
-        env[TOKEN_VARIABLE] = token
-        with self._lock:
-            if self.closed:
-                raise KeyboardInterrupt
-            process: subprocess.Popen[Any] = subprocess.Popen(command, start_new_session=True, env=env,
-                                                              preexec_fn=_die_with_parent, **options)
-            self._running.add(process)
-        return process, token
-
-    def _watch(self, process: subprocess.Popen[Any], token: str, timeout_s: float,
-               feed: Callable[[bytes, str], None]) -> bool:
-        """Read the process's pipes into `feed` until it has ended and they are drained, or until `timeout_s`
-        (then it is killed); whatever it left is killed when it ends. Returns whether it timed out."""
-        pipes = {pipe: name for pipe, name in ((process.stdout, "stdout"), (process.stderr, "stderr")) if pipe}
-        inodes = {os.fstat(pipe.fileno()).st_ino for pipe in pipes}
-        deadline = time.monotonic() + timeout_s
-        timed_out, ended = False, None
-        with selectors.DefaultSelector() as selector:
-            for pipe, name in pipes.items():
-                os.set_blocking(pipe.fileno(), False)
-                selector.register(pipe, selectors.EVENT_READ, name)
-            while True:
-                now = time.monotonic()
-                if ended is None and (process.poll() is not None or now >= deadline):
-                    timed_out = process.returncode is None
-                    self._end(process, token, inodes)
-                    ended = now
-                if ended is not None and (not selector.get_map() or now - ended > DRAIN_GRACE_S):
-                    return timed_out
-                if not selector.get_map():
-                    with suppress(subprocess.TimeoutExpired):
-                        process.wait(timeout=max(0.0, min(deadline - now, 1.0)))
-                    continue
-                for key, _ in selector.select(timeout=0.2):
-                    try:
-                        chunk = os.read(key.fd, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    if chunk:
-                        feed(chunk, key.data)
-                    else:
-                        selector.unregister(key.fileobj)
-
-    def _end(self, process: subprocess.Popen[Any], token: str, inodes: set[int]) -> None:
-        """Kill the process's group, then every process with its token or holding its pipes."""
-        self._kill(process)
-        process.wait()
-        _kill_all(tagged_processes(token=token) + (pipe_holders(inodes) if inodes else []))
-        with self._lock:
-            self._running.discard(process)
-
-    def run(self, command: list[str], timeout_s: float, **options: Any) -> tuple[subprocess.Popen[bytes], str, str,
-                                                                                  bool]:
-        """(process, stdout, stderr, timed_out) of `command`, killed with its group after `timeout_s`."""
-        process, token = self._start(command, options)
-        output: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
-        try:
-            timed_out = self._watch(process, token, timeout_s, lambda chunk, name: output[name].extend(chunk))
-        finally:
-            self._finish(process, token)
-        return (process, output["stdout"].decode("utf-8", "replace"), output["stderr"].decode("utf-8", "replace"),
-                timed_out)
-
-    def stream(self, command: list[str], timeout_s: float, capture: OutputCapture,
-               **options: Any) -> tuple[int | None, bool]:
-        """(exit code, timed_out) of `command`, its output streamed into `capture`."""
-        process, token = self._start(command, {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **options})
-        try:
-            timed_out = self._watch(process, token, timeout_s, capture.feed)
-        finally:
-            self._finish(process, token)
-            capture.finish()
-        return (None if timed_out else process.returncode), timed_out
-
-    def _finish(self, process: subprocess.Popen[Any], token: str) -> None:
-        """However the watch ended (even by an exception): nothing of the process left, its pipes closed."""
-        if process.returncode is None or process in self._running:
-            self._end(process, token, set())
-        for pipe in (process.stdout, process.stderr):
-            if pipe:
-                pipe.close()
-
-    @staticmethod
-    def _kill(process: subprocess.Popen[Any]) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            for process in self._running:
-                self._kill(process)
-
-
 class VenvBackend:
     name = "venv"
+    uses_images = False
 
     def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False):
         check_cache_dir(cache_dir)
@@ -371,6 +124,9 @@ class VenvBackend:
             if python not in self._interpreters:
                 self._interpreters[python] = find_interpreter(python)
             return self._interpreters[python]
+
+    def serves_python(self, python: str) -> bool:
+        return self.interpreter(python)[0] is not None
 
     def serves(self, cell: Cell) -> str | None:
         """Why this host cannot run the cell (None when it can): what `open` would say, and how to get what is
@@ -421,7 +177,7 @@ class VenvBackend:
                 return
             except BlockingIOError:
                 if self.processes.closed:
-                    raise KeyboardInterrupt from None
+                    raise Cancelled from None
                 if not told:
                     report_step(f"waiting for another bnmatrix run that is building {venv.name}")
                     told = True
@@ -527,3 +283,33 @@ class VenvSession:
             code, timed_out = self.processes.stream([str(self.venv / "bin" / "python"), str(scenario.script), *args],
                                                     timeout_s, capture, cwd=scratch, env=env)
         return ScenarioRun.from_capture(capture, code, timed_out, time.monotonic() - started)
+
+
+def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
+    """Always opens: it needs only this host (each cell says whether the host has its Python)."""
+    return VenvBackend(setup.cache_dir, setup.run_id, setup.rebuild), f"one virtualenv per cell in {setup.cache_dir}"
+
+
+def reproduce(what: Reproduction) -> str:
+    """A fresh venv of the cell's Python with exactly the packages the cell had (pip, --no-deps), and the scenario
+    run with it as the cell ran it: the helper on PYTHONPATH, a CPU cell hiding the GPUs, in a scratch folder."""
+    cell = what.cell
+    packages = what.environment.get("packages") or []
+    pins = ["--no-deps", *packages] if packages else list(cell["requirements"])
+    index = [] if cell.get("index_url") in (None, DEFAULT_INDEX_URL) else ["--index-url", cell["index_url"]]
+    variables = {**({"CUDA_VISIBLE_DEVICES": ""} if cell["device"] == "cpu" else {}), **what.variables}
+    where, script, helper = what.paths()
+    assignments = " ".join(f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items()))
+    return "\n".join([
+        f"# {where}",
+        'run=$PWD; venv="${TMPDIR:-/tmp}"/' + shlex.quote(f"bnmatrix-{cell['id']}"),
+        shlex.join([f"python{cell['python']}", "-m", "venv"]) + ' "$venv"',
+        '"$venv"/bin/python -m pip install --disable-pip-version-check ' + shlex.join([*index, *pins]),
+        f'(cd "$(mktemp -d)" && {assignments + " " if assignments else ""}PYTHONPATH="$run"/{shlex.quote(helper)} '
+        f'"$venv"/bin/python "$run"/{shlex.quote(script)} {shlex.join(what.args)})',
+        f"# or: {what.again}",
+    ])
+
+
+register(BackendKind(name="venv", summary="one virtualenv per cell, on a Python found on this host", auto_order=90,
+                     open=_open, reproduce=reproduce))
