@@ -329,6 +329,10 @@ def test_merging_into_an_earlier_merge_adds_to_it(fault: Fault) -> None:
     assert "merged 2 runs, 2 cells" in output
     assert sorted(p.stem for p in (out / "cells").glob("*.json")) == ["tf-2.14.1-cpu", "tf-2.15.1-cpu"]
     assert (out / "README.md").read_text() == "what these shards are"
+    for cell in (out / "cells").glob("*.json"):  # the code each cell's reproduce command runs came along
+        kept = json.loads(cell.read_text())["code"]
+        assert (out / "code" / kept["helper"] / "bnmatrix_scenario.py").is_file()
+        assert all((out / "code" / folder / f"{name}.py").is_file() for name, folder in kept["scenarios"].items())
 
 
 def test_a_killed_merge_loses_nothing_and_the_next_one_goes_on(fault: Fault) -> None:
@@ -361,6 +365,8 @@ def test_merging_a_root_with_reused_cells_and_a_killed_imports_leftovers(fault: 
     assert fault.run()[0] == 0  # reuses the cell: the same result, another `reused_from`
     first, second = fault.runs()
     assert fault.cell(second, "tf-2.15.1-cpu")["reused_from"] == first["run_id"]
+    kept = fault.cell(second, "tf-2.15.1-cpu")["code"]  # a reused cell's code is kept in the run that reused it
+    assert (fault.results / second["run_id"] / "code" / kept["scenarios"]["ok"] / "ok.py").is_file()
     half = fault.results / ".import-1a2b3c4d" / "20261101T000000Z-bbbbbb"  # what a killed import left
     shutil.copytree(fault.results / first["run_id"], half)
     edit_json(half / "cells" / "tf-2.15.1-cpu.json", lambda c: {**c, "started": "2026-11-02T00:00:00+00:00",
