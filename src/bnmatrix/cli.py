@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import functools
 import json
 import math
@@ -29,11 +28,10 @@ from rich.text import Text
 from bnmatrix import __version__
 from bnmatrix.backends import Setup, backend_kinds, select_backend
 from bnmatrix.backends.venv import default_cache_dir
-from bnmatrix.config import Matrix, default_matrix_path, parse_image_map, unknown_scenario
+from bnmatrix.config import Matrix, parse_image_map, unknown_scenario
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
 from bnmatrix.history import History, diff, import_archive, prune
-from bnmatrix.host import sweep_dead_run
-from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, plan, shard
+from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, plan
 from bnmatrix.results import (
     CellResult,
     Run,
@@ -49,7 +47,8 @@ from bnmatrix.results import (
     runs_in,
     search_key,
 )
-from bnmatrix.runner import ProgressCallback, run_plan
+from bnmatrix.runner import ProgressCallback
+from bnmatrix.session import RunOptions, RunSession, exit_code, load_matrix
 from bnmatrix.verdict import CellStatus, Status
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -201,13 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_matrix(path: Path | None, scenario_dirs: Sequence[Path] = ()) -> Matrix:
-    matrix = Matrix.from_file(path or default_matrix_path())
-    return matrix.with_scenario_dirs(scenario_dirs) if scenario_dirs else matrix
-
-
 def command_plan(args: argparse.Namespace, console: Console) -> int:
-    matrix = _load_matrix(args.matrix, args.scenarios)
+    matrix = load_matrix(args.matrix, args.scenarios)
     cells = plan(matrix, args.select, args.skip, image_map=parse_image_map(args.image_map))
     if args.format == "json":
         print(json.dumps([cell.describe() for cell in cells], indent=1))
@@ -303,65 +297,28 @@ def _cell_progress(console: Console, total: int | None, expected: dict[str, floa
 
 
 def command_run(args: argparse.Namespace, console: Console) -> int:
-    matrix = _load_matrix(args.matrix, args.scenarios)
-    if args.jobs < 1:
-        raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
-    cells = plan(matrix, args.select, args.skip, args.scenario, parse_image_map(args.image_map))
-    if args.shard:
-        cells = shard(cells, *parse_shard(args.shard))
-    if not cells:
-        raise BnMatrixError("the selection leaves no cell to run (see 'bnmatrix plan' with the same --select/--skip)")
-    run_id = new_run_id()
-    backend, why = select_backend(args.backend, Setup(matrix=matrix, run_id=run_id, cache_dir=default_cache_dir(),
-                                                      rebuild=args.rebuild, images=[cell.image for cell in cells]))
-    console.print(why)
-    store = RunStore(args.results, run_id, {
-        "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
-        "bnmatrix_version": __version__, "selection": {"select": args.select, "skip": args.skip, "shard": args.shard,
-                                                       "scenario": args.scenario, "force": args.force},
-        "cells": [cell.id for cell in cells],
-    })
-    for dead in store.dead_runs:
-        killed = sweep_dead_run(dead)
-        console.print(f"run {dead} was killed before it finished: marked interrupted"
-                      + (f", {killed} process{'es' if killed != 1 else ''} it left stopped" if killed else ""))
-    store.save_scenarios([matrix.catalog[name] for name in cells[0].scenarios])
-    console.print(f"run {store.run_id}: {len(cells)} cell{'s' if len(cells) != 1 else ''} -> {store.directory}",
-                  soft_wrap=True)
-    started = time.monotonic()
-    try:
-        expected = {cell.id: store.previous_duration(cell.id) or 0.0 for cell in cells}
-        with _cell_progress(console, len(cells), expected, args.jobs) as report_progress:
-            results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
-                               args.force or args.rebuild, report_progress, jobs=args.jobs)
-    except KeyboardInterrupt as exc:
-        return _interrupted(console, store, exc, f"finished cells are kept in {store.directory}; run again to go "
-                            "on (unchanged cells are reused)")
-    except StoreError:
-        _close_broken(store)
-        raise
-    finally:
-        backend.close()
-    store.finish("complete")
-    _prune(console, args.results, matrix.keep_runs)
-    console.print(_verdict_table(results, cells[0].scenarios))
-    not_ran = [r for r in results if r.status is not CellStatus.RAN]
-    console.print(f"{len(results) - len(not_ran)}/{len(results)} cells ran in {time.monotonic() - started:.0f} s; "
-                  f"results in {store.directory}", soft_wrap=True)
-    for result in not_ran:
+    session = RunSession(RunOptions(
+        matrix=args.matrix, scenario_dirs=tuple(args.scenarios), select=tuple(args.select), skip=tuple(args.skip),
+        scenarios=tuple(args.scenario), shard=args.shard, image_map=tuple(args.image_map), backend=args.backend,
+        results=args.results, jobs=args.jobs, force=args.force, rebuild=args.rebuild),
+        say=functools.partial(console.print, highlight=False, soft_wrap=True, markup=False))
+    outcome = session.run(functools.partial(_cell_progress, console))
+    if outcome.stopped_by is not None:
+        console.print(f"[bold red]interrupted[/] ({signal.Signals(outcome.stopped_by).name}): finished cells are "
+                      f"kept in {escape(str(outcome.directory))}; run again to go on (unchanged cells are reused)")
+        return exit_code(outcome)
+    console.print(_verdict_table(outcome.results, outcome.scenarios))
+    console.print(f"{len(outcome.results) - len(outcome.not_ran)}/{len(outcome.results)} cells ran in "
+                  f"{outcome.duration_s:.0f} s; results in {outcome.directory}", soft_wrap=True)
+    for result in outcome.not_ran:
         console.print(f"  [bold]{result.id}[/]: {result.status.value}: {escape(str(result.reason))}", soft_wrap=True)
-    # A cell this host cannot serve fails the run only when asked for by name or device ('*-gpu*'),
-    # so that the default matrix on a host without a GPU succeeds.
-    failed = [r for r in not_ran if r.status is not CellStatus.NOT_RUN or _named(r, args.select)]
-    if any(r.status is CellStatus.NOT_RUN and r.cell["device"] == "gpu" for r in not_ran):
+    if any(r.status is CellStatus.NOT_RUN and r.cell["device"] == "gpu" for r in outcome.not_ran):
         console.print("  (GPU cells need a GPU host; they do not fail the run unless selected by name or "
                       "device, e.g. --select '*-gpu*'; --skip '*-gpu*' leaves them out)")
-    outcomes = [s.status for r in results for s in r.scenarios.values()]
-    if outcomes and all(status is Status.ERROR for status in outcomes):
+    if outcome.nothing_judged:
         console.print("[bold red]every scenario of every cell that ran is an error[/]: no verdict at all; see the "
                       "reasons above and the logs")
-        return EXIT_CELL_FAILED
-    return EXIT_CELL_FAILED if failed else EXIT_OK
+    return exit_code(outcome)
 
 
 def _close_broken(store: RunStore) -> None:
@@ -388,12 +345,6 @@ def _verdict_line(result: CellResult) -> str:
         counts[scenario.status] = counts.get(scenario.status, 0) + 1
     return " · ".join(f"{count} {_styled(status)}" for status, count in
                       sorted(counts.items(), key=lambda item: list(Status).index(item[0])))
-
-
-def _named(result: CellResult, select: Sequence[str]) -> bool:
-    """Whether a --select glob asks for this cell by its id or by its device."""
-    return any(fnmatch.fnmatchcase(result.id, pattern) and (pattern == result.id or result.cell["device"] in pattern)
-               for pattern in select)
 
 
 def _verdict_text(result: CellResult, name: str) -> str:
@@ -433,7 +384,7 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
     from bnmatrix.bisect import Bisector, Probe
     from bnmatrix.history import change_points
 
-    matrix = _load_matrix(args.matrix, args.scenarios)
+    matrix = load_matrix(args.matrix, args.scenarios)
     one = (args.scenario, args.good, args.bad)
     if args.from_run is not None and any(one):
         raise BnMatrixError("--from-run bisects every change point of a run; --scenario/--good/--bad name one "

@@ -501,7 +501,7 @@ def load_image_map(path: Path) -> dict[str, str]:
     return dict(raw)
 
 
-def parse_image_map(entries: list[str]) -> dict[str, str]:
+def parse_image_map(entries: Sequence[str]) -> dict[str, str]:
     """--image-map FROM=TO options as a mapping."""
     mapping = {}
     for entry in entries:

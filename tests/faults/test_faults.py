@@ -429,3 +429,23 @@ def test_scenarios_that_start_and_end_at_once_never_take_each_other_down(fault: 
             scenarios = fault.cell(last, cell_id)["scenarios"]
             assert {n: s["status"] for n, s in scenarios.items()} == dict.fromkeys(scenarios, "updated"), \
                 {n: s["reason"] for n, s in scenarios.items()}
+
+
+def test_a_library_caller_runs_the_matrix_in_a_few_lines(fault: Fault) -> None:
+    """session.py's docstring, as a user's script: the same run as `bnmatrix run`, its outcome a value."""
+    fault.matrix(["ok", "no_result"])
+    script = ("from pathlib import Path\n"
+              "from bnmatrix.session import RunOptions, RunSession, exit_code\n"
+              "outcome = RunSession(RunOptions(matrix=Path('matrix.yaml'), backend='venv')).run()\n"
+              "print(outcome.directory.name, exit_code(outcome))\n"
+              "for cell in outcome.results:\n"
+              "    print(cell.id, cell.status.value, sorted((n, s.status.value) for n, s in cell.scenarios.items()))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=fault.env, cwd=fault.dir,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    run_id, code = lines[-3].split()[-2:]
+    assert code == "0" and (fault.dir / "results" / run_id / "manifest.json").is_file()
+    for line, version in zip(lines[-2:], ("2.15.1", "2.14.1"), strict=True):
+        assert line == f"tf-{version}-cpu ran [('no_result', 'error'), ('ok', 'updated')]"
+    assert json.loads((fault.dir / "results" / run_id / "manifest.json").read_text())["status"] == "complete"

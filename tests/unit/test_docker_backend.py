@@ -15,6 +15,7 @@ from bnmatrix.backends.docker import image_tag, render_script, run_options
 from bnmatrix.backends.venv import VenvBackend
 from bnmatrix.config import ContainerSettings, Matrix
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.intake import start_ticks
 from bnmatrix.plan import Cell, plan
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +78,8 @@ def test_run_options_are_hardened_by_default(matrix: Matrix) -> None:
     assert options["labels"] == {"org.bnmatrix.tool": "bnmatrix", "org.bnmatrix.cell": "tf-1.15.5-cpu",
                                  "org.bnmatrix.tf": "1.15.5", "org.bnmatrix.device": "cpu",
                                  "org.bnmatrix.run": "run-1", "org.bnmatrix.host": socket.gethostname(),
-                                 "org.bnmatrix.pid": str(os.getpid())}
+                                 "org.bnmatrix.pid": str(os.getpid()),
+                                 "org.bnmatrix.started-ticks": str(start_ticks(os.getpid()))}
     assert options["environment"]["CUDA_VISIBLE_DEVICES"] == ""
     assert "device_requests" not in options
 

@@ -1,0 +1,67 @@
+"""The run's exit policy (pure): which outcomes fail a run, from a user's point of view."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from bnmatrix.errors import BnMatrixError
+from bnmatrix.results import CellResult, ScenarioResult
+from bnmatrix.session import RunOptions, RunOutcome, RunSession, exit_code
+from bnmatrix.verdict import CellStatus, Status
+
+
+def cell(cell_id: str, status: CellStatus, *verdicts: Status) -> CellResult:
+    device = "gpu" if "-gpu" in cell_id else "cpu"
+    scenarios = {f"s{i}": ScenarioResult(scenario=f"s{i}", status=v, reason="", device=device, steps=100)
+                 for i, v in enumerate(verdicts)}
+    return CellResult(cell={"id": cell_id, "device": device, "scenarios": list(scenarios)}, status=status,
+                      reason=None if status is CellStatus.RAN else "why", backend="venv", inputs_hash="0" * 64,
+                      started="2026-11-29T00:00:00+00:00", scenarios=scenarios)
+
+
+def outcome(*results: CellResult, select: tuple[str, ...] = (), stopped_by: int | None = None) -> RunOutcome:
+    return RunOutcome(run_id="r", directory=Path("r"), scenarios=("s0",), results=list(results), select=select,
+                      stopped_by=stopped_by)
+
+
+RAN = cell("tf-1.15.5-cpu", CellStatus.RAN, Status.STALE, Status.UPDATED)
+GPU = cell("tf-1.15.5-gpu", CellStatus.NOT_RUN)
+
+
+@pytest.mark.parametrize(("select", "code"), [
+    ((), 0),  # the default matrix on a host without a GPU succeeds
+    (("tf-1.15.5-*",), 0),  # a glob that names neither the cell nor its device
+    (("*-gpu*",), 1),  # asked for by device
+    (("tf-1.15.5-gpu",), 1),  # asked for by name
+])
+def test_a_cell_this_host_cannot_serve_fails_the_run_only_when_asked_for(select: tuple[str, ...], code: int) -> None:
+    assert exit_code(outcome(RAN, GPU, select=select)) == code
+
+
+def test_stale_and_wrong_verdicts_do_not_fail_a_run_but_a_cell_that_broke_does() -> None:
+    assert exit_code(outcome(cell("tf-2.15.1-cpu", CellStatus.RAN, Status.WRONG, Status.ERROR), RAN)) == 0
+    assert exit_code(outcome(RAN, cell("tf-2.15.1-cpu", CellStatus.BUILD_ERROR))) == 1
+    assert exit_code(outcome(RAN, cell("tf-2.15.1-cpu", CellStatus.ERROR))) == 1
+
+
+def test_a_run_without_a_single_verdict_fails() -> None:
+    nothing = outcome(cell("tf-2.15.1-cpu", CellStatus.RAN, Status.ERROR, Status.ERROR))
+    assert nothing.nothing_judged and exit_code(nothing) == 1
+
+
+def test_a_stopped_run_exits_with_its_signal() -> None:
+    assert exit_code(outcome(RAN, stopped_by=signal.SIGTERM)) == 128 + signal.SIGTERM
+    assert exit_code(outcome(stopped_by=signal.SIGINT)) == 130
+
+
+def test_a_session_knows_its_cells_before_it_runs_and_refuses_an_empty_selection(tmp_path: Path) -> None:
+    session = RunSession(RunOptions(select=("tf-1.15.5-*",), skip=("*-gpu*",), results=tmp_path))
+    assert [c.id for c in session.cells] == ["tf-1.15.5-cpu"]
+    with pytest.raises(BnMatrixError, match="the selection leaves no cell to run"):
+        RunSession(RunOptions(select=("tf-1.15.5-*",), skip=("tf-1.*",), results=tmp_path))
+    with pytest.raises(BnMatrixError, match="--jobs 0: expected a whole number of at least 1"):
+        RunSession(RunOptions(jobs=0, results=tmp_path))
+    assert not any(tmp_path.iterdir())  # nothing written before run()
