@@ -177,9 +177,9 @@ class Probe:
     def of(cls, result: CellResult, scenario: str) -> Probe:
         found = result.scenarios.get(scenario)
         if found is None:
-            return cls(result.cell["tf"], result.own_status.value, result.cell["python"], result.run_id, result.id,
+            return cls(result.cell.tf, result.own_status.value, result.cell.python, result.run_id, result.id,
                        result.reason)
-        return cls(result.cell["tf"], found.status.value, result.cell["python"], result.run_id, result.id,
+        return cls(result.cell.tf, found.status.value, result.cell.python, result.run_id, result.id,
                    found.reason, found.moving_mean, found.expected_moving_mean, found.effective_updates, found.steps)
 
     @property
@@ -463,8 +463,8 @@ class Bisector:
     def feed(self, result: CellResult, scenario: str) -> Probe:
         probe = Probe.of(result, scenario)
         for search in self.searches:
-            if (search.scenario, search.device, search.variant) == (scenario, result.cell["device"],
-                                                                    result.cell["variant"]) \
+            if (search.scenario, search.device, search.variant) == (scenario, result.cell.device,
+                                                                    result.cell.variant) \
                     and probe.version in search.candidates:
                 search.probes[probe.version] = probe
         return probe
@@ -498,7 +498,7 @@ class Bisector:
                     cells.append(probe_cell(self.matrix, version, python, device, variant, remaining))
             for result in run_plan(cells, self.matrix.catalog, backend, store, self.matrix.scenario_dirs,
                                    self.matrix.timeout_s, False, progress, jobs):
-                for name in result.cell["scenarios"]:
+                for name in result.cell.scenarios:
                     say(f"  {name}: {self.feed(result, name).describe()}")
             store.write_searches([s.conclusion() for s in self.searches])
         return [s.conclusion() for s in self.searches]

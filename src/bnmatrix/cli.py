@@ -312,7 +312,7 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
                   f"{outcome.duration_s:.0f} s; results in {outcome.directory}", soft_wrap=True)
     for result in outcome.not_ran:
         console.print(f"  [bold]{result.id}[/]: {result.status.value}: {escape(str(result.reason))}", soft_wrap=True)
-    if any(r.status is CellStatus.NOT_RUN and r.cell["device"] == "gpu" for r in outcome.not_ran):
+    if any(r.status is CellStatus.NOT_RUN and r.cell.device == "gpu" for r in outcome.not_ran):
         console.print("  (GPU cells need a GPU host; they do not fail the run unless selected by name or "
                       "device, e.g. --select '*-gpu*'; --skip '*-gpu*' leaves them out)")
     if outcome.nothing_judged:
@@ -412,13 +412,13 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
             narrowed = _narrowed(args.results, args.exhaustive)
             done = []
             for name, device, variant, older, newer in points:
-                ends = {c.cell["tf"]: Probe.of(c, name) for c in (older, newer)}
-                known = narrowed.get((name, device, variant, older.cell["tf"], newer.cell["tf"]))
+                ends = {c.cell.tf: Probe.of(c, name) for c in (older, newer)}
+                known = narrowed.get((name, device, variant, older.cell.tf, newer.cell.tf))
                 if known is not None and (known["good"]["status"], known["bad"]["status"]) == \
-                        (ends[older.cell["tf"]].status, ends[newer.cell["tf"]].status):
+                        (ends[older.cell.tf].status, ends[newer.cell.tf].status):
                     done.append(known)
                     continue
-                bisector.add(name, device, variant, older.cell["tf"], newer.cell["tf"], endpoints=ends)
+                bisector.add(name, device, variant, older.cell.tf, newer.cell.tf, endpoints=ends)
             console.print(f"run {run.id} ({run.directory}): {len(points)} change point{'s' if len(points) != 1 else ''}"
                           + (f", {len(done)} already narrowed in {args.results}" if done else ""),
                           highlight=False, soft_wrap=True)

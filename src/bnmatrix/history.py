@@ -66,8 +66,8 @@ def diff(before: Run, after: Run) -> Diff:
     new = {c.id: c for c in after.cells if c.status is not CellStatus.NOT_RUN}
     changes, compared = [], 0
     for cell_id in sorted(old.keys() & new.keys()):
-        for name in new[cell_id].cell["scenarios"]:
-            if name not in old[cell_id].cell["scenarios"]:
+        for name in new[cell_id].cell.scenarios:
+            if name not in old[cell_id].cell.scenarios:
                 continue
             compared += 1
             a, b = old[cell_id].entry_status(name).value, new[cell_id].entry_status(name).value
@@ -150,8 +150,8 @@ class History:
                 continue
             base, base_run = ran[cell_id]
             kept = measured[cell_id]
-            names = [*base.cell["scenarios"], *(name for name in kept if name not in base.cell["scenarios"])]
-            composite = replace(base, cell={**base.cell, "scenarios": names},
+            names = [*base.cell.scenarios, *(name for name in kept if name not in base.cell.scenarios)]
+            composite = replace(base, cell=replace(base.cell, scenarios=tuple(names)),
                                 scenarios={name: kept[name][0] for name in names})
             shown[cell_id] = Shown(composite, base_run, {name: (kept[name][1], kept[name][2]) for name in names})
         return shown
@@ -175,12 +175,12 @@ def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str
     verdict in between are passed over): (scenario, device, variant, older cell, newer cell)."""
     columns: dict[tuple[str, str | None], list[CellResult]] = {}
     for cell in run.cells:
-        if not devices or cell.cell["device"] in devices:
-            columns.setdefault((cell.cell["device"], cell.cell["variant"]), []).append(cell)
+        if not devices or cell.cell.device in devices:
+            columns.setdefault((cell.cell.device, cell.cell.variant), []).append(cell)
     found = []
     for (device, variant), cells in columns.items():
-        cells.sort(key=lambda c: Version(c.cell["tf"]))
-        names = [n for n in dict.fromkeys(n for c in cells for n in c.cell["scenarios"])
+        cells.sort(key=lambda c: Version(c.cell.tf))
+        names = [n for n in dict.fromkeys(n for c in cells for n in c.cell.scenarios)
                  if not scenarios or n in scenarios]
         for name in names:
             judged = [c for c in cells if c.entry_status(name).value in VERDICTS]

@@ -135,7 +135,7 @@ def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
 
 def _statuses(run: Run) -> dict[tuple[str, str], str]:
     """(cell id, scenario) -> status of every entry of a run."""
-    return {(c.id, name): c.entry_status(name).value for c in run.cells for name in c.cell["scenarios"]}
+    return {(c.id, name): c.entry_status(name).value for c in run.cells for name in c.cell.scenarios}
 
 
 def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -257,7 +257,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     run = site.run
     holding = [*site.origins.values(), *(holder for holder, _ in site.holders.values())]
     origins = sorted({id(r): r for r in holding}.values(), key=lambda r: str(r.manifest.get("started")), reverse=True)
-    names = {name for cell in [*run.cells, *(c for c, _ in site.evidence.values())] for name in cell.cell["scenarios"]}
+    names = {name for cell in [*run.cells, *(c for c, _ in site.evidence.values())] for name in cell.cell.scenarios}
     sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()], sorted(names))
     before = _statuses(previous) if previous else site.previous_statuses
     # With history: the results held by an older run than the newest, and that run's start.
@@ -269,22 +269,22 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     rows: dict[tuple[str, str | None], Row] = {}
     for cell_result in run.cells:
         cell = cell_result.cell
-        scenarios += [name for name in cell["scenarios"] if name not in scenarios]
-        devices += [cell["device"]] if cell["device"] not in devices else []
-        row = rows.setdefault((cell["tf"], cell["variant"]), Row(cell["tf"], cell["variant"], cell["python"]))
-        expected = expectations.by_cell.get(cell["id"], {}) if expectations else cell.get("expect", {})
-        for name in cell["scenarios"]:
+        scenarios += [name for name in cell.scenarios if name not in scenarios]
+        devices += [cell.device] if cell.device not in devices else []
+        row = rows.setdefault((cell.tf, cell.variant), Row(cell.tf, cell.variant, cell.python))
+        expected = expectations.by_cell.get(cell.id, {}) if expectations else cell.expect
+        for name in cell.scenarios:
             result = cell_result.scenarios.get(name)
             status = cell_result.entry_status(name).value
-            earlier = before.get((cell["id"], name))
-            origin = site.holders[(cell["id"], name)][1] if (cell["id"], name) in site.holders else \
+            earlier = before.get((cell.id, name))
+            origin = site.holders[(cell.id, name)][1] if (cell.id, name) in site.holders else \
                 cell_result.run_id
-            row.entries[(cell["device"], name)] = Entry(
+            row.entries[(cell.device, name)] = Entry(
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result, origin, started.get(origin or "", cell_result.started)[:10]),
-                href=f"cells/{cell['id']}.html#{name}", previous=earlier if earlier not in (None, status) else None,
-                expected=expected.get(name), origin=origin or site.origins[cell["id"]].id,
-                held_since=held_since.get((cell["id"], name)))
+                href=f"cells/{cell.id}.html#{name}", previous=earlier if earlier not in (None, status) else None,
+                expected=expected.get(name), origin=origin or site.origins[cell.id].id,
+                held_since=held_since.get((cell.id, name)))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, run, site.searches)
@@ -306,7 +306,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     counts = {state: sum(1 for e in entries if e.status == state) for state in STATES}
     suites = []
     for device in devices:
-        cases = sorted((e for e in entries if e.cell.cell["device"] == device), key=lambda e: (e.cell.id, e.scenario))
+        cases = sorted((e for e in entries if e.cell.cell.device == device), key=lambda e: (e.cell.id, e.scenario))
         suites.append({"device": device, "cases": cases, "tests": len(cases),
                        **{kind: sum(1 for e in cases if e.junit == kind) for kind in ("failure", "error", "skipped")}})
     ran = [e for e in entries if e.ran]
@@ -355,7 +355,7 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]])
     by_span = {change_span(s): s for s in searches}
     by_row = {(row.tf, row.variant): row for row in rows}
     for name, device, variant, older_cell, newer_cell in change_points(run):
-        older, newer = older_cell.cell["tf"], newer_cell.cell["tf"]
+        older, newer = older_cell.cell.tf, newer_cell.cell.tf
         before = by_row[(older, variant)].entries[(device, name)]
         entry = by_row[(newer, variant)].entries[(device, name)]
         before.boundary = True
@@ -466,8 +466,8 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
     for cell_result in view["cells"]:
         cell = cell_result.cell
         scenarios = {}
-        for name in cell["scenarios"]:
-            entry = entries[(cell["id"], name)]
+        for name in cell.scenarios:
+            entry = entries[(cell.id, name)]
             result = entry.result.to_dict() if entry.result else {}
             scenarios[name] = {
                 "status": entry.status, "reason": result.get("reason", cell_result.reason),
@@ -478,16 +478,16 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
                                                     "forward_statistics", "update_ops",
                                                     "train_loss", "eval_loss", "tf_version", "keras_version",
                                                     "python", "devices_seen", "duration_s")},
-                "steps": cell["steps"],
+                "steps": cell.steps,
                 "reproduce": view["site"].reproduce(cell_result, name) if entry.result else None,
             }
         environment = cell_result.environment or {}
         cells.append({
-            "id": cell["id"], "tf": cell["tf"], "python": cell["python"], "device": cell["device"],
-            "variant": cell["variant"], "status": cell_result.status.value, "reason": cell_result.reason,
+            "id": cell.id, "tf": cell.tf, "python": cell.python, "device": cell.device,
+            "variant": cell.variant, "status": cell_result.status.value, "reason": cell_result.reason,
             "backend": cell_result.backend, "image": environment.get("image"),
-            "image_id": environment.get("image_id"), "page": f"cells/{cell['id']}.html", "scenarios": scenarios,
-            "run_id": cell_result.run_id or view["site"].origins[cell["id"]].id, "started": cell_result.started,
+            "image_id": environment.get("image_id"), "page": f"cells/{cell.id}.html", "scenarios": scenarios,
+            "run_id": cell_result.run_id or view["site"].origins[cell.id].id, "started": cell_result.started,
         })
     manifest = run.manifest
     return {"schema": EXPORT_SCHEMA, "run": {key: manifest.get(key) for key in (
@@ -577,7 +577,7 @@ def history_data(history: History) -> dict[str, Any]:
                       "status": r.manifest.get("status"), "backend": r.manifest.get("backend"), "cells": len(r.cells)}
                      for r in reversed(history.runs)],
             "compare": [r.id for r in reversed(history.matrix_runs)],
-            "statuses": {r.id: {c.id: {n: c.entry_status(n).value for n in c.cell["scenarios"]}
+            "statuses": {r.id: {c.id: {n: c.entry_status(n).value for n in c.cell.scenarios}
                                 for c in r.cells if c.status is not CellStatus.NOT_RUN} for r in history.matrix_runs}}
 
 

@@ -234,10 +234,9 @@ class ScenarioResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
-        """From a stored result (schema-checked); fields of older results that no longer exist are dropped."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        if "details" in data and "extra" not in data:  # bnmatrix.scenario/1 results called it details
+        """From a stored result (schema-checked); bnmatrix.scenario/1 results called `extra` `details`."""
+        values = _known(cls, data, "scenario result", legacy=("details",))
+        if "details" in data and "extra" not in data:
             values["extra"] = data["details"] or {}
         return cls(**{**values, "status": Status(data["status"])})
 
@@ -250,11 +249,21 @@ JUDGED_FIELDS = ("judged_layer", "moving_mean", "moving_variance", "expected_mov
                  "batch_mean", "batch_variance")
 
 
+def _known(record: type, data: dict[str, Any], what: str, legacy: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of a record in `data`; a key that is neither one of them nor `schema` (nor a `legacy` name) is
+    refused, never dropped (the schemas refuse them first: this guards a record that outgrew its schema)."""
+    names = {f.name for f in fields(record)}
+    unknown = sorted(set(data) - names - {"schema", *legacy})
+    if unknown:
+        raise BnMatrixError(f"{what}: unknown field {unknown[0]!r}; expected only {', '.join(sorted(names))}")
+    return {k: v for k, v in data.items() if k in names}
+
+
 @dataclass(kw_only=True)
 class CellResult:
     """One cell of one run: how it went, its environment, and each scenario's result."""
 
-    cell: dict[str, Any]  # the cell's definition (plan.Cell.describe())
+    cell: Cell
     status: CellStatus
     reason: str | None
     backend: str
@@ -273,7 +282,7 @@ class CellResult:
 
     @property
     def id(self) -> str:
-        return str(self.cell["id"])
+        return str(self.cell.id)
 
     @property
     def own_status(self) -> Status:
@@ -291,12 +300,12 @@ class CellResult:
         line)."""
         stands = True
         for scenario in self.scenarios.values():
-            if scenario.steps != self.cell["steps"] and scenario.status in (Status.UPDATED, Status.STALE,
+            if scenario.steps != self.cell.steps and scenario.status in (Status.UPDATED, Status.STALE,
                                                                             Status.WRONG):
                 was = scenario.status.value
                 scenario.status = Status.ERROR
                 scenario.reason = (f"result refused: the scenario trained {scenario.steps} steps; the cell asked for "
-                                   f"{self.cell['steps']} [the file said {was}]")
+                                   f"{self.cell.steps} [the file said {was}]")
                 for name in JUDGED_FIELDS:
                     setattr(scenario, name, None)
                 stands = False
@@ -306,14 +315,14 @@ class CellResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in known}
-        return cls(**{**values, "status": CellStatus(data["status"]),
+        values = _known(cls, data, "cell result")
+        return cls(**{**values, "cell": Cell.from_record(data["cell"]), "status": CellStatus(data["status"]),
                       "scenarios": {k: ScenarioResult.from_dict(v) for k, v in data["scenarios"].items()}})
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CELL_SCHEMA, **{f.name: getattr(self, f.name) for f in fields(self)},
-                "status": self.status.value, "scenarios": {k: v.to_dict() for k, v in self.scenarios.items()}}
+                "cell": self.cell.describe(), "status": self.status.value,
+                "scenarios": {k: v.to_dict() for k, v in self.scenarios.items()}}
 
 
 @dataclass(frozen=True)
@@ -651,8 +660,9 @@ class RunStore:
         for directory, result in self._earlier_results(cell.id, ran_only=True):
             if result.status is not CellStatus.RAN or result.backend != backend:
                 continue
-            unchanged = ({k: v for k, v in result.cell.items() if k not in ("scenarios", "expect")} == wanted
-                         and result.inputs_hash == inputs_hash(result.cell, sources))
+            stored = result.cell.describe()
+            unchanged = ({k: v for k, v in stored.items() if k not in ("scenarios", "expect")} == wanted
+                         and result.inputs_hash == inputs_hash(stored, sources))
             for name, digest in hashes.items():
                 scenario = result.scenarios.get(name)
                 if name in found or scenario is None:

@@ -138,7 +138,7 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
     folders are kept in the run (RunStore.keep_code), for the command that reproduces a scenario."""
     clock = time.monotonic()
     kept = kept or {}
-    result = CellResult(cell=cell.describe(), status=CellStatus.RAN, reason=None, backend=backend.name,
+    result = CellResult(cell=cell, status=CellStatus.RAN, reason=None, backend=backend.name,
                         inputs_hash=inputs_hash, started=now(), code=store.keep_code(cell, catalog, scenario_dirs))
     for name, (scenario, holder, directory) in kept.items():
         store.link_log(cell.id, name, directory)
@@ -219,7 +219,7 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     scenario_pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-scenario")
 
     def failed(cell: Cell, why: str, inputs: str = "", started: str | None = None) -> CellResult:
-        return CellResult(cell=cell.describe(), status=CellStatus.ERROR, reason=why, backend=backend.name,
+        return CellResult(cell=cell, status=CellStatus.ERROR, reason=why, backend=backend.name,
                           inputs_hash=inputs, started=started or now())
 
     def one(index: int, cell: Cell) -> CellResult:

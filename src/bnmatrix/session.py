@@ -84,7 +84,7 @@ class RunOutcome:
 
 def named(result: CellResult, select: Sequence[str]) -> bool:
     """Whether a --select glob asks for this cell by its id or by its device ('*-gpu*')."""
-    return any(fnmatch.fnmatchcase(result.id, pattern) and (pattern == result.id or result.cell["device"] in pattern)
+    return any(fnmatch.fnmatchcase(result.id, pattern) and (pattern == result.id or result.cell.device in pattern)
                for pattern in select)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+Correction = Literal["biased", "unbiased"]  # which batch variance: n or n-1 in the denominator
 
 # float32 statistics after a few hundred updates agree with the closed form far closer than this.
 REL_TOLERANCE = 1e-4
@@ -110,15 +112,19 @@ class BatchData:
         return cls(int(data["n"]), float(data["mean"]), float(data["variance_biased"]),
                    float(data["variance_unbiased"]))
 
-    def variance(self, correction: str) -> float:
+    def variance(self, correction: Correction) -> float:
+        """The batch variance with that correction (a word that is none of them is refused, never read as one)."""
+        if correction not in CORRECTION_WORDS:
+            raise ValueError(f"variance correction {correction!r}; expected one of {', '.join(CORRECTION_WORDS)}")
         return self.variance_unbiased if correction == "unbiased" else self.variance_biased
 
 
-CORRECTION_WORDS = {"biased": "the biased batch variance (n)", "unbiased": "the unbiased batch variance (n-1)"}
+CORRECTION_WORDS: dict[Correction, str] = {"biased": "the biased batch variance (n)",
+                                           "unbiased": "the unbiased batch variance (n-1)"}
 
 
 def expected_statistics(data: BatchData, momentum: float, updates: float,
-                        correction: str = "biased") -> tuple[float, float]:
+                        correction: Correction = "biased") -> tuple[float, float]:
     """Moving mean and variance after `updates` updates from (0, 1) on a constant batch."""
     decay = momentum ** updates
     variance = data.variance(correction)
@@ -146,7 +152,7 @@ def effective_variance_updates(moving_variance: float, variance: float, momentum
 
 
 def fitting_momentum(moving_mean: float, moving_variance: float, data: BatchData,
-                     steps: int) -> tuple[float, str] | None:
+                     steps: int) -> tuple[float, Correction] | None:
     """The momentum (and the batch variance) for which `steps` updates give both observed statistics, where one
     does: what a scenario that forgot to report its own momentum has."""
     if data.mean == 0.0:
@@ -155,7 +161,7 @@ def fitting_momentum(moving_mean: float, moving_variance: float, data: BatchData
     if not 0.0 < remaining < 1.0:
         return None
     momentum = remaining ** (1.0 / steps)
-    for correction in ("biased", "unbiased"):
+    for correction in CORRECTION_WORDS:
         if close(moving_variance, expected_statistics(data, momentum, steps, correction)[1]):
             return momentum, correction
     return None
@@ -175,7 +181,7 @@ class LayerVerdict:
     expected_moving_variance: float
     effective_updates: float | None
     effective_updates_variance: float | None
-    variance_correction: str | None  # "biased", "unbiased", or None when neither fits
+    variance_correction: Correction | None  # None when neither fits
     forward_statistics: str | None  # "batch" or "moving": what a training-mode forward pass used
     data: BatchData  # the batch the layer was judged against
 
@@ -188,14 +194,14 @@ class LayerVerdict:
 
 
 def _variance_correction(moving_variance: float, data: BatchData, momentum: float,
-                         updates: float) -> str | None:
+                         updates: float) -> Correction | None:
     """Which batch variance the moving variance follows: the one whose implied number of updates is
     that of the mean (within half an update or 1%); None when neither, or when the statistics barely
     moved (then every variance fits)."""
     if updates < 0.5:
         return None
-    fits = []
-    for correction in ("biased", "unbiased"):
+    fits: list[tuple[float, Correction]] = []
+    for correction in CORRECTION_WORDS:
         implied = effective_variance_updates(moving_variance, data.variance(correction), momentum)
         if implied is not None and abs(implied - updates) <= max(0.5, 0.01 * updates):
             fits.append((abs(implied - updates), correction))
@@ -252,7 +258,7 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerd
                                        f"{follows}")
     for label, alternative in (layer.get("alternatives") or {}).items():
         other = BatchData.from_observation(alternative)
-        for kind in ("biased", "unbiased"):
+        for kind in CORRECTION_WORDS:
             mean, variance = expected_statistics(other, momentum, steps, kind)
             if close(moving_mean, mean) and close(moving_variance, variance):
                 return verdict(Status.WRONG, f"the moving statistics follow {label} ({kind} variance) for {steps} "

@@ -89,7 +89,7 @@ def check_scenario(tf: str, s: ScenarioResult) -> None:
 def check_verdicts(cell: CellResult) -> None:
     """Every scenario the cell ran, from its numbers."""
     assert cell.status.value == "ran", cell.reason
-    tf, python = cell.cell["tf"], cell.cell["python"]
+    tf, python = cell.cell.tf, cell.cell.python
     assert set(cell.scenarios) <= set(EXPECTED[tf]) and cell.scenarios
     for s in cell.scenarios.values():
         assert s.python is not None and s.python.startswith(python + "."), s.scenario

@@ -111,7 +111,7 @@ def test_the_index_gives_releases_with_their_pythons_and_leaves_out_what_cannot_
 
 
 def test_change_points_of_the_real_run_pass_over_entries_without_a_verdict() -> None:
-    points = {(name, older.cell["tf"], newer.cell["tf"]) for name, device, _, older, newer
+    points = {(name, older.cell.tf, newer.cell.tf) for name, device, _, older, newer
               in change_points(load_run(REAL_RUN))}
     assert ("keras_bn_model_to_estimator", "1.9.0", "1.10.1") in points
     assert ("keras_bn_custom_estimator", "1.8.0", "1.9.0") in points

@@ -11,6 +11,7 @@ import re
 import shlex
 import tempfile
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from hypothesis import strategies as st
 from bnmatrix.backends.docker import run_flags, run_options
 from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.plan import Cell
 from bnmatrix.report import Site, render_site, write_report
 from bnmatrix.results import CellResult, Run, write_json
 from bnmatrix.verdict import Status
@@ -226,7 +226,7 @@ def test_a_venv_cell_reproduces_from_the_runs_own_code_with_its_exact_packages(t
 def test_docker_cells_reproduce_with_the_options_their_container_ran_with(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
     cell = kept_code(run)
-    flags = run_flags(run_options(Cell.from_record(cell.cell), ContainerSettings(network="bridge", user="1000:1000",
+    flags = run_flags(run_options(cell.cell, ContainerSettings(network="bridge", user="1000:1000",
                                                                                 memory="3g", cpus=1.5), "r1", "v", 60))
     cell.environment = {"kind": "docker", "image": "python:3.7-slim", "cell_image": "bnmatrix-cell:1.15.5-x",
                         "image_id": "sha256:1", "python": "/usr/bin/python3", "python_version": "3.7.16",
@@ -446,8 +446,9 @@ def test_reproduce_commands_quote_every_word_from_the_data(tmp_path: Path, kind:
     run = sample_run(tmp_path)
     cell = run.cells[0]
     hostile = "$(touch /tmp/pwned)`id`;x"
-    cell.cell.update(tf="1.15.5;id", python="3.7 && id", requirements=["numpy<2; python_version>'3'", hostile],
-                     env={"TF_USE_LEGACY_KERAS": hostile, "BAD NAME": "x"})
+    cell.cell = replace(cell.cell, tf="1.15.5;id", python="3.7 && id",
+                        requirements=("numpy<2; python_version>'3'", hostile),
+                        env={"TF_USE_LEGACY_KERAS": hostile, "BAD NAME": "x"})
     cell.environment = {"kind": "venv", "packages": ["numpy<2; python_version>'3'", hostile]}
     if kind == "docker":
         cell.environment = {"kind": "docker", "cell_image": "img;id"}

@@ -7,19 +7,21 @@ these tests run without TensorFlow; tests/e2e runs the same code on real TensorF
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputCapture, ScenarioRun
-from bnmatrix.config import Matrix, Scenario
+from bnmatrix.config import PACKAGE_DIR, Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, plan
-from bnmatrix.results import RunStore, load_run, new_run_id, write_json
+from bnmatrix.results import CellResult, RunStore, ScenarioResult, load_run, new_run_id, write_json
 from bnmatrix.runner import run_plan
 from bnmatrix.verdict import BatchData, expected_statistics
 
@@ -213,6 +215,38 @@ def test_a_damaged_result_file_is_named_in_the_error(tmp_path: Path, cells: list
     damaged.write_text("{not json")
     with pytest.raises(BnMatrixError, match=r"tf-1.15.5-cpu.json:1: not valid JSON"):
         load_run(store.directory)
+
+
+@pytest.mark.parametrize(("record", "where"), [(CellResult, ()), (ScenarioResult, ("$defs", "scenario")),
+                                               (Cell, ("properties", "cell"))])
+def test_each_stored_record_is_its_schema_field_for_field(record: type, where: tuple[str, ...]) -> None:
+    """What the store writes is what the schema describes, no more and no less; the schema refuses any other key."""
+    schema: Any = json.loads((PACKAGE_DIR / "result.schema.json").read_text())
+    for key in where:
+        schema = schema[key]
+    legacy = {"details"} if record is ScenarioResult else set()  # bnmatrix.scenario/1's name for `extra`
+    assert set(schema["properties"]) - {"schema"} - legacy == {f.name for f in fields(record)}
+    assert schema["additionalProperties"] is False
+
+
+def test_a_stored_field_bnmatrix_does_not_know_is_named_not_dropped(tmp_path: Path, cells: list[Cell]) -> None:
+    store = run(tmp_path, cells[:1], ReplayBackend({}))
+    stored = store.directory / "cells" / "tf-1.15.5-cpu.json"
+    places = {(): "(top level)", ("cell",): "cell", ("scenarios", "layers_bn_session"): "scenarios.layers_bn_session"}
+    for path, where in places.items():
+        data = json.loads(stored.read_text())
+        target = data
+        for key in path:
+            target = target[key]
+        target["verdict_override"] = "updated"
+        shutil.copytree(store.directory, tmp_path / "edited", dirs_exist_ok=True)
+        (tmp_path / "edited" / "cells" / "tf-1.15.5-cpu.json").write_text(json.dumps(data))
+        with pytest.raises(BnMatrixError, match=rf"tf-1.15.5-cpu.json: {re.escape(where)}: Additional properties are "
+                                                 r"not allowed \('verdict_override' was unexpected\)"):
+            load_run(tmp_path / "edited")
+    with pytest.raises(BnMatrixError, match="scenario result: unknown field 'verdict_override'"):
+        ScenarioResult.from_dict({**load_run(store.directory).cells[0].scenarios["layers_bn_session"].to_dict(),
+                                  "verdict_override": "updated"})
 
 
 def test_no_run_is_a_clear_error(tmp_path: Path) -> None:

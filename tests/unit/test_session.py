@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import Cell
 from bnmatrix.results import CellResult, ScenarioResult
 from bnmatrix.session import RunOptions, RunOutcome, RunSession, exit_code
 from bnmatrix.verdict import CellStatus, Status
@@ -17,7 +18,10 @@ def cell(cell_id: str, status: CellStatus, *verdicts: Status) -> CellResult:
     device = "gpu" if "-gpu" in cell_id else "cpu"
     scenarios = {f"s{i}": ScenarioResult(scenario=f"s{i}", status=v, reason="", device=device, steps=100)
                  for i, v in enumerate(verdicts)}
-    return CellResult(cell={"id": cell_id, "device": device, "scenarios": list(scenarios)}, status=status,
+    tf = cell_id.split("-")[1]
+    definition = Cell(id=cell_id, tf=tf, python="3.7", device=device, variant=None, requirements=(), env={},
+                      image="", requested_image="", steps=100, scenarios=tuple(scenarios), index_url="")
+    return CellResult(cell=definition, status=status,
                       reason=None if status is CellStatus.RAN else "why", backend="venv", inputs_hash="0" * 64,
                       started="2026-11-29T00:00:00+00:00", scenarios=scenarios)
 

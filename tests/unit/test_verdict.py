@@ -186,3 +186,9 @@ def test_an_updated_verdict_says_every_step_even_when_momentum_to_the_steps_is_t
     result.judge()
     assert result.status is Status.UPDATED and result.effective_updates == pytest.approx(99.9, abs=0.01)
     assert result.updates_text == "100/100"
+
+
+def test_a_variance_correction_that_is_no_word_of_the_vocabulary_is_refused() -> None:
+    assert BATCH.variance("unbiased") > BATCH.variance("biased")
+    with pytest.raises(ValueError, match="variance correction 'unbiased '; expected one of biased, unbiased"):
+        BATCH.variance("unbiased ")  # type: ignore[arg-type]  # a typo mypy catches; at run time it is refused too

@@ -189,7 +189,7 @@ class Setup:
 class Reproduction:
     """What the command that reproduces one scenario of a stored cell is made of (all from the stored record)."""
 
-    cell: dict[str, Any]  # the cell's definition, as stored (plan.Cell.describe())
+    cell: Cell  # the cell, as stored
     environment: dict[str, Any]  # what the backend recorded of the cell's environment
     scenario: str
     run: str  # the run that holds the result
@@ -208,12 +208,12 @@ class Reproduction:
 
     @property
     def args(self) -> list[str]:
-        return ["--steps", str(self.cell["steps"]), "--device", self.cell["device"], "--tf-version", self.cell["tf"]]
+        return ["--steps", str(self.cell.steps), "--device", self.cell.device, "--tf-version", self.cell.tf]
 
     @property
     def variables(self) -> dict[str, str]:
         """The cell's own environment variables (only well-formed ones: the record may come from anywhere)."""
-        return {k: v for k, v in (self.cell.get("env") or {}).items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
+        return {k: v for k, v in self.cell.env.items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

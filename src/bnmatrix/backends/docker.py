@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -484,7 +485,7 @@ def reproduce(what: Reproduction) -> str:
     settings.container for a run that did not record them), the scenario code mounted read-only as it was."""
     flags = what.environment.get("run_flags")
     if not isinstance(flags, list):
-        cell = Cell.from_record({**what.cell, "env": what.variables})
+        cell = replace(what.cell, env=what.variables)
         flags = run_flags(run_options(cell, ContainerSettings(), "", "", 0))
     where, script, helper = what.paths()
     folder = script.partition("/")[0]  # code/ of the run, or scenarios/ of a checkout

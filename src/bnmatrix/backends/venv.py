@@ -295,15 +295,15 @@ def reproduce(what: Reproduction) -> str:
     run with it as the cell ran it: the helper on PYTHONPATH, a CPU cell hiding the GPUs, in a scratch folder."""
     cell = what.cell
     packages = what.environment.get("packages") or []
-    pins = ["--no-deps", *packages] if packages else list(cell["requirements"])
-    index = [] if cell.get("index_url") in (None, DEFAULT_INDEX_URL) else ["--index-url", cell["index_url"]]
-    variables = {**({"CUDA_VISIBLE_DEVICES": ""} if cell["device"] == "cpu" else {}), **what.variables}
+    pins = ["--no-deps", *packages] if packages else list(cell.requirements)
+    index = [] if cell.index_url == DEFAULT_INDEX_URL else ["--index-url", cell.index_url]
+    variables = {**({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {}), **what.variables}
     where, script, helper = what.paths()
     assignments = " ".join(f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items()))
     return "\n".join([
         f"# {where}",
-        'run=$PWD; venv="${TMPDIR:-/tmp}"/' + shlex.quote(f"bnmatrix-{cell['id']}"),
-        shlex.join([f"python{cell['python']}", "-m", "venv"]) + ' "$venv"',
+        'run=$PWD; venv="${TMPDIR:-/tmp}"/' + shlex.quote(f"bnmatrix-{cell.id}"),
+        shlex.join([f"python{cell.python}", "-m", "venv"]) + ' "$venv"',
         '"$venv"/bin/python -m pip install --disable-pip-version-check ' + shlex.join([*index, *pins]),
         f'(cd "$(mktemp -d)" && {assignments + " " if assignments else ""}PYTHONPATH="$run"/{shlex.quote(helper)} '
         f'"$venv"/bin/python "$run"/{shlex.quote(script)} {shlex.join(what.args)})',
