@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bnmatrix.report import write_report
-from bnmatrix.results import load_run, write_json
+from bnmatrix.store.files import write_json
+from bnmatrix.store.reader import load_run
 from bnmatrix.verdict import CellStatus
 
 REPO = Path(__file__).resolve().parents[1]

@@ -35,8 +35,11 @@ from bnmatrix.backends import Backend
 from bnmatrix.config import Matrix, TFVersion
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, all_cells
-from bnmatrix.results import CellResult, RunStore, now
 from bnmatrix.runner import ProgressCallback, run_plan, scenario_hashes, scenario_sources
+from bnmatrix.store.files import now
+from bnmatrix.store.records import CellResult
+from bnmatrix.store.runstore import RunStore
+from bnmatrix.store.searches import Outcome
 from bnmatrix.verdict import VERDICTS, Status
 
 INDEX_TIMEOUT_S = 60
@@ -293,17 +296,17 @@ class Search:
         label = f"{self.scenario} ({self.device}{', ' + self.variant if self.variant else ''})"
         if nxt is not None:
             low, high = (pins[-1][1], len(self.candidates) - 1) if pins else (0, len(self.candidates) - 1)
-            outcome, text = "incomplete", (f"{label}: not finished; {len(checked)} of {len(self.candidates)} releases "
-                                           f"checked, the change lies between {self.candidates[low]} and "
-                                           f"{self.candidates[high]}; run again to go on")
+            outcome = Outcome.INCOMPLETE
+            text = (f"{label}: not finished; {len(checked)} of {len(self.candidates)} releases checked, the change "
+                    f"lies between {self.candidates[low]} and {self.candidates[high]}; run again to go on")
         elif self.status(0) not in VERDICTS or self.status(len(self.candidates) - 1) not in VERDICTS:
             broken = good if self.status(0) not in VERDICTS else bad
             probe = self.probes[broken]
-            outcome, text = "endpoint-error", (f"{label}: no verdict at {broken} ({probe.status}: {probe.reason}); "
-                                               "nothing to compare with")
+            outcome = Outcome.ENDPOINT_ERROR
+            text = f"{label}: no verdict at {broken} ({probe.status}: {probe.reason}); nothing to compare with"
         elif not changes:
             same = Status(self.status(0) or "error").word
-            outcome = "no-change" if self.exhaustive else "nothing-to-bisect"
+            outcome = Outcome.NO_CHANGE if self.exhaustive else Outcome.NOTHING_TO_BISECT
             text = (f"{label}: {same} at every one of the {len(checked)} releases checked" if self.exhaustive else
                     f"{label}: nothing to bisect: {same} at both {good} and {bad}; --exhaustive checks every "
                     "release between them")
@@ -317,7 +320,7 @@ class Search:
                 else:
                     parts.append(f"changed from {was} to {becomes} between {change['before']} and {change['after']} "
                                  f"(no verdict at {', '.join(change['unjudged'])})")
-            outcome = "narrowed" if all(c["exact"] for c in changes) else "range"
+            outcome = Outcome.NARROWED if all(c["exact"] for c in changes) else Outcome.RANGE
             text = f"{label} " + "; then ".join(parts) + f"; {len(checked)} releases checked of {len(self.candidates)}"
             if not data["monotonic"]:
                 text += " (not monotonic: a verdict comes back; every release checked: " + ", ".join(
@@ -325,7 +328,7 @@ class Search:
             elif not self.exhaustive and len(checked) < len(self.candidates):
                 text += " (binary search: assumes each verdict holds over one stretch of releases; --exhaustive " \
                         "runs every release)"
-        data.update(outcome=outcome, answer=text)
+        data.update(outcome=outcome.value, answer=text)
         if changes:
             data.update(changed_in=changes[0]["after"], last_before=changes[0]["before"],
                         from_status=changes[0]["from"], to_status=changes[0]["to"])

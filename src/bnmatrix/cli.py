@@ -6,19 +6,15 @@ import argparse
 import contextlib
 import functools
 import json
-import math
 import os
 import re
-import shutil
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
-from packaging.version import Version
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -28,27 +24,24 @@ from rich.text import Text
 from bnmatrix import __version__
 from bnmatrix.backends import Setup, backend_kinds, select_backend
 from bnmatrix.backends.venv import default_cache_dir
-from bnmatrix.config import Matrix, parse_image_map, unknown_scenario
+from bnmatrix.config import Matrix, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
-from bnmatrix.history import History, diff, import_archive, prune
+from bnmatrix.history import History, diff, import_archive
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, plan
-from bnmatrix.results import (
-    CellResult,
-    Run,
-    RunStore,
-    StoreError,
-    change_span,
-    check_results_root,
-    latest_searches,
-    load_run,
-    merge_runs,
-    new_run_id,
-    read_searches,
-    runs_in,
-    search_key,
-)
 from bnmatrix.runner import ProgressCallback
-from bnmatrix.session import RunOptions, RunSession, exit_code, load_matrix
+from bnmatrix.session import (
+    BisectOptions,
+    BisectSession,
+    RunOptions,
+    RunSession,
+    bisect_exit_code,
+    exit_code,
+    load_matrix,
+)
+from bnmatrix.store.merge import merge_runs
+from bnmatrix.store.reader import check_results_root, load_run
+from bnmatrix.store.records import CellResult, Run
+from bnmatrix.store.runstore import new_run_id
 from bnmatrix.verdict import CellStatus, Status
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -83,16 +76,40 @@ def _styled(status: Status) -> str:
     return f"[{status.colour}]{status.icon} {status.word}[/]"
 
 
+def _matrix_options(parser: argparse.ArgumentParser, matrix_help: str) -> None:
+    parser.add_argument("--matrix", type=Path, default=None, help=matrix_help)
+    parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
+                        help="a folder of your own scenarios: every cell runs them too (repeatable; "
+                             "see docs/scenarios.md)")
+
+
 def _selection_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--matrix", type=Path, default=None,
-                        help="the matrix file (default: ./matrix.yaml, else the one bnmatrix ships)")
+    _matrix_options(parser, "the matrix file (default: ./matrix.yaml, else the one bnmatrix ships)")
     parser.add_argument("--select", action="append", default=[], metavar="GLOB",
                         help="only cells whose id matches (repeatable), e.g. 'tf-1.*' or 'tf-2.15*-cpu'")
     parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
                         help="leave out cells whose id matches (repeatable)")
-    parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
-                        help="a folder of your own scenarios: every cell runs them too (repeatable; "
-                             "see docs/scenarios.md)")
+
+
+def _backend_option(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto",
+                        help=help_text or "where cells run: " + "; ".join(
+                            f"{name}: {kind.summary}" for name, kind in backend_kinds().items())
+                        + "; auto: the first of them this host can use")
+
+
+def _image_map_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
+                        help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
+
+
+def _results_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR", help=help_text)
+
+
+def _jobs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="cells at once, and scenario processes at once over all cells (default: the CPU count)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,10 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan_parser.add_argument("--max-jobs", type=int, default=GITHUB_JOB_LIMIT, metavar="N",
                              help=f"with --format github: at most N jobs, cells grouped into shards (default "
                                   f"{GITHUB_JOB_LIMIT}, GitHub's limit)")
-    plan_parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto",
-                             help="with the table: which cells this host can run with that backend, as run would")
-    plan_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
-                             help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
+    _backend_option(plan_parser, "with the table: which cells this host can run with that backend, as run would")
+    _image_map_option(plan_parser)
 
     run_parser = commands.add_parser("run", help="run the selected cells and keep a JSON result per cell")
     _selection_options(run_parser)
@@ -120,20 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
                             help="only this scenario (repeatable)")
     run_parser.add_argument("--shard", default=None, metavar="K/N",
                             help="only the K-th of N deterministic shards of the selected cells")
-    run_parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto")
-    run_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                            help="results root; the run goes to DIR/<run-id>, DIR/latest points at it")
+    _backend_option(run_parser)
+    _results_option(run_parser, "results root; the run goes to DIR/<run-id>, DIR/latest points at it")
     run_parser.add_argument("--force", action="store_true",
                             help="run the scenarios again even where the cell's inputs did not change "
                                  "(on the cached environments)")
     run_parser.add_argument("--rebuild", action="store_true",
                             help="recreate the cells' environments (venvs or images; downloads come from the cache); "
                                  "implies --force")
-    run_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
-                            help="cells at once, and scenario processes at once over all cells (default: the "
-                                 "CPU count)")
-    run_parser.add_argument("--image-map", action="append", default=[], metavar="FROM=TO",
-                            help="use image TO where matrix.yaml names FROM (repeatable; overrides image-map.yaml)")
+    _jobs_option(run_parser)
+    _image_map_option(run_parser)
 
     scenario_parser = commands.add_parser("scenario", help="work with scenarios: 'scenario new NAME'")
     scenario_commands = scenario_parser.add_subparsers(dest="scenario_command", required=True)
@@ -160,15 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "that comes back)")
     bisect_parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                                help="start no new probe after this long (run again to go on)")
-    bisect_parser.add_argument("--matrix", type=Path, default=None,
-                               help="the matrix file whose entries the probes copy (default: ./matrix.yaml)")
-    bisect_parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
-                               help="a folder of your own scenarios (repeatable)")
-    bisect_parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto")
-    bisect_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                               help="results root: the probes are a run there, reused like any other")
-    bisect_parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
-                               help="cells at once, and scenario processes at once (default: the CPU count)")
+    _matrix_options(bisect_parser, "the matrix file whose entries the probes copy (default: ./matrix.yaml)")
+    _backend_option(bisect_parser)
+    _results_option(bisect_parser, "results root: the probes are a run there, reused like any other")
+    _jobs_option(bisect_parser)
 
     merge_parser = commands.add_parser("merge", help="merge result directories (e.g. CI shards) into one run")
     merge_parser.add_argument("inputs", nargs="+", type=Path, metavar="DIR",
@@ -179,17 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     diff_parser.add_argument("before", metavar="RUN_A", help="a run directory, or a run id in --results")
     diff_parser.add_argument("after", metavar="RUN_B", nargs="?", default="latest",
                              help="a run directory, or a run id in --results (default: latest)")
-    diff_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                             help="the results root the run ids are in (default: results)")
+    _results_option(diff_parser, "the results root the run ids are in (default: results)")
 
     import_parser = commands.add_parser("import", help="add the runs of a published archive to a results root")
     import_parser.add_argument("archive", type=Path, metavar="FILE", help="a results-archive.tar.gz")
-    import_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR")
+    _results_option(import_parser, "the results root to add the runs to (default: results)")
 
     report_parser = commands.add_parser("report", help="render the HTML matrix of a results root (or one run)")
-    report_parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
-                               help="a results root: each cell's newest result, its history and the bisect "
-                                    "conclusions (default: results); or one run directory: that run alone")
+    _results_option(report_parser, "a results root: each cell's newest result, its history and the bisect "
+                                   "conclusions (default: results); or one run directory: that run alone")
     report_parser.add_argument("--out", type=Path, default=Path("public"), metavar="DIR")
     report_parser.add_argument("--previous", type=Path, default=None, metavar="DIR",
                                help="with one run directory: an earlier run (or a folder holding one, or none yet) "
@@ -321,21 +325,6 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     return exit_code(outcome)
 
 
-def _close_broken(store: RunStore) -> None:
-    """A run whose results could not be written (a full disk): marked interrupted if even that can be written;
-    else the next run marks it, as it does a killed run's."""
-    with contextlib.suppress(StoreError):
-        store.finish("interrupted")
-
-
-def _interrupted(console: Console, store: RunStore, exc: KeyboardInterrupt, kept: str) -> int:
-    """Close a run stopped by Ctrl-C, SIGTERM or SIGHUP; the exit code says which (128 + the signal)."""
-    store.finish("interrupted")
-    signum = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
-    console.print(f"[bold red]interrupted[/] ({signal.Signals(signum).name}): {escape(kept)}")
-    return 128 + signum
-
-
 def _verdict_line(result: CellResult) -> str:
     """A finished cell in one line: its verdicts counted (the table at the end has them scenario by scenario)."""
     if result.status is not CellStatus.RAN:
@@ -381,143 +370,27 @@ def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> Rende
 
 
 def command_bisect(args: argparse.Namespace, console: Console) -> int:
-    from bnmatrix.bisect import Bisector, Probe
-    from bnmatrix.history import change_points
-
-    matrix = load_matrix(args.matrix, args.scenarios)
-    one = (args.scenario, args.good, args.bad)
-    if args.from_run is not None and any(one):
-        raise BnMatrixError("--from-run bisects every change point of a run; --scenario/--good/--bad name one "
-                            "search: expected one or the other")
-    if args.from_run is None and not all(one):
-        missing = [o for o, v in zip(("--scenario", "--good", "--bad"), one, strict=True) if not v]
-        raise BnMatrixError(f"bisect: {', '.join(missing)} missing; expected --scenario NAME --good VERSION --bad "
-                            "VERSION, or --from-run [RUN]")
-    if args.jobs < 1:
-        raise BnMatrixError(f"--jobs {args.jobs}: expected a whole number of at least 1")
-    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):
-        raise BnMatrixError(f"--budget {args.budget:g}: expected a number of minutes above 0")
-    if args.variant is not None and args.variant not in matrix.variants:
-        raise BnMatrixError(f"--variant {args.variant}: unknown; expected one of "
-                            f"{', '.join(matrix.variants) or '(none)'}")
-    run_id = new_run_id()
-    backend, why = select_backend(args.backend, Setup(matrix=matrix, run_id=run_id, cache_dir=default_cache_dir()))
-    try:
-        bisector = Bisector(matrix, backend.serves_python, pre=args.pre, exhaustive=args.exhaustive)
-        source = None
-        if args.from_run is not None:
-            run = load_run(Path(args.from_run) if args.from_run else args.results / "latest")
-            source = run.id
-            points = change_points(run, [args.device] if args.device else [])
-            narrowed = _narrowed(args.results, args.exhaustive)
-            done = []
-            for name, device, variant, older, newer in points:
-                ends = {c.cell.tf: Probe.of(c, name) for c in (older, newer)}
-                known = narrowed.get((name, device, variant, older.cell.tf, newer.cell.tf))
-                if known is not None and (known["good"]["status"], known["bad"]["status"]) == \
-                        (ends[older.cell.tf].status, ends[newer.cell.tf].status):
-                    done.append(known)
-                    continue
-                bisector.add(name, device, variant, older.cell.tf, newer.cell.tf, endpoints=ends)
-            console.print(f"run {run.id} ({run.directory}): {len(points)} change point{'s' if len(points) != 1 else ''}"
-                          + (f", {len(done)} already narrowed in {args.results}" if done else ""),
-                          highlight=False, soft_wrap=True)
-            for known in done:
-                console.print(f"  {known['answer']} [run {known['run_id']}]", highlight=False, soft_wrap=True,
-                              markup=False)
-            if not bisector.searches:
-                backend.close()
-                return EXIT_OK
-        else:
-            _check_bisect_input(args, matrix)
-            bisector.add(args.scenario, args.device or "cpu", args.variant, args.good, args.bad)
-            if Version(args.good) > Version(args.bad):  # a change is always stored in release order
-                console.print(f"--good {args.good} is newer than --bad {args.bad}: searching from {args.bad} to "
-                              f"{args.good}, in release order", highlight=False)
-        console.print(why)
-        for search in bisector.searches:
-            between = len(search.candidates) - 2
-            left_out = "; left out: " + ", ".join(f"{v} ({w})" for v, w in search.unavailable.items()) \
-                if search.unavailable else ""
-            console.print(f"{search.scenario} ({search.device}): {search.candidates[0]} -> {search.candidates[-1]}, "
-                          f"{between} release{'s' if between != 1 else ''} between{left_out}", highlight=False,
-                          soft_wrap=True)
-    except BaseException:
-        backend.close()
-        raise
-    store = RunStore(args.results, run_id, {
-        "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
-        "bnmatrix_version": __version__, "cells": [],
-        "bisect": {"from_run": source, "scenario": args.scenario, "good": args.good, "bad": args.bad,
-                   "device": args.device, "variant": args.variant, "pre": args.pre, "exhaustive": args.exhaustive},
-    }, kind="bisect")
     say = functools.partial(console.print, highlight=False, soft_wrap=True, markup=False)
-    try:
-        with _cell_progress(console, None) as report_progress:
-            conclusions = bisector.run(backend, store, args.jobs, report_progress, say,
-                                       args.budget * 60 if args.budget else None)
-    except KeyboardInterrupt as exc:
-        store.write_searches([s.conclusion() for s in bisector.searches])
-        return _interrupted(console, store, exc, f"the probes that finished are kept in {store.directory}; run the "
-                            "same command again to go on (nothing is run twice)")
-    except StoreError:
-        _close_broken(store)
-        raise
-    finally:
-        backend.close()
-    store.finish("complete")
-    outcomes = {c["outcome"] for c in conclusions}
-    if args.from_run is None and outcomes == {"nothing-to-bisect"}:
-        _drop_if_known(store)
-        _say_error(conclusions[0]["answer"])
-        return EXIT_USAGE
-    for conclusion in conclusions:
-        console.print(escape(conclusion["answer"]), highlight=False, soft_wrap=True)
-    if _drop_if_known(store):
-        console.print(f"nothing new was run: these conclusions are in {args.results} already", highlight=False)
-    else:
-        console.print(f"conclusions in {store.directory / 'bisect.json'}", soft_wrap=True, highlight=False)
-    _prune(console, args.results, matrix.keep_runs)
-    return EXIT_CELL_FAILED if outcomes & {"incomplete", "endpoint-error"} else EXIT_OK
-
-
-def _drop_if_known(store: RunStore) -> bool:
-    """Remove a bisect run that ran no cell and concluded only what the results root already holds (a rerun)."""
-    if store.written:
-        return False
-    mine = read_searches(store.directory)
-    earlier = {search_key(s): s["answer"]
-               for s in latest_searches((d, m) for d, m in runs_in(store.root) if d != store.directory)}
-    if not mine or any(earlier.get(search_key(s)) != s["answer"] for s in mine):
-        return False
-    shutil.rmtree(store.directory)
-    return True
-
-
-def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """The searches a results root has already narrowed to their release (as thoroughly as asked now), by the
-    change they looked at."""
-    if not root.is_dir():
-        return {}
-    return {change_span(s): s for s in latest_searches(runs_in(root))
-            if s.get("outcome") == "narrowed" and (s.get("exhaustive") or not exhaustive)}
-
-
-def _check_bisect_input(args: argparse.Namespace, matrix: Matrix) -> None:
-    from packaging.version import InvalidVersion, Version
-
-    if args.scenario not in matrix.catalog:
-        raise unknown_scenario(args.scenario, sorted(matrix.catalog), f"from {matrix.path}")
-    for option, value in (("--good", args.good), ("--bad", args.bad)):
-        try:
-            Version(value)
-        except InvalidVersion:
-            raise BnMatrixError(f"{option} {value!r}: not a version; expected a release such as 1.10.0") from None
-    if Version(args.good) == Version(args.bad):
-        raise BnMatrixError(f"--good and --bad are both {args.good}; expected two different releases")
-    device = args.device or "cpu"
-    if not any(device in entry.devices for entry in matrix.versions):
-        raise BnMatrixError(f"--device {device}: no entry of {matrix.path} has it; expected cpu or gpu")
+    session = BisectSession(BisectOptions(
+        scenario=args.scenario, good=args.good, bad=args.bad, from_run=args.from_run, device=args.device,
+        variant=args.variant, pre=args.pre, exhaustive=args.exhaustive, budget_min=args.budget, matrix=args.matrix,
+        scenario_dirs=tuple(args.scenarios), backend=args.backend, results=args.results, jobs=args.jobs), say=say)
+    outcome = session.run(lambda total, expected, jobs: _cell_progress(console, None))
+    code = bisect_exit_code(outcome)
+    if outcome.stopped_by is not None:
+        console.print(f"[bold red]interrupted[/] ({signal.Signals(outcome.stopped_by).name}): the probes that "
+                      f"finished are kept in {escape(str(outcome.directory))}; run the same command again to go on "
+                      "(nothing is run twice)")
+    elif code == EXIT_USAGE:  # the one search asked for has nothing to bisect
+        _say_error(outcome.conclusions[0]["answer"])
+    elif outcome.conclusions:
+        for conclusion in outcome.conclusions:
+            say(conclusion["answer"])
+        if outcome.directory is None:
+            say(f"nothing new was run: these conclusions are in {args.results} already")
+        else:
+            say(f"conclusions in {outcome.directory / 'bisect.json'}")
+    return code
 
 
 def command_scenario(args: argparse.Namespace, console: Console) -> int:
@@ -567,13 +440,6 @@ def command_import(args: argparse.Namespace, console: Console) -> int:
     console.print(f"{len(added)} run{'s' if len(added) != 1 else ''} added to {args.results}"
                   + (f": {', '.join(added)}" if added else " (it holds them all already)"), highlight=False)
     return EXIT_OK
-
-
-def _prune(console: Console, root: Path, keep: int) -> None:
-    deleted = prune(root, keep)
-    if deleted:
-        console.print(f"kept the newest {keep} runs of {root} (settings.keep_runs) and every run still cited; "
-                      f"deleted {len(deleted)}: {', '.join(deleted)}", highlight=False, soft_wrap=True)
 
 
 def command_report(args: argparse.Namespace, console: Console) -> int:

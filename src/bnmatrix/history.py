@@ -22,18 +22,11 @@ from packaging.version import Version
 
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import extract_archive, staging_name, sweep_staging
-from bnmatrix.results import (
-    CellResult,
-    Run,
-    ScenarioResult,
-    check_run,
-    latest_searches,
-    load_run,
-    moment,
-    now,
-    runs_in,
-    write_json,
-)
+from bnmatrix.store.files import moment, now, write_json
+from bnmatrix.store.merge import check_run
+from bnmatrix.store.reader import load_run, runs_in
+from bnmatrix.store.records import CellResult, Run, RunKind, RunStatus, ScenarioResult
+from bnmatrix.store.searches import latest_searches
 from bnmatrix.verdict import VERDICTS, CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
@@ -110,7 +103,7 @@ class History:
 
     @property
     def matrix_runs(self) -> list[Run]:
-        return [r for r in self.runs if r.kind == "run" and r.cells]
+        return [r for r in self.runs if r.kind is RunKind.RUN and r.cells]
 
     def find(self, name: str) -> Run:
         """A run by id (or 'latest', or a unique prefix of an id)."""
@@ -205,9 +198,9 @@ def prune(root: Path, keep: int) -> list[str]:
     protected = {directory.name for directory, _ in runs[-keep:]}
     newest_holder: dict[str, str] = {}
     for directory, manifest in runs:
-        if manifest.get("status") == "running":
+        if manifest.get("status") == RunStatus.RUNNING.value:
             protected.add(directory.name)
-        if manifest.get("kind", "run") == "run":
+        if manifest.get("kind", RunKind.RUN.value) == RunKind.RUN.value:
             for path in (directory / "cells").glob("*.json"):
                 newest_holder[path.stem] = directory.name
     protected |= set(newest_holder.values()) | cited_runs(latest_searches(runs))
@@ -225,7 +218,7 @@ def prune(root: Path, keep: int) -> list[str]:
 def write_archive(history: History, target: Path) -> Path:
     """The results root as a versioned archive (see docs/history.md): archive.json, then each run's folder."""
     index = {"schema": ARCHIVE_SCHEMA, "created": now(),
-             "runs": [{"run_id": r.id, "folder": r.directory.name, "kind": r.kind,
+             "runs": [{"run_id": r.id, "folder": r.directory.name, "kind": r.kind.value,
                        "started": r.manifest.get("started"), "status": r.manifest.get("status")}
                       for r in history.runs]}
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,8 +257,9 @@ def import_archive(archive_path: Path, root: Path) -> list[str]:
                 raise BnMatrixError(f"{archive_path}: {str(exc).replace(str(staging) + '/', '')} (nothing was "
                                     "imported)") from None
             manifest.pop("checked", None)
-            if manifest["status"] == "running":
-                manifest.update(status="interrupted", note="imported while it was running on its own host")
+            if manifest["status"] == RunStatus.RUNNING.value:
+                manifest.update(status=RunStatus.INTERRUPTED.value,
+                                note="imported while it was running on its own host")
             write_json(staging / folder / "manifest.json", manifest)
         added = []
         for folder in new:

@@ -30,7 +30,10 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
 from bnmatrix.intake import read_json, read_text, regular_file, staged_folder
 from bnmatrix.plan import all_cells
-from bnmatrix.results import CellResult, Run, ScenarioResult, change_span, load_run, runs_under
+from bnmatrix.store.merge import runs_under
+from bnmatrix.store.reader import load_run
+from bnmatrix.store.records import CellResult, Run, RunKind, ScenarioResult
+from bnmatrix.store.searches import Outcome, change_span
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
@@ -216,7 +219,7 @@ class Site:
         cells = sorted((shown.cell for shown in current.values()), key=lambda c: c.id)
         evidence: dict[str, tuple[CellResult, Run]] = {}
         for run in history.runs:
-            if run.kind == "bisect":
+            if run.kind is RunKind.BISECT:
                 evidence.update({c.id: (c, run) for c in run.cells if c.id not in current})
         return cls(Run(path.resolve(), manifest, cells), {cid: shown.run for cid, shown in current.items()},
                    holders, history.timelines(), history.searches(), evidence, history)
@@ -361,8 +364,8 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]])
         before.boundary = True
         was, now = STATES[before.status][1], STATES[entry.status][1]
         search = by_span.get((name, device, variant, older, newer))
-        if search and search["outcome"] in ("narrowed", "range") and search.get("changed_in"):
-            where = (f"in {search['changed_in']}" if search["outcome"] == "narrowed" else
+        if search and search["outcome"] in (Outcome.NARROWED.value, Outcome.RANGE.value) and search.get("changed_in"):
+            where = (f"in {search['changed_in']}" if search["outcome"] == Outcome.NARROWED.value else
                      f"between {search['last_before']} and {search['changed_in']}")
             more = f"; {len(search['changes'])} changes in all" if len(search["changes"]) > 1 else ""
             entry.change = {"text": f"{name} ({device}): {was} → {search['changes'][0]['to'] if more else now} "
@@ -380,7 +383,7 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
     """The answer at a glance: per scenario and per device (and variant), the verdicts as version ranges,
     oldest first (a range starts at the release a bisect pinned, where one did), and one mark per version.
     Device and variant columns where no cell ran are left out and counted instead."""
-    pinned = {change_span(s): s for s in searches if s.get("outcome") == "narrowed"}
+    pinned = {change_span(s): s for s in searches if s.get("outcome") == Outcome.NARROWED.value}
     variants = sorted({r.variant for r in rows}, key=lambda v: (v is not None, v or ""))
     lines = [(device, variant) for device in devices for variant in variants]
     table: dict[str, dict[tuple[str, str | None], dict[str, Any]]] = {}
@@ -573,7 +576,7 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
 def history_data(history: History) -> dict[str, Any]:
     """The runs of a results root (newest first) and every status each matrix run holds (cells that did not run
     hold none): what runs.html lists and compares, in the browser."""
-    return {"runs": [{"id": r.id, "kind": r.kind, "started": r.manifest.get("started"),
+    return {"runs": [{"id": r.id, "kind": r.kind.value, "started": r.manifest.get("started"),
                       "status": r.manifest.get("status"), "backend": r.manifest.get("backend"), "cells": len(r.cells)}
                      for r in reversed(history.runs)],
             "compare": [r.id for r in reversed(history.matrix_runs)],

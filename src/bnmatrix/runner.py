@@ -22,7 +22,9 @@ from bnmatrix.config import Scenario, scenario_files
 from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
-from bnmatrix.results import CellResult, RunStore, ScenarioResult, StoreError, now
+from bnmatrix.store.files import StoreError, now
+from bnmatrix.store.records import CellResult, ScenarioResult
+from bnmatrix.store.runstore import RunStore
 from bnmatrix.verdict import CellStatus, Status
 
 SCENARIO_SCHEMA = "bnmatrix.scenario/2"

@@ -1,7 +1,9 @@
-"""A run of the matrix as one workflow over one state: options -> matrix and plan -> backend -> store (and the sweep
-of what killed runs left) -> the cells -> finish -> prune -> an outcome, whose exit code a pure policy gives.
+"""A run of the matrix, and a bisect, each as one workflow over one state: options -> matrix and plan -> backend ->
+store (and the sweep of what killed runs left) -> the cells -> finish -> prune -> an outcome, whose exit code a pure
+policy gives.
 
-The CLI parses its arguments into RunOptions, hands them to a RunSession and prints; a library caller does the same:
+The CLI parses its arguments into RunOptions (BisectOptions), hands them to a RunSession (BisectSession) and prints;
+a library caller does the same:
 
     outcome = RunSession(RunOptions(select=("tf-2.15.1-cpu",), backend="venv")).run()
     print(outcome.directory, [cell.status for cell in outcome.results], exit_code(outcome))
@@ -10,23 +12,32 @@ The CLI parses its arguments into RunOptions, hands them to a RunSession and pri
 from __future__ import annotations
 
 import fnmatch
+import math
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 from bnmatrix import __version__
 from bnmatrix.backends import Setup, select_backend
 from bnmatrix.backends.venv import default_cache_dir
-from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
-from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, BnMatrixError
+from bnmatrix.config import Matrix, default_matrix_path, parse_image_map, unknown_scenario
+from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
 from bnmatrix.history import prune
 from bnmatrix.host import sweep_dead_run
 from bnmatrix.plan import Cell, parse_shard, plan, shard
-from bnmatrix.results import CellResult, RunStore, StoreError, new_run_id
 from bnmatrix.runner import ProgressCallback, run_plan
+from bnmatrix.store.files import StoreError
+from bnmatrix.store.reader import load_run, runs_in
+from bnmatrix.store.records import CellResult, RunKind, RunStatus
+from bnmatrix.store.runstore import RunStore, new_run_id
+from bnmatrix.store.searches import Outcome, change_span, latest_searches, read_searches, search_key
 from bnmatrix.verdict import CellStatus, Status
 
 Say = Callable[[str], None]
@@ -157,17 +168,210 @@ class RunSession:
                 results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
                                    options.force or options.rebuild, progress, jobs=options.jobs)
         except KeyboardInterrupt as exc:  # Ctrl-C, or the CLI's SIGTERM/SIGHUP (cli.Terminated carries its number)
-            store.finish("interrupted")
+            store.finish(RunStatus.INTERRUPTED)
             return replace(outcome, stopped_by=getattr(exc, "signum", signal.SIGINT))
         except StoreError:
             with suppress(StoreError):  # as far as it can: else the next run marks it, as a killed run's
-                store.finish("interrupted")
+                store.finish(RunStatus.INTERRUPTED)
             raise
         finally:
             backend.close()
-        store.finish("complete")
+        store.finish(RunStatus.COMPLETE)
         deleted = prune(options.results, matrix.keep_runs)
         if deleted:
             self.say(f"kept the newest {matrix.keep_runs} runs of {options.results} (settings.keep_runs) and every "
                      f"run still cited; deleted {len(deleted)}: {', '.join(deleted)}")
         return replace(outcome, results=results, duration_s=time.monotonic() - started)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BisectOptions:
+    """What `bnmatrix bisect` is asked: one search (scenario, good, bad) or every change point of a run (from_run)."""
+
+    scenario: str | None = None
+    good: str | None = None
+    bad: str | None = None
+    from_run: str | None = None  # a run directory; "" for the results root's latest run
+    device: str | None = None  # default cpu; with from_run: every device
+    variant: str | None = None
+    pre: bool = False
+    exhaustive: bool = False
+    budget_min: float | None = None
+    matrix: Path | None = None
+    scenario_dirs: tuple[Path, ...] = ()
+    backend: str = "auto"
+    results: Path = Path("results")
+    jobs: int = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class BisectOutcome:
+    """The conclusions of a bisect (the searches the results root had narrowed already apart), and how it ended."""
+
+    conclusions: list[dict[str, Any]] = field(default_factory=list)
+    known: list[dict[str, Any]] = field(default_factory=list)  # narrowed by an earlier bisect: not searched again
+    directory: Path | None = None  # the bisect's run, if it was kept (nothing new run: dropped)
+    stopped_by: int | None = None
+    one_search: bool = True  # --scenario/--good/--bad, not --from-run
+
+    @property
+    def outcomes(self) -> set[Outcome]:
+        return {Outcome(c["outcome"]) for c in self.conclusions}
+
+
+def bisect_exit_code(outcome: BisectOutcome) -> int:
+    """The exit code of a bisect (pure): 128 + the signal that stopped it; 2 when the one search asked for has
+    nothing to bisect (both ends agree: a mistake in the question); 1 when a search could not finish; else 0."""
+    if outcome.stopped_by is not None:
+        return 128 + outcome.stopped_by
+    if outcome.one_search and outcome.outcomes == {Outcome.NOTHING_TO_BISECT}:
+        return EXIT_USAGE
+    return EXIT_CELL_FAILED if outcome.outcomes & {Outcome.INCOMPLETE, Outcome.ENDPOINT_ERROR} else EXIT_OK
+
+
+class BisectSession:
+    """One `bnmatrix bisect`: its question checked when made, answered by run(), once."""
+
+    def __init__(self, options: BisectOptions, say: Say = print):
+        one = (options.scenario, options.good, options.bad)
+        if options.from_run is not None and any(one):
+            raise BnMatrixError("--from-run bisects every change point of a run; --scenario/--good/--bad name one "
+                                "search: expected one or the other")
+        if options.from_run is None and not all(one):
+            missing = [o for o, v in zip(("--scenario", "--good", "--bad"), one, strict=True) if not v]
+            raise BnMatrixError(f"bisect: {', '.join(missing)} missing; expected --scenario NAME --good VERSION --bad "
+                                "VERSION, or --from-run [RUN]")
+        if options.jobs < 1:
+            raise BnMatrixError(f"--jobs {options.jobs}: expected a whole number of at least 1")
+        budget = options.budget_min
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise BnMatrixError(f"--budget {budget:g}: expected a number of minutes above 0")
+        self.options = options
+        self.say = say
+        self.matrix = load_matrix(options.matrix, options.scenario_dirs)
+        if options.variant is not None and options.variant not in self.matrix.variants:
+            raise BnMatrixError(f"--variant {options.variant}: unknown; expected one of "
+                                f"{', '.join(self.matrix.variants) or '(none)'}")
+        if options.from_run is None:
+            _check_search(options, self.matrix)
+
+    def run(self, watch: Watch = _silent) -> BisectOutcome:
+        """Plan the searches (the change points of a run, less those narrowed already; or the one asked for), open the
+        backend and a bisect run, probe round after round, and keep the conclusions (a run that ran nothing new and
+        concluded only what the root holds is dropped). A stop keeps every probe that finished."""
+        from bnmatrix.bisect import Bisector, Probe
+        from bnmatrix.history import change_points
+
+        options, matrix = self.options, self.matrix
+        run_id = new_run_id()
+        backend, why = select_backend(options.backend, Setup(matrix=matrix, run_id=run_id,
+                                                             cache_dir=default_cache_dir()))
+        try:
+            bisector = Bisector(matrix, backend.serves_python, pre=options.pre, exhaustive=options.exhaustive)
+            source, known = None, []
+            if options.from_run is not None:
+                run = load_run(Path(options.from_run) if options.from_run else options.results / "latest")
+                source = run.id
+                points = change_points(run, [options.device] if options.device else [])
+                narrowed = _narrowed(options.results, options.exhaustive)
+                for name, device, variant, older, newer in points:
+                    ends = {c.cell.tf: Probe.of(c, name) for c in (older, newer)}
+                    found = narrowed.get((name, device, variant, older.cell.tf, newer.cell.tf))
+                    if found is not None and (found["good"]["status"], found["bad"]["status"]) == \
+                            (ends[older.cell.tf].status, ends[newer.cell.tf].status):
+                        known.append(found)
+                        continue
+                    bisector.add(name, device, variant, older.cell.tf, newer.cell.tf, endpoints=ends)
+                self.say(f"run {run.id} ({run.directory}): {len(points)} change point{'s' if len(points) != 1 else ''}"
+                         + (f", {len(known)} already narrowed in {options.results}" if known else ""))
+                for found in known:
+                    self.say(f"  {found['answer']} [run {found['run_id']}]")
+                if not bisector.searches:
+                    backend.close()
+                    return BisectOutcome(known=known, one_search=False)
+            else:
+                assert options.scenario and options.good and options.bad
+                bisector.add(options.scenario, options.device or "cpu", options.variant, options.good, options.bad)
+                if Version(options.good) > Version(options.bad):  # a change is always stored in release order
+                    self.say(f"--good {options.good} is newer than --bad {options.bad}: searching from {options.bad} "
+                             f"to {options.good}, in release order")
+            self.say(why)
+            for search in bisector.searches:
+                between = len(search.candidates) - 2
+                left_out = "; left out: " + ", ".join(f"{v} ({w})" for v, w in search.unavailable.items()) \
+                    if search.unavailable else ""
+                self.say(f"{search.scenario} ({search.device}): {search.candidates[0]} -> {search.candidates[-1]}, "
+                         f"{between} release{'s' if between != 1 else ''} between{left_out}")
+            store = RunStore(options.results, run_id, {
+                "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
+                "bnmatrix_version": __version__, "cells": [],
+                "bisect": {"from_run": source, "scenario": options.scenario, "good": options.good,
+                           "bad": options.bad, "device": options.device, "variant": options.variant,
+                           "pre": options.pre, "exhaustive": options.exhaustive},
+            }, kind=RunKind.BISECT)
+        except BaseException:
+            backend.close()
+            raise
+        outcome = BisectOutcome(known=known, directory=store.directory, one_search=options.from_run is None)
+        try:
+            with watch(0, {}, options.jobs) as progress:
+                conclusions = bisector.run(backend, store, options.jobs, progress, self.say,
+                                           options.budget_min * 60 if options.budget_min else None)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or the CLI's SIGTERM/SIGHUP (cli.Terminated carries its number)
+            store.write_searches([s.conclusion() for s in bisector.searches])
+            store.finish(RunStatus.INTERRUPTED)
+            return replace(outcome, stopped_by=getattr(exc, "signum", signal.SIGINT))
+        except StoreError:
+            with suppress(StoreError):
+                store.finish(RunStatus.INTERRUPTED)
+            raise
+        finally:
+            backend.close()
+        store.finish(RunStatus.COMPLETE)
+        dropped = _drop_if_known(store)
+        if not (outcome.one_search and {c["outcome"] for c in conclusions} == {Outcome.NOTHING_TO_BISECT.value}):
+            self._prune()
+        return replace(outcome, conclusions=conclusions, directory=None if dropped else store.directory)
+
+    def _prune(self) -> None:
+        deleted = prune(self.options.results, self.matrix.keep_runs)
+        if deleted:
+            self.say(f"kept the newest {self.matrix.keep_runs} runs of {self.options.results} (settings.keep_runs) "
+                     f"and every run still cited; deleted {len(deleted)}: {', '.join(deleted)}")
+
+
+def _drop_if_known(store: RunStore) -> bool:
+    """Remove a bisect run that ran no cell and concluded only what the results root already holds (a rerun)."""
+    if store.written:
+        return False
+    mine = read_searches(store.directory)
+    earlier = {search_key(s): s["answer"]
+               for s in latest_searches((d, m) for d, m in runs_in(store.root) if d != store.directory)}
+    if not mine or any(earlier.get(search_key(s)) != s["answer"] for s in mine):
+        return False
+    shutil.rmtree(store.directory)
+    return True
+
+
+def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The searches a results root has already narrowed to their release (as thoroughly as asked now), by the
+    change they looked at."""
+    if not root.is_dir():
+        return {}
+    return {change_span(s): s for s in latest_searches(runs_in(root))
+            if s.get("outcome") == Outcome.NARROWED.value and (s.get("exhaustive") or not exhaustive)}
+
+
+def _check_search(options: BisectOptions, matrix: Matrix) -> None:
+    if options.scenario not in matrix.catalog:
+        raise unknown_scenario(str(options.scenario), sorted(matrix.catalog), f"from {matrix.path}")
+    for option, value in (("--good", options.good), ("--bad", options.bad)):
+        try:
+            Version(str(value))
+        except InvalidVersion:
+            raise BnMatrixError(f"{option} {value!r}: not a version; expected a release such as 1.10.0") from None
+    if Version(str(options.good)) == Version(str(options.bad)):
+        raise BnMatrixError(f"--good and --bad are both {options.good}; expected two different releases")
+    device = options.device or "cpu"
+    if not any(device in entry.devices for entry in matrix.versions):
+        raise BnMatrixError(f"--device {device}: no entry of {matrix.path} has it; expected cpu or gpu")

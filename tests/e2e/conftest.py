@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bnmatrix.results import CellResult, ScenarioResult
+from bnmatrix.store.records import CellResult, ScenarioResult
 from tests.conftest import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def run_cell(cell_id: str, python: str, results: Path, *options: str) -> CellRes
     """One cell with the venv backend, as a user runs it."""
     from bnmatrix.cli import main
     from bnmatrix.host import find_interpreter
-    from bnmatrix.results import load_run
+    from bnmatrix.store.reader import load_run
 
     interpreter, looked = find_interpreter(python)
     require(interpreter is not None, f"no Python {python} for {cell_id} (looked in {', '.join(looked)})")

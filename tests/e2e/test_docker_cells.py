@@ -19,7 +19,8 @@ import pytest
 
 from bnmatrix.backends.docker import LABEL
 from bnmatrix.cli import main
-from bnmatrix.results import CellResult, load_run
+from bnmatrix.store.reader import load_run
+from bnmatrix.store.records import CellResult
 from tests.conftest import require
 from tests.e2e.conftest import E2E_CELLS, REPO, check_verdicts, reproduce_and_compare
 from tests.e2e.test_venv_cells import user_scenarios

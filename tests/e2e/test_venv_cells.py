@@ -11,7 +11,8 @@ import pytest
 
 from bnmatrix.cli import main
 from bnmatrix.report import write_report
-from bnmatrix.results import CellResult, load_run
+from bnmatrix.store.reader import load_run
+from bnmatrix.store.records import CellResult
 from tests.e2e.conftest import (
     E2E_CELLS,
     KERAS3_CELL,

@@ -17,7 +17,8 @@ from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import History, change_points, diff, prune
 from bnmatrix.report import Site, render_site
-from bnmatrix.results import load_run, write_json
+from bnmatrix.store.files import write_json
+from bnmatrix.store.reader import load_run
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # the real default-matrix run, and its real bisect
 REAL_RUN = DATA / "run"

@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from bnmatrix.cli import main
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, shard
-from bnmatrix.results import ScenarioResult, load_run, merge_runs, write_json
+from bnmatrix.store.files import write_json
+from bnmatrix.store.merge import merge_runs
+from bnmatrix.store.reader import load_run
+from bnmatrix.store.records import ScenarioResult
 from bnmatrix.verdict import Status
 
 RUNNERS = {"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"]}

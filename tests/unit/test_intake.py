@@ -27,7 +27,8 @@ from bnmatrix.intake import (
     staging_name,
     sweep_staging,
 )
-from bnmatrix.results import CellResult, read_cell
+from bnmatrix.store.reader import read_cell
+from bnmatrix.store.records import CellResult
 from bnmatrix.verdict import Status
 
 REAL_CELL = Path(__file__).resolve().parents[1] / "data" / "run" / "cells" / "tf-1.15.5-cpu.json"

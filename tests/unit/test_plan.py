@@ -65,7 +65,7 @@ def test_inputs_hash_changes_with_the_cell_and_the_code(matrix: Matrix) -> None:
 
 def test_the_shipped_expectations_match_the_real_run(matrix: Matrix) -> None:
     """matrix.yaml's expect: rules say what the real run in tests/data/run found, cell by cell."""
-    from bnmatrix.results import load_run
+    from bnmatrix.store.reader import load_run
 
     run = load_run(REPO / "tests" / "data" / "run")
     cells = {cell.id: cell for cell in all_cells(matrix)}

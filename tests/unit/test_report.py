@@ -25,7 +25,8 @@ from bnmatrix.backends.docker import run_flags, run_options
 from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.report import Site, render_site, write_report
-from bnmatrix.results import CellResult, Run, write_json
+from bnmatrix.store.files import write_json
+from bnmatrix.store.records import CellResult, Run
 from bnmatrix.verdict import Status
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
@@ -480,7 +481,7 @@ def test_an_error_without_a_traceback_renders_everywhere(tmp_path: Path) -> None
 
 
 def test_a_cell_that_did_not_run_has_no_result_to_differ_from_its_expectation() -> None:
-    from bnmatrix.results import load_run
+    from bnmatrix.store.reader import load_run
 
     files = render(load_run(Path(__file__).resolve().parents[1] / "data" / "run"))  # GPU cells: not run here
     assert "differ from the expectations" not in files["index.html"]

@@ -21,8 +21,11 @@ from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputC
 from bnmatrix.config import PACKAGE_DIR, Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, plan
-from bnmatrix.results import CellResult, RunStore, ScenarioResult, load_run, new_run_id, write_json
 from bnmatrix.runner import run_plan
+from bnmatrix.store.files import write_json
+from bnmatrix.store.reader import load_run
+from bnmatrix.store.records import CellResult, RunStatus, ScenarioResult
+from bnmatrix.store.runstore import RunStore, new_run_id
 from bnmatrix.verdict import BatchData, expected_statistics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,9 +105,9 @@ def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = Fal
     try:
         run_plan(cells, MATRIX.catalog, backend, store, MATRIX.scenario_dirs, 5.0, force, lambda *a: None)
     except KeyboardInterrupt:
-        store.finish("interrupted")
+        store.finish(RunStatus.INTERRUPTED)
         raise
-    store.finish("complete")
+    store.finish(RunStatus.COMPLETE)
     return store
 
 

@@ -1,16 +1,27 @@
-"""The run's exit policy (pure): which outcomes fail a run, from a user's point of view."""
+"""The exit policies of a run and a bisect (pure), and the questions a session refuses before anything runs."""
 
 from __future__ import annotations
 
+import re
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell
-from bnmatrix.results import CellResult, ScenarioResult
-from bnmatrix.session import RunOptions, RunOutcome, RunSession, exit_code
+from bnmatrix.session import (
+    BisectOptions,
+    BisectOutcome,
+    BisectSession,
+    RunOptions,
+    RunOutcome,
+    RunSession,
+    bisect_exit_code,
+    exit_code,
+)
+from bnmatrix.store.records import CellResult, ScenarioResult
 from bnmatrix.verdict import CellStatus, Status
 
 
@@ -69,3 +80,36 @@ def test_a_session_knows_its_cells_before_it_runs_and_refuses_an_empty_selection
     with pytest.raises(BnMatrixError, match="--jobs 0: expected a whole number of at least 1"):
         RunSession(RunOptions(jobs=0, results=tmp_path))
     assert not any(tmp_path.iterdir())  # nothing written before run()
+
+
+def conclusions(*outcomes: str) -> list[dict[str, str]]:
+    return [{"outcome": outcome, "answer": f"search {i}: {outcome}"} for i, outcome in enumerate(outcomes)]
+
+
+@pytest.mark.parametrize(("found", "one_search", "code"), [
+    (("narrowed",), True, 0),
+    (("narrowed", "incomplete"), False, 1),  # a budget used up, or a probe that could not run: run again
+    (("endpoint-error", "narrowed"), False, 1),
+    (("nothing-to-bisect",), True, 2),  # both ends of the one search asked for agree: the question was wrong
+    (("nothing-to-bisect", "narrowed"), False, 0),  # a change point another bisect resolved meanwhile
+    ((), False, 0),  # every change point of the run was narrowed already
+])
+def test_a_bisect_fails_when_a_search_could_not_finish_or_the_question_was_wrong(found: tuple[str, ...],
+                                                                                 one_search: bool, code: int) -> None:
+    assert bisect_exit_code(BisectOutcome(conclusions=conclusions(*found), one_search=one_search)) == code
+    assert bisect_exit_code(BisectOutcome(conclusions=conclusions(*found), stopped_by=signal.SIGHUP)) == 129
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (BisectOptions(from_run="", scenario="keras_fit"), "--from-run bisects every change point of a run"),
+    (BisectOptions(scenario="keras_fit", good="1.9.0"), "bisect: --bad missing"),
+    (BisectOptions(scenario="keras_fit", good="1.9.0", bad="1.9.0"), "--good and --bad are both 1.9.0"),
+    (BisectOptions(scenario="keras_fi", good="1.9.0", bad="2.0.0"), "perhaps you meant 'keras_fit'?"),
+    (BisectOptions(from_run="", budget_min=float("nan")), "--budget nan: expected a number of minutes above 0"),
+    (BisectOptions(from_run="", variant="nosuch"), "--variant nosuch: unknown"),
+])
+def test_a_bisect_question_is_checked_before_anything_runs(options: BisectOptions, message: str,
+                                                           tmp_path: Path) -> None:
+    with pytest.raises(BnMatrixError, match=re.escape(message)):
+        BisectSession(replace(options, results=tmp_path))
+    assert not any(tmp_path.iterdir())

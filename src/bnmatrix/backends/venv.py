@@ -37,7 +37,7 @@ from bnmatrix.config import DEFAULT_INDEX_URL, Scenario, base_image_script, data
 from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.host import Interpreter, ProcessGroups, find_interpreter, gpu_available
 from bnmatrix.plan import Cell
-from bnmatrix.results import write_json
+from bnmatrix.store.files import write_json
 
 READY_MARKER = "bnmatrix-ready.json"
 # uv and pip settings about transport (certificates, proxies, timeouts) are the host's business and kept;
