@@ -76,15 +76,15 @@ def _styled(status: Status) -> str:
     return f"[{status.colour}]{status.icon} {status.word}[/]"
 
 
-def _matrix_options(parser: argparse.ArgumentParser, matrix_help: str) -> None:
-    parser.add_argument("--matrix", type=Path, default=None, help=matrix_help)
+def _matrix_options(parser: argparse.ArgumentParser, scenarios_help: str) -> None:
+    parser.add_argument("--matrix", type=Path, default=None,
+                        help="the matrix file (default: ./matrix.yaml, else the one bnmatrix ships)")
     parser.add_argument("--scenarios", action="append", default=[], type=Path, metavar="DIR",
-                        help="a folder of your own scenarios: every cell runs them too (repeatable; "
-                             "see docs/scenarios.md)")
+                        help=f"a folder of your own scenarios: {scenarios_help} (repeatable; see docs/scenarios.md)")
 
 
 def _selection_options(parser: argparse.ArgumentParser) -> None:
-    _matrix_options(parser, "the matrix file (default: ./matrix.yaml, else the one bnmatrix ships)")
+    _matrix_options(parser, "every cell runs them too")
     parser.add_argument("--select", action="append", default=[], metavar="GLOB",
                         help="only cells whose id matches (repeatable), e.g. 'tf-1.*' or 'tf-2.15*-cpu'")
     parser.add_argument("--skip", action="append", default=[], metavar="GLOB",
@@ -95,7 +95,7 @@ def _backend_option(parser: argparse.ArgumentParser, help_text: str | None = Non
     parser.add_argument("--backend", choices=("auto", *backend_kinds()), default="auto",
                         help=help_text or "where cells run: " + "; ".join(
                             f"{name}: {kind.summary}" for name, kind in backend_kinds().items())
-                        + "; auto: the first of them this host can use")
+                        + "; auto (the default): the first of them this host can use")
 
 
 def _image_map_option(parser: argparse.ArgumentParser) -> None:
@@ -104,7 +104,8 @@ def _image_map_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _results_option(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR", help=help_text)
+    parser.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                        help=help_text if "default" in help_text else f"{help_text} (default: results)")
 
 
 def _jobs_option(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "that comes back)")
     bisect_parser.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                                help="start no new probe after this long (run again to go on)")
-    _matrix_options(bisect_parser, "the matrix file whose entries the probes copy (default: ./matrix.yaml)")
+    _matrix_options(bisect_parser, "--scenario may name one of them")
     _backend_option(bisect_parser)
     _results_option(bisect_parser, "results root: the probes are a run there, reused like any other")
     _jobs_option(bisect_parser)
@@ -406,7 +407,7 @@ def command_scenario(args: argparse.Namespace, console: Console) -> int:
 def command_merge(args: argparse.Namespace, console: Console) -> int:
     out = merge_runs(args.inputs, args.out)
     merged = load_run(out)
-    console.print(f"merged {len(merged.manifest['merged_from'])} runs, {len(merged.cells)} cells -> {out}")
+    console.print(f"merged {len(merged.manifest.merged_from or [])} runs, {len(merged.cells)} cells -> {out}")
     return EXIT_OK
 
 

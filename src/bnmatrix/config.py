@@ -23,6 +23,16 @@ from packaging.requirements import InvalidRequirement, Requirement
 from bnmatrix.errors import BnMatrixError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+# What bnmatrix ships, each named once: beside the package (data_path: the wheel's _data/ or the checkout) ...
+MATRIX_FILE = "matrix.yaml"
+MATRIX_SCHEMA = "matrix.schema.json"
+SCENARIOS_FOLDER = "scenarios"  # the built-in scenarios and the helper every scenario imports
+REPORT_FOLDER = "report"  # the site's templates and assets
+DOCKER_FOLDER = "docker"  # the cell image's install script; base/build.sh
+# ... and in the package
+WHEELS_FILE = "wheels.yaml"
+SCHEMA_FILES = {"cell": "result.schema.json", "manifest": "manifest.schema.json", "bisect": "bisect.schema.json",
+                "notes": "notes.schema.json", "observation": "scenario.schema.json"}
 # Local image substitutions, next to matrix.yaml (docker/base/build.sh writes one).
 IMAGE_MAP_FILE = "image-map.yaml"
 
@@ -35,13 +45,13 @@ def data_path(name: str) -> Path:
 
 def base_image_script() -> str:
     """docker/base/build.sh as a path that exists here, in a checkout or in an installed wheel."""
-    path = data_path("docker") / "base" / "build.sh"
+    path = data_path(DOCKER_FOLDER) / "base" / "build.sh"
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 
 def default_matrix_path() -> Path:
-    local = Path("matrix.yaml")
-    return local if local.exists() else data_path("matrix.yaml")
+    local = Path(MATRIX_FILE)
+    return local if local.exists() else data_path(MATRIX_FILE)
 
 
 # What a value that reaches an install script, a command line or an environment may look like (whole match):
@@ -268,7 +278,7 @@ class Matrix:
             raise BnMatrixError(f"{path}: the matrix file is empty; expected a mapping with 'versions'")
         _check_schema(raw, where)
         settings = raw.get("settings", {})
-        scenario_dirs = [data_path("scenarios").resolve()]
+        scenario_dirs = [data_path(SCENARIOS_FOLDER).resolve()]
         catalog = discover_scenarios(scenario_dirs[0], f"the built-in scenarios ({scenario_dirs[0]})")
         for index, entry in enumerate(raw.get("scenario_paths", [])):
             directory = (path.parent / entry).resolve()
@@ -437,7 +447,7 @@ def _check_expansion(root: yaml.Node, path: Path) -> None:
 
 
 def _schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(data_path("matrix.schema.json").read_text(encoding="utf-8"))
+    schema: dict[str, Any] = json.loads(data_path(MATRIX_SCHEMA).read_text(encoding="utf-8"))
     return schema
 
 
@@ -526,7 +536,7 @@ def _check_scenarios(names: list[str], catalog: dict[str, Scenario], where: _Loc
 @functools.cache
 def _wheel_pythons() -> dict[str, tuple[int, int]]:
     """TF minor -> (lowest, highest) Python minor with a wheel, from wheels.yaml."""
-    ranges = yaml.safe_load((PACKAGE_DIR / "wheels.yaml").read_text(encoding="utf-8"))
+    ranges = yaml.safe_load((PACKAGE_DIR / WHEELS_FILE).read_text(encoding="utf-8"))
     result = {}
     for minor, span in ranges.items():
         low, _, high = span.partition("-")
@@ -653,7 +663,7 @@ def new_scenario(name: str, directory: Path) -> Path:
     if why:
         raise BnMatrixError(f"scenario new {name!r}: {why}; expected another name, e.g. my_{name} (nothing was "
                             "written)")
-    builtin = data_path("scenarios") / f"{name}.py"
+    builtin = data_path(SCENARIOS_FOLDER) / f"{name}.py"
     if builtin.exists():
         raise BnMatrixError(f"scenario new {name!r}: a built-in scenario has that name ({builtin}); expected a "
                             "new name (nothing was written)")

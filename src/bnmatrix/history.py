@@ -198,9 +198,9 @@ def prune(root: Path, keep: int) -> list[str]:
     protected = {directory.name for directory, _ in runs[-keep:]}
     newest_holder: dict[str, str] = {}
     for directory, manifest in runs:
-        if manifest.get("status") == RunStatus.RUNNING.value:
+        if manifest.status is RunStatus.RUNNING:
             protected.add(directory.name)
-        if manifest.get("kind", RunKind.RUN.value) == RunKind.RUN.value:
+        if manifest.kind is RunKind.RUN:
             for path in (directory / "cells").glob("*.json"):
                 newest_holder[path.stem] = directory.name
     protected |= set(newest_holder.values()) | cited_runs(latest_searches(runs))
@@ -209,7 +209,7 @@ def prune(root: Path, keep: int) -> list[str]:
         protected.add(latest.resolve().name)
     deleted = []
     for directory, manifest in runs:
-        if directory.name not in protected and str(manifest.get("run_id")) not in protected:
+        if directory.name not in protected and manifest.run_id not in protected:
             shutil.rmtree(directory)
             deleted.append(directory.name)
     return deleted
@@ -219,7 +219,7 @@ def write_archive(history: History, target: Path) -> Path:
     """The results root as a versioned archive (see docs/history.md): archive.json, then each run's folder."""
     index = {"schema": ARCHIVE_SCHEMA, "created": now(),
              "runs": [{"run_id": r.id, "folder": r.directory.name, "kind": r.kind.value,
-                       "started": r.manifest.get("started"), "status": r.manifest.get("status")}
+                       "started": r.manifest.started, "status": r.status.value}
                       for r in history.runs]}
     target.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(target, "w:gz") as archive:
@@ -256,11 +256,10 @@ def import_archive(archive_path: Path, root: Path) -> list[str]:
             except BnMatrixError as exc:
                 raise BnMatrixError(f"{archive_path}: {str(exc).replace(str(staging) + '/', '')} (nothing was "
                                     "imported)") from None
-            manifest.pop("checked", None)
-            if manifest["status"] == RunStatus.RUNNING.value:
-                manifest.update(status=RunStatus.INTERRUPTED.value,
-                                note="imported while it was running on its own host")
-            write_json(staging / folder / "manifest.json", manifest)
+            manifest.checked = None  # an archive cannot vouch for its cell files: this host checks them
+            if manifest.status is RunStatus.RUNNING:
+                manifest.status, manifest.note = RunStatus.INTERRUPTED, "imported while it was running on its own host"
+            write_json(staging / folder / "manifest.json", manifest.to_dict())
         added = []
         for folder in new:
             try:

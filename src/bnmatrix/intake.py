@@ -36,7 +36,7 @@ from typing import IO, Any
 
 import jsonschema
 
-from bnmatrix.config import PACKAGE_DIR
+from bnmatrix.config import PACKAGE_DIR, SCHEMA_FILES
 from bnmatrix.errors import BnMatrixError
 
 MAX_JSON_BYTES = 64 << 20  # a cell of 40 scenarios with 1 MiB result lines each fits
@@ -155,8 +155,6 @@ def read_text(path: Path) -> str:
 
 # --- schemas -----------------------------------------------------------------------------------------
 
-SCHEMA_FILES = {"cell": "result.schema.json", "manifest": "manifest.schema.json", "bisect": "bisect.schema.json",
-                "notes": "notes.schema.json", "observation": "scenario.schema.json"}
 SCHEMA_NAMES = {"cell": "bnmatrix.cell/1", "manifest": "bnmatrix.run/1", "bisect": "bnmatrix.bisect/1",
                 "notes": "scenario notes", "observation": "bnmatrix.scenario/2"}
 

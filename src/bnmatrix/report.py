@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +25,12 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from bnmatrix.backends import Reproduction, backend_kinds
-from bnmatrix.config import Matrix, data_path, load_scenario_notes
+from bnmatrix.config import REPORT_FOLDER, SCENARIOS_FOLDER, Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import ARCHIVE_NAME, History, change_points, write_archive
 from bnmatrix.intake import read_json, read_text, regular_file, staged_folder
 from bnmatrix.plan import all_cells
+from bnmatrix.store.files import moment
 from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Run, RunKind, ScenarioResult
@@ -152,7 +153,7 @@ def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, tuple[
                 found[name] = (read_text(kept / "scenario.py"), notes)
                 break
         else:
-            builtin = data_path("scenarios") / f"{name}.py"
+            builtin = data_path(SCENARIOS_FOLDER) / f"{name}.py"
             code = builtin.read_text(encoding="utf-8") if builtin.exists() else "# (scenario script not kept)\n"
             found[name] = (code, load_scenario_notes(builtin.with_suffix(".yaml")))
     return found
@@ -171,6 +172,7 @@ class Site:
     searches: list[dict[str, Any]] = field(default_factory=list)
     evidence: dict[str, tuple[CellResult, Run]] = field(default_factory=dict)
     history: History | None = None
+    runs_shown: list[str] = field(default_factory=list)  # a results root: the runs whose results are shown
 
     def reproduce(self, cell_result: CellResult, scenario: str, again: str | None = None) -> str:
         """The command that runs one scenario of a cell as it ran, without bnmatrix: made by the backend that ran it
@@ -179,15 +181,18 @@ class Site:
         bisect probed has no matrix cell, and its bisect command is given instead)."""
         holder = self.holders.get((cell_result.id, scenario), (None, ""))[0]
         held = next((c for c in holder.cells if c.id == cell_result.id), cell_result) if holder else cell_result
-        run = held.run_id or (holder or self.origins.get(held.id) or self.evidence.get(held.id, (None, self.run))[1]).id
+        holding = holder or self.origins.get(held.id) or self.evidence.get(held.id, (None, self.run))[1]
+        root = holding.directory.parent.name  # the results root's folder, as a user's shell sees it beside it
+        folder = f"{root}/{holding.directory.name}"
         environment = held.environment or {}
         kinds = backend_kinds()
         kind = kinds.get(str(environment.get("kind")), kinds["venv"])
-        folder = (held.code or {}).get("scenarios", {}).get(scenario)
-        own = ["--scenarios", f"results/{run}/code/{folder}"] if held.code and folder != held.code["helper"] else []
-        again = again or shlex.join(["bnmatrix", "run", "--backend", kind.name, "--select", held.id,
+        own_code = (held.code or {}).get("scenarios", {}).get(scenario)
+        own = ["--scenarios", f"{folder}/code/{own_code}"] if held.code and own_code != held.code["helper"] else []
+        again = again or shlex.join(["bnmatrix", "run", "--backend", kind.name, "--results", root, "--select", held.id,
                                      "--scenario", scenario, *own])
-        return kind.reproduce(Reproduction(cell=held.cell, environment=environment, scenario=scenario, run=run,
+        return kind.reproduce(Reproduction(cell=held.cell, environment=environment, scenario=scenario,
+                                           run=held.run_id or holding.id, folder=folder,
                                            code=held.code, again=again))
 
     @classmethod
@@ -214,15 +219,16 @@ class Site:
         holders = {(cell_id, name): held for cell_id, shown in current.items()
                    for name, held in shown.scenarios.items()}
         holding = {shown.run.id for shown in current.values()} | {run.id for run, _ in holders.values()}
-        manifest = {**runs[-1].manifest, "cumulative": True, "runs": [r.id for r in runs if r.id in holding],
-                    "started": min(str(r.manifest.get("started")) for r in runs if r.id in holding)}
+        manifest = replace(runs[-1].manifest, cumulative=True,
+                           started=min((r.manifest.started for r in runs if r.id in holding), key=moment))
         cells = sorted((shown.cell for shown in current.values()), key=lambda c: c.id)
         evidence: dict[str, tuple[CellResult, Run]] = {}
         for run in history.runs:
             if run.kind is RunKind.BISECT:
                 evidence.update({c.id: (c, run) for c in run.cells if c.id not in current})
         return cls(Run(path.resolve(), manifest, cells), {cid: shown.run for cid, shown in current.items()},
-                   holders, history.timelines(), history.searches(), evidence, history)
+                   holders, history.timelines(), history.searches(), evidence, history,
+                   [r.id for r in runs if r.id in holding])
 
     @property
     def previous_statuses(self) -> dict[tuple[str, str], str]:
@@ -259,14 +265,14 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     `expectations` (a matrix file) where given; change points from the bisect conclusions."""
     run = site.run
     holding = [*site.origins.values(), *(holder for holder, _ in site.holders.values())]
-    origins = sorted({id(r): r for r in holding}.values(), key=lambda r: str(r.manifest.get("started")), reverse=True)
+    origins = sorted({id(r): r for r in holding}.values(), key=lambda r: moment(r.manifest.started), reverse=True)
     names = {name for cell in [*run.cells, *(c for c, _ in site.evidence.values())] for name in cell.cell.scenarios}
     sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()], sorted(names))
     before = _statuses(previous) if previous else site.previous_statuses
     # With history: the results held by an older run than the newest, and that run's start.
-    held_since = {key: str(holder.manifest.get("started"))[:10] for key, (holder, _) in site.holders.items()
-                  if run.manifest.get("cumulative") and holder.id != run.manifest["run_id"]}
-    started = {r.id: str(r.manifest["started"]) for r in (site.history.runs if site.history else [run])}
+    held_since = {key: holder.manifest.started[:10] for key, (holder, _) in site.holders.items()
+                  if run.manifest.cumulative and holder.id != run.id}
+    started = {r.id: r.manifest.started for r in (site.history.runs if site.history else [run])}
     scenarios: list[str] = []
     devices: list[str] = []
     rows: dict[tuple[str, str | None], Row] = {}
@@ -320,14 +326,14 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         "matrix_devices": matrix_devices, "states": STATES, "changed_state": CHANGED,
         "counts": counts,
         "cells": sorted(run.cells, key=lambda c: c.id), "run_cells": {c.id for c in run.cells},
-        "previous_run": previous.manifest["run_id"] if previous else None,
-        "cumulative": bool(run.manifest.get("cumulative")), "site": site,
+        "previous_run": previous.id if previous else None,
+        "cumulative": run.manifest.cumulative, "runs_shown": site.runs_shown, "site": site,
         "searches": sorted(({**c, "ordered": sorted(c["candidates"], key=Version)} for c in site.searches),
                            key=lambda c: (scenarios.index(c["scenario"]) if c["scenario"] in scenarios else
                                           len(scenarios), c["device"], str(c["variant"]), Version(c["ordered"][0]))),
         "evidence": site.evidence, "pages": {c.id for c in run.cells} | set(site.evidence),
         "probed_by": _probed_by(site.searches),
-        "produced": {key: (produced, str(holder.manifest.get("started"))[:10])
+        "produced": {key: (produced, holder.manifest.started[:10])
                      for key, (holder, produced) in site.holders.items()},
         "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
         "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
@@ -492,7 +498,7 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
             "image_id": environment.get("image_id"), "page": f"cells/{cell.id}.html", "scenarios": scenarios,
             "run_id": cell_result.run_id or view["site"].origins[cell.id].id, "started": cell_result.started,
         })
-    manifest = run.manifest
+    manifest = run.manifest.to_dict()
     return {"schema": EXPORT_SCHEMA, "run": {key: manifest.get(key) for key in (
         "run_id", "status", "started", "finished", "backend", "matrix_hash", "bnmatrix_version", "merged_from")},
         "previous_run": view["previous_run"], "cumulative": view["cumulative"], "scenarios": view["scenarios"],
@@ -530,7 +536,7 @@ def _markdown(value: Any) -> str:
 
 
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path("report")), undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path(REPORT_FOLDER)), undefined=jinja2.StrictUndefined,
                              autoescape=jinja2.select_autoescape(["html", "svg", "xml"],
                                                                  default_for_string=True),
                              trim_blocks=True, lstrip_blocks=True)
@@ -576,8 +582,8 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
 def history_data(history: History) -> dict[str, Any]:
     """The runs of a results root (newest first) and every status each matrix run holds (cells that did not run
     hold none): what runs.html lists and compares, in the browser."""
-    return {"runs": [{"id": r.id, "kind": r.kind.value, "started": r.manifest.get("started"),
-                      "status": r.manifest.get("status"), "backend": r.manifest.get("backend"), "cells": len(r.cells)}
+    return {"runs": [{"id": r.id, "kind": r.kind.value, "started": r.manifest.started, "status": r.status.value,
+                      "backend": r.manifest.backend, "cells": len(r.cells)}
                      for r in reversed(history.runs)],
             "compare": [r.id for r in reversed(history.matrix_runs)],
             "statuses": {r.id: {c.id: {n: c.entry_status(n).value for n in c.cell.scenarios}
@@ -634,7 +640,7 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
         for asset in ("style.css", "matrix.js", "runs.js", "back.js"):
-            shutil.copyfile(data_path("report") / asset, staging / asset)
+            shutil.copyfile(data_path(REPORT_FOLDER) / asset, staging / asset)
         for cell_result, origin in [(c, site.origins[c.id]) for c in site.run.cells] + list(site.evidence.values()):
             # The full logs, next to the cell's page (regular files only), each from the run holding its result.
             logs = {"setup": origin, **{name: site.holders.get((cell_result.id, name), (origin, ""))[0]

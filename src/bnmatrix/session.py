@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import shutil
 import signal
 import time
@@ -59,7 +60,7 @@ class RunOptions:
     image_map: tuple[str, ...] = ()  # FROM=TO
     backend: str = "auto"
     results: Path = Path("results")
-    jobs: int = 1
+    jobs: int = os.cpu_count() or 1  # cells, and scenario processes, at once
     force: bool = False
     rebuild: bool = False
 
@@ -201,7 +202,7 @@ class BisectOptions:
     scenario_dirs: tuple[Path, ...] = ()
     backend: str = "auto"
     results: Path = Path("results")
-    jobs: int = 1
+    jobs: int = os.cpu_count() or 1  # cells, and scenario processes, at once
 
 
 @dataclass(frozen=True, kw_only=True)

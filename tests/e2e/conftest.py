@@ -153,7 +153,7 @@ def reproduce_and_compare(results: Path, cell: CellResult, path: str = "") -> li
     commands = []
     for name, stored in cell.scenarios.items():
         command = exported["scenarios"][name]["reproduce"]
-        assert command.startswith(f"# from the folder of run {exported['run_id']} "), command
+        assert command.startswith(f"# from {results.name}/{exported['run_id']}, the folder of run "), command
         scratch = results.parent / f"{results.name}-scratch"
         scratch.mkdir(exist_ok=True)
         environment = {"PATH": f"{path}:/usr/local/bin:/usr/bin:/bin" if path else "/usr/local/bin:/usr/bin:/bin",

@@ -82,7 +82,10 @@ def test_a_backend_registered_in_one_place_is_chosen_by_name_and_first_by_auto(r
     with pytest.raises(BnMatrixError, match="--backend nosuch: unknown; expected auto or one of recorder, docker, "
                                             "venv"):
         select_backend("nosuch", setup)
-    reproduction = Reproduction(cell={}, environment={}, scenario="s", run="r", code=None, again="")
+    reproduction = Reproduction(cell=Cell(
+        id="tf-1.15.5-cpu", tf="1.15.5", python="3.7", device="cpu", variant=None, requirements=(), env={}, image="",
+        requested_image="", steps=100, scenarios=("s",), index_url=""), environment={}, scenario="s", run="r",
+        folder="results/r", code=None, again="")
     assert backend_kinds()["recorder"].reproduce(reproduction) == "replay s"
 
 

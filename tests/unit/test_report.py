@@ -26,7 +26,7 @@ from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.report import Site, render_site, write_report
 from bnmatrix.store.files import write_json
-from bnmatrix.store.records import CellResult, Run
+from bnmatrix.store.records import CellResult, Manifest, Run
 from bnmatrix.verdict import Status
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
@@ -76,7 +76,7 @@ def sample_run(tmp_path: Path) -> Run:
                 "started": "2026-11-26T00:00:00+00:00", "finished": "2026-11-26T01:00:00+00:00",
                 "backend": "venv", "host": {"hostname": "h"}, "bnmatrix_version": "t", "matrix": "matrix.yaml",
                 "matrix_hash": "0" * 64}
-    return Run(tmp_path, manifest, [CellResult.from_dict(c) for c in cells])
+    return Run(tmp_path, Manifest.from_dict(manifest), [CellResult.from_dict(c) for c in cells])
 
 
 def table_cells(page: str) -> list[tuple[str, str]]:
@@ -133,7 +133,7 @@ def test_status_is_said_in_words_not_colour_alone(tmp_path: Path) -> None:
 def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
     previous = sample_run(tmp_path)
     previous.cells[0].scenarios["keras_bn_custom_estimator"].status = Status.UPDATED
-    previous.manifest["run_id"] = "r0"
+    previous.manifest.run_id = "r0"
     site = render(sample_run(tmp_path), previous)
     page = re.sub(r"\s+", " ", site["index.html"])
     assert 'data-changed="1"' in page and "was updated" in page
@@ -186,9 +186,11 @@ def test_cell_page_has_numbers_chart_environment_and_reproduce_command(tmp_path:
     # a run that kept no code (bnmatrix 0.1): from a checkout, with the packages the cell had
     assert "# from a bnmatrix checkout (this run kept no copy of its scenario code)" in page
     assert "python3.7 -m venv \"$venv\"\n" in page
-    assert '"$venv"/bin/python -m pip install --disable-pip-version-check --no-deps tensorflow==1.15.5\n' in page
-    assert ('(cd "$(mktemp -d)" && CUDA_VISIBLE_DEVICES= PYTHONPATH="$run"/scenarios "$venv"/bin/python '
-            '"$run"/scenarios/layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5)') in page
+    assert ('"$venv"/bin/python -m pip install --disable-pip-version-check --index-url https://pypi.org/simple '
+            '--no-deps tensorflow==1.15.5\n') in page
+    assert ('(scratch=$(mktemp -d) && trap \'rm -rf "$scratch"\' EXIT && cd "$scratch" && CUDA_VISIBLE_DEVICES= '
+            'PYTHONPATH="$run"/scenarios "$venv"/bin/python "$run"/scenarios/layers_bn_session.py --steps 100 '
+            '--device cpu --tf-version 1.15.5)') in page
     assert "python version" in page and "tensorflow==1.15.5" in page
 
 
@@ -207,16 +209,18 @@ def test_a_venv_cell_reproduces_from_the_runs_own_code_with_its_exact_packages(t
     cell = kept_code(run)
     site = Site.of_run(run)
     command = site.reproduce(cell, "layers_bn_session")
-    assert command.splitlines()[0] == ("# from the folder of run r1 (results/r1), which keeps the code it ran in "
-                                       "code/")
-    assert "-m pip install --disable-pip-version-check --no-deps numpy==1.18.5 tensorflow==1.15.5\n" in command
+    folder = f"{tmp_path.parent.name}/{tmp_path.name}"  # as a shell beside the results root sees the run's folder
+    assert command.splitlines()[0] == f"# from {folder}, the folder of run r1, which keeps the code it ran in code/"
+    assert "--index-url https://pypi.org/simple --no-deps numpy==1.18.5 tensorflow==1.15.5\n" in command
     assert ('PYTHONPATH="$run"/code/0000000000000000 "$venv"/bin/python "$run"/code/1111111111111111/'
             'layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5)') in command
     # a user's scenario reruns with its own folder, the run's copy of it
-    assert command.splitlines()[-1] == ("# or: bnmatrix run --backend venv --select tf-1.15.5-cpu --scenario "
-                                        "layers_bn_session --scenarios results/r1/code/1111111111111111")
+    assert command.splitlines()[-1] == (f"# or: bnmatrix run --backend venv --results {tmp_path.parent.name} "
+                                        "--select tf-1.15.5-cpu --scenario layers_bn_session "
+                                        f"--scenarios {folder}/code/1111111111111111")
     assert site.reproduce(cell, "keras_bn_custom_estimator").splitlines()[-1] == (
-        "# or: bnmatrix run --backend venv --select tf-1.15.5-cpu --scenario keras_bn_custom_estimator")
+        f"# or: bnmatrix run --backend venv --results {tmp_path.parent.name} --select tf-1.15.5-cpu --scenario "
+        "keras_bn_custom_estimator")
     exported = json.loads(render(run)["results.json"])
     tf115 = next(c for c in exported["cells"] if c["id"] == "tf-1.15.5-cpu")
     assert tf115["scenarios"]["layers_bn_session"]["reproduce"] == command  # the page's text, in results.json
@@ -240,7 +244,7 @@ def test_docker_cells_reproduce_with_the_options_their_container_ran_with(tmp_pa
         "--security-opt no-new-privileges -e CUDA_VISIBLE_DEVICES= -e HOME=/tmp -e PYTHONDONTWRITEBYTECODE=1 "
         "-e TMPDIR=/tmp -e PYTHONPATH=/scenarios/0000000000000000 bnmatrix-cell:1.15.5-x python3 "
         "/scenarios/1111111111111111/layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5")
-    assert command.splitlines()[-1].startswith("# or: bnmatrix run --backend docker --select tf-1.15.5-cpu")
+    assert command.splitlines()[-1].startswith("# or: bnmatrix run --backend docker --results ")
     # a run that recorded neither its options nor its code: the defaults of matrix.yaml, from a checkout
     cell.code = None
     del cell.environment["run_flags"]
@@ -299,7 +303,7 @@ def test_badge_and_markdown_summary(tmp_path: Path) -> None:
 
 def test_write_report_replaces_an_old_site_but_not_other_files(tmp_path: Path) -> None:
     run = sample_run(tmp_path / "run")
-    write_json(run.directory / "manifest.json", run.manifest)
+    write_json(run.directory / "manifest.json", run.manifest.to_dict())
     for c in run.cells:
         write_json(run.directory / "cells" / f"{c.id}.json", c.to_dict())
     log = run.directory / "logs" / "tf-1.15.5-cpu" / "layers_bn_session.log"
@@ -319,7 +323,7 @@ def test_write_report_replaces_an_old_site_but_not_other_files(tmp_path: Path) -
 
 def written_run(tmp_path: Path) -> Run:
     run = sample_run(tmp_path / "run")
-    write_json(run.directory / "manifest.json", run.manifest)
+    write_json(run.directory / "manifest.json", run.manifest.to_dict())
     for c in run.cells:
         write_json(run.directory / "cells" / f"{c.id}.json", c.to_dict())
     return run
@@ -415,7 +419,7 @@ def test_junit_counts_and_survives_control_characters(tmp_path: Path) -> None:
 
 def test_summary_escapes_what_comes_from_the_data(tmp_path: Path) -> None:
     run = sample_run(tmp_path)
-    run.manifest["run_id"] = "r1 | <img src=x> [link](http://evil)"
+    run.manifest.run_id = "r1 | <img src=x> [link](http://evil)"
     run.cells[0].scenarios["layers_bn_session"].reason = "a | b <script>"
     summary = render(run)["summary.md"]
     assert "<img" not in summary and "<script" not in summary and "](http" not in summary
@@ -453,7 +457,9 @@ def test_reproduce_commands_quote_every_word_from_the_data(tmp_path: Path, kind:
     cell.environment = {"kind": "venv", "packages": ["numpy<2; python_version>'3'", hostile]}
     if kind == "docker":
         cell.environment = {"kind": "docker", "cell_image": "img;id"}
+    run = replace(run, directory=tmp_path / "results\nid #" / "r1")  # a results root whose name would end a comment
     command = Site.of_run(run).reproduce(cell, "layers_bn_session")
+    assert "--results 'results?id #'" in command.splitlines()[-1]
     lines = [shlex.split(line) for line in command.splitlines() if not line.startswith("#")]
     words = [word for line in lines for word in line]
     assert "1.15.5;id" in words and hostile in words or f"TF_USE_LEGACY_KERAS={hostile}" in words

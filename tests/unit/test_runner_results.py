@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 
 from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputCapture, ScenarioRun
-from bnmatrix.config import PACKAGE_DIR, Matrix, Scenario
+from bnmatrix.config import PACKAGE_DIR, SCHEMA_FILES, Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, plan
 from bnmatrix.runner import run_plan
 from bnmatrix.store.files import write_json
 from bnmatrix.store.reader import load_run
-from bnmatrix.store.records import CellResult, RunStatus, ScenarioResult
+from bnmatrix.store.records import CellResult, Manifest, RunStatus, ScenarioResult
 from bnmatrix.store.runstore import RunStore, new_run_id
 from bnmatrix.verdict import BatchData, expected_statistics
 
@@ -116,7 +116,7 @@ def test_every_outcome_is_a_value_in_its_own_file(tmp_path: Path, cells: list[Ce
                              "tf-1.14.0-cpu": CellSetupError("installing tensorflow failed (exit 1)", "No matching")})
     store = run(tmp_path, cells, backend)
     loaded = load_run(tmp_path / "latest")
-    assert loaded.directory == store.directory and loaded.manifest["status"] == "complete"
+    assert loaded.directory == store.directory and loaded.manifest.status is RunStatus.COMPLETE
     by_id = {c.id: c for c in loaded.cells}
     assert by_id["tf-1.15.5-cpu"].status.value == "ran"
     assert {s.status.value for s in by_id["tf-1.15.5-cpu"].scenarios.values()} == {"updated"}
@@ -145,7 +145,7 @@ def test_interrupted_run_keeps_finished_cells_and_the_next_run_reuses_them(tmp_p
         run(tmp_path, cells, interrupting)
     assert interrupting.closed  # the backend was told to stop what still runs
     interrupted = load_run(tmp_path)
-    assert interrupted.manifest["status"] == "interrupted"
+    assert interrupted.manifest.status is RunStatus.INTERRUPTED
     assert [c.id for c in interrupted.cells] == ["tf-1.15.5-cpu"]
 
     backend = ReplayBackend({})
@@ -172,7 +172,7 @@ def test_force_and_changed_inputs_redo_cells(tmp_path: Path, cells: list[Cell]) 
 def test_a_result_changed_after_its_run_is_checked_again_before_it_is_reused(tmp_path: Path,
                                                                              cells: list[Cell]) -> None:
     first = run(tmp_path, cells[:1], ReplayBackend({}))
-    assert first.manifest["checked"]["cells"]["tf-1.15.5-cpu"]["status"] == "ran"
+    assert (first.manifest.checked or {})["cells"]["tf-1.15.5-cpu"]["status"] == "ran"
     unchanged = run(tmp_path, cells[:1], ReplayBackend({}))  # read on the strength of the recorded digest
     reused = load_run(unchanged.directory).cells[0]
     assert reused.reused_from == first.directory.name
@@ -220,11 +220,12 @@ def test_a_damaged_result_file_is_named_in_the_error(tmp_path: Path, cells: list
         load_run(store.directory)
 
 
-@pytest.mark.parametrize(("record", "where"), [(CellResult, ()), (ScenarioResult, ("$defs", "scenario")),
-                                               (Cell, ("properties", "cell"))])
-def test_each_stored_record_is_its_schema_field_for_field(record: type, where: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(("record", "file", "where"), [
+    (CellResult, "cell", ()), (ScenarioResult, "cell", ("$defs", "scenario")), (Cell, "cell", ("properties", "cell")),
+    (Manifest, "manifest", ())])
+def test_each_stored_record_is_its_schema_field_for_field(record: type, file: str, where: tuple[str, ...]) -> None:
     """What the store writes is what the schema describes, no more and no less; the schema refuses any other key."""
-    schema: Any = json.loads((PACKAGE_DIR / "result.schema.json").read_text())
+    schema: Any = json.loads((PACKAGE_DIR / SCHEMA_FILES[file]).read_text())
     for key in where:
         schema = schema[key]
     legacy = {"details"} if record is ScenarioResult else set()  # bnmatrix.scenario/1's name for `extra`
@@ -322,7 +323,7 @@ def test_a_run_whose_every_result_is_bad_still_finishes(tmp_path: Path, cells: l
            "layers_bn_session": RESULT_MARKER.decode() + "{not json\n"}
     store = run(tmp_path, cells, ReplayBackend({}, outputs=bad))
     loaded = load_run(store.directory)
-    assert loaded.manifest["status"] == "complete" and len(loaded.cells) == 3
+    assert loaded.manifest.status is RunStatus.COMPLETE and len(loaded.cells) == 3
     reasons = {s.reason for c in loaded.cells for s in c.scenarios.values()}
     assert any(r and r.startswith("result refused: the result line:1: not valid JSON") for r in reasons)
     assert {s.status.value for c in loaded.cells for s in c.scenarios.values()} == {"error"}

@@ -192,9 +192,15 @@ class Reproduction:
     cell: Cell  # the cell, as stored
     environment: dict[str, Any]  # what the backend recorded of the cell's environment
     scenario: str
-    run: str  # the run that holds the result
+    run: str  # the run that measured the result
+    folder: str  # the folder of the run that holds it, as results-root/run-folder
     code: dict[str, Any] | None  # the cell's record of the code the run kept (CellResult.code), if any
     again: str  # the bnmatrix command that runs it again
+
+    def comment(self, text: str) -> str:
+        """A shell comment line of `text` (names from the file system and the data): a control character (a newline
+        would end the comment and start a command) is shown as '?'."""
+        return "# " + re.sub(r"[\x00-\x1f\x7f]", "?", text)
 
     def paths(self) -> tuple[str, str, str]:
         """(where to run the command, the scenario's script and the folder of the helper module, relative to there):
@@ -203,7 +209,7 @@ class Reproduction:
         if folder is None or self.code is None:
             return ("from a bnmatrix checkout (this run kept no copy of its scenario code)",
                     f"scenarios/{self.scenario}.py", "scenarios")
-        return (f"from the folder of run {self.run} (results/{self.run}), which keeps the code it ran in code/",
+        return (f"from {self.folder}, the folder of run {self.run}, which keeps the code it ran in code/",
                 f"code/{folder}/{self.scenario}.py", f"code/{self.code['helper']}")
 
     @property

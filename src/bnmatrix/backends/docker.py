@@ -41,7 +41,7 @@ from bnmatrix.backends import (
     register,
 )
 from bnmatrix.backends.venv import uv_binary
-from bnmatrix.config import ContainerSettings, Scenario, base_image_script, data_path, scenario_files
+from bnmatrix.config import DOCKER_FOLDER, ContainerSettings, Scenario, base_image_script, data_path, scenario_files
 from bnmatrix.errors import Cancelled
 from bnmatrix.host import process_alive
 from bnmatrix.intake import start_ticks
@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # docker-py is imported where it is used: it takes 0.1 s, and
 
 def render_script(cell: Cell) -> str:
     """The cell's install script (pure)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path("docker")), undefined=jinja2.StrictUndefined,
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path(DOCKER_FOLDER)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.filters["shell"] = shlex.quote
     return env.get_template("cell.sh.j2").render(cell=cell)
@@ -494,11 +494,11 @@ def reproduce(what: Reproduction) -> str:
         return (SCENARIO_MOUNT if folder == "code" else f"{SCENARIO_MOUNT}/0") + path[len(folder):]
 
     return "\n".join([
-        f"# {where}",
+        what.comment(where),
         f'docker run --rm -v "$PWD"/{shlex.quote(folder)}:{inside(folder)}:ro '
         + shlex.join([*map(str, flags), "-e", f"PYTHONPATH={inside(helper)}", str(what.environment.get("cell_image")),
                       "python3", inside(script), *what.args]),
-        f"# or: {what.again}",
+        what.comment(f"or: {what.again}"),
     ])
 
 

@@ -33,7 +33,7 @@ from bnmatrix.backends import (
     StepReporter,
     register,
 )
-from bnmatrix.config import DEFAULT_INDEX_URL, Scenario, base_image_script, data_path
+from bnmatrix.config import SCENARIOS_FOLDER, Scenario, base_image_script, data_path
 from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.host import Interpreter, ProcessGroups, find_interpreter, gpu_available
 from bnmatrix.plan import Cell
@@ -272,7 +272,7 @@ class VenvSession:
     def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
         env = pip_environment(self.cell.index_url)
         env.update(self.cell.env)
-        env["PYTHONPATH"] = str(data_path("scenarios"))  # the helper, importable from any scenario folder
+        env["PYTHONPATH"] = str(data_path(SCENARIOS_FOLDER))  # the helper, importable from any scenario folder
         if self.cell.device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell measures the CPU kernels even on a GPU host
         started = time.monotonic()
@@ -291,23 +291,26 @@ def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
 
 
 def reproduce(what: Reproduction) -> str:
-    """A fresh venv of the cell's Python with exactly the packages the cell had (pip, --no-deps), and the scenario
-    run with it as the cell ran it: the helper on PYTHONPATH, a CPU cell hiding the GPUs, in a scratch folder."""
+    """A venv of the cell's Python with exactly the packages the cell had (pip, --no-deps, from the cell's index;
+    the host's pip configuration still brings its certificates and proxies), and the scenario run with it as the
+    cell ran it: the helper on PYTHONPATH, a CPU cell hiding the GPUs, in a scratch folder removed afterwards. The
+    venv is the cell's, kept for its other scenarios in ${TMPDIR:-/tmp}/bnmatrix-<cell>."""
     cell = what.cell
     packages = what.environment.get("packages") or []
     pins = ["--no-deps", *packages] if packages else list(cell.requirements)
-    index = [] if cell.index_url == DEFAULT_INDEX_URL else ["--index-url", cell.index_url]
+    index = ["--index-url", cell.index_url]
     variables = {**({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {}), **what.variables}
     where, script, helper = what.paths()
     assignments = " ".join(f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items()))
     return "\n".join([
-        f"# {where}",
+        what.comment(where),
         'run=$PWD; venv="${TMPDIR:-/tmp}"/' + shlex.quote(f"bnmatrix-{cell.id}"),
         shlex.join([f"python{cell.python}", "-m", "venv"]) + ' "$venv"',
         '"$venv"/bin/python -m pip install --disable-pip-version-check ' + shlex.join([*index, *pins]),
-        f'(cd "$(mktemp -d)" && {assignments + " " if assignments else ""}PYTHONPATH="$run"/{shlex.quote(helper)} '
+        f'(scratch=$(mktemp -d) && trap \'rm -rf "$scratch"\' EXIT && cd "$scratch" && '
+        f'{assignments + " " if assignments else ""}PYTHONPATH="$run"/{shlex.quote(helper)} '
         f'"$venv"/bin/python "$run"/{shlex.quote(script)} {shlex.join(what.args)})',
-        f"# or: {what.again}",
+        what.comment(f"or: {what.again}"),
     ])
 
 

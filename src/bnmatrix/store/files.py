@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bnmatrix.config import PACKAGE_DIR
+from bnmatrix.config import PACKAGE_DIR, SCHEMA_FILES
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import UMASK, parse_time, read_bytes, read_json
 
@@ -84,7 +84,7 @@ def vouch(record: dict[str, Any]) -> str | None:
 @functools.cache
 def schema_digest() -> str:
     """What a run's list of checked cell files is valid for: a changed schema trusts none of them."""
-    return hashlib.sha256((PACKAGE_DIR / "result.schema.json").read_bytes()).hexdigest()
+    return hashlib.sha256((PACKAGE_DIR / SCHEMA_FILES["cell"]).read_bytes()).hexdigest()
 
 
 def moment(text: Any) -> datetime:

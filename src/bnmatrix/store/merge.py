@@ -13,8 +13,7 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import MAX_TEXT_BYTES, copy_tree, read_bytes, read_json, regular_file, staged_folder, sweep_staging
 from bnmatrix.store.files import moment, read_json_object, write_json
 from bnmatrix.store.reader import load_run
-from bnmatrix.store.records import Run, RunKind, RunStatus
-from bnmatrix.store.runstore import RUN_SCHEMA
+from bnmatrix.store.records import Manifest, Run, RunKind, RunStatus
 from bnmatrix.store.searches import BISECT_FILE, BISECT_SCHEMA, read_searches, search_key
 
 
@@ -84,7 +83,7 @@ def _merge(inputs: list[Path], out: Path) -> Path:
     runs = sorted({run for path in inputs for run in runs_under(path)} | set(earlier))
     if not runs or runs == earlier:
         raise BnMatrixError(f"no run found in {', '.join(map(str, inputs))} (expected manifest.json files)")
-    manifests: list[dict[str, Any]] = []
+    manifests: list[Manifest] = []
     chosen: dict[str, tuple[dict[str, Any], Path, Path]] = {}
     for directory in runs:
         run = check_run(directory)
@@ -102,30 +101,25 @@ def _merge(inputs: list[Path], out: Path) -> Path:
                 if (moment(result["started"]), origin) <= (moment(other["started"]), other_origin):
                     continue
             chosen[cell.id] = (result, path, directory)
-    sources = sorted({source for m in manifests for source in (m.get("merged_from") or [m["run_id"]])})
-    statuses = {m["status"] for m in manifests}
+    sources = sorted({source for m in manifests for source in (m.merged_from or [m.run_id])})
 
-    def union(key: str, separator: str) -> str:
+    def union(values: list[Any], separator: str) -> str:
         """Joined distinct values of a manifest field; an earlier merge's joined value counts as its parts."""
-        values = [m.get(key) if key != "hostname" else (m.get("host") or {}).get("hostname") for m in manifests]
         return separator.join(sorted({part for value in values if isinstance(value, str)
                                       for part in value.split(separator) if part}))
 
-    merged = {
-        "schema": RUN_SCHEMA,
-        "run_id": "merged-" + hashlib.sha256(" ".join(sources).encode()).hexdigest()[:12],
-        "status": (RunStatus.COMPLETE if statuses == {RunStatus.COMPLETE.value} else RunStatus.PARTIAL).value,
-        "started": min((m["started"] for m in manifests), key=moment),
-        "finished": max((m["finished"] for m in manifests if m.get("finished")), key=moment, default=None),
-        "backend": union("backend", "+"),
-        "host": {"hostname": union("hostname", ", ")},
-        "matrix": union("matrix", " "),
-        "matrix_hash": union("matrix_hash", " "),
-        "bnmatrix_version": union("bnmatrix_version", " "),
-        "previous_run": None,
-        "merged_from": sources,
-        "cells": sorted(chosen),
-    }
+    merged = Manifest(
+        run_id="merged-" + hashlib.sha256(" ".join(sources).encode()).hexdigest()[:12],
+        status=RunStatus.COMPLETE if {m.status for m in manifests} == {RunStatus.COMPLETE} else RunStatus.PARTIAL,
+        kind=RunKind.BISECT if all(m.kind is RunKind.BISECT for m in manifests) else RunKind.RUN,
+        started=min((m.started for m in manifests), key=moment),
+        finished=max((m.finished for m in manifests if m.finished), key=moment, default=None),
+        backend=union([m.backend for m in manifests], "+"),
+        host={"hostname": union([m.host.get("hostname") for m in manifests], ", ")},
+        matrix=union([m.matrix for m in manifests], " "),
+        matrix_hash=union([m.matrix_hash for m in manifests], " "),
+        bnmatrix_version=union([m.bnmatrix_version for m in manifests], " "),
+        merged_from=sources, cells=sorted(chosen))
     with staged_folder(out, "merge", "nothing was replaced") as staging:
         for key, (result, _, directory) in sorted(chosen.items()):
             write_json(staging / "cells" / f"{key}.json", result)
@@ -139,11 +133,9 @@ def _merge(inputs: list[Path], out: Path) -> Path:
         for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: str(s.get("updated"))):
             searches[search_key(search)] = search  # the newest conclusion of each search
         if searches:
-            write_json(staging / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": merged["run_id"],
+            write_json(staging / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": merged.run_id,
                                                "searches": [searches[k] for k in sorted(searches, key=str)]})
-        if all(m.get("kind") == RunKind.BISECT.value for m in manifests):
-            merged["kind"] = RunKind.BISECT.value
-        write_json(staging / "manifest.json", merged)
+        write_json(staging / "manifest.json", merged.to_dict())
         if earlier:  # what else the earlier merge holds (a README someone put there) stays
             for place, _, names in os.walk(out):
                 for name in names:

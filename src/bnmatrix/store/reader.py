@@ -24,7 +24,7 @@ from bnmatrix.intake import (
     run_folders,
 )
 from bnmatrix.store.files import moment, now, schema_digest, vouch
-from bnmatrix.store.records import CellResult, Run, RunStatus
+from bnmatrix.store.records import CellResult, Manifest, Run, RunStatus
 from bnmatrix.store.searches import read_searches
 from bnmatrix.verdict import CellStatus
 
@@ -53,7 +53,7 @@ def load_run(path: Path) -> Run:
                     MAX_MEMBER_BYTES:
                 raise BnMatrixError(f"{entry}: {entry.stat().st_size} bytes; expected at most {MAX_MEMBER_BYTES} "
                                     "for a file of a run (a log is at most 8 MiB and a tail)")
-    manifest = read_json(directory / "manifest.json", "manifest")
+    manifest = Manifest.from_dict(read_json(directory / "manifest.json", "manifest"))
     read_searches(directory)
     cells = [read_cell(p, recorded_check(manifest, p.stem)) for p in sorted((directory / "cells").glob("*.json"))]
     return Run(directory, manifest, cells)
@@ -101,9 +101,9 @@ def check_results_root(root: Path) -> None:
                             "for results, e.g. --results results")
 
 
-def _alive(manifest: dict[str, Any]) -> bool:
+def _alive(manifest: Manifest) -> bool:
     """Whether the process that wrote a `running` manifest still runs (on this host; elsewhere: assume so)."""
-    process = manifest.get("process")
+    process = manifest.process
     if not isinstance(process, dict) or not isinstance(process.get("pid"), int):
         return False  # written before runs recorded their process: nobody is finishing it
     if process.get("hostname") != socket.gethostname():
@@ -115,7 +115,7 @@ def _alive(manifest: dict[str, Any]) -> bool:
 DIED = "its process ended without finishing the run"
 
 
-def runs_in(root: Path, refused: list[str] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+def runs_in(root: Path, refused: list[str] | None = None) -> list[tuple[Path, Manifest]]:
     """(run directory, manifest) of every run in a results root, oldest first (by start): real folders named like
     a run id whose manifest (and bisect.json) pass their schema; the others are left out, and why is added to
     `refused`. A run whose process died while it ran is shown `interrupted` (the next run that starts closes it
@@ -126,22 +126,22 @@ def runs_in(root: Path, refused: list[str] | None = None) -> list[tuple[Path, di
         if not os.path.lexists(manifest_path):
             continue  # not a run, or one being created
         try:
-            manifest = read_json(manifest_path, "manifest")
+            manifest = Manifest.from_dict(read_json(manifest_path, "manifest"))
             read_searches(directory)
         except BnMatrixError as exc:
             if refused is not None:
                 refused.append(str(exc))
             continue
-        if manifest["status"] == RunStatus.RUNNING.value and not _alive(manifest):
-            manifest.update(status=RunStatus.INTERRUPTED.value, finished=manifest.get("finished") or now(), note=DIED)
+        if manifest.status is RunStatus.RUNNING and not _alive(manifest):
+            manifest.status, manifest.finished, manifest.note = RunStatus.INTERRUPTED, manifest.finished or now(), DIED
         found.append((directory, manifest))
-    return sorted(found, key=lambda item: (moment(item[1]["started"]), item[0].name))
+    return sorted(found, key=lambda item: (moment(item[1].started), item[0].name))
 
 
-def recorded_check(manifest: dict[str, Any], cell_id: str) -> dict[str, Any] | None:
+def recorded_check(manifest: Manifest, cell_id: str) -> dict[str, Any] | None:
     """What a run's manifest records of a cell file this host wrote and checked (its SHA-256 and status), if it
     was checked under this very schema; None for a file this host did not write (an imported or merged one)."""
-    checked = manifest.get("checked")
+    checked = manifest.checked
     if not isinstance(checked, dict) or checked.get("schema") != schema_digest():
         return None
     mac = vouch({k: v for k, v in checked.items() if k != "mac"})

@@ -18,6 +18,9 @@ from bnmatrix.verdict import CellStatus, Status, judge
 CELL_SCHEMA = "bnmatrix.cell/1"
 
 
+RUN_SCHEMA = "bnmatrix.run/1"
+
+
 class RunStatus(enum.Enum):
     """A run's manifest `status`: running until it ends; complete, interrupted (stopped, or found killed), or
     partial (a merge of runs of which some did not complete)."""
@@ -27,12 +30,62 @@ class RunStatus(enum.Enum):
     INTERRUPTED = "interrupted"
     PARTIAL = "partial"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 class RunKind(enum.Enum):
     """A run's manifest `kind`: a run of the matrix (or a merge of them), or a bisect (its cells are evidence)."""
 
     RUN = "run"
     BISECT = "bisect"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    """A run's manifest.json (bnmatrix.run/1): what ran, where, when, and how it ended."""
+
+    run_id: str
+    status: RunStatus
+    started: str
+    backend: str
+    host: dict[str, Any]
+    bnmatrix_version: str
+    matrix_hash: str
+    kind: RunKind = RunKind.RUN
+    finished: str | None = None
+    note: str | None = None  # why a run is interrupted without having stopped itself
+    process: dict[str, Any] | None = None  # hostname, pid, started_ticks: who writes the run while it runs
+    previous_run: str | None = None
+    matrix: str | None = None
+    selection: dict[str, Any] | None = None  # run's --select/--skip/--shard/--scenario/--force
+    cells: list[str] | None = None
+    cells_written: int | None = None
+    checked: dict[str, Any] | None = None  # the cell files this host wrote and checked, vouched for (runstore)
+    bisect: dict[str, Any] | None = None  # a bisect's question
+    merged_from: list[str] | None = None  # a merge: the runs it holds
+    cumulative: bool = False  # the report's view of a results root as one run (never stored)
+
+    ALWAYS = ("finished", "previous_run")  # written even when empty, as runs always wrote them
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """From a manifest that passed its schema."""
+        values = _known(cls, data, "run manifest")
+        return cls(**{**values, "status": RunStatus(data["status"]), "kind": RunKind(data.get("kind", "run"))})
+
+    def to_dict(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {k: v for k, v in values.items() if v is not None and v is not False or k in self.ALWAYS}
+        return {"schema": RUN_SCHEMA, **data, "status": self.status.value, "kind": self.kind.value}
+
+    @property
+    def written(self) -> int:
+        """How many cell files the run wrote (a run from before it counted them: the cells it listed)."""
+        return self.cells_written if self.cells_written is not None else len(self.cells or [])
 
 
 @dataclass(kw_only=True)
@@ -239,20 +292,20 @@ class CellResult:
 @dataclass(frozen=True)
 class Run:
     directory: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     cells: list[CellResult]
 
     @property
     def id(self) -> str:
-        return str(self.manifest["run_id"])
+        return self.manifest.run_id
 
     @property
     def kind(self) -> RunKind:
-        return RunKind(self.manifest.get("kind", RunKind.RUN.value))
+        return self.manifest.kind
 
     @property
     def status(self) -> RunStatus:
-        return RunStatus(self.manifest["status"])
+        return self.manifest.status
 
     @property
     def searches(self) -> list[dict[str, Any]]:

@@ -21,11 +21,9 @@ from bnmatrix.intake import RUN_ID, check, copy_tree, start_ticks, sweep_staging
 from bnmatrix.plan import Cell, inputs_hash
 from bnmatrix.store.files import now, read_json_object, schema_digest, vouch, write_json
 from bnmatrix.store.reader import DIED, check_results_root, checked_cell, recorded_check, runs_in
-from bnmatrix.store.records import CellResult, RunKind, RunStatus, ScenarioResult
+from bnmatrix.store.records import CellResult, Manifest, RunKind, RunStatus, ScenarioResult
 from bnmatrix.store.searches import BISECT_FILE, BISECT_SCHEMA
 from bnmatrix.verdict import CellStatus
-
-RUN_SCHEMA = "bnmatrix.run/1"
 
 
 def new_run_id() -> str:
@@ -42,6 +40,8 @@ class RunStore:
     """
 
     def __init__(self, root: Path, run_id: str, manifest: dict[str, Any], kind: RunKind = RunKind.RUN):
+        """`manifest`: what the command records of itself (Manifest's fields: matrix, matrix_hash, backend,
+        bnmatrix_version, selection, cells, bisect)."""
         check_results_root(root)
         self.root = root
         self.run_id = run_id
@@ -57,9 +57,8 @@ class RunStore:
             raise BnMatrixError(f"--results {root}: run {run_id} exists already") from None
         except OSError as exc:
             raise BnMatrixError(f"--results {root}: cannot create the run directory: {exc.strerror}") from None
-        ended = (RunStatus.COMPLETE.value, RunStatus.INTERRUPTED.value)
-        finished = [d for d, m in earlier if m["status"] in ended and m.get("kind", "run") == RunKind.RUN.value
-                    and m.get("cells_written", len(m.get("cells") or [])) > 0]
+        finished = [d for d, m in earlier if m.status in (RunStatus.COMPLETE, RunStatus.INTERRUPTED)
+                    and m.kind is RunKind.RUN and m.written > 0]
         self.previous = finished[-1].resolve() if finished else None
         self._earlier = earlier
         self._read: dict[Path, dict[str, Any] | None] = {}  # earlier cell files, each read and checked once
@@ -68,21 +67,13 @@ class RunStore:
         self._checked_cells: dict[str, dict[str, str]] = {}  # cell id -> the checked file it wrote: SHA-256, status
         self._kept: dict[Path, str] = {}  # scenario folder -> its copy in code/ (keep_code)
         self._lock = threading.Lock()
-        self.manifest = {
-            "schema": RUN_SCHEMA,
-            "run_id": self.run_id,
-            "kind": kind.value,
-            "status": RunStatus.RUNNING.value,
-            "started": now(),
-            "finished": None,
-            "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
-                     "python": platform.python_version()},
-            "process": {"hostname": socket.gethostname(), "pid": os.getpid(),
-                        "started_ticks": start_ticks(os.getpid())},
-            "previous_run": self.previous.name if self.previous else None,
-            **manifest,
-        }
-        write_json(self.directory / "manifest.json", self.manifest)
+        self.manifest = Manifest(
+            run_id=self.run_id, kind=kind, status=RunStatus.RUNNING, started=now(),
+            host={"hostname": socket.gethostname(), "platform": platform.platform(),
+                  "python": platform.python_version()},
+            process={"hostname": socket.gethostname(), "pid": os.getpid(), "started_ticks": start_ticks(os.getpid())},
+            previous_run=self.previous.name if self.previous else None, **manifest)
+        write_json(self.directory / "manifest.json", self.manifest.to_dict())
 
     def _adopt_real_latest(self) -> None:
         """A `latest` that is a real folder (an artifact download, `cp -rL`) becomes a run of its own."""
@@ -231,21 +222,21 @@ class RunStore:
         """Close the run; `latest` moves to it only when it measured something: a cell that ran."""
         checked: dict[str, Any] = {"schema": schema_digest(), "host": socket.gethostname(),
                                    "cells": dict(sorted(self._checked_cells.items()))}
-        self.manifest.update(status=status.value, finished=now(), cells_written=self.written,
-                             checked={**checked, "mac": vouch(checked)})
-        write_json(self.directory / "manifest.json", self.manifest)
-        if self.measured and self.manifest["kind"] == RunKind.RUN.value:  # a bisect's few cells are no matrix to show
+        self.manifest.status, self.manifest.finished, self.manifest.cells_written = status, now(), self.written
+        self.manifest.checked = {**checked, "mac": vouch(checked)}
+        write_json(self.directory / "manifest.json", self.manifest.to_dict())
+        if self.measured and self.manifest.kind is RunKind.RUN:  # a bisect's few cells are no matrix to show
             self._point_latest()
 
 
-def _close_dead(runs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+def _close_dead(runs: list[tuple[Path, Manifest]]) -> list[str]:
     """Mark on disk the runs that runs_in found killed while they ran, and remove the files they were writing
     when killed; their folders' names."""
     closed = []
     for directory, manifest in runs:
         on_disk = read_json_object(directory / "manifest.json").get("status")
-        if manifest.get("note") == DIED and on_disk == RunStatus.RUNNING.value:
-            write_json(directory / "manifest.json", manifest)
+        if manifest.note == DIED and on_disk == RunStatus.RUNNING.value:
+            write_json(directory / "manifest.json", manifest.to_dict())
             for half_written in [*directory.glob(".*.tmp"), *directory.glob("cells/.*.tmp")]:
                 half_written.unlink(missing_ok=True)
             closed.append(directory.name)

@@ -6,12 +6,15 @@ import enum
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
 from bnmatrix.intake import read_json
 from bnmatrix.store.files import moment
+
+if TYPE_CHECKING:
+    from bnmatrix.store.records import Manifest
 
 BISECT_SCHEMA = "bnmatrix.bisect/1"
 BISECT_FILE = "bisect.json"  # a run's bisect conclusions (bnmatrix bisect), beside its manifest
@@ -41,7 +44,7 @@ def change_span(search: dict[str, Any]) -> tuple[Any, ...]:
     return (search["scenario"], search["device"], search.get("variant"), *ends)
 
 
-def latest_searches(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[str, Any]]:
+def latest_searches(runs: Iterable[tuple[Path, Manifest]]) -> list[dict[str, Any]]:
     """The newest conclusion of every bisect search in these runs ((directory, manifest) pairs), each with the
     id of the run that holds it."""
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
@@ -49,7 +52,7 @@ def latest_searches(runs: Iterable[tuple[Path, dict[str, Any]]]) -> list[dict[st
         for search in read_searches(directory):
             key = search_key(search)
             if key not in found or moment(search.get("updated")) >= moment(found[key].get("updated")):
-                found[key] = {**search, "run_id": str(manifest.get("run_id") or directory.name)}
+                found[key] = {**search, "run_id": manifest.run_id or directory.name}
     return list(found.values())
 
 
