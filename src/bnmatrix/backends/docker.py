@@ -26,8 +26,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
-
 from bnmatrix.backends import (
     Backend,
     BackendKind,
@@ -69,6 +67,8 @@ if TYPE_CHECKING:  # docker-py is imported where it is used: it takes 0.1 s, and
 
 def render_script(cell: Cell) -> str:
     """The cell's install script (pure)."""
+    import jinja2  # like docker-py, only where a cell image is built
+
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path(DOCKER_FOLDER)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.filters["shell"] = shlex.quote

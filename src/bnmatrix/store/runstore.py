@@ -234,9 +234,9 @@ def _close_dead(runs: list[tuple[Path, Manifest]]) -> list[str]:
     when killed; their folders' names."""
     closed = []
     for directory, manifest in runs:
-        on_disk = read_json_object(directory / "manifest.json").get("status")
-        if manifest.note == DIED and on_disk == RunStatus.RUNNING.value:
-            write_json(directory / "manifest.json", manifest.to_dict())
+        path = directory / "manifest.json"
+        if manifest.note == DIED and read_json_object(path).get("status") == RunStatus.RUNNING.value:
+            write_json(path, manifest.to_dict())
             for half_written in [*directory.glob(".*.tmp"), *directory.glob("cells/.*.tmp")]:
                 half_written.unlink(missing_ok=True)
             closed.append(directory.name)
