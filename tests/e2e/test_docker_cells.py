@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -287,3 +288,32 @@ def test_a_rebuild_downloads_nothing_and_replaces_the_image(docker_runs: dict[st
     after = docker_client.images.get(tag)
     assert after.id != before.id and before.id not in {i.id for i in docker_client.images.list(all=True)}
     assert after.labels["org.bnmatrix.pid"] == "" and after.attrs["Config"]["Volumes"] is None
+
+
+def test_a_container_two_threads_remove_at_once_is_no_error(docker_runs: dict[str, Any], docker_client: Any) -> None:
+    """A stop while a build ends: the build's cleanup and the backend's close remove the same container at once, and
+    the daemon answers one of them 409 (removal already in progress). Neither may turn the stop into an error."""
+    from bnmatrix.backends.docker import LABEL_RUN, DockerBackend
+    from bnmatrix.config import ContainerSettings
+
+    backend = DockerBackend(docker_client, ContainerSettings(), "remove-race", (), sweep=False)
+    image = docker_runs["tf-1.15.5-cpu"].environment["cell_image"]
+    for _ in range(8):
+        container = docker_client.containers.run(image, ["sleep", "60"], detach=True,
+                                                 labels={LABEL: "bnmatrix", LABEL_RUN: "remove-race"})
+        failures: list[BaseException] = []
+
+        def remove(container: Any = container, failures: list[BaseException] = failures) -> None:
+            try:
+                backend._remove(container)
+            except BaseException as exc:  # what a thread raised is the finding
+                failures.append(exc)
+
+        threads = [threading.Thread(target=remove) for _ in range(2)] + [threading.Thread(target=backend.close)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        backend.closed = False
+    assert ours(docker_client) == []

@@ -388,20 +388,30 @@ class DockerBackend:
             return volume.name
 
     def _remove(self, container: Any) -> None:
+        """Remove a container, gone already or being removed by another thread (a stop while a build ends: the
+        daemon answers 409, removal already in progress)."""
         import docker
-        with suppress(docker.errors.NotFound):
+        try:
             container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:
+                raise
 
     def close(self) -> None:
-        """Remove every container and the scenarios volume of this run (also on Ctrl-C)."""
+        """Remove every container and the scenarios volume of this run (also on Ctrl-C). Best effort: what the
+        daemon refuses to remove now, the next run removes (remove_dead_runs), so a stop never becomes an error."""
         import docker
         self.closed = True
-        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"},
-                                                    ignore_removed=True):
-            self._remove(container)
+        with suppress(docker.errors.APIError):
+            for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"},
+                                                        ignore_removed=True):
+                with suppress(docker.errors.APIError):
+                    self._remove(container)
         with self._lock:
             if self._volume is not None:
-                with suppress(docker.errors.NotFound):
+                with suppress(docker.errors.APIError):  # NotFound included
                     self.client.volumes.get(self._volume).remove(force=True)
                 self._volume = None
 
