@@ -35,7 +35,7 @@ from bnmatrix.backends import Backend
 from bnmatrix.config import Matrix, TFVersion
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell, all_cells
-from bnmatrix.runner import ProgressCallback, run_plan, scenario_hashes, scenario_sources
+from bnmatrix.runner import ProgressCallback, folder_sources, run_plan, scenario_hashes, scenario_sources
 from bnmatrix.store.files import now
 from bnmatrix.store.records import CellResult
 from bnmatrix.store.runstore import RunStore
@@ -477,7 +477,8 @@ class Bisector:
         """Probe round after round until every search has its answer (or the time budget is used up); each
         round runs one cell per release, with every scenario that needs it; results found in the results
         root are reused scenario by scenario. Returns the conclusions, also written to the run's bisect.json."""
-        sources = scenario_sources(self.matrix.scenario_dirs)
+        folders = folder_sources(self.matrix.scenario_dirs)
+        sources = scenario_sources(folders)
         started = time.monotonic()
         store.write_searches([s.conclusion() for s in self.searches])
         while needs := self.wanted():
@@ -491,7 +492,7 @@ class Bisector:
                 remaining = []
                 for name in sorted(names):
                     cell = probe_cell(self.matrix, version, python, device, variant, (name,))
-                    hashes = scenario_hashes(cell, self.matrix.catalog, self.matrix.scenario_dirs)
+                    hashes = scenario_hashes(cell, self.matrix.catalog, folders)
                     found = store.reusable_scenarios(cell, hashes, sources, backend.name).get(name)
                     if found is None:
                         remaining.append(name)

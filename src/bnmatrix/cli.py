@@ -382,7 +382,7 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[bold red]interrupted[/] ({signal.Signals(outcome.stopped_by).name}): the probes that "
                       f"finished are kept in {escape(str(outcome.directory))}; run the same command again to go on "
                       "(nothing is run twice)")
-    elif code == EXIT_USAGE:  # the one search asked for has nothing to bisect
+    elif outcome.wrong_question:
         _say_error(outcome.conclusions[0]["answer"])
     elif outcome.conclusions:
         for conclusion in outcome.conclusions:

@@ -111,6 +111,12 @@ def scenario_files(directory: Path) -> Iterator[Path]:
             yield path
 
 
+def file_digests(directory: Path) -> dict[str, str]:
+    """The SHA-256 of every file a scenario folder ships (scenario_files), by its path in the folder, in order."""
+    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(scenario_files(directory))}
+
+
 def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
     """The scenarios of one folder: each top-level `<name>.py` but helpers (a leading `_`, or the
     bnmatrix helper), checked to be a scenario of that name; `origin` says where the folder was named."""

@@ -8,7 +8,6 @@ early, and then every finished cell is already on disk.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import traceback
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
-from bnmatrix.config import Scenario, scenario_files
+from bnmatrix.config import Scenario, file_digests
 from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
@@ -40,28 +39,26 @@ def tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def folder_sources(directory: Path) -> dict[str, str]:
-    """A digest of every Python file of a scenario folder, by its path in the folder (editing a scenario's notes
-    does not redo anything)."""
-    return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-            for path in sorted(scenario_files(directory)) if path.suffix == ".py"}
+def folder_sources(directories: tuple[Path, ...]) -> dict[Path, dict[str, str]]:
+    """Each scenario folder's Python files by their path in the folder, digested once for a whole run (editing a
+    scenario's notes does not redo anything); in the folders' order, the built-in one first."""
+    return {directory: {name: digest for name, digest in file_digests(directory).items() if name.endswith(".py")}
+            for directory in directories}
 
 
-def scenario_sources(directories: tuple[Path, ...]) -> dict[str, str]:
+def scenario_sources(folders: dict[Path, dict[str, str]]) -> dict[str, str]:
     """The code of every scenario folder: what a cell's outcome depends on besides its definition."""
-    return {f"{index}/{name}": digest for index, directory in enumerate(directories)
-            for name, digest in folder_sources(directory).items()}
+    return {f"{index}/{name}": digest for index, files in enumerate(folders.values()) for name, digest in files.items()}
 
 
-def scenario_hashes(cell: Cell, catalog: dict[str, Scenario], directories: tuple[Path, ...]) -> dict[str, str]:
+def scenario_hashes(cell: Cell, catalog: dict[str, Scenario], folders: dict[Path, dict[str, str]]) -> dict[str, str]:
     """What decides each of the cell's scenarios (plan.scenario_inputs_hash): its folder's code and the built-in
     folder's (the helper), wherever the folders are listed; a scenario whose folder is unchanged is reused when
     another folder changes."""
-    folders = {directory: folder_sources(directory) for directory in directories}
-    builtin = folders[directories[0]]
+    builtin_folder = next(iter(folders))
     return {name: scenario_inputs_hash(cell.describe(), name, {
-        "builtin": builtin, "own": folders[catalog[name].root] if catalog[name].root != directories[0] else {}})
-        for name in cell.scenarios}
+        "builtin": folders[builtin_folder],
+        "own": folders[catalog[name].root] if catalog[name].root != builtin_folder else {}}) for name in cell.scenarios}
 
 
 class ResultRefused(Exception):
@@ -216,7 +213,8 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     cannot be written) the cells still queued are dropped, the backend stops what still runs, the running cells
     get STOP_GRACE_S to end, and nothing half-done is stored.
     """
-    sources = scenario_sources(scenario_dirs)
+    folders = folder_sources(scenario_dirs)
+    sources = scenario_sources(folders)
     stopping = threading.Event()
     scenario_pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-scenario")
 
@@ -233,7 +231,7 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
             if result is not None and result.status is CellStatus.RAN:  # its code, kept in this run too
                 result.code = store.keep_code(cell, catalog, scenario_dirs)
             if result is None:
-                hashes = scenario_hashes(cell, catalog, scenario_dirs)
+                hashes = scenario_hashes(cell, catalog, folders)
                 kept = {} if force else store.reusable_scenarios(cell, hashes, sources, backend.name)
                 progress(index, len(cells), cell, "starting", None)
                 result = run_cell(cell, catalog, backend, store, timeout_s, inputs_hash,

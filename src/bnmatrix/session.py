@@ -178,10 +178,7 @@ class RunSession:
         finally:
             backend.close()
         store.finish(RunStatus.COMPLETE)
-        deleted = prune(options.results, matrix.keep_runs)
-        if deleted:
-            self.say(f"kept the newest {matrix.keep_runs} runs of {options.results} (settings.keep_runs) and every "
-                     f"run still cited; deleted {len(deleted)}: {', '.join(deleted)}")
+        _prune(options.results, matrix.keep_runs, self.say)
         return replace(outcome, results=results, duration_s=time.monotonic() - started)
 
 
@@ -219,13 +216,18 @@ class BisectOutcome:
     def outcomes(self) -> set[Outcome]:
         return {Outcome(c["outcome"]) for c in self.conclusions}
 
+    @property
+    def wrong_question(self) -> bool:
+        """The one search asked for has nothing to bisect: both its ends give the same verdict."""
+        return self.one_search and self.outcomes == {Outcome.NOTHING_TO_BISECT}
+
 
 def bisect_exit_code(outcome: BisectOutcome) -> int:
     """The exit code of a bisect (pure): 128 + the signal that stopped it; 2 when the one search asked for has
     nothing to bisect (both ends agree: a mistake in the question); 1 when a search could not finish; else 0."""
     if outcome.stopped_by is not None:
         return 128 + outcome.stopped_by
-    if outcome.one_search and outcome.outcomes == {Outcome.NOTHING_TO_BISECT}:
+    if outcome.wrong_question:
         return EXIT_USAGE
     return EXIT_CELL_FAILED if outcome.outcomes & {Outcome.INCOMPLETE, Outcome.ENDPOINT_ERROR} else EXIT_OK
 
@@ -330,15 +332,18 @@ class BisectSession:
             backend.close()
         store.finish(RunStatus.COMPLETE)
         dropped = _drop_if_known(store)
-        if not (outcome.one_search and {c["outcome"] for c in conclusions} == {Outcome.NOTHING_TO_BISECT.value}):
-            self._prune()
-        return replace(outcome, conclusions=conclusions, directory=None if dropped else store.directory)
+        outcome = replace(outcome, conclusions=conclusions, directory=None if dropped else store.directory)
+        if not outcome.wrong_question:
+            _prune(options.results, matrix.keep_runs, self.say)
+        return outcome
 
-    def _prune(self) -> None:
-        deleted = prune(self.options.results, self.matrix.keep_runs)
-        if deleted:
-            self.say(f"kept the newest {self.matrix.keep_runs} runs of {self.options.results} (settings.keep_runs) "
-                     f"and every run still cited; deleted {len(deleted)}: {', '.join(deleted)}")
+
+def _prune(root: Path, keep: int, say: Say) -> None:
+    """Delete the runs of a results root beyond settings.keep_runs (history.prune), and say which."""
+    deleted = prune(root, keep)
+    if deleted:
+        say(f"kept the newest {keep} runs of {root} (settings.keep_runs) and every run still cited; deleted "
+            f"{len(deleted)}: {', '.join(deleted)}")
 
 
 def _drop_if_known(store: RunStore) -> bool:

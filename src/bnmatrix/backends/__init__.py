@@ -173,6 +173,13 @@ class Backend(Protocol):
         ...
 
 
+def cell_environment(cell: Cell) -> dict[str, str]:
+    """What every backend puts in a scenario's environment for the cell (besides where the helper is): the cell's own
+    variables, and for a CPU cell no visible GPU, which no variable of the cell overrides (a CPU cell measures the
+    CPU kernels even on a GPU host)."""
+    return {**cell.env, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Setup:
     """What a command asks of the backend it opens."""

@@ -36,6 +36,7 @@ from bnmatrix.backends import (
     ScenarioRun,
     Setup,
     StepReporter,
+    cell_environment,
     register,
 )
 from bnmatrix.backends.venv import uv_binary
@@ -106,9 +107,7 @@ def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_
     from docker.types import Ulimit
     # The helper lives in the built-in scenario folder, mounted first: importable from any scenario folder.
     environment = {"HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
-                   "PYTHONPATH": f"{SCENARIO_MOUNT}/0", **cell.env}
-    if cell.device == "cpu":
-        environment["CUDA_VISIBLE_DEVICES"] = ""
+                   "PYTHONPATH": f"{SCENARIO_MOUNT}/0", **cell_environment(cell)}
     options: dict[str, Any] = {
         "command": ["sleep", f"{lifetime_s:.0f}"],
         "detach": True,

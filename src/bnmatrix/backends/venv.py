@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from bnmatrix.backends import (
     ScenarioRun,
     Setup,
     StepReporter,
+    cell_environment,
     register,
 )
 from bnmatrix.config import SCENARIOS_FOLDER, Scenario, base_image_script, data_path
@@ -271,10 +273,8 @@ class VenvSession:
 
     def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
         env = pip_environment(self.cell.index_url)
-        env.update(self.cell.env)
+        env.update(cell_environment(self.cell))
         env["PYTHONPATH"] = str(data_path(SCENARIOS_FOLDER))  # the helper, importable from any scenario folder
-        if self.cell.device == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""  # a CPU cell measures the CPU kernels even on a GPU host
         started = time.monotonic()
         scratch_prefix = f"bnmatrix-cell-{self.processes.run_id}-"  # a later run sweeps it if this one is killed
         with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch, open(log, "wb") as handle:
@@ -299,7 +299,7 @@ def reproduce(what: Reproduction) -> str:
     packages = what.environment.get("packages") or []
     pins = ["--no-deps", *packages] if packages else list(cell.requirements)
     index = ["--index-url", cell.index_url]
-    variables = {**({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {}), **what.variables}
+    variables = cell_environment(replace(cell, env=what.variables))
     where, script, helper = what.paths()
     assignments = " ".join(f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items()))
     return "\n".join([

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import secrets
@@ -15,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bnmatrix.config import Scenario, scenario_files
+from bnmatrix.config import Scenario, file_digests
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import RUN_ID, check, copy_tree, start_ticks, sweep_staging
 from bnmatrix.plan import Cell, inputs_hash
@@ -98,19 +99,15 @@ class RunStore:
         files>: what a reproduce command runs without bnmatrix; the cell's `code` record of them."""
         with self._lock:
             for directory in {directories[0], *(catalog[name].root for name in cell.scenarios)} - set(self._kept):
-                files = sorted(scenario_files(directory))
-                digest = hashlib.sha256()
-                for path in files:
-                    digest.update(f"{path.relative_to(directory)}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\0"
-                                  .encode())
-                folder = self.directory / "code" / digest.hexdigest()[:16]
+                files = file_digests(directory)
+                digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+                folder = self.directory / "code" / digest[:16]
                 if not folder.is_dir():
                     staging = folder.with_name(f".{folder.name}.tmp")
                     shutil.rmtree(staging, ignore_errors=True)
-                    for path in files:
-                        target = staging / path.relative_to(directory)
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(path, target)
+                    for name in files:
+                        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(directory / name, staging / name)
                     staging.mkdir(parents=True, exist_ok=True)
                     staging.rename(folder)
                 self._kept[directory] = folder.name
