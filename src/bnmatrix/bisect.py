@@ -182,8 +182,9 @@ class Probe:
         if found is None:
             return cls(result.cell.tf, result.own_status.value, result.cell.python, result.run_id, result.id,
                        result.reason)
-        return cls(result.cell.tf, found.status.value, result.cell.python, result.run_id, result.id,
-                   found.reason, found.moving_mean, found.expected_moving_mean, found.effective_updates, found.steps)
+        numbers = found.numbers()
+        return cls(result.cell.tf, found.status.value, result.cell.python, result.run_id, result.id, found.reason,
+                   numbers["moving_mean"], numbers["expected_moving_mean"], numbers["effective_updates"], found.steps)
 
     @property
     def judged(self) -> bool:

@@ -155,7 +155,7 @@ def read_text(path: Path) -> str:
 
 # --- schemas -----------------------------------------------------------------------------------------
 
-SCHEMA_NAMES = {"cell": "bnmatrix.cell/1", "manifest": "bnmatrix.run/1", "bisect": "bnmatrix.bisect/1",
+SCHEMA_NAMES = {"cell": "bnmatrix.cell/2", "manifest": "bnmatrix.run/1", "bisect": "bnmatrix.bisect/1",
                 "notes": "scenario notes", "observation": "bnmatrix.scenario/2"}
 
 

@@ -80,14 +80,16 @@ class Entry:
     def note(self) -> str:
         """What the numbers add to the status, in a word or two: "2.00×", "unbiased variance", "forward: batch"."""
         result = self.result
-        if result is None or result.moving_mean is None:
+        judged = result.judged if result else None
+        if result is None or judged is None:
             return ""
-        if self.status == "wrong" and result.effective_updates is not None and result.steps:
-            return f"{result.effective_updates / result.steps:.2f}×"
-        if self.status == "updated" and result.variance_correction == "unbiased":
+        verdict = judged.verdict
+        if self.status == "wrong" and verdict.effective_updates is not None:
+            return f"{verdict.effective_updates / result.steps:.2f}×"
+        if self.status == "updated" and verdict.variance_correction == "unbiased":
             return "unbiased variance"
-        if self.status == "stale" and result.forward_statistics:
-            return f"forward: {result.forward_statistics}"
+        if self.status == "stale" and verdict.forward_statistics:
+            return f"forward: {verdict.forward_statistics}"
         return ""
 
     @property
@@ -123,15 +125,17 @@ def _summary(result: ScenarioResult | None, cell: CellResult, origin: str | None
 def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
     if result is None:
         return f"{cell.own_status.word}: {cell.reason}"
-    if result.moving_mean is None:
+    judged = result.judged
+    if judged is None:
         return f"{result.status.value}: {result.reason}"
-    updates, variance_updates = result.effective_updates, result.effective_updates_variance
-    correction = f", follows the {result.variance_correction} batch variance" if result.variance_correction else ""
-    forward = (f"; training-mode forward pass used the {result.forward_statistics} statistics"
-               if result.forward_statistics else "")
-    return (f"moving mean {_number(result.moving_mean)} (expected {_number(result.expected_moving_mean)}), "
-            f"moving variance {_number(result.moving_variance)} (expected "
-            f"{_number(result.expected_moving_variance)}{correction}); effective updates "
+    verdict = judged.verdict
+    updates, variance_updates = verdict.effective_updates, verdict.effective_updates_variance
+    correction = f", follows the {verdict.variance_correction} batch variance" if verdict.variance_correction else ""
+    forward = (f"; training-mode forward pass used the {verdict.forward_statistics} statistics"
+               if verdict.forward_statistics else "")
+    return (f"moving mean {_number(judged.moving_mean)} (expected {_number(verdict.expected_moving_mean)}), "
+            f"moving variance {_number(judged.moving_variance)} (expected "
+            f"{_number(verdict.expected_moving_variance)}{correction}); effective updates "
             f"{_number(updates, 5) if updates is not None else 'n/a'} (mean), "
             f"{_number(variance_updates, 5) if variance_updates is not None else 'n/a'} (variance) / "
             f"{result.steps} steps{forward}")
@@ -447,11 +451,11 @@ def glance_text(found: dict[str, Any] | None) -> str:
 
 
 def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) -> dict[str, Any]:
-    """Coordinates for the SVG chart of the expected moving mean against the observed one."""
-    steps = result.steps
-    momentum = result.momentum or 0.99
-    mu = result.batch_mean if result.batch_mean is not None else 1.5
-    observed = result.moving_mean or 0.0
+    """Coordinates for the SVG chart of the expected moving mean against the observed one (a judged result's)."""
+    judged = result.judged
+    assert judged is not None and result.observed is not None and result.observed.momentum is not None
+    steps, momentum, mu = result.steps, result.observed.momentum, judged.verdict.data.mean
+    observed = judged.moving_mean
     top = max(mu, observed, 1e-9) * 1.05
     pad = 30
 
@@ -464,8 +468,13 @@ def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) ->
     samples = [steps * i / 50 for i in range(51)]
     curve = " ".join(f"{x(k):.1f},{y(mu * (1 - momentum ** k)):.1f}" for k in samples)
     return {"width": width, "height": height, "pad": pad, "curve": curve, "x_end": x(steps),
-            "y_expected": y(result.expected_moving_mean or 0.0), "y_observed": y(observed), "y_mu": y(mu),
+            "y_expected": y(judged.verdict.expected_moving_mean), "y_observed": y(observed), "y_mu": y(mu),
             "y_zero": y(0.0), "mu": mu, "steps": steps}
+
+
+EXPORTED_NUMBERS = ("moving_mean", "moving_variance", "expected_moving_mean", "expected_moving_variance",
+                    "effective_updates", "effective_updates_variance", "variance_correction", "forward_statistics",
+                    "update_ops", "train_loss", "eval_loss")
 
 
 def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
@@ -477,16 +486,14 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
         scenarios = {}
         for name in cell.scenarios:
             entry = entries[(cell.id, name)]
-            result = entry.result.to_dict() if entry.result else {}
+            result = entry.result
+            numbers = result.numbers() if result else {}
             scenarios[name] = {
-                "status": entry.status, "reason": result.get("reason", cell_result.reason),
+                "status": entry.status, "reason": result.reason if result else cell_result.reason,
                 "expected_status": entry.expected, "previous_status": entry.previous,
-                **{key: result.get(key) for key in ("moving_mean", "moving_variance", "expected_moving_mean",
-                                                    "expected_moving_variance", "effective_updates",
-                                                    "effective_updates_variance", "variance_correction",
-                                                    "forward_statistics", "update_ops",
-                                                    "train_loss", "eval_loss", "tf_version", "keras_version",
-                                                    "python", "devices_seen", "duration_s")},
+                **{key: numbers.get(key) for key in EXPORTED_NUMBERS},
+                **{key: getattr(result, key) if result else None for key in ("tf_version", "keras_version", "python",
+                                                                             "devices_seen", "duration_s")},
                 "steps": cell.steps,
                 "reproduce": view["site"].reproduce(cell_result, name) if entry.result else None,
             }
@@ -544,6 +551,7 @@ def environment() -> jinja2.Environment:
     env.filters["xml"] = _xml_text
     env.filters["md"] = _markdown
     env.filters["curve"] = curve_points
+    env.filters["verdicts"] = lambda verdicts: {name: v.to_dict() for name, v in verdicts.items()}
     env.globals["anchor"] = search_anchor
     env.globals["glance"] = glance_text
     env.globals["tolerance"] = f"{REL_TOLERANCE:g}"

@@ -22,7 +22,7 @@ from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
 from bnmatrix.store.files import StoreError, now
-from bnmatrix.store.records import CellResult, ScenarioResult
+from bnmatrix.store.records import CellResult, Observed, ScenarioResult
 from bnmatrix.store.runstore import RunStore
 from bnmatrix.verdict import CellStatus, Status
 
@@ -102,19 +102,22 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
     except ResultRefused as exc:
         return ScenarioResult(**base, status=Status.ERROR, reason=f"result refused: {exc}",
                               error={"type": "refused", "message": str(exc), "traceback": run.stderr_tail})
-    observed: dict[str, Any] = {key: data.get(key) for key in ("tf_version", "keras_version", "python", "devices_seen",
-                                                "update_ops", "train_loss", "eval_loss")}
-    base.update(steps=data["steps"], duration_s=data.get("duration_s", run.duration_s))
-    result = ScenarioResult(**base, status=Status.ERROR, reason=None, **observed, momentum=data["momentum"],
-                            build_info=data.get("build_info") or {}, layers=data["layers"],
+    base.update({key: data.get(key) for key in ("tf_version", "keras_version", "python", "devices_seen")},
+                steps=data["steps"], duration_s=data.get("duration_s", run.duration_s),
+                build_info=data.get("build_info") or {})
+    observed = None
+    if data["outcome"] == "observed" or data["layers"]:  # an error may come after some numbers were read
+        observed = Observed(momentum=data["momentum"], layers=data["layers"], update_ops=data.get("update_ops"),
+                            train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
                             extra=data.get("extra") or {})
+    result = ScenarioResult(**base, status=Status.ERROR, reason=None, observed=observed)
     if data["steps"] != cell.steps:
         result.reason = f"result refused: the scenario trained {data['steps']} steps; the cell asked for {cell.steps}"
         return result
     if data["outcome"] == "unsupported":
         unsupported = data["unsupported"]
         result.status, result.reason = Status.UNSUPPORTED, f"{unsupported['api']}: {unsupported['message']}"
-        result.error = {"type": "Unsupported", **data["unsupported"]}
+        result.unsupported = {"api": unsupported["api"], "message": unsupported["message"]}
         return result
     if data["outcome"] == "error":
         lines = [line.strip() for line in data["error"]["message"].splitlines() if line.strip()]

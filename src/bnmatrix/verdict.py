@@ -192,6 +192,16 @@ class LayerVerdict:
                 "effective_updates_variance": self.effective_updates_variance,
                 "variance_correction": self.variance_correction, "forward_statistics": self.forward_statistics}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], layer: dict[str, Any]) -> LayerVerdict:
+        """A stored verdict (schema-checked) on `layer`, the observations it judged."""
+        correction, forward = data.get("variance_correction"), data.get("forward_statistics")
+        if correction not in (None, *CORRECTION_WORDS) or forward not in (None, "batch", "moving"):
+            raise ValueError(f"a stored verdict: variance correction {correction!r}, forward statistics {forward!r}")
+        return cls(Status(data["status"]), data["reason"], data["expected_moving_mean"],
+                   data["expected_moving_variance"], data["effective_updates"], data["effective_updates_variance"],
+                   correction, forward, BatchData.from_observation(layer["data"]))
+
 
 def _variance_correction(moving_variance: float, data: BatchData, momentum: float,
                          updates: float) -> Correction | None:

@@ -76,7 +76,8 @@ def test_keras3_scenarios_on_tf_2_16(tmp_path: Path) -> None:
     cell = run_cell(cell_id, python, tmp_path, *options)
     assert sorted(cell.scenarios) == sorted(KERAS3_SCENARIOS)
     check_verdicts(cell)
-    assert cell.scenarios["keras3_bn_fit"].extra["keras"].startswith("3.")
+    observed = cell.scenarios["keras3_bn_fit"].observed
+    assert observed is not None and observed.extra["keras"].startswith("3.")
 
 
 def test_report_of_the_real_run(venv_runs: dict[str, tuple[Path, CellResult]], tmp_path: Path) -> None:
@@ -85,7 +86,7 @@ def test_report_of_the_real_run(venv_runs: dict[str, tuple[Path, CellResult]], t
     statuses = dict(re.findall(r'<td class="cell [^"]*" data-device="cpu" data-scenario="([a-z0-9_]+)"\s+'
                                r'data-status="([a-z-]+)"', page))
     assert statuses == {name: s.status.value for name, s in cell.scenarios.items()}
-    assert f"{cell.scenarios['layers_bn_custom_estimator'].moving_mean:.6g}" in page
+    assert f"{cell.scenarios['layers_bn_custom_estimator'].numbers()['moving_mean']:.6g}" in page
 
 
 def test_second_run_reuses_the_unchanged_cell(venv_runs: dict[str, tuple[Path, CellResult]]) -> None:
@@ -103,8 +104,9 @@ def test_a_users_own_scenario_runs_and_gets_its_page(tmp_path: Path) -> None:
                     "--scenario", "user_keras_fit", "--scenario", "keras_bn_custom_estimator")
     mine = cell.scenarios["user_keras_fit"]
     assert mine.status.value == "updated", mine.reason
-    assert mine.effective_updates == pytest.approx(100, abs=0.01) and mine.variance_correction == "biased"
-    assert mine.extra == {"made_by": "mylib"}
+    numbers = mine.numbers()
+    assert numbers["effective_updates"] == pytest.approx(100, abs=0.01) and numbers["variance_correction"] == "biased"
+    assert mine.observed is not None and mine.observed.extra == {"made_by": "mylib"}
     site = write_report(tmp_path / "r", tmp_path / "site").parent
     page = (site / "scenarios" / "user_keras_fit.html").read_text()
     assert "The user&#39;s own keras_fit." in page and "Because fit runs updates." in page

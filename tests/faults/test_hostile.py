@@ -461,8 +461,9 @@ REPORT_DAMAGE: dict[str, tuple[str, Callable[[Any], Any], str]] = {
     "steps 0": ("cells/tf-2.15.1-cpu.json", lambda c: {**c, "scenarios": {"ok": {**c["scenarios"]["ok"], "steps": 0}}},
                 "scenarios.ok.steps: 0 is less than the minimum of 1"),
     "momentum 2": ("cells/tf-2.15.1-cpu.json",
-                   lambda c: {**c, "scenarios": {"ok": {**c["scenarios"]["ok"], "momentum": 2}}},
-                   "scenarios.ok.momentum: 2 is greater than or equal to the maximum of 1"),
+                   lambda c: {**c, "scenarios": {"ok": {**c["scenarios"]["ok"], "observed": {
+                       **c["scenarios"]["ok"]["observed"], "momentum": 2}}}},
+                   "scenarios.ok.observed.momentum: 2 is greater than or equal to the maximum of 1"),
     "a name with a newline": ("cells/tf-2.15.1-cpu.json",
                               lambda c: {**c, "cell": {**c["cell"], "scenarios": ["ok\n"]}},
                               "cell.scenarios.0: 'ok\\n' does not match"),
@@ -694,8 +695,8 @@ def test_runs_in_other_time_zones_are_ordered_by_the_moment_they_started(fault: 
     shutil.copytree(source, older)
     cell = older / "cells" / "tf-2.15.1-cpu.json"
     edit_json(cell, lambda c: {**c, "started": "2026-11-02T08:00:00+05:00", "run_id": older.name, "scenarios": {
-        "ok": {**c["scenarios"]["ok"], "layers": {"bn": {"moving_mean": 0.0, "moving_variance": 1.0,
-                                                         "data": {"values": [0.0, 1.0, 2.0, 3.0]}}}}}})
+        "ok": {**c["scenarios"]["ok"], "observed": {**c["scenarios"]["ok"]["observed"], "layers": {"bn": {
+            "moving_mean": 0.0, "moving_variance": 1.0, "data": {"values": [0.0, 1.0, 2.0, 3.0]}}}}}}})
     edit_json(older / "manifest.json", lambda m: {**m, "run_id": older.name, "started": "2026-11-02T08:00:00+05:00"})
     edit_json(source / "manifest.json", lambda m: {**m, "started": "2026-11-02T04:00:00+00:00"})
     edit_json(source / "cells" / "tf-2.15.1-cpu.json", lambda c: {**c, "started": "2026-11-02T04:00:00+00:00"})

@@ -18,7 +18,7 @@ from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, parse_shard, shar
 from bnmatrix.store.files import write_json
 from bnmatrix.store.merge import merge_runs
 from bnmatrix.store.reader import load_run
-from bnmatrix.store.records import ScenarioResult
+from bnmatrix.store.records import Observed, ScenarioResult
 from bnmatrix.verdict import Status
 
 RUNNERS = {"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"]}
@@ -90,7 +90,7 @@ T0 = "2026-01-01T00:00:00+00:00"
 
 def cell_result(cell_id: str, started: str, status: str) -> dict[str, Any]:
     tf = cell_id.split("-")[1]
-    return {"schema": "bnmatrix.cell/1", "status": "ran", "reason": None, "backend": "venv", "inputs_hash": "h",
+    return {"schema": "bnmatrix.cell/2", "status": "ran", "reason": None, "backend": "venv", "inputs_hash": "h",
             "reused_from": None, "started": started, "duration_s": 1.0, "environment": None, "setup_log": None,
             "setup_log_tail": None,
             "cell": {"id": cell_id, "tf": tf, "python": "3.11", "device": cell_id.split("-")[2], "variant": None,
@@ -103,10 +103,10 @@ def scenario_result(status: str, tf: str, log: str) -> dict[str, Any]:
     report's batch [0, 1, 2, 3]; stale: still 0 and 1)."""
     mean, variance = (0.0, 1.0) if status == "stale" else (1.5 * (1 - 0.99 ** 100), 1.25 - 0.25 * 0.99 ** 100)
     result = ScenarioResult(scenario="layers_bn_session", status=Status.ERROR, reason=None, device="cpu", steps=100,
-                            momentum=0.99, tf_version=tf, python="3.11.7", update_ops=4, train_loss=1.0,
-                            eval_loss=1.0, duration_s=1.0, log=log, layers={"bn": {
-                                "moving_mean": mean, "moving_variance": variance,
-                                "data": {"values": [0.0, 1.0, 2.0, 3.0]}}})
+                            tf_version=tf, python="3.11.7", duration_s=1.0, log=log, observed=Observed(
+                                momentum=0.99, update_ops=4, train_loss=1.0, eval_loss=1.0, layers={"bn": {
+                                    "moving_mean": mean, "moving_variance": variance,
+                                    "data": {"values": [0.0, 1.0, 2.0, 3.0]}}}))
     result.judge()
     assert result.status.value == status
     return result.to_dict()

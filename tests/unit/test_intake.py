@@ -162,7 +162,8 @@ def test_stored_numbers_no_verdict_comes_from_make_an_error(change: Any, reason:
     result = CellResult.from_dict(copy.deepcopy(data))
     assert result.rejudge() is False
     assert result.scenarios["keras_fit"].status is Status.ERROR and reason in str(result.scenarios["keras_fit"].reason)
-    assert result.scenarios["keras_fit"].moving_mean is None  # no number of a verdict that is not there
+    assert result.scenarios["keras_fit"].judged is None  # no number of a verdict that is not there
+    assert result.scenarios["keras_fit"].numbers()["moving_mean"] is None
 
 
 def test_a_file_this_host_wrote_and_checked_is_read_as_it_is(tmp_path: Path) -> None:

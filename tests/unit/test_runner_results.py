@@ -20,13 +20,14 @@ import pytest
 from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputCapture, ScenarioRun
 from bnmatrix.config import PACKAGE_DIR, SCHEMA_FILES, Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.intake import check
 from bnmatrix.plan import Cell, plan
 from bnmatrix.runner import run_plan
 from bnmatrix.store.files import write_json
 from bnmatrix.store.reader import load_run
-from bnmatrix.store.records import CellResult, Manifest, RunStatus, ScenarioResult
+from bnmatrix.store.records import FIRST_FORMAT, CellResult, Manifest, Observed, RunStatus, ScenarioResult
 from bnmatrix.store.runstore import RunStore, new_run_id
-from bnmatrix.verdict import BatchData, expected_statistics
+from bnmatrix.verdict import BatchData, Status, expected_statistics, judge_layer
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = BatchData.from_observation({"values": [0.0, 1.0, 2.0, 3.0]})
@@ -222,15 +223,45 @@ def test_a_damaged_result_file_is_named_in_the_error(tmp_path: Path, cells: list
 
 @pytest.mark.parametrize(("record", "file", "where"), [
     (CellResult, "cell", ()), (ScenarioResult, "cell", ("$defs", "scenario")), (Cell, "cell", ("properties", "cell")),
-    (Manifest, "manifest", ())])
+    (Observed, "cell", ("$defs", "scenario", "properties", "observed")), (Manifest, "manifest", ())])
 def test_each_stored_record_is_its_schema_field_for_field(record: type, file: str, where: tuple[str, ...]) -> None:
     """What the store writes is what the schema describes, no more and no less; the schema refuses any other key."""
     schema: Any = json.loads((PACKAGE_DIR / SCHEMA_FILES[file]).read_text())
     for key in where:
         schema = schema[key]
-    legacy = {"details"} if record is ScenarioResult else set()  # bnmatrix.scenario/1's name for `extra`
-    assert set(schema["properties"]) - {"schema"} - legacy == {f.name for f in fields(record)}
+    assert set(schema["properties"]) - {"schema"} == {f.name for f in fields(record)}
     assert schema["additionalProperties"] is False
+
+
+def test_a_layers_verdict_and_the_first_formats_scenario_are_their_schema_field_for_field() -> None:
+    schema: Any = json.loads((PACKAGE_DIR / SCHEMA_FILES["cell"]).read_text())["$defs"]
+    verdict = schema["scenario"]["properties"]["verdicts"]["additionalProperties"]
+    layer = {"moving_mean": 0.0, "moving_variance": 1.0, "data": {"values": [1.0, 2.0]}}
+    assert set(verdict["properties"]) == set(verdict["required"]) == set(judge_layer(layer, 10, 0.9).to_dict())
+    assert set(schema["scenario_1"]["properties"]) - {"schema"} == FIRST_FORMAT
+
+
+def test_a_first_format_run_reads_writes_in_the_new_one_and_reads_back_the_same() -> None:
+    """Every cell of the committed run (bnmatrix.cell/1, flat) becomes a bnmatrix.cell/2 file that passes its schema,
+    holds each number once (no copy of the judged layer's beside the observations) and reads back with the same
+    statuses, reasons and numbers, its verdicts standing when judged again."""
+    run = load_run(Path(__file__).resolve().parents[1] / "data" / "run")
+    assert json.loads((run.directory / "cells" / "tf-1.15.5-cpu.json").read_text())["schema"] == "bnmatrix.cell/1"
+    judged = 0
+    for cell in run.cells:
+        data = json.loads(json.dumps(cell.to_dict()))
+        check(data, "cell", cell.id)
+        again = CellResult.from_dict(data)
+        assert data["schema"] == "bnmatrix.cell/2" and again.rejudge()
+        for name, scenario in cell.scenarios.items():
+            stored, back = data["scenarios"][name], again.scenarios[name]
+            assert not {"moving_mean", "effective_updates", "judged_layer", "layers", "momentum"} & set(stored)
+            assert all("verdict" not in layer for layer in (stored["observed"] or {"layers": {}})["layers"].values())
+            assert (back.status, back.reason, back.numbers()) == (scenario.status, scenario.reason, scenario.numbers())
+            judged += back.judged is not None
+            if scenario.status is Status.UNSUPPORTED:
+                assert back.unsupported and back.unsupported["api"] in str(back.reason) and back.error is None
+    assert judged > 300  # 37 CPU cells x 18 scenarios, most of them with numbers
 
 
 def test_a_stored_field_bnmatrix_does_not_know_is_named_not_dropped(tmp_path: Path, cells: list[Cell]) -> None:
@@ -382,7 +413,8 @@ def test_an_imported_run_is_checked_again_whatever_its_manifest_says(tmp_path: P
     source = run(tmp_path / "theirs", cells[:1], ReplayBackend({}))
     cell_file = source.directory / "cells" / "tf-1.15.5-cpu.json"
     data = json.loads(cell_file.read_text())
-    data["scenarios"]["layers_bn_session"]["moving_mean"] = "<img src=x onerror=alert(1)>"  # a number, says the schema
+    # a number, says the schema
+    data["scenarios"]["layers_bn_session"]["observed"]["momentum"] = "<img src=x onerror=alert(1)>"
     cell_file.write_text(json.dumps(data))
     manifest = json.loads((source.directory / "manifest.json").read_text())
     manifest["checked"]["cells"]["tf-1.15.5-cpu"]["sha256"] = hashlib.sha256(cell_file.read_bytes()).hexdigest()
@@ -393,7 +425,7 @@ def test_an_imported_run_is_checked_again_whatever_its_manifest_says(tmp_path: P
         archive.add(tmp_path / ARCHIVE_INDEX, ARCHIVE_INDEX)
         archive.add(source.directory, source.directory.name)
 
-    with pytest.raises(BnMatrixError, match=r"moving_mean: '<img src=x onerror=alert\(1\)>' is not of type"):
+    with pytest.raises(BnMatrixError, match=r"observed.momentum: '<img src=x onerror=alert\(1\)>' is not of type"):
         import_archive(tmp_path / "archive.tar.gz", tmp_path / "ours")
     assert [p.name for p in (tmp_path / "ours").iterdir()] == []  # nothing imported
     # Copied in by hand instead: the manifest's record names the forged file's digest, but without this host's

@@ -177,14 +177,16 @@ def test_numbers_of_another_momentum_say_which_momentum_they_fit() -> None:
 def test_an_updated_verdict_says_every_step_even_when_momentum_to_the_steps_is_tiny() -> None:
     """With momentum 0.9 and 100 steps, 0.9**100 is 2.7e-5: float32 statistics then pin the count of updates only
     to a tenth or so, but they match the closed form for 100 updates within tolerance, which is what is shown."""
-    from bnmatrix.store.records import ScenarioResult
+    from bnmatrix.store.records import Observed, ScenarioResult
 
     mean, variance = 1.5 * (1 - 0.9 ** 99.9), 1.25 - 0.25 * 0.9 ** 99.9  # what float32 arithmetic left
-    result = ScenarioResult(scenario="s", status=Status.ERROR, reason=None, device="cpu", steps=100, momentum=0.9,
-                            layers={"bn": {"moving_mean": mean, "moving_variance": variance,
-                                           "data": {"values": [0.0, 1.0, 2.0, 3.0]}}})
+    result = ScenarioResult(scenario="s", status=Status.ERROR, reason=None, device="cpu", steps=100,
+                            observed=Observed(momentum=0.9, layers={"bn": {
+                                "moving_mean": mean, "moving_variance": variance,
+                                "data": {"values": [0.0, 1.0, 2.0, 3.0]}}}))
     result.judge()
-    assert result.status is Status.UPDATED and result.effective_updates == pytest.approx(99.9, abs=0.01)
+    assert result.judged is not None and result.judged.verdict.effective_updates == pytest.approx(99.9, abs=0.01)
+    assert result.status is Status.UPDATED
     assert result.updates_text == "100/100"
 
 

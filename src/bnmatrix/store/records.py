@@ -13,9 +13,9 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import schema_problem
 from bnmatrix.plan import Cell
 from bnmatrix.store.searches import read_searches
-from bnmatrix.verdict import CellStatus, Status, judge
+from bnmatrix.verdict import CellStatus, LayerVerdict, Status, judge
 
-CELL_SCHEMA = "bnmatrix.cell/1"
+CELL_SCHEMA = "bnmatrix.cell/2"
 
 
 RUN_SCHEMA = "bnmatrix.run/1"
@@ -88,129 +88,211 @@ class Manifest:
         return self.cells_written if self.cells_written is not None else len(self.cells or [])
 
 
+JUDGED = (Status.UPDATED, Status.STALE, Status.WRONG)  # the statuses a verdict from numbers gives
+
+
+@dataclass(kw_only=True)
+class Observed:
+    """A scenario's numbers as it reported them: what the host judges, never changed by it."""
+
+    momentum: float | None
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # each layer's statistics and the data it saw
+    update_ops: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Observed:
+        return cls(**_known(cls, data, "scenario observations"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class JudgedLayer:
+    """The layer a scenario's verdict is shown by (its first judged one): what it read and the host's verdict."""
+
+    name: str
+    moving_mean: float
+    moving_variance: float
+    verdict: LayerVerdict
+
+
 @dataclass(kw_only=True)
 class ScenarioResult:
-    """One scenario of one cell as the host judged it: the verdict and the numbers behind it."""
+    """One scenario of one cell: what it reported (its numbers, the API it lacks, or its error) and the host's
+    verdict, each held once: the verdict on every judged layer sits beside the observations, never copied."""
 
     scenario: str
     status: Status
     reason: str | None
     device: str
     steps: int
-    momentum: float | None = None
     tf_version: str | None = None
     keras_version: str | None = None
     python: str | None = None
     devices_seen: list[str] | None = None
     build_info: dict[str, str] = field(default_factory=dict)
-    # The judged layer's numbers (the first layer with data); every layer's are in `layers`.
-    judged_layer: str | None = None
-    moving_mean: float | None = None
-    moving_variance: float | None = None
-    expected_moving_mean: float | None = None
-    expected_moving_variance: float | None = None
-    effective_updates: float | None = None
-    effective_updates_variance: float | None = None
-    variance_correction: str | None = None
-    forward_statistics: str | None = None
-    batch_mean: float | None = None
-    batch_variance: float | None = None
-    layers: dict[str, Any] = field(default_factory=dict)
-    update_ops: int | None = None
-    train_loss: float | None = None
-    eval_loss: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    error: dict[str, Any] | None = None
+    observed: Observed | None = None  # None when the scenario reported no numbers
+    verdicts: dict[str, LayerVerdict] = field(default_factory=dict)  # the host's, per judged layer, in layer order
+    unsupported: dict[str, str] | None = None  # {"api", "message"}: what the pattern needs and this TF lacks
+    error: dict[str, Any] | None = None  # {"type", "message", "traceback"}: why there are no numbers to judge
     duration_s: float | None = None
     log: str | None = None
     log_tail: str | None = None
     inputs_hash: str | None = None  # what decided this outcome (plan.scenario_inputs_hash): reuse one at a time
     reused_from: str | None = None  # the run that produced this result, where a later cell reused it
 
+    @property
+    def judged(self) -> JudgedLayer | None:
+        """The first judged layer, whose numbers stand for the scenario's; None without a verdict from numbers."""
+        if not self.verdicts or self.observed is None:
+            return None
+        name, verdict = next(iter(self.verdicts.items()))
+        layer = self.observed.layers[name]
+        return JudgedLayer(name, float(layer["moving_mean"]), float(layer["moving_variance"]), verdict)
+
     def judge(self) -> None:
-        """The host's verdict on this result's observations (`layers`, `steps`, `momentum`): its status, reason,
-        each judged layer's verdict and the first judged layer's numbers. Numbers no verdict can be computed
-        from (an overflow, a negative variance) make it an `error` that says so."""
-        layers = {name: {k: v for k, v in layer.items() if k != "verdict"} for name, layer in self.layers.items()}
+        """The host's verdict on the observations (`layers`, `steps`, `momentum`): its status, reason and each
+        judged layer's verdict. Numbers no verdict can be computed from (an overflow, a negative variance) make it
+        an `error` that says so."""
+        self.verdicts = {}
+        observed = self.observed or Observed(momentum=None)
         try:
-            status, reason, verdicts = judge({"steps": self.steps, "momentum": self.momentum, "layers": layers})
+            status, reason, verdicts = judge({"steps": self.steps, "momentum": observed.momentum,
+                                              "layers": observed.layers})
             numbers = [v for verdict in verdicts.values() for v in (*verdict.to_dict().values(), verdict.data.mean,
                                                                     verdict.data.variance_biased)]
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
                 raise ArithmeticError("a statistic overflows")
         except (ArithmeticError, ValueError, TypeError) as exc:
             self.status, self.reason = Status.ERROR, f"the observed numbers cannot be judged: {exc}"
-            self.layers = layers
-            for name in JUDGED_FIELDS:
-                setattr(self, name, None)
             return
-        self.status, self.reason = status, reason
-        self.layers = {name: {**layer, "verdict": verdicts[name].to_dict()} if name in verdicts else layer
-                       for name, layer in layers.items()}
-        for name in JUDGED_FIELDS:
-            setattr(self, name, None)
-        if verdicts:
-            layer_name, verdict = next(iter(verdicts.items()))
-            self.judged_layer = layer_name
-            self.moving_mean, self.moving_variance = layers[layer_name]["moving_mean"], layers[layer_name][
-                "moving_variance"]
-            self.expected_moving_mean = verdict.expected_moving_mean
-            self.expected_moving_variance = verdict.expected_moving_variance
-            self.effective_updates = verdict.effective_updates
-            self.effective_updates_variance = verdict.effective_updates_variance
-            self.variance_correction = verdict.variance_correction
-            self.forward_statistics = verdict.forward_statistics
-            self.batch_mean, self.batch_variance = verdict.data.mean, verdict.data.variance_biased
+        self.status, self.reason, self.verdicts = status, reason, verdicts
+
+    def refuse(self, reason: str) -> None:
+        """No verdict, for `reason` (numbers that cannot count): an `error`, its observations kept."""
+        self.status, self.reason, self.verdicts = Status.ERROR, reason, {}
 
     @property
     def updates_text(self) -> str | None:
         """The effective updates of the mean against the steps, as the CLI and the summary show them: "100/100"
         for an `updated` verdict (the closed form for every step fits within tolerance, however few digits the
         estimate has when momentum**steps is tiny), "200.1/100" otherwise; None without numbers."""
-        if self.effective_updates is None or self.moving_mean is None:
+        judged = self.judged
+        if judged is None or judged.verdict.effective_updates is None:
             return None
         if self.status is Status.UPDATED:
             return f"{self.steps}/{self.steps}"
-        return f"{self.effective_updates:.4g}/{self.steps}"
+        return f"{judged.verdict.effective_updates:.4g}/{self.steps}"
+
+    def numbers(self) -> dict[str, Any]:
+        """The scenario's numbers flat, as results.json and a bisect's probes give them: the judged layer's
+        statistics, verdict and batch mean (each None without a verdict), the update ops and losses."""
+        judged, observed = self.judged, self.observed
+        verdict = {k: v for k, v in judged.verdict.to_dict().items() if k not in ("status", "reason")} if judged else {
+            k: None for k in ("expected_moving_mean", "expected_moving_variance", "effective_updates",
+                              "effective_updates_variance", "variance_correction", "forward_statistics")}
+        return {"moving_mean": judged.moving_mean if judged else None,
+                "moving_variance": judged.moving_variance if judged else None, **verdict,
+                "batch_mean": judged.verdict.data.mean if judged else None,
+                **{k: getattr(observed, k) if observed else None for k in ("update_ops", "train_loss", "eval_loss")}}
+
+    def _facets(self) -> tuple[Status, str | None, str | None]:
+        verdict = self.judged.verdict if self.judged else None
+        return (self.status, verdict.variance_correction if verdict else None,
+                verdict.forward_statistics if verdict else None)
 
     def rejudge(self) -> bool:
         """Judge a stored result again from its observations, here: a verdict is never taken on trust from a file.
         Returns whether the stored verdict stands (same status and facets); where it does not, the result now
         holds this host's verdict and its reason says what the file claimed."""
-        if self.status not in (Status.UPDATED, Status.STALE, Status.WRONG):
+        if self.status not in JUDGED:
             return True  # no numbers to judge: an unsupported API or an error says why there are none
-        stored = (self.status, self.variance_correction, self.forward_statistics)
-        problem = next((f"layers.{name}: {p}" for name, layer in self.layers.items()
-                        if (p := schema_problem({k: v for k, v in layer.items() if k != "verdict"}
-                                                if isinstance(layer, dict) else layer, "layer"))), None)
-        if problem is None and not (isinstance(self.momentum, float | int) and 0 < self.momentum < 1):
-            problem = f"momentum: {self.momentum!r}; expected a number between 0 and 1"
+        stored = self._facets()
+        observed = self.observed
+        problem = None if observed else "no observations"
+        if observed is not None:
+            problem = next((f"layers.{name}: {p}" for name, layer in observed.layers.items()
+                            if (p := schema_problem(layer, "layer"))), None)
+            if problem is None and not (isinstance(observed.momentum, float | int) and 0 < observed.momentum < 1):
+                problem = f"momentum: {observed.momentum!r}; expected a number between 0 and 1"
         if problem is None:
             self.judge()
         else:
-            self.status, self.reason = Status.ERROR, f"the stored observations cannot be judged ({problem})"
-            for name in JUDGED_FIELDS:
-                setattr(self, name, None)
-        if (self.status, self.variance_correction, self.forward_statistics) == stored:
+            self.refuse(f"the stored observations cannot be judged ({problem})")
+        if self._facets() == stored:
             return True
         self.reason = f"{self.reason} [judged again from the stored numbers: the file said {stored[0].value}]"
         return False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
-        """From a stored result (schema-checked); bnmatrix.scenario/1 results called `extra` `details`."""
-        values = _known(cls, data, "scenario result", legacy=("details",))
-        if "details" in data and "extra" not in data:
-            values["extra"] = data["details"] or {}
-        return cls(**{**values, "status": Status(data["status"])})
+        """From a stored result of a bnmatrix.cell/2 file (schema-checked)."""
+        values = _known(cls, data, "scenario result")
+        observed = Observed.from_dict(data["observed"]) if data.get("observed") is not None else None
+        verdicts = _stored_verdicts(data.get("verdicts") or {}, observed.layers if observed else {})
+        return cls(**{**values, "status": Status(data["status"]), "observed": observed, "verdicts": verdicts})
+
+    @classmethod
+    def from_first_format(cls, data: dict[str, Any]) -> ScenarioResult:
+        """From a stored result of a bnmatrix.cell/1 file: flat, the first judged layer's numbers and verdict
+        copied beside the observations, each layer's verdict inside it, an unsupported API as its `error`
+        (bnmatrix.scenario/1 called `extra` `details`)."""
+        unknown = sorted(set(data) - FIRST_FORMAT - {"schema"})
+        if unknown:
+            raise BnMatrixError(f"scenario result: unknown field {unknown[0]!r}; expected only "
+                                f"{', '.join(sorted(FIRST_FORMAT))}")
+        status, error, unsupported = Status(data["status"]), data.get("error"), None
+        if status is Status.UNSUPPORTED and isinstance(error, dict) and error.get("type") == "Unsupported":
+            unsupported, error = {k: str(v) for k, v in error.items() if k != "type"}, None
+        stored = data.get("layers") or {}
+        layers = {name: {k: v for k, v in layer.items() if k != "verdict"} if isinstance(layer, dict) else layer
+                  for name, layer in stored.items()}  # a layer that is no object: judging it again says so
+        observed = None
+        if layers or status in JUDGED:
+            observed = Observed(momentum=data.get("momentum"), layers=layers, update_ops=data.get("update_ops"),
+                                train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
+                                extra=data.get("extra", data.get("details")) or {})
+        return cls(scenario=data["scenario"], status=status, reason=data["reason"], device=data["device"],
+                   steps=data["steps"], **{k: data.get(k) for k in ("tf_version", "keras_version", "python",
+                                                                     "devices_seen", "duration_s", "log", "log_tail",
+                                                                     "inputs_hash", "reused_from")},
+                   build_info=data.get("build_info") or {}, observed=observed, unsupported=unsupported, error=error,
+                   verdicts=_stored_verdicts({name: layer["verdict"] for name, layer in stored.items()
+                                              if isinstance(layer, dict) and isinstance(layer.get("verdict"), dict)},
+                                             layers))
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value}
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value,
+                "observed": self.observed.to_dict() if self.observed else None,
+                "verdicts": {name: verdict.to_dict() for name, verdict in self.verdicts.items()}}
 
 
-JUDGED_FIELDS = ("judged_layer", "moving_mean", "moving_variance", "expected_moving_mean", "expected_moving_variance",
-                 "effective_updates", "effective_updates_variance", "variance_correction", "forward_statistics",
-                 "batch_mean", "batch_variance")
+def _stored_verdicts(verdicts: dict[str, Any], layers: dict[str, Any]) -> dict[str, LayerVerdict]:
+    """The verdicts a file holds on its layers; none where a layer they name is missing or its numbers make no
+    batch (a damaged file: judging it again says what is wrong)."""
+    def number(value: Any) -> bool:
+        return isinstance(value, float | int) and not isinstance(value, bool)
+
+    try:
+        if not all(number(layers[name]["moving_mean"]) and number(layers[name]["moving_variance"])
+                   for name in verdicts):
+            return {}
+        return {name: LayerVerdict.from_dict(verdict, layers[name]) for name, verdict in verdicts.items()}
+    except (ArithmeticError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+# A bnmatrix.cell/1 scenario result's fields (ScenarioResult.from_first_format).
+FIRST_FORMAT = frozenset((
+    "scenario", "status", "reason", "device", "steps", "momentum", "tf_version", "keras_version", "python",
+    "devices_seen", "build_info", "judged_layer", "moving_mean", "moving_variance", "expected_moving_mean",
+    "expected_moving_variance", "effective_updates", "effective_updates_variance", "variance_correction",
+    "forward_statistics", "batch_mean", "batch_variance", "layers", "update_ops", "train_loss", "eval_loss", "extra",
+    "details", "error", "duration_s", "log", "log_tail", "inputs_hash", "reused_from"))
 
 
 def _known(record: type, data: dict[str, Any], what: str, legacy: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -264,14 +346,10 @@ class CellResult:
         line)."""
         stands = True
         for scenario in self.scenarios.values():
-            if scenario.steps != self.cell.steps and scenario.status in (Status.UPDATED, Status.STALE,
-                                                                            Status.WRONG):
+            if scenario.steps != self.cell.steps and scenario.status in JUDGED:
                 was = scenario.status.value
-                scenario.status = Status.ERROR
-                scenario.reason = (f"result refused: the scenario trained {scenario.steps} steps; the cell asked for "
-                                   f"{self.cell.steps} [the file said {was}]")
-                for name in JUDGED_FIELDS:
-                    setattr(scenario, name, None)
+                scenario.refuse(f"result refused: the scenario trained {scenario.steps} steps; the cell asked for "
+                                f"{self.cell.steps} [the file said {was}]")
                 stands = False
             else:
                 stands = scenario.rejudge() and stands
@@ -279,9 +357,12 @@ class CellResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
+        """From a stored cell result (schema-checked), of either format."""
         values = _known(cls, data, "cell result")
+        scenario = ScenarioResult.from_first_format if data.get("schema") == "bnmatrix.cell/1" else (
+            ScenarioResult.from_dict)
         return cls(**{**values, "cell": Cell.from_record(data["cell"]), "status": CellStatus(data["status"]),
-                      "scenarios": {k: ScenarioResult.from_dict(v) for k, v in data["scenarios"].items()}})
+                      "scenarios": {k: scenario(v) for k, v in data["scenarios"].items()}})
 
     def to_dict(self) -> dict[str, Any]:
         return {"schema": CELL_SCHEMA, **{f.name: getattr(self, f.name) for f in fields(self)},
