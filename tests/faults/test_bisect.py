@@ -60,7 +60,7 @@ def test_bisect_pins_the_release_from_the_numbers_and_a_rerun_runs_nothing(fault
         assert re.search(rf"{re.escape(probe['version'])} \(Python [0-9.]+\): . (stale|updated): moving mean", output)
     cells = probe_cells(fault)
     assert sorted(c["cell"]["tf"] for c in cells) == sorted(p["version"] for p in search["probes"])
-    assert all(c["schema"] == "bnmatrix.cell/1" and c["status"] == "ran" for c in cells)
+    assert all(c["schema"] == "bnmatrix.cell/2" and c["status"] == "ran" for c in cells)
 
     code, again = bisect(fault, "--scenario", "versioned", "--good", "2.99.0", "--bad", "2.99.6")
     assert code == 0, again
