@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
@@ -39,8 +38,8 @@ from bnmatrix.runner import ProgressCallback, folder_sources, run_plan, scenario
 from bnmatrix.store.files import now
 from bnmatrix.store.records import CellResult
 from bnmatrix.store.runstore import RunStore
-from bnmatrix.store.searches import Outcome
-from bnmatrix.verdict import VERDICTS, Status
+from bnmatrix.store.searches import Change, Conclusion, End, Outcome, Probe
+from bnmatrix.verdict import ANSWERS, Status
 
 INDEX_TIMEOUT_S = 60
 
@@ -161,48 +160,6 @@ def _minor(python: str) -> int:
 
 # --- probes and searches -----------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Probe:
-    """One release's verdict on one scenario, with the numbers it rests on and where it is stored."""
-
-    version: str
-    status: str
-    python: str | None
-    run_id: str | None
-    cell_id: str
-    reason: str | None = None
-    moving_mean: float | None = None
-    expected_moving_mean: float | None = None
-    effective_updates: float | None = None
-    steps: int | None = None
-
-    @classmethod
-    def of(cls, result: CellResult, scenario: str) -> Probe:
-        found = result.scenarios.get(scenario)
-        if found is None:
-            return cls(result.cell.tf, result.own_status.value, result.cell.python, result.run_id, result.id,
-                       result.reason)
-        numbers = found.numbers()
-        return cls(result.cell.tf, found.status.value, result.cell.python, result.run_id, result.id, found.reason,
-                   numbers["moving_mean"], numbers["expected_moving_mean"], numbers["effective_updates"], found.steps)
-
-    @property
-    def judged(self) -> bool:
-        return self.status in VERDICTS
-
-    def describe(self) -> str:
-        status = Status(self.status)
-        text = f"{self.version} (Python {self.python}): {status.icon} {status.word}"
-        if self.moving_mean is not None:
-            updates = "n/a" if self.effective_updates is None else f"{self.effective_updates:.1f}"
-            return (f"{text}: moving mean {self.moving_mean:.6g} (expected {self.expected_moving_mean:.6g}), "
-                    f"{updates} effective updates of {self.steps}")
-        return f"{text}: {self.reason}" if self.reason else text
-
-    def to_dict(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.__dataclass_fields__}
-
-
 @dataclass
 class Search:
     """Where one scenario's verdict changes between two releases (`candidates`, ordered good to bad)."""
@@ -215,7 +172,7 @@ class Search:
     exhaustive: bool
     probes: dict[str, Probe] = field(default_factory=dict)
 
-    def status(self, index: int) -> str | None:
+    def status(self, index: int) -> Status | None:
         probe = self.probes.get(self.candidates[index])
         return probe.status if probe else None
 
@@ -225,11 +182,11 @@ class Search:
         unknown = [i for i in (0, last) if self.status(i) is None]
         if unknown:
             return [], self.candidates[unknown[0]]
-        if self.status(0) not in VERDICTS or self.status(last) not in VERDICTS:
+        if self.status(0) not in ANSWERS or self.status(last) not in ANSWERS:
             return [], None
         if self.exhaustive:
             todo = [v for v in self.candidates if v not in self.probes]
-            judged = [i for i in range(len(self.candidates)) if self.status(i) in VERDICTS]
+            judged = [i for i in range(len(self.candidates)) if self.status(i) in ANSWERS]
             return [(a, b) for a, b in itertools.pairwise(judged) if self.status(a) != self.status(b)], \
                 (todo[0] if todo else None)
         pins: list[tuple[int, int]] = []
@@ -245,7 +202,7 @@ class Search:
                 status = self.status(pick)
                 if status is None:
                     return pins, self.candidates[pick]
-                if status not in VERDICTS:
+                if status not in ANSWERS:
                     skipped.add(pick)
                 elif status == self.status(low):
                     low = pick
@@ -273,40 +230,30 @@ class Search:
         words += ["--variant", self.variant] if self.variant else []
         return shlex.join(words + (["--exhaustive"] if self.exhaustive else []))
 
-    def conclusion(self) -> dict[str, Any]:
+    def conclusion(self) -> Conclusion:
         """The search as data (bisect.json): every probe, every change found, and the answer in words."""
         pins, nxt = self._walk()
-        good, bad = self.candidates[0], self.candidates[-1]
+        last = len(self.candidates) - 1
+        good, bad = self.candidates[0], self.candidates[last]
         checked = [v for v in self.candidates if v in self.probes]
         judged = [self.probes[v].status for v in checked if self.probes[v].judged]
-        runs = [s for i, s in enumerate(judged) if i == 0 or s != judged[i - 1]]
-        changes: list[dict[str, Any]] = [
-            {"before": self.candidates[a], "after": self.candidates[b], "from": self.status(a), "to": self.status(b),
-             "exact": b == a + 1, "unjudged": self.candidates[a + 1:b]} for a, b in pins]
-        data: dict[str, Any] = {
-            "scenario": self.scenario, "device": self.device, "variant": self.variant,
-            "good": {"version": good, "status": self.status(0)},
-            "bad": {"version": bad, "status": self.status(len(self.candidates) - 1)},
-            "exhaustive": self.exhaustive, "assumed_monotonic": not self.exhaustive,
-            "monotonic": len(runs) == len(set(runs)),
-            "candidates": self.candidates,
-            "unavailable": [{"version": v, "why": self.unavailable[v]} for v in sorted(self.unavailable, key=Version)],
-            "probes": [self.probes[v].to_dict() for v in checked], "checked": len(checked),
-            "total": len(self.candidates), "changes": changes, "command": self.command(), "updated": now(),
-        }
+        monotonic = len([s for i, s in enumerate(judged) if i == 0 or s != judged[i - 1]]) == len(set(judged))
+        changes = [Change(self.candidates[a], self.candidates[b], self.probes[self.candidates[a]].status,
+                          self.probes[self.candidates[b]].status, b == a + 1, self.candidates[a + 1:b])
+                   for a, b in pins]
         label = f"{self.scenario} ({self.device}{', ' + self.variant if self.variant else ''})"
         if nxt is not None:
-            low, high = (pins[-1][1], len(self.candidates) - 1) if pins else (0, len(self.candidates) - 1)
+            low, high = (pins[-1][1], last) if pins else (0, last)
             outcome = Outcome.INCOMPLETE
             text = (f"{label}: not finished; {len(checked)} of {len(self.candidates)} releases checked, the change "
                     f"lies between {self.candidates[low]} and {self.candidates[high]}; run again to go on")
-        elif self.status(0) not in VERDICTS or self.status(len(self.candidates) - 1) not in VERDICTS:
-            broken = good if self.status(0) not in VERDICTS else bad
+        elif self.status(0) not in ANSWERS or self.status(last) not in ANSWERS:
+            broken = good if self.status(0) not in ANSWERS else bad
             probe = self.probes[broken]
             outcome = Outcome.ENDPOINT_ERROR
-            text = f"{label}: no verdict at {broken} ({probe.status}: {probe.reason}); nothing to compare with"
+            text = f"{label}: no verdict at {broken} ({probe.status.value}: {probe.reason}); nothing to compare with"
         elif not changes:
-            same = Status(self.status(0) or "error").word
+            same = (self.status(0) or Status.ERROR).word
             outcome = Outcome.NO_CHANGE if self.exhaustive else Outcome.NOTHING_TO_BISECT
             text = (f"{label}: {same} at every one of the {len(checked)} releases checked" if self.exhaustive else
                     f"{label}: nothing to bisect: {same} at both {good} and {bad}; --exhaustive checks every "
@@ -314,26 +261,27 @@ class Search:
         else:
             parts = []
             for change in changes:
-                was, becomes = Status(change["from"]).word, Status(change["to"]).word
-                if change["exact"]:
-                    parts.append(f"changed from {was} to {becomes} in {change['after']} (last {was}: "
-                                 f"{change['before']})")
+                was, becomes = change.was.word, change.becomes.word
+                if change.exact:
+                    parts.append(f"changed from {was} to {becomes} in {change.after} (last {was}: {change.before})")
                 else:
-                    parts.append(f"changed from {was} to {becomes} between {change['before']} and {change['after']} "
-                                 f"(no verdict at {', '.join(change['unjudged'])})")
-            outcome = Outcome.NARROWED if all(c["exact"] for c in changes) else Outcome.RANGE
+                    parts.append(f"changed from {was} to {becomes} between {change.before} and {change.after} "
+                                 f"(no verdict at {', '.join(change.unjudged)})")
+            outcome = Outcome.NARROWED if all(c.exact for c in changes) else Outcome.RANGE
             text = f"{label} " + "; then ".join(parts) + f"; {len(checked)} releases checked of {len(self.candidates)}"
-            if not data["monotonic"]:
+            if not monotonic:
                 text += " (not monotonic: a verdict comes back; every release checked: " + ", ".join(
-                    f"{v} {Status(self.probes[v].status).word}" for v in checked) + ")"
+                    f"{v} {self.probes[v].status.word}" for v in checked) + ")"
             elif not self.exhaustive and len(checked) < len(self.candidates):
                 text += " (binary search: assumes each verdict holds over one stretch of releases; --exhaustive " \
                         "runs every release)"
-        data.update(outcome=outcome.value, answer=text)
-        if changes:
-            data.update(changed_in=changes[0]["after"], last_before=changes[0]["before"],
-                        from_status=changes[0]["from"], to_status=changes[0]["to"])
-        return data
+        return Conclusion(
+            scenario=self.scenario, device=self.device, variant=self.variant, good=End(good, self.status(0)),
+            bad=End(bad, self.status(last)), outcome=outcome, answer=text, candidates=self.candidates,
+            unavailable=[{"version": v, "why": self.unavailable[v]} for v in sorted(self.unavailable, key=Version)],
+            probes=[self.probes[v] for v in checked], checked=len(checked), total=len(self.candidates),
+            changes=changes, exhaustive=self.exhaustive, assumed_monotonic=not self.exhaustive, monotonic=monotonic,
+            command=self.command(), updated=now())
 
 
 # --- from the matrix to searches -----------------------------------------------------------------------
@@ -474,7 +422,7 @@ class Bisector:
         return probe
 
     def run(self, backend: Backend, store: RunStore, jobs: int, progress: ProgressCallback,
-            say: Callable[[str], None], budget_s: float | None = None) -> list[dict[str, Any]]:
+            say: Callable[[str], None], budget_s: float | None = None) -> list[Conclusion]:
         """Probe round after round until every search has its answer (or the time budget is used up); each
         round runs one cell per release, with every scenario that needs it; results found in the results
         root are reused scenario by scenario. Returns the conclusions, also written to the run's bisect.json."""

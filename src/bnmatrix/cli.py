@@ -383,10 +383,10 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
                       f"finished are kept in {escape(str(outcome.directory))}; run the same command again to go on "
                       "(nothing is run twice)")
     elif outcome.wrong_question:
-        _say_error(outcome.conclusions[0]["answer"])
+        _say_error(outcome.conclusions[0].answer)
     elif outcome.conclusions:
         for conclusion in outcome.conclusions:
-            say(conclusion["answer"])
+            say(conclusion.answer)
         if outcome.directory is None:
             say(f"nothing new was run: these conclusions are in {args.results} already")
         else:

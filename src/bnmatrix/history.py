@@ -16,7 +16,6 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from packaging.version import Version
 
@@ -26,7 +25,7 @@ from bnmatrix.store.files import moment, now, write_json
 from bnmatrix.store.merge import check_run
 from bnmatrix.store.reader import load_run, runs_in
 from bnmatrix.store.records import CellResult, Run, RunKind, RunStatus, ScenarioResult
-from bnmatrix.store.searches import latest_searches
+from bnmatrix.store.searches import Conclusion, latest_searches
 from bnmatrix.verdict import VERDICTS, CellStatus
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
@@ -157,7 +156,7 @@ class History:
                 seen.setdefault(cell.id, {}).setdefault(cell.run_id or run.id, cell)
         return {cell_id: sorted(results.values(), key=lambda c: moment(c.started)) for cell_id, results in seen.items()}
 
-    def searches(self) -> list[dict[str, Any]]:
+    def searches(self) -> list[Conclusion]:
         """The newest conclusion of every bisect search in the root, each with the run that holds it."""
         return latest_searches((run.directory, run.manifest) for run in self.runs)
 
@@ -183,9 +182,8 @@ def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str
     return found
 
 
-def cited_runs(searches: list[dict[str, Any]]) -> set[str]:
-    return {str(p["run_id"]) for s in searches for p in s.get("probes", []) if p.get("run_id")} | \
-           {str(s["run_id"]) for s in searches if s.get("run_id")}
+def cited_runs(searches: list[Conclusion]) -> set[str]:
+    return {p.run_id for s in searches for p in s.probes if p.run_id} | {s.run_id for s in searches if s.run_id}
 
 
 def prune(root: Path, keep: int) -> list[str]:

@@ -34,7 +34,7 @@ from bnmatrix.store.files import moment
 from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Run, RunKind, ScenarioResult
-from bnmatrix.store.searches import Outcome, change_span
+from bnmatrix.store.searches import Conclusion, Outcome
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus, Status
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
@@ -173,7 +173,7 @@ class Site:
     # (cell id, scenario) -> the run holding that scenario's result, and the run that produced it
     holders: dict[tuple[str, str], tuple[Run, str]] = field(default_factory=dict)
     timelines: dict[str, list[CellResult]] = field(default_factory=dict)
-    searches: list[dict[str, Any]] = field(default_factory=list)
+    searches: list[Conclusion] = field(default_factory=list)
     evidence: dict[str, tuple[CellResult, Run]] = field(default_factory=dict)
     history: History | None = None
     runs_shown: list[str] = field(default_factory=list)  # a results root: the runs whose results are shown
@@ -332,9 +332,9 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         "cells": sorted(run.cells, key=lambda c: c.id), "run_cells": {c.id for c in run.cells},
         "previous_run": previous.id if previous else None,
         "cumulative": run.manifest.cumulative, "runs_shown": site.runs_shown, "site": site,
-        "searches": sorted(({**c, "ordered": sorted(c["candidates"], key=Version)} for c in site.searches),
-                           key=lambda c: (scenarios.index(c["scenario"]) if c["scenario"] in scenarios else
-                                          len(scenarios), c["device"], str(c["variant"]), Version(c["ordered"][0]))),
+        "searches": sorted(site.searches, key=lambda c: (scenarios.index(c.scenario) if c.scenario in scenarios else
+                                                         len(scenarios), c.device, str(c.variant),
+                                                         Version(c.ordered[0]))),
         "evidence": site.evidence, "pages": {c.id for c in run.cells} | set(site.evidence),
         "probed_by": _probed_by(site.searches),
         "produced": {key: (produced, holder.manifest.started[:10])
@@ -347,25 +347,25 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     }
 
 
-def _probed_by(searches: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def _probed_by(searches: list[Conclusion]) -> dict[tuple[str, str], list[Conclusion]]:
     """(cell id, scenario) -> the bisect searches whose evidence it is."""
-    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    found: dict[tuple[str, str], list[Conclusion]] = {}
     for search in searches:
-        for probe in search.get("probes", []):
-            found.setdefault((probe["cell_id"], search["scenario"]), []).append(search)
+        for probe in search.probes:
+            found.setdefault((probe.cell_id, search.scenario), []).append(search)
     return found
 
 
-def search_anchor(search: dict[str, Any]) -> str:
+def search_anchor(search: Conclusion) -> str:
     """The id of a search's section on changes.html."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(str(part) for part in change_span(search) if part))
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(str(part) for part in search.span if part))
 
 
-def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]]) -> None:
+def _note_transitions(rows: list[Row], run: Run, searches: list[Conclusion]) -> None:
     """At each change point of the run (history.change_points, as `bnmatrix bisect --from-run` finds them): the
     line above the older entry, and on the newer one the release a bisect pinned the change to, or the bisect
     command that would."""
-    by_span = {change_span(s): s for s in searches}
+    by_span = {s.span: s for s in searches}
     by_row = {(row.tf, row.variant): row for row in rows}
     for name, device, variant, older_cell, newer_cell in change_points(run):
         older, newer = older_cell.cell.tf, newer_cell.cell.tf
@@ -374,11 +374,12 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]])
         before.boundary = True
         was, now = STATES[before.status][1], STATES[entry.status][1]
         search = by_span.get((name, device, variant, older, newer))
-        if search and search["outcome"] in (Outcome.NARROWED.value, Outcome.RANGE.value) and search.get("changed_in"):
-            where = (f"in {search['changed_in']}" if search["outcome"] == Outcome.NARROWED.value else
-                     f"between {search['last_before']} and {search['changed_in']}")
-            more = f"; {len(search['changes'])} changes in all" if len(search["changes"]) > 1 else ""
-            entry.change = {"text": f"{name} ({device}): {was} → {search['changes'][0]['to'] if more else now} "
+        first = search.first_change if search and search.outcome in (Outcome.NARROWED, Outcome.RANGE) else None
+        if search and first:
+            where = (f"in {first.after}" if search.outcome is Outcome.NARROWED else
+                     f"between {first.before} and {first.after}")
+            more = f"; {len(search.changes)} changes in all" if len(search.changes) > 1 else ""
+            entry.change = {"text": f"{name} ({device}): {was} → {first.becomes.value if more else now} "
                                     f"{where} (rows {older} → {newer}{more})",
                             "href": f"changes.html#{search_anchor(search)}"}
         else:
@@ -389,11 +390,11 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[dict[str, Any]])
 
 
 def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
-              searches: list[dict[str, Any]]) -> dict[str, Any]:
+              searches: list[Conclusion]) -> dict[str, Any]:
     """The answer at a glance: per scenario and per device (and variant), the verdicts as version ranges,
     oldest first (a range starts at the release a bisect pinned, where one did), and one mark per version.
     Device and variant columns where no cell ran are left out and counted instead."""
-    pinned = {change_span(s): s for s in searches if s.get("outcome") == Outcome.NARROWED.value}
+    pinned = {s.span: s for s in searches if s.outcome is Outcome.NARROWED and s.first_change}
     variants = sorted({r.variant for r in rows}, key=lambda v: (v is not None, v or ""))
     lines = [(device, variant) for device in devices for variant in variants]
     table: dict[str, dict[tuple[str, str | None], dict[str, Any]]] = {}
@@ -414,7 +415,7 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
                     continue
                 search = pinned.get((name, device, variant, ranges[-1]["last"], row.tf)) if ranges else None
                 ranges.append({"status": entry.status, "note": entry.note, "last": row.tf, "count": 1,
-                               "first": search["changed_in"] if search else row.tf,
+                               "first": search.first_change.after if search and search.first_change else row.tf,
                                "pinned": f"changes.html#{search_anchor(search)}" if search else None})
             for index, span in enumerate(ranges):
                 newest = index == len(ranges) - 1 and index > 0
@@ -509,8 +510,8 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
     return {"schema": EXPORT_SCHEMA, "run": {key: manifest.get(key) for key in (
         "run_id", "status", "started", "finished", "backend", "matrix_hash", "bnmatrix_version", "merged_from")},
         "previous_run": view["previous_run"], "cumulative": view["cumulative"], "scenarios": view["scenarios"],
-        "cells": cells, "change_points": [{key: search.get(key) for key in CHANGE_POINT_KEYS}
-                                          for search in view["searches"]]}
+        "cells": cells, "change_points": [{key: {**search.to_dict(), "run_id": search.run_id}.get(key)
+                                           for key in CHANGE_POINT_KEYS} for search in view["searches"]]}
 
 
 CHANGE_POINT_KEYS = ("scenario", "device", "variant", "outcome", "answer", "good", "bad", "changed_in", "last_before",

@@ -38,7 +38,7 @@ from bnmatrix.store.files import StoreError
 from bnmatrix.store.reader import load_run, runs_in
 from bnmatrix.store.records import CellResult, RunKind, RunStatus
 from bnmatrix.store.runstore import RunStore, new_run_id
-from bnmatrix.store.searches import Outcome, change_span, latest_searches, read_searches, search_key
+from bnmatrix.store.searches import Conclusion, Outcome, Probe, latest_searches, read_searches
 from bnmatrix.verdict import CellStatus, Status
 
 Say = Callable[[str], None]
@@ -206,15 +206,15 @@ class BisectOptions:
 class BisectOutcome:
     """The conclusions of a bisect (the searches the results root had narrowed already apart), and how it ended."""
 
-    conclusions: list[dict[str, Any]] = field(default_factory=list)
-    known: list[dict[str, Any]] = field(default_factory=list)  # narrowed by an earlier bisect: not searched again
+    conclusions: list[Conclusion] = field(default_factory=list)
+    known: list[Conclusion] = field(default_factory=list)  # narrowed by an earlier bisect: not searched again
     directory: Path | None = None  # the bisect's run, if it was kept (nothing new run: dropped)
     stopped_by: int | None = None
     one_search: bool = True  # --scenario/--good/--bad, not --from-run
 
     @property
     def outcomes(self) -> set[Outcome]:
-        return {Outcome(c["outcome"]) for c in self.conclusions}
+        return {c.outcome for c in self.conclusions}
 
     @property
     def wrong_question(self) -> bool:
@@ -262,7 +262,7 @@ class BisectSession:
         """Plan the searches (the change points of a run, less those narrowed already; or the one asked for), open the
         backend and a bisect run, probe round after round, and keep the conclusions (a run that ran nothing new and
         concluded only what the root holds is dropped). A stop keeps every probe that finished."""
-        from bnmatrix.bisect import Bisector, Probe
+        from bnmatrix.bisect import Bisector
         from bnmatrix.history import change_points
 
         options, matrix = self.options, self.matrix
@@ -280,7 +280,7 @@ class BisectSession:
                 for name, device, variant, older, newer in points:
                     ends = {c.cell.tf: Probe.of(c, name) for c in (older, newer)}
                     found = narrowed.get((name, device, variant, older.cell.tf, newer.cell.tf))
-                    if found is not None and (found["good"]["status"], found["bad"]["status"]) == \
+                    if found is not None and (found.good.status, found.bad.status) == \
                             (ends[older.cell.tf].status, ends[newer.cell.tf].status):
                         known.append(found)
                         continue
@@ -288,7 +288,7 @@ class BisectSession:
                 self.say(f"run {run.id} ({run.directory}): {len(points)} change point{'s' if len(points) != 1 else ''}"
                          + (f", {len(known)} already narrowed in {options.results}" if known else ""))
                 for found in known:
-                    self.say(f"  {found['answer']} [run {found['run_id']}]")
+                    self.say(f"  {found.answer} [run {found.run_id}]")
                 if not bisector.searches:
                     backend.close()
                     return BisectOutcome(known=known, one_search=False)
@@ -351,21 +351,20 @@ def _drop_if_known(store: RunStore) -> bool:
     if store.written:
         return False
     mine = read_searches(store.directory)
-    earlier = {search_key(s): s["answer"]
-               for s in latest_searches((d, m) for d, m in runs_in(store.root) if d != store.directory)}
-    if not mine or any(earlier.get(search_key(s)) != s["answer"] for s in mine):
+    earlier = {s.key: s.answer for s in latest_searches((d, m) for d, m in runs_in(store.root) if d != store.directory)}
+    if not mine or any(earlier.get(s.key) != s.answer for s in mine):
         return False
     shutil.rmtree(store.directory)
     return True
 
 
-def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], dict[str, Any]]:
+def _narrowed(root: Path, exhaustive: bool) -> dict[tuple[Any, ...], Conclusion]:
     """The searches a results root has already narrowed to their release (as thoroughly as asked now), by the
     change they looked at."""
     if not root.is_dir():
         return {}
-    return {change_span(s): s for s in latest_searches(runs_in(root))
-            if s.get("outcome") == Outcome.NARROWED.value and (s.get("exhaustive") or not exhaustive)}
+    return {s.span: s for s in latest_searches(runs_in(root))
+            if s.outcome is Outcome.NARROWED and (s.exhaustive or not exhaustive)}
 
 
 def _check_search(options: BisectOptions, matrix: Matrix) -> None:

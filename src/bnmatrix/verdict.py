@@ -79,7 +79,8 @@ _STATUS_TABLE: dict[Status, tuple[str, str, str, str, str]] = {
 
 
 # The statuses that answer "do the statistics update?" (the others say why there is no answer).
-VERDICTS = frozenset(s.value for s in (Status.UPDATED, Status.STALE, Status.WRONG, Status.UNSUPPORTED))
+ANSWERS = frozenset((Status.UPDATED, Status.STALE, Status.WRONG, Status.UNSUPPORTED))
+VERDICTS = frozenset(s.value for s in ANSWERS)
 
 
 class CellStatus(enum.Enum):

@@ -12,13 +12,15 @@ import html5lib
 import jsonschema
 import pytest
 
-from bnmatrix.bisect import Probe, Search, list_releases
+from bnmatrix.bisect import Search, list_releases
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import History, change_points, diff, prune
 from bnmatrix.report import Site, render_site
 from bnmatrix.store.files import write_json
 from bnmatrix.store.reader import load_run
+from bnmatrix.store.searches import Conclusion, Outcome, Probe
+from bnmatrix.verdict import Status
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # the real default-matrix run, and its real bisect
 REAL_RUN = DATA / "run"
@@ -35,7 +37,7 @@ def drive(found: Search, verdicts: dict[str, str]) -> list[list[str]]:
     while wanted := found.wanted():
         rounds.append(wanted)
         for version in wanted:
-            found.probes[version] = Probe(version, verdicts[version], "3.11", "r", f"tf-{version}-cpu")
+            found.probes[version] = Probe(version, Status(verdicts[version]), "3.11", "r", f"tf-{version}-cpu")
     return rounds
 
 
@@ -46,19 +48,22 @@ def test_the_binary_search_asks_for_both_ends_then_one_release_a_round() -> None
     assert rounds[0] == ["1.0.0", "1.8.0"]
     assert all(len(r) == 1 for r in rounds[1:]) and len(rounds) - 1 <= 3  # log2(7 inner releases)
     conclusion = found.conclusion()
-    assert (conclusion["outcome"], conclusion["changed_in"], conclusion["last_before"]) == ("narrowed", "1.6.0",
-                                                                                            "1.5.0")
-    assert conclusion["answer"].startswith("s (cpu) changed from stale to updated in 1.6.0 (last stale: 1.5.0); ")
-    assert "(binary search: assumes each verdict holds over one stretch" in conclusion["answer"]
+    assert conclusion.outcome is Outcome.NARROWED and conclusion.first_change is not None
+    assert (conclusion.first_change.after, conclusion.first_change.before) == ("1.6.0", "1.5.0")
+    assert conclusion.answer.startswith("s (cpu) changed from stale to updated in 1.6.0 (last stale: 1.5.0); ")
+    assert "(binary search: assumes each verdict holds over one stretch" in conclusion.answer
+    stored = conclusion.to_dict()  # as bisect.json holds it: the first change named for its readers too
+    assert (stored["changed_in"], stored["last_before"], stored["from_status"]) == ("1.6.0", "1.5.0", "stale")
+    assert Conclusion.from_dict(json.loads(json.dumps(stored))) == conclusion
 
 
 def test_each_change_is_pinned_when_the_verdict_changes_twice() -> None:
     verdicts = {v: "stale" if i < 3 else "wrong" if i < 5 else "updated" for i, v in enumerate(RELEASES)}
     found = search()
     drive(found, verdicts)
-    changes = found.conclusion()["changes"]
-    assert [(c["after"], c["from"], c["to"], c["exact"]) for c in changes] == [
-        ("1.3.0", "stale", "wrong", True), ("1.5.0", "wrong", "updated", True)]
+    changes = found.conclusion().changes
+    assert [(c.after, c.was, c.becomes, c.exact) for c in changes] == [
+        ("1.3.0", Status.STALE, Status.WRONG, True), ("1.5.0", Status.WRONG, Status.UPDATED, True)]
 
 
 def test_a_release_without_a_verdict_is_skipped_and_a_range_remains() -> None:
@@ -67,29 +72,28 @@ def test_a_release_without_a_verdict_is_skipped_and_a_range_remains() -> None:
     found = search()
     drive(found, verdicts)
     conclusion = found.conclusion()
-    assert conclusion["outcome"] == "range"
-    assert (conclusion["last_before"], conclusion["changed_in"]) == ("1.2.0", "1.5.0")
-    assert conclusion["changes"][0]["unjudged"] == ["1.3.0", "1.4.0"]
+    assert conclusion.outcome is Outcome.RANGE
+    assert [(c.before, c.after, c.unjudged) for c in conclusion.changes] == [("1.2.0", "1.5.0", ["1.3.0", "1.4.0"])]
 
 
 def test_exhaustive_runs_every_release_at_once_and_shows_a_verdict_that_comes_back() -> None:
     verdicts = {v: "stale" if i in (3, 4) else "updated" for i, v in enumerate(RELEASES)}
     binary = search()
     drive(binary, verdicts)
-    assert binary.conclusion()["outcome"] == "nothing-to-bisect"  # same at both ends
+    assert binary.conclusion().outcome is Outcome.NOTHING_TO_BISECT  # same at both ends
     found = search(exhaustive=True)
     rounds = drive(found, verdicts)
     assert rounds == [["1.0.0", "1.8.0"], RELEASES[1:8]]
     conclusion = found.conclusion()
-    assert conclusion["monotonic"] is False and conclusion["checked"] == 9
-    assert [c["after"] for c in conclusion["changes"]] == ["1.3.0", "1.5.0"]
-    assert "not monotonic: a verdict comes back" in conclusion["answer"]
+    assert conclusion.monotonic is False and conclusion.checked == 9
+    assert [c.after for c in conclusion.changes] == ["1.3.0", "1.5.0"]
+    assert "not monotonic: a verdict comes back" in conclusion.answer
 
 
 def test_an_end_without_a_verdict_ends_the_search() -> None:
     found = search()
     drive(found, {RELEASES[0]: "error", RELEASES[-1]: "updated"})
-    assert found.conclusion()["outcome"] == "endpoint-error"
+    assert found.conclusion().outcome is Outcome.ENDPOINT_ERROR
 
 
 def test_the_index_gives_releases_with_their_pythons_and_leaves_out_what_cannot_install(tmp_path: Path) -> None:
@@ -192,7 +196,7 @@ def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> Non
     assert "keras_bn_model_to_estimator (cpu): updated → error" not in index  # an error is no verdict: no change
     assert "keras_bn_model_to_estimator (cpu): error →" not in index
     assert "pin it" not in index  # the real bisect narrowed every change point of the default matrix
-    assert len(site.searches) == 20 and {s["outcome"] for s in site.searches} == {"narrowed"}
+    assert len(site.searches) == 20 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
     changes = files["changes.html"]
     assert changes.count('<section class="scenario"') == 20
     for release in ("1.10.0", "1.13.1", "2.2.0", "2.2.1", "2.16.1"):  # releases between rows: pages of their own

@@ -27,6 +27,7 @@ from bnmatrix.store.files import write_json
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import FIRST_FORMAT, CellResult, Manifest, Observed, RunStatus, ScenarioResult
 from bnmatrix.store.runstore import RunStore, new_run_id
+from bnmatrix.store.searches import Conclusion, Probe
 from bnmatrix.verdict import BatchData, Status, expected_statistics, judge_layer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -231,6 +232,17 @@ def test_each_stored_record_is_its_schema_field_for_field(record: type, file: st
         schema = schema[key]
     assert set(schema["properties"]) - {"schema"} == {f.name for f in fields(record)}
     assert schema["additionalProperties"] is False
+
+
+def test_a_bisect_conclusion_and_its_probes_are_their_schema_field_for_field() -> None:
+    """bisect.json: a search holds a Conclusion's fields (less the run that holds it, known from where it is read) and
+    the first change's ends and verdicts, written for its readers; a probe, a Probe's; both refuse any other key."""
+    search: Any = json.loads((PACKAGE_DIR / SCHEMA_FILES["bisect"]).read_text())["$defs"]["search"]
+    names = {f.name for f in fields(Conclusion)} - {"run_id"} | set(Conclusion.FIRST_CHANGE)
+    assert set(search["properties"]) == names and search["additionalProperties"] is False
+    probe = search["properties"]["probes"]["items"]
+    assert set(probe["properties"]) == set(probe["required"]) == {f.name for f in fields(Probe)}
+    assert probe["additionalProperties"] is False
 
 
 def test_a_layers_verdict_and_the_first_formats_scenario_are_their_schema_field_for_field() -> None:

@@ -22,6 +22,7 @@ from bnmatrix.session import (
     exit_code,
 )
 from bnmatrix.store.records import CellResult, ScenarioResult
+from bnmatrix.store.searches import Conclusion, End, Outcome
 from bnmatrix.verdict import CellStatus, Status
 
 
@@ -82,8 +83,12 @@ def test_a_session_knows_its_cells_before_it_runs_and_refuses_an_empty_selection
     assert not any(tmp_path.iterdir())  # nothing written before run()
 
 
-def conclusions(*outcomes: str) -> list[dict[str, str]]:
-    return [{"outcome": outcome, "answer": f"search {i}: {outcome}"} for i, outcome in enumerate(outcomes)]
+def conclusions(*outcomes: str) -> list[Conclusion]:
+    return [Conclusion(scenario="s", device="cpu", variant=None, good=End("1.0.0", Status.STALE),
+                       bad=End("2.0.0", Status.UPDATED), outcome=Outcome(outcome), answer=f"search {i}: {outcome}",
+                       candidates=["1.0.0", "2.0.0"], unavailable=[], probes=[], checked=2, total=2, changes=[],
+                       exhaustive=False, assumed_monotonic=True, monotonic=True, command="bnmatrix bisect",
+                       updated="2026-11-29T00:00:00+00:00") for i, outcome in enumerate(outcomes)]
 
 
 @pytest.mark.parametrize(("found", "one_search", "code"), [

@@ -11,6 +11,7 @@ import os
 import secrets
 import tempfile
 from contextlib import suppress
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,13 @@ def read_json_object(path: Path) -> dict[str, Any]:
     except BnMatrixError:
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def known_fields(record: type, data: dict[str, Any], what: str, legacy: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of a dataclass `record` in `data`; a key that is neither one of them nor `schema` (nor a `legacy`
+    name) is refused, never dropped (the schemas refuse them first: this guards a record that outgrew its schema)."""
+    names = {f.name for f in fields(record)}
+    unknown = sorted(set(data) - names - {"schema", *legacy})
+    if unknown:
+        raise BnMatrixError(f"{what}: unknown field {unknown[0]!r}; expected only {', '.join(sorted(names))}")
+    return {k: v for k, v in data.items() if k in names}

@@ -14,7 +14,7 @@ from bnmatrix.intake import MAX_TEXT_BYTES, copy_tree, read_bytes, read_json, re
 from bnmatrix.store.files import moment, read_json_object, write_json
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import Manifest, Run, RunKind, RunStatus
-from bnmatrix.store.searches import BISECT_FILE, BISECT_SCHEMA, read_searches, search_key
+from bnmatrix.store.searches import BISECT_FILE, BISECT_SCHEMA, Conclusion, read_searches
 
 
 def runs_under(path: Path) -> list[Path]:
@@ -129,12 +129,12 @@ def _merge(inputs: list[Path], out: Path) -> Path:
             for folder in ("scenarios", "code"):  # reproduce them (by content: a name is always the same files)
                 if (directory / folder).is_dir():
                     copy_tree(directory / folder, staging / folder)
-        searches: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: str(s.get("updated"))):
-            searches[search_key(search)] = search  # the newest conclusion of each search
+        searches: dict[tuple[Any, ...], Conclusion] = {}
+        for search in sorted((s for d in runs for s in read_searches(d)), key=lambda s: s.updated):
+            searches[search.key] = search  # the newest conclusion of each search
         if searches:
             write_json(staging / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": merged.run_id,
-                                               "searches": [searches[k] for k in sorted(searches, key=str)]})
+                                               "searches": [searches[k].to_dict() for k in sorted(searches, key=str)]})
         write_json(staging / "manifest.json", merged.to_dict())
         if earlier:  # what else the earlier merge holds (a README someone put there) stays
             for place, _, names in os.walk(out):

@@ -12,7 +12,8 @@ from typing import Any
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import schema_problem
 from bnmatrix.plan import Cell
-from bnmatrix.store.searches import read_searches
+from bnmatrix.store.files import known_fields
+from bnmatrix.store.searches import Conclusion, read_searches
 from bnmatrix.verdict import CellStatus, LayerVerdict, Status, judge
 
 CELL_SCHEMA = "bnmatrix.cell/2"
@@ -74,7 +75,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         """From a manifest that passed its schema."""
-        values = _known(cls, data, "run manifest")
+        values = known_fields(cls, data, "run manifest")
         return cls(**{**values, "status": RunStatus(data["status"]), "kind": RunKind(data.get("kind", "run"))})
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,7 +105,7 @@ class Observed:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Observed:
-        return cls(**_known(cls, data, "scenario observations"))
+        return cls(**known_fields(cls, data, "scenario observations"))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -231,7 +232,7 @@ class ScenarioResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
         """From a stored result of a bnmatrix.cell/2 file (schema-checked)."""
-        values = _known(cls, data, "scenario result")
+        values = known_fields(cls, data, "scenario result")
         observed = Observed.from_dict(data["observed"]) if data.get("observed") is not None else None
         verdicts = _stored_verdicts(data.get("verdicts") or {}, observed.layers if observed else {})
         return cls(**{**values, "status": Status(data["status"]), "observed": observed, "verdicts": verdicts})
@@ -295,16 +296,6 @@ FIRST_FORMAT = frozenset((
     "details", "error", "duration_s", "log", "log_tail", "inputs_hash", "reused_from"))
 
 
-def _known(record: type, data: dict[str, Any], what: str, legacy: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of a record in `data`; a key that is neither one of them nor `schema` (nor a `legacy` name) is
-    refused, never dropped (the schemas refuse them first: this guards a record that outgrew its schema)."""
-    names = {f.name for f in fields(record)}
-    unknown = sorted(set(data) - names - {"schema", *legacy})
-    if unknown:
-        raise BnMatrixError(f"{what}: unknown field {unknown[0]!r}; expected only {', '.join(sorted(names))}")
-    return {k: v for k, v in data.items() if k in names}
-
-
 @dataclass(kw_only=True)
 class CellResult:
     """One cell of one run: how it went, its environment, and each scenario's result."""
@@ -358,7 +349,7 @@ class CellResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CellResult:
         """From a stored cell result (schema-checked), of either format."""
-        values = _known(cls, data, "cell result")
+        values = known_fields(cls, data, "cell result")
         scenario = ScenarioResult.from_first_format if data.get("schema") == "bnmatrix.cell/1" else (
             ScenarioResult.from_dict)
         return cls(**{**values, "cell": Cell.from_record(data["cell"]), "status": CellStatus(data["status"]),
@@ -389,6 +380,6 @@ class Run:
         return self.manifest.status
 
     @property
-    def searches(self) -> list[dict[str, Any]]:
+    def searches(self) -> list[Conclusion]:
         """The bisect conclusions stored with this run (none for a plain run)."""
         return read_searches(self.directory)

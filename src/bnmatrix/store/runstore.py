@@ -23,7 +23,7 @@ from bnmatrix.plan import Cell, inputs_hash
 from bnmatrix.store.files import now, read_json_object, schema_digest, vouch, write_json
 from bnmatrix.store.reader import DIED, check_results_root, checked_cell, recorded_check, runs_in
 from bnmatrix.store.records import CellResult, Manifest, RunKind, RunStatus, ScenarioResult
-from bnmatrix.store.searches import BISECT_FILE, BISECT_SCHEMA
+from bnmatrix.store.searches import BISECT_FILE, BISECT_SCHEMA, Conclusion
 from bnmatrix.verdict import CellStatus
 
 
@@ -199,10 +199,10 @@ class RunStore:
         if source.is_file() and not source.is_symlink():
             _link(str(source), str(self.log_path(cell_id, name)))
 
-    def write_searches(self, searches: list[dict[str, Any]]) -> None:
+    def write_searches(self, searches: list[Conclusion]) -> None:
         """The run's bisect conclusions (written again after every step: an interrupted bisect keeps them)."""
         write_json(self.directory / BISECT_FILE, {"schema": BISECT_SCHEMA, "run_id": self.run_id,
-                                                  "searches": searches})
+                                                  "searches": [s.to_dict() for s in searches]})
 
     def write_cell(self, result: CellResult) -> None:
         result.run_id = result.run_id or self.run_id  # the run that produced it (a reused one keeps its own)

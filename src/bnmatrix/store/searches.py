@@ -1,20 +1,24 @@
-"""A run's bisect conclusions (bisect.json): reading them, and which search each concludes."""
+"""A run's bisect conclusions (bisect.json), typed: each search's probes, the changes it found and its answer;
+reading them, and which search each concludes."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from packaging.version import Version
 
 from bnmatrix.intake import read_json
-from bnmatrix.store.files import moment
+from bnmatrix.store.files import known_fields, moment
+from bnmatrix.verdict import ANSWERS, Status
 
 if TYPE_CHECKING:
-    from bnmatrix.store.records import Manifest
+    from bnmatrix.store.records import CellResult, Manifest
 
 BISECT_SCHEMA = "bnmatrix.bisect/1"
 BISECT_FILE = "bisect.json"  # a run's bisect conclusions (bnmatrix bisect), beside its manifest
@@ -31,34 +35,168 @@ class Outcome(enum.Enum):
     NO_CHANGE = "no-change"  # --exhaustive: every release agrees
 
 
-def search_key(search: dict[str, Any]) -> tuple[Any, ...]:
-    """What identifies a bisect search: a rerun of the same search replaces its conclusion."""
-    return (search.get("scenario"), search.get("device"), search.get("variant"), search.get("good", {}).get("version"),
-            search.get("bad", {}).get("version"))
+@dataclass(frozen=True)
+class Probe:
+    """One release's verdict on one scenario, with the numbers it rests on and where it is stored."""
+
+    version: str
+    status: Status
+    python: str | None
+    run_id: str | None
+    cell_id: str
+    reason: str | None = None
+    moving_mean: float | None = None
+    expected_moving_mean: float | None = None
+    effective_updates: float | None = None
+    steps: int | None = None
+
+    @classmethod
+    def of(cls, result: CellResult, scenario: str) -> Probe:
+        found = result.scenarios.get(scenario)
+        if found is None:
+            return cls(result.cell.tf, result.own_status, result.cell.python, result.run_id, result.id, result.reason)
+        numbers = found.numbers()
+        return cls(result.cell.tf, found.status, result.cell.python, result.run_id, result.id, found.reason,
+                   numbers["moving_mean"], numbers["expected_moving_mean"], numbers["effective_updates"], found.steps)
+
+    @property
+    def judged(self) -> bool:
+        return self.status in ANSWERS
+
+    def describe(self) -> str:
+        text = f"{self.version} (Python {self.python}): {self.status.icon} {self.status.word}"
+        if self.moving_mean is not None and self.expected_moving_mean is not None:
+            updates = "n/a" if self.effective_updates is None else f"{self.effective_updates:.1f}"
+            return (f"{text}: moving mean {self.moving_mean:.6g} (expected {self.expected_moving_mean:.6g}), "
+                    f"{updates} effective updates of {self.steps}")
+        return f"{text}: {self.reason}" if self.reason else text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Probe:
+        return cls(**{**known_fields(cls, data, "bisect probe"), "status": Status(data["status"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value}
 
 
-def change_span(search: dict[str, Any]) -> tuple[Any, ...]:
-    """(scenario, device, variant, older version, newer version): the change a search looked at, whichever
-    way round --good and --bad were given; what a change point of a run is matched with."""
-    ends = sorted((search["good"]["version"], search["bad"]["version"]), key=Version)
-    return (search["scenario"], search["device"], search.get("variant"), *ends)
+@dataclass(frozen=True)
+class End:
+    """A search's --good or --bad release and the verdict there (None before it was probed)."""
+
+    version: str
+    status: Status | None
 
 
-def latest_searches(runs: Iterable[tuple[Path, Manifest]]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Change:
+    """Where a verdict changes: the last release before and the first after (adjacent when `exact`; else the
+    releases between gave no verdict)."""
+
+    before: str
+    after: str
+    was: Status
+    becomes: Status
+    exact: bool
+    unjudged: list[str]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Change:
+        return cls(data["before"], data["after"], Status(data["from"]), Status(data["to"]), data["exact"],
+                   list(data["unjudged"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"before": self.before, "after": self.after, "from": self.was.value, "to": self.becomes.value,
+                "exact": self.exact, "unjudged": self.unjudged}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Conclusion:
+    """One bisect search as bisect.json holds it: every probe, every change found, and the answer in words."""
+
+    scenario: str
+    device: str
+    variant: str | None
+    good: End
+    bad: End
+    outcome: Outcome
+    answer: str
+    candidates: list[str]  # the releases searched, in release order
+    unavailable: list[dict[str, str]]  # {"version", "why"}: releases in range that cannot be probed here
+    probes: list[Probe]
+    checked: int
+    total: int
+    changes: list[Change]
+    exhaustive: bool
+    assumed_monotonic: bool
+    monotonic: bool
+    command: str
+    updated: str
+    run_id: str | None = None  # the run holding it, once read from a results root (stored once, for the file)
+
+    # Written for readers of the file: the first change's ends and verdicts (read back from `changes`).
+    FIRST_CHANGE = ("changed_in", "last_before", "from_status", "to_status")
+
+    @property
+    def first_change(self) -> Change | None:
+        return self.changes[0] if self.changes else None
+
+    @property
+    def ordered(self) -> list[str]:
+        return sorted(self.candidates, key=Version)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What identifies a search: a rerun of the same search replaces its conclusion."""
+        return (self.scenario, self.device, self.variant, self.good.version, self.bad.version)
+
+    @property
+    def span(self) -> tuple[Any, ...]:
+        """(scenario, device, variant, older version, newer version): the change the search looked at, whichever way
+        round --good and --bad were given; what a change point of a run is matched with."""
+        ends = sorted((self.good.version, self.bad.version), key=Version)
+        return (self.scenario, self.device, self.variant, *ends)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Conclusion:
+        """From a search of a bisect.json that passed its schema."""
+        values = known_fields(cls, data, "bisect search", legacy=cls.FIRST_CHANGE)
+
+        def end(value: dict[str, Any]) -> End:
+            return End(value["version"], Status(value["status"]) if value.get("status") else None)
+
+        return cls(**{**values, "good": end(data["good"]), "bad": end(data["bad"]), "outcome": Outcome(data["outcome"]),
+                      "probes": [Probe.from_dict(p) for p in data["probes"]],
+                      "changes": [Change.from_dict(c) for c in data["changes"]]})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run_id"}
+        data.update(good=_end(self.good), bad=_end(self.bad), outcome=self.outcome.value,
+                    probes=[p.to_dict() for p in self.probes], changes=[c.to_dict() for c in self.changes])
+        if self.first_change:
+            change = self.first_change
+            data.update(changed_in=change.after, last_before=change.before, from_status=change.was.value,
+                        to_status=change.becomes.value)
+        return data
+
+
+def _end(end: End) -> dict[str, Any]:
+    return {"version": end.version, "status": end.status.value if end.status else None}
+
+
+def latest_searches(runs: Iterable[tuple[Path, Manifest]]) -> list[Conclusion]:
     """The newest conclusion of every bisect search in these runs ((directory, manifest) pairs), each with the
     id of the run that holds it."""
-    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    found: dict[tuple[Any, ...], Conclusion] = {}
     for directory, manifest in runs:
         for search in read_searches(directory):
-            key = search_key(search)
-            if key not in found or moment(search.get("updated")) >= moment(found[key].get("updated")):
-                found[key] = {**search, "run_id": manifest.run_id or directory.name}
+            if search.key not in found or moment(search.updated) >= moment(found[search.key].updated):
+                found[search.key] = dataclasses.replace(search, run_id=manifest.run_id or directory.name)
     return list(found.values())
 
 
-def read_searches(directory: Path) -> list[dict[str, Any]]:
+def read_searches(directory: Path) -> list[Conclusion]:
     """A run's bisect conclusions (none without a bisect.json); a damaged or forged file is a BnMatrixError."""
     path = directory / BISECT_FILE
     if not os.path.lexists(path):
         return []
-    return list(read_json(path, "bisect")["searches"])
+    return [Conclusion.from_dict(search) for search in read_json(path, "bisect")["searches"]]
