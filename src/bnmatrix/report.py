@@ -14,7 +14,7 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from bnmatrix.plan import all_cells
 from bnmatrix.store.files import moment
 from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
-from bnmatrix.store.records import CellResult, Run, RunKind, ScenarioResult
+from bnmatrix.store.records import CellResult, Manifest, Run, RunKind, ScenarioResult
 from bnmatrix.store.searches import Conclusion, Outcome
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus, Status
 
@@ -263,7 +263,129 @@ class Expectations:
         return cls(str(matrix.path), matrix.digest, {cell.id: cell.expect for cell in all_cells(matrix)})
 
 
-def build_view(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, Any]:
+Line = tuple[str, str | None]  # a device, and a variant or None: one line of the glance
+
+
+@dataclass
+class Span:
+    """A stretch of versions (oldest first) with one verdict and note: one range of the glance."""
+
+    status: str
+    note: str
+    first: str  # the first version, or the release a bisect pinned the change to
+    last: str
+    count: int = 1
+    pinned: str | None = None  # the bisect's conclusion where one pinned its first release
+    label: str = ""  # "1.7.1–1.8.0", "2.15.1", or "from 2.16.1" for the newest of several
+
+    @property
+    def words(self) -> str:
+        """"stale (forward: batch) 1.9.0–2.15.1": the status in words, its note and the versions."""
+        return f"{STATES[self.status][1]}{' (' + self.note + ')' if self.note else ''} {self.label}"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One version's mark on a line of the glance."""
+
+    tf: str
+    status: str
+    note: str
+    href: str
+
+
+@dataclass(frozen=True)
+class Glance:
+    """One scenario on one line (device, variant): its verdicts as ranges of versions, and a mark per version."""
+
+    ranges: list[Span]
+    marks: list[Mark]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The answer at a glance: per scenario and line, its Glance; the lines shown, and those where nothing ran."""
+
+    lines: list[Line]
+    table: dict[str, dict[Line, Glance]]
+    not_run: dict[Line, int]  # a line where no cell ran: how many versions it has
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One device's JUnit test suite: each entry a test case, and how many fail, err or are skipped."""
+
+    device: str
+    cases: list[Entry]
+
+    def count(self, junit: str) -> int:
+        return sum(1 for entry in self.cases if entry.junit == junit)
+
+    @property
+    def tests(self) -> int:
+        return len(self.cases)
+
+    @property
+    def failure(self) -> int:
+        return self.count("failure")
+
+    @property
+    def error(self) -> int:
+        return self.count("error")
+
+    @property
+    def skipped(self) -> int:
+        return self.count("skipped")
+
+
+@dataclass(frozen=True, kw_only=True)
+class View:
+    """What every page of a site shows, built once from a Site (build_view); the templates read its fields."""
+
+    run: Manifest
+    site: Site
+    rows: list[Row]  # newest TF first
+    groups: dict[str, list[Row]]  # the rows by major version ("2.x")
+    devices: list[str]
+    scenarios: list[str]
+    matrix_devices: list[str]  # the devices with columns in the matrix (not folded)
+    columns: list[tuple[str, str]]  # (device, scenario), in the matrix's order
+    folded: dict[str, tuple[int, list[str]]]  # a device where no cell ran: how many cells, and why not
+    overview: Overview
+    summaries: dict[tuple[str, str], str]  # (device, scenario): the glance of it in words
+    counts: dict[str, int]  # status -> how many entries have it
+    cells: list[CellResult]  # sorted by id
+    run_cells: set[str]
+    previous_run: str | None
+    runs_shown: list[str]
+    searches: list[Conclusion]  # in the matrix's scenario order
+    evidence: dict[str, tuple[CellResult, Run]]
+    pages: set[str]  # the cells with a page
+    probed_by: dict[tuple[str, str], list[Conclusion]]
+    produced: dict[tuple[str, str], tuple[str, str]]  # (cell, scenario) -> the run that produced it, and its date
+    changed: int  # entries whose verdict differs from the previous one
+    unexpected: list[Entry]
+    junit_suites: list[Suite]
+    ran: int  # entries that ran
+    meets_expectations: bool
+    expectations: Expectations | None
+    versions: list[str]
+    sources: dict[str, tuple[str, dict[str, Any]]]  # scenario -> its code and notes
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [entry for row in self.rows for entry in row.entries.values()]
+
+    def entry(self, cell_id: str, scenario: str) -> Entry:
+        return next(e for e in self.entries if (e.cell.id, e.scenario) == (cell_id, scenario))
+
+    def context(self) -> dict[str, Any]:
+        """The templates' variables: every field, and the vocabulary of statuses."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "states": STATES, "changed_state": CHANGED,
+                "cumulative": self.run.cumulative, "notes": {name: notes for name, (_, notes) in self.sources.items()}}
+
+
+def build_view(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> View:
     """What the pages show: rows newest TF first, columns device x scenario; changes since `previous` (or,
     for a results root, since each cell's previous result); expectations from the run's cells, or from
     `expectations` (a matrix file) where given; change points from the bisect conclusions."""
@@ -310,41 +432,30 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
             folded[device] = (len(cells), sorted({str(c.reason) for c in cells.values()}))
     matrix_devices = [d for d in devices if d not in folded]
     columns = [(device, name) for device in matrix_devices for name in scenarios]
-    summaries = {(device, name): _ranges_text(overview["table"].get(name, {}), device)
+    summaries = {(device, name): _ranges_text(overview.table.get(name, {}), device)
                  for device in devices for name in scenarios}
     groups: dict[str, list[Row]] = {}
     for row in ordered:
         groups.setdefault(row.major, []).append(row)
     entries = [entry for row in ordered for entry in row.entries.values()]
-    counts = {state: sum(1 for e in entries if e.status == state) for state in STATES}
-    suites = []
-    for device in devices:
-        cases = sorted((e for e in entries if e.cell.cell.device == device), key=lambda e: (e.cell.id, e.scenario))
-        suites.append({"device": device, "cases": cases, "tests": len(cases),
-                       **{kind: sum(1 for e in cases if e.junit == kind) for kind in ("failure", "error", "skipped")}})
     ran = [e for e in entries if e.ran]
-    meets = all(e.junit in ("pass", "skipped") for e in ran)
-    return {
-        "run": run.manifest, "groups": groups, "rows": ordered, "devices": devices, "scenarios": scenarios,
-        "columns": columns, "summaries": summaries, "overview": overview, "folded": folded,
-        "matrix_devices": matrix_devices, "states": STATES, "changed_state": CHANGED,
-        "counts": counts,
-        "cells": sorted(run.cells, key=lambda c: c.id), "run_cells": {c.id for c in run.cells},
-        "previous_run": previous.id if previous else None,
-        "cumulative": run.manifest.cumulative, "runs_shown": site.runs_shown, "site": site,
-        "searches": sorted(site.searches, key=lambda c: (scenarios.index(c.scenario) if c.scenario in scenarios else
-                                                         len(scenarios), c.device, str(c.variant),
-                                                         Version(c.ordered[0]))),
-        "evidence": site.evidence, "pages": {c.id for c in run.cells} | set(site.evidence),
-        "probed_by": _probed_by(site.searches),
-        "produced": {key: (produced, holder.manifest.started[:10])
-                     for key, (holder, produced) in site.holders.items()},
-        "changed": sum(1 for e in entries if e.previous), "unexpected": [e for e in entries if e.unexpected],
-        "junit_suites": suites, "ran": len(ran), "meets_expectations": meets,
-        "expectations": expectations,
-        "versions": sorted({r.tf for r in ordered}, key=Version),
-        "notes": {name: notes for name, (_, notes) in sources.items()}, "sources": sources,
-    }
+    return View(
+        run=run.manifest, site=site, rows=ordered, groups=groups, devices=devices, scenarios=scenarios,
+        matrix_devices=matrix_devices, columns=columns, folded=folded, overview=overview, summaries=summaries,
+        counts={state: sum(1 for e in entries if e.status == state) for state in STATES},
+        cells=sorted(run.cells, key=lambda c: c.id), run_cells={c.id for c in run.cells},
+        previous_run=previous.id if previous else None, runs_shown=site.runs_shown,
+        searches=sorted(site.searches, key=lambda c: (scenarios.index(c.scenario) if c.scenario in scenarios else
+                                                      len(scenarios), c.device, str(c.variant),
+                                                      Version(c.ordered[0]))),
+        evidence=site.evidence, pages={c.id for c in run.cells} | set(site.evidence),
+        probed_by=_probed_by(site.searches),
+        produced={key: (produced, holder.manifest.started[:10]) for key, (holder, produced) in site.holders.items()},
+        changed=sum(1 for e in entries if e.previous), unexpected=[e for e in entries if e.unexpected],
+        junit_suites=[Suite(device, sorted((e for e in entries if e.cell.cell.device == device),
+                                           key=lambda e: (e.cell.id, e.scenario))) for device in devices],
+        ran=len(ran), meets_expectations=all(e.junit in ("pass", "skipped") for e in ran),
+        expectations=expectations, versions=sorted({r.tf for r in ordered}, key=Version), sources=sources)
 
 
 def _probed_by(searches: list[Conclusion]) -> dict[tuple[str, str], list[Conclusion]]:
@@ -389,16 +500,15 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[Conclusion]) -> 
                             "command": shlex.join(words)}
 
 
-def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
-              searches: list[Conclusion]) -> dict[str, Any]:
+def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searches: list[Conclusion]) -> Overview:
     """The answer at a glance: per scenario and per device (and variant), the verdicts as version ranges,
     oldest first (a range starts at the release a bisect pinned, where one did), and one mark per version.
     Device and variant columns where no cell ran are left out and counted instead."""
     pinned = {s.span: s for s in searches if s.outcome is Outcome.NARROWED and s.first_change}
     variants = sorted({r.variant for r in rows}, key=lambda v: (v is not None, v or ""))
     lines = [(device, variant) for device in devices for variant in variants]
-    table: dict[str, dict[tuple[str, str | None], dict[str, Any]]] = {}
-    not_run: dict[tuple[str, str | None], int] = {}
+    table: dict[str, dict[Line, Glance]] = {}
+    not_run: dict[Line, int] = {}
     for device, variant in lines:
         for name in scenarios:
             column = [(r, r.entries[(device, name)]) for r in reversed(rows)
@@ -408,47 +518,44 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str],
             if all(e.status == "not-run" for _, e in column):
                 not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(column))
                 continue
-            ranges: list[dict[str, Any]] = []
+            ranges: list[Span] = []
             for row, entry in column:
-                if ranges and (ranges[-1]["status"], ranges[-1]["note"]) == (entry.status, entry.note):
-                    ranges[-1].update(last=row.tf, count=ranges[-1]["count"] + 1)
+                if ranges and (ranges[-1].status, ranges[-1].note) == (entry.status, entry.note):
+                    ranges[-1].last, ranges[-1].count = row.tf, ranges[-1].count + 1
                     continue
-                search = pinned.get((name, device, variant, ranges[-1]["last"], row.tf)) if ranges else None
-                ranges.append({"status": entry.status, "note": entry.note, "last": row.tf, "count": 1,
-                               "first": search.first_change.after if search and search.first_change else row.tf,
-                               "pinned": f"changes.html#{search_anchor(search)}" if search else None})
+                search = pinned.get((name, device, variant, ranges[-1].last, row.tf)) if ranges else None
+                change = search.first_change if search else None
+                ranges.append(Span(entry.status, entry.note, change.after if change else row.tf, row.tf,
+                                   pinned=f"changes.html#{search_anchor(search)}" if search else None))
             for index, span in enumerate(ranges):
                 newest = index == len(ranges) - 1 and index > 0
-                span["label"] = (f"from {span['first']}" if newest else span["first"] if span["first"] == span["last"]
-                                 else f"{span['first']}–{span['last']}")
-            table.setdefault(name, {})[(device, variant)] = {
-                "ranges": ranges,
-                "marks": [{"tf": r.tf, "status": e.status, "note": e.note, "href": e.href} for r, e in column]}
+                span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
+                              else f"{span.first}–{span.last}")
+            table.setdefault(name, {})[(device, variant)] = Glance(
+                ranges, [Mark(r.tf, e.status, e.note, e.href) for r, e in column])
     shown = [line for line in lines if any(line in cells for cells in table.values())]
-    return {"lines": shown, "table": table, "not_run": {k: v for k, v in not_run.items() if k not in shown}}
+    return Overview(shown, table, {k: v for k, v in not_run.items() if k not in shown})
 
 
-def _ranges_text(lines: dict[tuple[str, str | None], dict[str, Any]], device: str) -> str:
+def _ranges_text(lines: dict[Line, Glance], device: str) -> str:
     """One device's answer in words, e.g. "updated 1.7.1–1.8.0 · stale 1.9.0–2.15.1 · unsupported from 2.16.1
     (tfkeras: unsupported 2.16.2–2.21.0)"; "not run" when no cell of it ran."""
     parts = []
     for (line_device, variant), found in lines.items():
         if line_device != device:
             continue
-        text = " · ".join(f"{STATES[r['status']][1]}{' (' + r['note'] + ')' if r['note'] else ''} {r['label']}"
-                          for r in found["ranges"])
+        text = " · ".join(span.words for span in found.ranges)
         parts.append(f"({variant}: {text})" if variant else text)
     return " ".join(parts) or "not run on this host"
 
 
-def glance_text(found: dict[str, Any] | None) -> str:
+def glance_text(found: Glance | None) -> str:
     """One scenario's verdicts on one line of the glance, in words: "✔ updated 1.7.1–1.8.0; ✘ stale from 1.9.0"
     (the summary's table, and the README's, which a test compares with it); "–" where it has none. Safe as
     Markdown: our own words, and versions that passed PEP 440."""
     if not found:
         return "–"
-    return "; ".join(f"{STATES[r['status']][0]} {STATES[r['status']][1]}{' (' + r['note'] + ')' if r['note'] else ''} "
-                     f"{r['label']}" for r in found["ranges"])
+    return "; ".join(f"{STATES[span.status][0]} {span.words}" for span in found.ranges)
 
 
 def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) -> dict[str, Any]:
@@ -478,11 +585,11 @@ EXPORTED_NUMBERS = ("moving_mean", "moving_variance", "expected_moving_mean", "e
                     "update_ops", "train_loss", "eval_loss")
 
 
-def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
+def export_results(run: Run, view: View) -> dict[str, Any]:
     """results.json: the stable, versioned contract for other tools (see report/results.schema.json)."""
-    entries = {(e.cell.id, e.scenario): e for row in view["rows"] for e in row.entries.values()}
+    entries = {(e.cell.id, e.scenario): e for e in view.entries}
     cells = []
-    for cell_result in view["cells"]:
+    for cell_result in view.cells:
         cell = cell_result.cell
         scenarios = {}
         for name in cell.scenarios:
@@ -496,7 +603,7 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
                 **{key: getattr(result, key) if result else None for key in ("tf_version", "keras_version", "python",
                                                                              "devices_seen", "duration_s")},
                 "steps": cell.steps,
-                "reproduce": view["site"].reproduce(cell_result, name) if entry.result else None,
+                "reproduce": view.site.reproduce(cell_result, name) if entry.result else None,
             }
         environment = cell_result.environment or {}
         cells.append({
@@ -504,14 +611,14 @@ def export_results(run: Run, view: dict[str, Any]) -> dict[str, Any]:
             "variant": cell.variant, "status": cell_result.status.value, "reason": cell_result.reason,
             "backend": cell_result.backend, "image": environment.get("image"),
             "image_id": environment.get("image_id"), "page": f"cells/{cell.id}.html", "scenarios": scenarios,
-            "run_id": cell_result.run_id or view["site"].origins[cell.id].id, "started": cell_result.started,
+            "run_id": cell_result.run_id or view.site.origins[cell.id].id, "started": cell_result.started,
         })
     manifest = run.manifest.to_dict()
     return {"schema": EXPORT_SCHEMA, "run": {key: manifest.get(key) for key in (
         "run_id", "status", "started", "finished", "backend", "matrix_hash", "bnmatrix_version", "merged_from")},
-        "previous_run": view["previous_run"], "cumulative": view["cumulative"], "scenarios": view["scenarios"],
+        "previous_run": view.previous_run, "cumulative": view.run.cumulative, "scenarios": view.scenarios,
         "cells": cells, "change_points": [{key: {**search.to_dict(), "run_id": search.run_id}.get(key)
-                                           for key in CHANGE_POINT_KEYS} for search in view["searches"]]}
+                                           for key in CHANGE_POINT_KEYS} for search in view.searches]}
 
 
 CHANGE_POINT_KEYS = ("scenario", "device", "variant", "outcome", "answer", "good", "bad", "changed_in", "last_before",
@@ -566,24 +673,26 @@ def _highlighted(source: str) -> str:
 def render_site(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, str]:
     """Every file of the site by relative path (pure: same results, same bytes)."""
     view = build_view(site, previous, expectations)
+    context = view.context()
     env = environment()
     env.globals["reproduce"] = site.reproduce
-    files = {"index.html": env.get_template("index.html").render(**view, root="")}
-    pages = [(c, site.origins[c.id]) for c in view["cells"]] + sorted(site.evidence.values(), key=lambda i: i[0].id)
+    files = {"index.html": env.get_template("index.html").render(**context, root="")}
+    pages = [(c, site.origins[c.id]) for c in view.cells] + sorted(site.evidence.values(), key=lambda i: i[0].id)
     for cell_result, origin in pages:
         files[f"cells/{cell_result.id}.html"] = env.get_template("cell.html").render(
-            **view, root="../", result=cell_result, origin=origin, timeline=site.timelines.get(cell_result.id, []))
-    for name in view["scenarios"]:
+            **context, root="../", result=cell_result, origin=origin, timeline=site.timelines.get(cell_result.id, []))
+    for name in view.scenarios:
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
-            **view, root="../", name=name, code=_highlighted(view["sources"][name][0]))
-    files["changes.html"] = env.get_template("changes.html").render(**view, root="")
+            **context, root="../", name=name, code=_highlighted(view.sources[name][0]))
+    files["changes.html"] = env.get_template("changes.html").render(**context, root="")
     if site.history is not None:
-        files["runs.html"] = env.get_template("runs.html").render(**view, root="", history=history_data(site.history))
+        files["runs.html"] = env.get_template("runs.html").render(**context, root="",
+                                                                  history=history_data(site.history))
     export = export_results(site.run, view)
     files["results.json"] = json.dumps(_finite(export), indent=1, sort_keys=True, allow_nan=False) + "\n"
-    files["junit.xml"] = env.get_template("junit.xml").render(**view)
-    files["badge.svg"] = env.get_template("badge.svg").render(**view)
-    files["summary.md"] = env.get_template("summary.md.j2").render(**view)
+    files["junit.xml"] = env.get_template("junit.xml").render(**context)
+    files["badge.svg"] = env.get_template("badge.svg").render(**context)
+    files["summary.md"] = env.get_template("summary.md.j2").render(**context)
     files["pygments.css"] = HtmlFormatter(cssclass="highlight").get_style_defs(".highlight")  # type: ignore[no-untyped-call]
     return files
 

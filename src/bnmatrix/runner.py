@@ -105,11 +105,9 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
     base.update({key: data.get(key) for key in ("tf_version", "keras_version", "python", "devices_seen")},
                 steps=data["steps"], duration_s=data.get("duration_s", run.duration_s),
                 build_info=data.get("build_info") or {})
-    observed = None
-    if data["outcome"] == "observed" or data["layers"]:  # an error may come after some numbers were read
-        observed = Observed(momentum=data["momentum"], layers=data["layers"], update_ops=data.get("update_ops"),
-                            train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
-                            extra=data.get("extra") or {})
+    observed = Observed(momentum=data["momentum"], layers=data["layers"], update_ops=data.get("update_ops"),
+                        train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
+                        extra=data.get("extra") or {})
     result = ScenarioResult(**base, status=Status.ERROR, reason=None, observed=observed)
     if data["steps"] != cell.steps:
         result.reason = f"result refused: the scenario trained {data['steps']} steps; the cell asked for {cell.steps}"
@@ -259,8 +257,10 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
         return result
 
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-cell")
-    futures = [pool.submit(one, index, cell) for index, cell in enumerate(cells, 1)]
-    try:
+    futures: list[Future[CellResult]] = []
+    try:  # a stop while the cells are submitted stops those already started too
+        for index, cell in enumerate(cells, 1):
+            futures.append(pool.submit(one, index, cell))
         for future in as_completed(futures):
             future.result()
     except BaseException as exc:

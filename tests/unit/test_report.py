@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from bnmatrix.backends.docker import run_flags, run_options
 from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.report import Site, render_site, write_report
+from bnmatrix.report import Site, View, build_view, glance_text, render_site, write_report
 from bnmatrix.store.files import write_json
 from bnmatrix.store.records import CellResult, Manifest, Run
 from bnmatrix.verdict import Status
@@ -89,8 +89,21 @@ def table_cells(page: str) -> list[tuple[str, str]]:
     return [(href, status) for status, href in found]
 
 
+def view_of(run: Run, previous: Run | None = None) -> View:
+    """What the pages of one run show (as render() renders it)."""
+    return build_view(Site.of_run(run), previous)
+
+
 def test_rows_newest_first_and_every_cell_shows_its_status(tmp_path: Path) -> None:
-    page = render(sample_run(tmp_path))["index.html"]
+    run = sample_run(tmp_path)
+    view = view_of(run)
+    assert [(row.label, {key: e.status for key, e in row.entries.items()}) for row in view.rows] == [
+        ("2.15.1", {("cpu", "keras_bn_custom_estimator"): "unsupported", ("cpu", "layers_bn_session"): "updated"}),
+        ("1.15.5", {("cpu", "keras_bn_custom_estimator"): "stale", ("cpu", "layers_bn_session"): "wrong",
+                    ("gpu", "keras_bn_custom_estimator"): "not-run", ("gpu", "layers_bn_session"): "not-run"})]
+    assert list(view.groups) == ["2.x", "1.x"] and view.devices == ["cpu", "gpu"]
+    assert view.matrix_devices == ["cpu"] and view.folded == {"gpu": (1, ["no GPU on this host"])}
+    page = render(run)["index.html"]
     assert table_cells(page) == [  # the GPU column: its one cell did not run, so it is folded into a line
         ("cells/tf-2.15.1-cpu.html#keras_bn_custom_estimator", "unsupported"),
         ("cells/tf-2.15.1-cpu.html#layers_bn_session", "updated"),
@@ -107,13 +120,28 @@ def test_a_device_column_that_ran_somewhere_is_not_folded(tmp_path: Path) -> Non
     gpu = CellResult.from_dict(cell("tf-2.15.1-gpu", "2.15.1", "gpu", "ran", {
         "keras_bn_custom_estimator": scenario("keras_bn_custom_estimator", "unsupported", None, None),
         "layers_bn_session": scenario("layers_bn_session", "updated", 0.95095158, 100.000016)}))
-    page = render(Run(run.directory, run.manifest, [*run.cells, gpu]))["index.html"]
+    both = Run(run.directory, run.manifest, [*run.cells, gpu])
+    view = view_of(both)
+    assert view.matrix_devices == ["cpu", "gpu"] and view.folded == {}
+    assert view.entry("tf-1.15.5-gpu", "layers_bn_session").status == "not-run"
+    page = render(both)["index.html"]
     assert ("cells/tf-1.15.5-gpu.html#layers_bn_session", "not-run") in table_cells(page)
     assert page.count("not in this run") == 0 and "no columns are shown" not in page
 
 
 def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) -> None:
-    page = html.unescape(render(sample_run(tmp_path))["index.html"])
+    view = view_of(sample_run(tmp_path))
+    older, newer = view.entry("tf-1.15.5-cpu", "layers_bn_session"), view.entry("tf-2.15.1-cpu", "layers_bn_session")
+    assert older.summary == ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
+                             "effective updates 200 (mean), 100 (variance) / 100 steps [result of run r1, 2026-11-26]")
+    assert older.note == "2.00×" and older.boundary and not newer.boundary  # the line is drawn above the older
+    assert newer.change == {"text": "layers_bn_session (cpu): wrong → updated between 1.15.5 and 2.15.1",
+                            "command": "bnmatrix bisect --scenario layers_bn_session --good 1.15.5 --bad 2.15.1 "
+                                       "--device cpu"}
+    assert older.unexpected and older.expected == "updated" and view.unexpected == [older]
+    assert view.summaries[("cpu", "keras_bn_custom_estimator")] == "stale 1.15.5 · unsupported from 2.15.1"
+    assert view.summaries[("gpu", "layers_bn_session")] == "not run on this host"
+    page = html.unescape(render(sample_run(tmp_path))["index.html"])  # and the page shows it all
     assert ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
             "effective updates 200 (mean), 100 (variance) / 100 steps") in page
     assert 'role="tooltip" id="tip-tf-1.15.5-cpu-layers_bn_session"' in page
@@ -138,6 +166,10 @@ def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
     previous = sample_run(tmp_path)
     previous.cells[0].scenarios["keras_bn_custom_estimator"].status = Status.UPDATED
     previous.manifest.run_id = "r0"
+    view = view_of(sample_run(tmp_path), previous)
+    assert view.changed == 1 and view.previous_run == "r0"
+    assert view.entry("tf-1.15.5-cpu", "keras_bn_custom_estimator").previous == "updated"
+    assert view.entry("tf-1.15.5-cpu", "layers_bn_session").previous is None  # the same verdict as before
     site = render(sample_run(tmp_path), previous)
     page = re.sub(r"\s+", " ", site["index.html"])
     assert 'data-changed="1"' in page and "was updated" in page
@@ -281,6 +313,10 @@ def test_results_json_follows_its_published_schema(tmp_path: Path) -> None:
 
 
 def test_junit_fails_on_regressions_not_on_known_verdicts(tmp_path: Path) -> None:
+    view = view_of(sample_run(tmp_path))
+    assert [(s.device, s.tests, s.failure, s.error, s.skipped) for s in view.junit_suites] == [
+        ("cpu", 4, 1, 0, 1), ("gpu", 2, 0, 0, 2)]
+    assert view.ran == 4 and view.meets_expectations is False
     suites = ET.fromstring(render(sample_run(tmp_path))["junit.xml"])
     cases = {(c.get("classname"), c.get("name")): c for c in suites.iter("testcase")}
     assert len(cases) == 6
@@ -295,6 +331,9 @@ def test_junit_fails_on_regressions_not_on_known_verdicts(tmp_path: Path) -> Non
 
 
 def test_badge_and_markdown_summary(tmp_path: Path) -> None:
+    view = view_of(sample_run(tmp_path))
+    assert {k: v for k, v in view.counts.items() if v} == {"updated": 1, "stale": 1, "wrong": 1, "unsupported": 1,
+                                                          "not-run": 2}
     site = render(sample_run(tmp_path))
     badge = ET.fromstring(site["badge.svg"])
     assert badge.get("aria-label") == "BN stats: updated 1 of 4 run, 1 unexpected"  # the 2 GPU entries did not run
@@ -569,6 +608,21 @@ REAL_DATA = Path(__file__).resolve().parents[1] / "data"
 DOCUMENTS = {"cell": REAL_DATA / "run" / "cells" / "tf-1.15.5-cpu.json",
              "manifest": REAL_DATA / "run" / "manifest.json", "bisect": REAL_DATA / "bisect" / "bisect.json"}
 ODD_VALUES = [0, -1, 1e308, 10 ** 30, "", "a\nb", None, [], {}, "1.2.3.4.5", True, "<deleted>"]
+
+
+def test_the_glance_of_the_committed_data_gives_each_verdicts_versions_and_the_bisect_that_pinned_them() -> None:
+    view = build_view(Site.load(REAL_DATA))
+    assert view.overview.lines == [("cpu", None), ("cpu", "tfkeras")]
+    assert view.overview.not_run == {("gpu", None): 31, ("gpu", "tfkeras"): 6}  # no GPU here: counted, not shown
+    glance = view.overview.table["keras_bn_custom_estimator"]
+    assert [(s.status, s.label, s.count, s.pinned) for s in glance[("cpu", None)].ranges] == [
+        ("updated", "1.7.1–1.8.0", 2, None),
+        ("stale", "1.9.0–2.15.1", 23, "changes.html#keras_bn_custom_estimator-cpu-1.8.0-1.9.0"),
+        ("unsupported", "from 2.16.1", 6, "changes.html#keras_bn_custom_estimator-cpu-2.15.1-2.16.2")]
+    marks = glance[("cpu", None)].marks  # one per version, oldest first: 31 rows, but 2.16.1 is bisect evidence
+    assert len(marks) == 31 and (marks[0].tf, marks[-1].tf) == ("1.7.1", "2.21.0")
+    assert sum(s.count for s in glance[("cpu", None)].ranges) == len(marks)
+    assert glance_text(glance[("cpu", "tfkeras")]) == "∅ unsupported 2.16.2–2.21.0"
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -19,16 +19,16 @@ import pytest
 
 from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputCapture, ScenarioRun
 from bnmatrix.config import PACKAGE_DIR, SCHEMA_FILES, Matrix, Scenario
-from bnmatrix.errors import BnMatrixError
+from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.intake import check
 from bnmatrix.plan import Cell, plan
 from bnmatrix.runner import run_plan
-from bnmatrix.store.files import write_json
+from bnmatrix.store.files import now, write_json
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import FIRST_FORMAT, CellResult, Manifest, Observed, RunStatus, ScenarioResult
 from bnmatrix.store.runstore import RunStore, new_run_id
 from bnmatrix.store.searches import Conclusion, Probe
-from bnmatrix.verdict import BatchData, Status, expected_statistics, judge_layer
+from bnmatrix.verdict import BatchData, CellStatus, Status, expected_statistics, judge_layer
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = BatchData.from_observation({"values": [0.0, 1.0, 2.0, 3.0]})
@@ -111,6 +111,19 @@ def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = Fal
         raise
     store.finish(RunStatus.COMPLETE)
     return store
+
+
+def test_a_closed_run_writes_no_cell_that_ends_after_it(tmp_path: Path, cells: list[Cell]) -> None:
+    """A stop closes the run while a cell may still be ending (its build killed by the stop): what it ends with is
+    no result of the run, and the closed run's files stay as the stop left them."""
+    store = run(tmp_path, cells[:1], ReplayBackend({}))
+    late = CellResult(cell=cells[1], status=CellStatus.BUILD_ERROR, reason="creating venv failed (exit -9)",
+                      backend="replay", inputs_hash="h", started=now())
+    before = sorted(p.name for p in store.directory.rglob("*"))
+    with pytest.raises(Cancelled):
+        store.write_cell(late)
+    assert sorted(p.name for p in store.directory.rglob("*")) == before
+    assert [c.id for c in load_run(store.directory).cells] == [cells[0].id]
 
 
 def test_every_outcome_is_a_value_in_its_own_file(tmp_path: Path, cells: list[Cell]) -> None:

@@ -136,7 +136,7 @@ class ScenarioResult:
     python: str | None = None
     devices_seen: list[str] | None = None
     build_info: dict[str, str] = field(default_factory=dict)
-    observed: Observed | None = None  # None when the scenario reported no numbers
+    observed: Observed | None = None  # what its result line said; None without one (a crash, a timeout)
     verdicts: dict[str, LayerVerdict] = field(default_factory=dict)  # the host's, per judged layer, in layer order
     unsupported: dict[str, str] | None = None  # {"api", "message"}: what the pattern needs and this TF lacks
     error: dict[str, Any] | None = None  # {"type", "message", "traceback"}: why there are no numbers to judge
@@ -253,7 +253,7 @@ class ScenarioResult:
         layers = {name: {k: v for k, v in layer.items() if k != "verdict"} if isinstance(layer, dict) else layer
                   for name, layer in stored.items()}  # a layer that is no object: judging it again says so
         observed = None
-        if layers or status in JUDGED:
+        if layers or status in JUDGED or data.get("momentum") is not None:
             observed = Observed(momentum=data.get("momentum"), layers=layers, update_ops=data.get("update_ops"),
                                 train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
                                 extra=data.get("extra", data.get("details")) or {})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bnmatrix.config import Scenario, file_digests
-from bnmatrix.errors import BnMatrixError
+from bnmatrix.errors import BnMatrixError, Cancelled
 from bnmatrix.intake import RUN_ID, check, copy_tree, start_ticks, sweep_staging
 from bnmatrix.plan import Cell, inputs_hash
 from bnmatrix.store.files import now, read_json_object, schema_digest, vouch, write_json
@@ -64,6 +64,7 @@ class RunStore:
         self._earlier = earlier
         self._read: dict[Path, dict[str, Any] | None] = {}  # earlier cell files, each read and checked once
         self.written = 0
+        self.finished = False  # once closed, a cell that ends late (a stop's straggler) is never written
         self.measured = 0  # cells written that ran their scenarios (not: not run here, failed to build)
         self._checked_cells: dict[str, dict[str, str]] = {}  # cell id -> the checked file it wrote: SHA-256, status
         self._kept: dict[Path, str] = {}  # scenario folder -> its copy in code/ (keep_code)
@@ -205,6 +206,8 @@ class RunStore:
                                                   "searches": [s.to_dict() for s in searches]})
 
     def write_cell(self, result: CellResult) -> None:
+        if self.finished:
+            raise Cancelled
         result.run_id = result.run_id or self.run_id  # the run that produced it (a reused one keeps its own)
         data = result.to_dict()
         # A reused result was checked when it was read, and its own run keeps it safe on disk.
@@ -217,6 +220,7 @@ class RunStore:
 
     def finish(self, status: RunStatus) -> None:
         """Close the run; `latest` moves to it only when it measured something: a cell that ran."""
+        self.finished = True
         checked: dict[str, Any] = {"schema": schema_digest(), "host": socket.gethostname(),
                                    "cells": dict(sorted(self._checked_cells.items()))}
         self.manifest.status, self.manifest.finished, self.manifest.cells_written = status, now(), self.written
