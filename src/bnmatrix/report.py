@@ -558,6 +558,13 @@ def glance_text(found: Glance | None) -> str:
     return "; ".join(f"{STATES[span.status][0]} {span.words}" for span in found.ranges)
 
 
+def _judged_layers(result: ScenarioResult) -> dict[str, Any]:
+    """Each layer's observations, with the host's verdict on it where it was judged."""
+    layers = result.observed.layers if result.observed else {}
+    return {name: {**layer, "verdict": result.verdicts[name].to_dict()} if name in result.verdicts else layer
+            for name, layer in layers.items()}
+
+
 def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) -> dict[str, Any]:
     """Coordinates for the SVG chart of the expected moving mean against the observed one (a judged result's)."""
     judged = result.judged
@@ -659,7 +666,7 @@ def environment() -> jinja2.Environment:
     env.filters["xml"] = _xml_text
     env.filters["md"] = _markdown
     env.filters["curve"] = curve_points
-    env.filters["verdicts"] = lambda verdicts: {name: v.to_dict() for name, v in verdicts.items()}
+    env.filters["judged_layers"] = _judged_layers
     env.globals["anchor"] = search_anchor
     env.globals["glance"] = glance_text
     env.globals["tolerance"] = f"{REL_TOLERANCE:g}"
