@@ -16,11 +16,12 @@ from bnmatrix.bisect import Search, list_releases
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import History, change_points, diff, prune
-from bnmatrix.report import Site, render_site
+from bnmatrix.report import render_site
 from bnmatrix.store.files import write_json
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.searches import Conclusion, Outcome, Probe
 from bnmatrix.verdict import Status
+from bnmatrix.view import Site
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # the real default-matrix run, and its real bisect
 REAL_RUN = DATA / "run"

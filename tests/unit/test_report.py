@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 from bnmatrix.backends.docker import run_flags, run_options
 from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.report import Site, View, build_view, glance_text, render_site, write_report
+from bnmatrix.report import glance_text, render_site, write_report
 from bnmatrix.store.files import write_json
 from bnmatrix.store.records import CellResult, Manifest, Run
 from bnmatrix.verdict import Status
+from bnmatrix.view import Site, View, build_view
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
