@@ -23,8 +23,9 @@ STALE_TOLERANCE = 1e-7
 FORWARD_TOLERANCE = 1e-3
 
 
-class Status(enum.Enum):
-    """What one cell x scenario shows: the one vocabulary of results, report, CLI, JUnit and schemas."""
+class Status(str, enum.Enum):
+    """What one cell x scenario shows: the one vocabulary of results, report, CLI, JUnit and schemas. A member is
+    its word in every text (a page, a file, a dict of words): `Status.STALE == "stale"`."""
 
     UPDATED = "updated"
     STALE = "stale"
@@ -33,6 +34,12 @@ class Status(enum.Enum):
     ERROR = "error"
     BUILD_ERROR = "build-error"
     NOT_RUN = "not-run"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
     @property
     def icon(self) -> str:

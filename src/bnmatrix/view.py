@@ -37,20 +37,16 @@ class Entry:
 
     cell: CellResult
     scenario: str
-    status: str
+    status: Status
     result: ScenarioResult | None
     summary: str
     href: str
-    previous: str | None = None  # the status in the previous run (or the cell's previous result), where it differs
-    expected: str | None = None  # the status matrix.yaml expects, if any
+    previous: Status | None = None  # the status in the previous run (or the cell's previous result), if it differs
+    expected: Status | None = None  # the status matrix.yaml expects, if any
     origin: str | None = None  # the run that produced the result
     held_since: str | None = None  # with history, where the result is from an older run than the newest: its date
     change: dict[str, str] | None = None  # where the verdict differs from the next older version's: text, href/command
     boundary: bool = False  # the older side of a change: the line between the two versions is drawn above it
-
-    @property
-    def state(self) -> Status:
-        return Status(self.status)
 
     @property
     def unexpected(self) -> bool:
@@ -62,7 +58,7 @@ class Entry:
         """pass, failure, error or skipped: against the expectation where there is one."""
         if self.expected is not None and self.ran:
             return "failure" if self.unexpected else "pass"
-        return self.state.junit
+        return self.status.junit
 
     @property
     def note(self) -> str:
@@ -72,17 +68,17 @@ class Entry:
         if result is None or judged is None:
             return ""
         verdict = judged.verdict
-        if self.status == "wrong" and verdict.effective_updates is not None:
+        if self.status is Status.WRONG and verdict.effective_updates is not None:
             return f"{verdict.effective_updates / result.steps:.2f}×"
-        if self.status == "updated" and verdict.variance_correction == "unbiased":
+        if self.status is Status.UPDATED and verdict.variance_correction == "unbiased":
             return "unbiased variance"
-        if self.status == "stale" and verdict.forward_statistics:
+        if self.status is Status.STALE and verdict.forward_statistics:
             return f"forward: {verdict.forward_statistics}"
         return ""
 
     @property
     def ran(self) -> bool:
-        return self.state not in (Status.NOT_RUN, Status.BUILD_ERROR)
+        return self.status not in (Status.NOT_RUN, Status.BUILD_ERROR)
 
 
 @dataclass
@@ -129,9 +125,9 @@ def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
             f"{result.steps} steps{forward}")
 
 
-def _statuses(run: Run) -> dict[tuple[str, str], str]:
+def _statuses(run: Run) -> dict[tuple[str, str], Status]:
     """(cell id, scenario) -> status of every entry of a run."""
-    return {(c.id, name): c.entry_status(name).value for c in run.cells for name in c.cell.scenarios}
+    return {(c.id, name): c.entry_status(name) for c in run.cells for name in c.cell.scenarios}
 
 
 def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -223,17 +219,17 @@ class Site:
                    [r.id for r in runs if r.id in holding])
 
     @property
-    def previous_statuses(self) -> dict[tuple[str, str], str]:
+    def previous_statuses(self) -> dict[tuple[str, str], Status]:
         """(cell, scenario) -> the status of that scenario's previous measured result, where it differs from the
         run that produced the one shown (a results root only)."""
         before = {}
         for cell_id, timeline in self.timelines.items():
-            produced: dict[str, list[tuple[str, str]]] = {}
+            produced: dict[str, list[tuple[str, Status]]] = {}
             for past in timeline:
                 for name, result in past.scenarios.items():
                     producer, seen = result.reused_from or past.run_id or "", produced.setdefault(name, [])
                     if not seen or seen[-1][0] != producer:
-                        seen.append((producer, result.status.value))
+                        seen.append((producer, result.status))
             before.update({(cell_id, name): seen[-2][1] for name, seen in produced.items() if len(seen) > 1})
         return before
 
@@ -258,7 +254,7 @@ Line = tuple[str, str | None]  # a device, and a variant or None: one line of th
 class Span:
     """A stretch of versions (oldest first) with one verdict and note: one range of the glance."""
 
-    status: str
+    status: Status
     note: str
     first: str  # the first version, or the release a bisect pinned the change to
     last: str
@@ -277,7 +273,7 @@ class Mark:
     """One version's mark on a line of the glance."""
 
     tf: str
-    status: str
+    status: Status
     note: str
     href: str
 
@@ -398,7 +394,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         expected = expectations.by_cell.get(cell.id, {}) if expectations else cell.expect
         for name in cell.scenarios:
             result = cell_result.scenarios.get(name)
-            status = cell_result.entry_status(name).value
+            status = cell_result.entry_status(name)
             earlier = before.get((cell.id, name))
             origin = site.holders[(cell.id, name)][1] if (cell.id, name) in site.holders else \
                 cell_result.run_id
@@ -406,8 +402,8 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result, origin, started.get(origin or "", cell_result.started)[:10]),
                 href=f"cells/{cell.id}.html#{name}", previous=earlier if earlier not in (None, status) else None,
-                expected=expected.get(name), origin=origin or site.origins[cell.id].id,
-                held_since=held_since.get((cell.id, name)))
+                expected=Status(expected[name]) if name in expected else None,
+                origin=origin or site.origins[cell.id].id, held_since=held_since.get((cell.id, name)))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)
     ordered = sorted(rows.values(), key=lambda r: (Version(r.tf), r.variant is None, r.variant or ""), reverse=True)
     _note_transitions(ordered, run, site.searches)
@@ -503,7 +499,7 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
                       if r.variant == variant and (device, name) in r.entries]
             if not column:
                 continue
-            if all(e.status == "not-run" for _, e in column):
+            if all(e.status is Status.NOT_RUN for _, e in column):
                 not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(column))
                 continue
             ranges: list[Span] = []
