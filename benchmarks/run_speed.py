@@ -11,7 +11,14 @@ cache for the pip loop). Warm: every environment exists; only the scenarios run.
 changed rerun: `bnmatrix run` of the whole default matrix on a results root where every cell is
 reusable (a copy of tests/data), and `bnmatrix plan`.
 
+--scenario-cost measures what one scenario costs against one `import tensorflow`: a warm cell (a TF 1.x,
+a 2.x before 2.16, a 2.16+ one) runs every scenario of the default matrix (`--force --jobs N`), its wall
+time x N / the number of scenarios is the core time one scenario costs, and the TF import is timed in the
+same environment right after; each scenario's own timings (startup, import, build and train, teardown)
+say where the time goes. With --write, it replaces that section of the file only.
+
 usage: python benchmarks/run_speed.py [--rounds 3] [--jobs 2] [--case cold-3x4 ...] [--write docs/benchmarks.md]
+       python benchmarks/run_speed.py --scenario-cost [--rounds 3] [--jobs 2] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -174,6 +181,68 @@ def nothing_changed(work: Path, rounds: int) -> tuple[list[float], list[float]]:
     return run, plans
 
 
+COST_CELLS = ["tf-1.15.5-cpu", "tf-2.15.1-cpu", "tf-2.16.2-cpu"]  # TF 1.x, 2.x before 2.16, 2.16+ (Keras 3)
+COST_HEADING = "## What one scenario costs"
+PHASES = {"startup_s": "start", "import_s": "import", "train_s": "build and train", "teardown_s": "teardown"}
+
+
+def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
+    """The cost-per-scenario section: per cell, the wall time of every scenario (--force) against the TF import."""
+    matrix = Matrix.from_file(default_matrix_path())
+    env = dict(os.environ)
+    rows = [f"| cell | scenarios | wall, --jobs {jobs} | core time per scenario | `import tensorflow` | per scenario "
+            f"/ import | median per scenario: {' · '.join(PHASES.values())} |", "|---" * 7 + "|"]
+    for cell_id in COST_CELLS:
+        (cell,) = plan(matrix, select=[cell_id])
+        results = work / f"cost-{cell_id}"
+        command = [sys.executable, "-m", "bnmatrix", "run", "--backend", "venv", "--jobs", str(jobs), "--results",
+                   str(results), "--select", cell_id, "--force"]
+        walls: list[float] = []
+        imports: list[float] = []
+        phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        for number in range(rounds + 1):  # the first, untimed, builds the environment where it is missing
+            started = time.monotonic()
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            wall = time.monotonic() - started
+            if done.returncode not in (0, 1):
+                sys.exit(f"run_speed: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+            stored = json.loads((results / "latest" / "cells" / f"{cell_id}.json").read_text())
+            python = str(Path(stored["environment"]["venv"]) / "bin" / "python")
+            started = time.monotonic()
+            subprocess.run([python, "-c", "import tensorflow"], env={**env, "CUDA_VISIBLE_DEVICES": "",
+                                                                    "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True)
+            imported = time.monotonic() - started
+            if number == 0:
+                continue
+            walls.append(wall)
+            imports.append(imported)
+            for scenario in stored["scenarios"].values():
+                for phase in PHASES:
+                    if phase in scenario.get("timings", {}):
+                        phases[phase].append(scenario["timings"][phase])
+            print(f"  {cell_id}: round {number}: {wall:.1f} s, import {imported:.2f} s", flush=True)
+        count = len(cell.scenarios)
+        per_scenario = statistics.median(walls) * jobs / count
+        median_import = statistics.median(imports)
+        breakdown = " · ".join(f"{statistics.median(values):.2f} s" if values else "–" for values in phases.values())
+        rows.append(f"| {cell_id} | {count} | {statistics.median(walls):.1f} s | {per_scenario:.2f} s | "
+                    f"{median_import:.2f} s | {per_scenario / median_import:.2f} | {breakdown} |")
+    return (f"{COST_HEADING}\n\nMade by `python benchmarks/run_speed.py --scenario-cost --write docs/benchmarks.md` "
+            f"on {machine()}: {rounds} rounds after one untimed run, medians. A warm cell runs every scenario of "
+            f"the default matrix (`bnmatrix run --force --jobs {jobs}`); the core time one scenario costs is the "
+            f"wall time x {jobs} / the scenarios, set against `python -c \"import tensorflow\"` in the same "
+            "environment, timed right after each run. The last column is where a scenario's time goes, as each "
+            "scenario measured it (bnmatrix_scenario.py: the interpreter's start and the scenario's imports, the "
+            "TensorFlow import, building and training the pattern, reading the environment).\n\n"
+            + "\n".join(rows) + "\n")
+
+
+def with_section(text: str, section: str) -> str:
+    """`text` with its scenario-cost section (from its heading to the end) replaced by `section`, or added."""
+    head = text.split(COST_HEADING)[0].rstrip("\n")
+    return f"{head}\n\n{section}"
+
+
 def table(results: dict[str, dict[str, list[float]]], jobs: int) -> str:
     rows = ["| case | " + " | ".join(m.replace("N", str(jobs)) for m in METHODS) + " |",
             "|---" * (len(METHODS) + 1) + "|"]
@@ -200,12 +269,21 @@ def main() -> None:
     parser.add_argument("--case", action="append", choices=sorted(CASES), help=f"(default: {' '.join(DEFAULT_CASES)})")
     parser.add_argument("--work", type=Path, default=None, help="keep the caches here (default: a temporary folder)")
     parser.add_argument("--write", type=Path, default=None, help="write the tables as Markdown to this file")
+    parser.add_argument("--scenario-cost", action="store_true",
+                        help="only what one scenario costs against one TF import (the section of --write it replaces)")
     args = parser.parse_args()
     # As a wheel install would have it: bnmatrix's own bytecode exists (an editable install under
     # PYTHONDONTWRITEBYTECODE=1 would compile bnmatrix's source at every start, about 0.1 s).
     compileall.compile_dir(Path(bnmatrix.__file__).parent, quiet=1)
     matrix = Matrix.from_file(default_matrix_path())
     work = args.work or Path(tempfile.mkdtemp(prefix="bnmatrix-speed-"))
+    if args.scenario_cost:
+        section = scenario_cost(args.jobs, args.rounds, work)
+        print(section)
+        if args.write:
+            old = args.write.read_text(encoding="utf-8") if args.write.exists() else "# Run speed\n"
+            args.write.write_text(with_section(old, section), encoding="utf-8")
+        return
     results: dict[str, dict[str, list[float]]] = {}
     for case in args.case or DEFAULT_CASES:
         state, count, which = CASES[case]
@@ -228,7 +306,9 @@ def main() -> None:
             f"{min(rerun[1:]):.2f}). `bnmatrix plan --backend venv`: median {statistics.median(plans):.2f} s.\n")
     print(text)
     if args.write:
-        args.write.write_text(text, encoding="utf-8")
+        old = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        kept = old[old.index(COST_HEADING):] if COST_HEADING in old else ""  # measured on its own
+        args.write.write_text(with_section(text, kept) if kept else text, encoding="utf-8")
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -184,11 +184,34 @@ def finite(value):
     return value
 
 
+def process_age():
+    """Seconds since this process started (from /proc), or None where there is no /proc: what starting the
+    interpreter and importing the scenario took before main() ran."""
+    try:
+        with open("/proc/self/stat") as stat:
+            after_name = stat.read().rsplit(")", 1)[1].split()  # field 3 (state) onwards
+        with open("/proc/uptime") as uptime:
+            now = float(uptime.read().split()[0])
+        return round(max(0.0, now - int(after_name[19]) / os.sysconf("SC_CLK_TCK")), 3)  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def main(name, train, argv=None):
     """Run `train` for scenario `name`, print one result line, exit 0 unless printing failed."""
+    startup = process_age()
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.time()
+    timings = {"startup_s": startup}
+    clock = [started]
+
+    def lap(phase):
+        """The time since the last lap, as `phase` (seconds): where a scenario's time goes."""
+        now = time.time()
+        timings[phase] = round(now - clock[0], 3)
+        clock[0] = now
+
     result = {
         "schema": RESULT_SCHEMA,
         "scenario": name,
@@ -215,9 +238,11 @@ def main(name, train, argv=None):
         import tensorflow as tf
         quiet(tf)
         result["tf_version"] = tf.__version__
+        lap("import_s")
         # train() comes first: on TF 1.x, listing devices builds a graph, after which a scenario can no
         # longer switch eager execution on.
         result.update(train(tf, cfg, scratch))
+        lap("train_s")
         describe_environment(tf, result)
         if cfg.device == "gpu" and "GPU" not in result["devices_seen"]:
             raise RuntimeError("GPU cell, but TF sees only {}".format(result["devices_seen"]))
@@ -230,13 +255,18 @@ def main(name, train, argv=None):
         result["outcome"] = "error"
         result["error"] = {"type": type(exc).__name__, "message": str(exc), "traceback": "\n".join(tail)}
     finally:
+        for phase in ("import_s", "train_s"):  # up to where the import or the pattern failed
+            if phase not in timings:
+                lap(phase)
         shutil.rmtree(scratch, ignore_errors=True)
     if tf is not None and result["devices_seen"] is None:
         try:
             describe_environment(tf, result)
         except Exception:  # an error result keeps its own error; the environment stays unknown
             pass
+    lap("teardown_s")  # the environment read, the scratch folder removed
     result["duration_s"] = round(time.time() - started, 3)
+    result["timings"] = dict((k, v) for k, v in timings.items() if v is not None)
     sys.stdout.write(RESULT_MARKER + json.dumps(finite(result), sort_keys=True, allow_nan=False) + "\n")
     sys.stdout.flush()
 

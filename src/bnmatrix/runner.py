@@ -104,7 +104,7 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
                               error={"type": "refused", "message": str(exc), "traceback": run.stderr_tail})
     base.update({key: data.get(key) for key in ("tf_version", "keras_version", "python", "devices_seen")},
                 steps=data["steps"], duration_s=data.get("duration_s", run.duration_s),
-                build_info=data.get("build_info") or {})
+                timings=data.get("timings") or {}, build_info=data.get("build_info") or {})
     observed = Observed(momentum=data["momentum"], layers=data["layers"], update_ops=data.get("update_ops"),
                         train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
                         extra=data.get("extra") or {})

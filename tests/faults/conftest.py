@@ -26,7 +26,10 @@ from tests.conftest import require
 SCENARIOS = Path(__file__).parent / "scenarios"
 PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 # The fake TF answers what the scenario helper asks (version, devices) and nothing else.
-FAKE_TF = '''__version__ = "{version}"
+FAKE_TF = '''import os as _os, time as _time
+
+_time.sleep(float(_os.environ.get("FAULT_IMPORT_SECONDS", "0")))  # as long as a real import takes, when asked
+__version__ = "{version}"
 
 
 class _Device(object):

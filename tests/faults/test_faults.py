@@ -416,6 +416,24 @@ def test_the_report_keeps_every_measured_verdict_and_a_run_reuses_each_unchanged
     assert {p.name for p in ran} >= {"extra_ok.log", "ok.log", "versioned.log", "setup.log"}
 
 
+def test_each_result_says_where_its_scenarios_time_went(fault: Fault) -> None:
+    """The TensorFlow import, the pattern and the rest, as the scenario measured them, stored with its result and
+    shown on the cell page; a scenario that printed no result says nothing of it."""
+    fault.matrix(["ok", "no_result"])
+    code, output = fault.run("--select", "tf-2.15.1-cpu", FAULT_IMPORT_SECONDS="1.5")
+    assert code == 0, output
+    (run,) = fault.runs()
+    scenarios = fault.cell(run, "tf-2.15.1-cpu")["scenarios"]
+    timings = scenarios["ok"]["timings"]
+    assert set(timings) == {"startup_s", "import_s", "train_s", "teardown_s"}
+    assert 1.5 <= timings["import_s"] < 10 and timings["train_s"] < 1.5 and 0 < timings["startup_s"] < 10
+    assert sum(timings.values()) <= scenarios["ok"]["duration_s"] + timings["startup_s"] + 0.01
+    assert scenarios["no_result"]["timings"] == {}  # no result line: nothing said
+    assert fault.bnmatrix("report", "--results", "results", "--out", "site")[0] == 0
+    page = " ".join((fault.dir / "site" / "cells" / "tf-2.15.1-cpu.html").read_text().split())
+    assert f"TensorFlow import {timings['import_s']:.3g} s · build and train" in page
+
+
 def test_scenarios_that_start_and_end_at_once_never_take_each_other_down(fault: Fault) -> None:
     """Two cells, five scenarios each, two at a time, five times over: when a scenario ends, bnmatrix kills what
     still holds its output; a scenario another thread is just starting (between fork and exec it holds copies of

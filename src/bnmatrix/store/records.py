@@ -141,6 +141,7 @@ class ScenarioResult:
     unsupported: dict[str, str] | None = None  # {"api", "message"}: what the pattern needs and this TF lacks
     error: dict[str, Any] | None = None  # {"type", "message", "traceback"}: why there are no numbers to judge
     duration_s: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # where its time went, as the scenario measured it
     log: str | None = None
     log_tail: str | None = None
     inputs_hash: str | None = None  # what decided this outcome (plan.scenario_inputs_hash): reuse one at a time
@@ -257,10 +258,10 @@ class ScenarioResult:
             observed = Observed(momentum=data.get("momentum"), layers=layers, update_ops=data.get("update_ops"),
                                 train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
                                 extra=data.get("extra", data.get("details")) or {})
+        same: dict[str, Any] = {k: data.get(k) for k in ("tf_version", "keras_version", "python", "devices_seen",
+                                                         "duration_s", "log", "log_tail", "inputs_hash", "reused_from")}
         return cls(scenario=data["scenario"], status=status, reason=data["reason"], device=data["device"],
-                   steps=data["steps"], **{k: data.get(k) for k in ("tf_version", "keras_version", "python",
-                                                                     "devices_seen", "duration_s", "log", "log_tail",
-                                                                     "inputs_hash", "reused_from")},
+                   steps=data["steps"], **same,
                    build_info=data.get("build_info") or {}, observed=observed, unsupported=unsupported, error=error,
                    verdicts=_stored_verdicts({name: layer["verdict"] for name, layer in stored.items()
                                               if isinstance(layer, dict) and isinstance(layer.get("verdict"), dict)},
