@@ -191,7 +191,7 @@ def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
     matrix = Matrix.from_file(default_matrix_path())
     env = dict(os.environ)
     rows = [f"| cell | scenarios | wall, --jobs {jobs} | core time per scenario | `import tensorflow` | per scenario "
-            f"/ import | median per scenario: {' · '.join(PHASES.values())} |", "|---" * 7 + "|"]
+            f"/ import | summed over the scenarios: {' · '.join(PHASES.values())} · the rest |", "|---" * 7 + "|"]
     for cell_id in COST_CELLS:
         (cell,) = plan(matrix, select=[cell_id])
         results = work / f"cost-{cell_id}"
@@ -199,7 +199,7 @@ def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
                    str(results), "--select", cell_id, "--force"]
         walls: list[float] = []
         imports: list[float] = []
-        phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
+        phases: dict[str, list[float]] = {phase: [] for phase in PHASES}  # per round: summed over the scenarios
         for number in range(rounds + 1):  # the first, untimed, builds the environment where it is missing
             started = time.monotonic()
             done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -210,30 +210,33 @@ def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
             python = str(Path(stored["environment"]["venv"]) / "bin" / "python")
             started = time.monotonic()
             subprocess.run([python, "-c", "import tensorflow"], env={**env, "CUDA_VISIBLE_DEVICES": "",
-                                                                    "TF_CPP_MIN_LOG_LEVEL": "2"}, check=True)
+                                                                    "TF_CPP_MIN_LOG_LEVEL": "2"},
+                           stderr=subprocess.DEVNULL, check=True)
             imported = time.monotonic() - started
             if number == 0:
                 continue
             walls.append(wall)
             imports.append(imported)
-            for scenario in stored["scenarios"].values():
-                for phase in PHASES:
-                    if phase in scenario.get("timings", {}):
-                        phases[phase].append(scenario["timings"][phase])
+            for phase in PHASES:
+                phases[phase].append(sum(s.get("timings", {}).get(phase, 0.0) for s in stored["scenarios"].values()))
             print(f"  {cell_id}: round {number}: {wall:.1f} s, import {imported:.2f} s", flush=True)
         count = len(cell.scenarios)
         per_scenario = statistics.median(walls) * jobs / count
         median_import = statistics.median(imports)
-        breakdown = " · ".join(f"{statistics.median(values):.2f} s" if values else "–" for values in phases.values())
+        summed = {phase: statistics.median(values) for phase, values in phases.items()}
+        rest = statistics.median(walls) * jobs - sum(summed.values())  # process start and exit, bnmatrix, idle cores
+        breakdown = " · ".join(f"{value:.1f} s" for value in [*summed.values(), rest])
         rows.append(f"| {cell_id} | {count} | {statistics.median(walls):.1f} s | {per_scenario:.2f} s | "
                     f"{median_import:.2f} s | {per_scenario / median_import:.2f} | {breakdown} |")
     return (f"{COST_HEADING}\n\nMade by `python benchmarks/run_speed.py --scenario-cost --write docs/benchmarks.md` "
             f"on {machine()}: {rounds} rounds after one untimed run, medians. A warm cell runs every scenario of "
             f"the default matrix (`bnmatrix run --force --jobs {jobs}`); the core time one scenario costs is the "
             f"wall time x {jobs} / the scenarios, set against `python -c \"import tensorflow\"` in the same "
-            "environment, timed right after each run. The last column is where a scenario's time goes, as each "
+            "environment, timed right after each run. The last column is where the cell's core time goes, as each "
             "scenario measured it (bnmatrix_scenario.py: the interpreter's start and the scenario's imports, the "
-            "TensorFlow import, building and training the pattern, reading the environment).\n\n"
+            "TensorFlow import, building and training the pattern, reading the environment), summed over its "
+            "scenarios; the rest is what no scenario measured: the interpreter's exit, bnmatrix's own work per "
+            "scenario, and a core left idle while the other ends the cell.\n\n"
             + "\n".join(rows) + "\n")
 
 
