@@ -25,7 +25,7 @@ from bnmatrix import __version__
 from bnmatrix.backends import Setup, backend_kinds, select_backend
 from bnmatrix.backends.venv import default_cache_dir
 from bnmatrix.config import Matrix, parse_image_map
-from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError
+from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError, Stop, Terminated
 from bnmatrix.history import History, diff, import_archive
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, plan
 from bnmatrix.runner import ProgressCallback
@@ -47,28 +47,19 @@ from bnmatrix.verdict import CellStatus, Status
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class Terminated(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP (CI cancelling a job, a closed terminal): the command stops cleanly."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
 class _Stop:
-    """The first stop signal stops cleanly (Terminated: running work killed, finished cells kept, the run closed);
-    a second one, while that cleanup runs, ends bnmatrix at once: the next run marks the run interrupted and
-    sweeps whatever it left (its children die with it)."""
-
-    first: int | None = None
+    """The first stop signal stops cleanly (Terminated: running work killed, finished cells kept, the run closed; it
+    is recorded in errors.Stop, so that a run notices it even where Python drops the exception); a second one, while
+    that cleanup runs, ends bnmatrix at once: the next run marks the run interrupted and sweeps whatever it left (its
+    children die with it)."""
 
     @classmethod
     def handle(cls, signum: int, frame: object) -> None:
-        if cls.first is not None:
+        if Stop.signum is not None:
             os.write(2, f"\nbnmatrix: {signal.Signals(signum).name} again: stopping at once; the next run marks "
                         "this one interrupted and sweeps what it left\n".encode())
             os._exit(128 + signum)
-        cls.first = signum
+        Stop.signum = signum
         raise Terminated(signum)
 
 
@@ -462,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report,
                 "scenario": command_scenario, "bisect": command_bisect, "diff": command_diff,
                 "import": command_import}
-    _Stop.first = None
+    Stop.signum = None
     previous = {signum: signal.signal(signum, _Stop.handle) for signum in STOP_SIGNALS}
     try:
         code = handlers[args.command](args, console)

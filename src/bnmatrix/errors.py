@@ -1,4 +1,6 @@
-"""The error family for a user's mistakes: each prints as one message and maps to an exit code."""
+"""The error family for a user's mistakes: each prints as one message and maps to an exit code; and the stops."""
+
+import signal
 
 EXIT_OK = 0
 EXIT_CELL_FAILED = 1
@@ -9,6 +11,27 @@ class BnMatrixError(Exception):
     """A mistake in the user's input (matrix, options, results dir): one clear message, exit 2."""
 
     exit_code = EXIT_USAGE
+
+
+class Terminated(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP (CI cancelling a job, a closed terminal): the command stops cleanly."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Stop:
+    """The stop signal this process received, as the CLI's handler records it before it raises Terminated. Python
+    drops an exception that a handler raises while the main thread runs a `__del__` or a weakref callback (it only
+    prints "Exception ignored in ..."): the loops that wait for cells call `check`, so that no stop is lost."""
+
+    signum: int | None = None
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.signum is not None:
+            raise Terminated(cls.signum)
 
 
 class Cancelled(Exception):

@@ -12,13 +12,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
 from bnmatrix.config import Scenario, file_digests
-from bnmatrix.errors import BnMatrixError, Cancelled
+from bnmatrix.errors import BnMatrixError, Cancelled, Stop
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
 from bnmatrix.store.files import StoreError, now
@@ -30,6 +30,7 @@ SCENARIO_SCHEMA = "bnmatrix.scenario/2"
 # After a stop, how long the cells still running get to end (their processes and containers are killed at
 # once); a cell that takes longer is left behind, and bnmatrix exits all the same.
 STOP_GRACE_S = 30.0
+STOP_POLL_S = 0.5  # how often waiting for cells looks for a stop whose exception was lost (errors.Stop)
 
 # (cell index, cell count, cell, step text, the cell's result once it is done).
 ProgressCallback = Callable[[int, int, Cell, str, CellResult | None], None]
@@ -259,10 +260,15 @@ def run_plan(cells: list[Cell], catalog: dict[str, Scenario], backend: Backend, 
     pool = ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bnmatrix-cell")
     futures: list[Future[CellResult]] = []
     try:  # a stop while the cells are submitted stops those already started too
+        Stop.check()
         for index, cell in enumerate(cells, 1):
             futures.append(pool.submit(one, index, cell))
-        for future in as_completed(futures):
-            future.result()
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+            Stop.check()  # a stop signal whose exception Python dropped (errors.Stop)
     except BaseException as exc:
         stopping.set()
         pool.shutdown(wait=False, cancel_futures=True)

@@ -168,7 +168,7 @@ class RunSession:
             with watch(len(cells), expected, options.jobs) as progress:
                 results = run_plan(cells, matrix.catalog, backend, store, matrix.scenario_dirs, matrix.timeout_s,
                                    options.force or options.rebuild, progress, jobs=options.jobs)
-        except KeyboardInterrupt as exc:  # Ctrl-C, or the CLI's SIGTERM/SIGHUP (cli.Terminated carries its number)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or the CLI's SIGTERM/SIGHUP (errors.Terminated carries its number)
             store.finish(RunStatus.INTERRUPTED)
             return replace(outcome, stopped_by=getattr(exc, "signum", signal.SIGINT))
         except StoreError:
@@ -320,7 +320,7 @@ class BisectSession:
             with watch(0, {}, options.jobs) as progress:
                 conclusions = bisector.run(backend, store, options.jobs, progress, self.say,
                                            options.budget_min * 60 if options.budget_min else None)
-        except KeyboardInterrupt as exc:  # Ctrl-C, or the CLI's SIGTERM/SIGHUP (cli.Terminated carries its number)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or the CLI's SIGTERM/SIGHUP (errors.Terminated carries its number)
             store.write_searches([s.conclusion() for s in bisector.searches])
             store.finish(RunStatus.INTERRUPTED)
             return replace(outcome, stopped_by=getattr(exc, "signum", signal.SIGINT))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
@@ -19,7 +21,7 @@ import pytest
 
 from bnmatrix.backends import RESULT_MARKER, CellNotRun, CellSetupError, OutputCapture, ScenarioRun
 from bnmatrix.config import PACKAGE_DIR, SCHEMA_FILES, Matrix, Scenario
-from bnmatrix.errors import BnMatrixError, Cancelled
+from bnmatrix.errors import BnMatrixError, Cancelled, Stop, Terminated
 from bnmatrix.intake import check
 from bnmatrix.plan import Cell, plan
 from bnmatrix.runner import run_plan
@@ -111,6 +113,34 @@ def run(root: Path, cells: list[Cell], backend: ReplayBackend, force: bool = Fal
         raise
     store.finish(RunStatus.COMPLETE)
     return store
+
+
+def test_a_stop_whose_exception_python_dropped_still_stops_the_run(tmp_path: Path, cells: list[Cell]) -> None:
+    """A signal whose handler ran inside a __del__ raises nothing (Python prints "Exception ignored" and goes on);
+    the handler has recorded it (errors.Stop), and the run stops all the same: the cell being built is killed and
+    not stored, the queued ones never start, the finished one is kept."""
+
+    class Building(ReplayBackend):
+        def open(self, cell: Cell, setup_log: Path, report_step: Any) -> Any:
+            if cell.id == cells[1].id:
+                Stop.signum = signal.SIGTERM  # what the handler records before the exception it raises is dropped
+                deadline = time.monotonic() + 10
+                while not self.closed and time.monotonic() < deadline:  # a long install, until the stop kills it
+                    time.sleep(0.01)
+                raise CellSetupError("installing tensorflow failed (exit -9)", "killed")
+            return super().open(cell, setup_log, report_step)
+
+    backend = Building({})
+    store = RunStore(tmp_path, new_run_id(), {"backend": "replay", "matrix": "m", "matrix_hash": "h",
+                                              "bnmatrix_version": "t", "cells": [c.id for c in cells[:3]]})
+    try:
+        with pytest.raises(Terminated) as stopped:
+            run_plan(cells[:3], MATRIX.catalog, backend, store, MATRIX.scenario_dirs, 5.0, False, lambda *a: None)
+    finally:
+        Stop.signum = None
+    assert stopped.value.signum == signal.SIGTERM and backend.closed
+    assert backend.opened == [cells[0].id]  # the third cell never started
+    assert sorted(p.stem for p in (store.directory / "cells").glob("*.json")) == [cells[0].id]
 
 
 def test_a_closed_run_writes_no_cell_that_ends_after_it(tmp_path: Path, cells: list[Cell]) -> None:
