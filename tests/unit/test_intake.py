@@ -148,16 +148,17 @@ def test_a_stored_verdict_is_judged_again_from_its_numbers(tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("change", "reason"), [
-    (lambda s: s["layers"].clear(), "the scenario judged no layer"),
-    (lambda s: s["layers"]["bn"].update(moving_mean="0.95"),
+    (lambda s: s["observed"]["layers"].clear(), "the scenario judged no layer"),
+    (lambda s: s["observed"]["layers"]["bn"].update(moving_mean="0.95"),
      "cannot be judged (layers.bn: moving_mean: '0.95' is not of type"),
-    (lambda s: s["layers"]["bn"]["data"].update(values=[1e200, -1e200]), "the observed numbers cannot be judged"),
-    (lambda s: s.update(momentum=None), "momentum: None; expected a number between 0 and 1"),
+    (lambda s: s["observed"]["layers"]["bn"]["data"].update(values=[1e200, -1e200]),
+     "the observed numbers cannot be judged"),
+    (lambda s: s["observed"].update(momentum=None), "momentum: None; expected a number between 0 and 1"),
 ])
 def test_stored_numbers_no_verdict_comes_from_make_an_error(change: Any, reason: str) -> None:
     data = real_cell()
     scenario = data["scenarios"]["keras_fit"]
-    assert scenario["status"] == "updated" and list(scenario["layers"]) == ["bn"]
+    assert scenario["status"] == "updated" and list(scenario["observed"]["layers"]) == ["bn"]
     change(scenario)
     result = CellResult.from_dict(copy.deepcopy(data))
     assert result.rejudge() is False

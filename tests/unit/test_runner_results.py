@@ -297,10 +297,11 @@ def test_a_layers_verdict_and_the_first_formats_scenario_are_their_schema_field_
 
 
 def test_a_first_format_run_reads_writes_in_the_new_one_and_reads_back_the_same() -> None:
-    """Every cell of the committed run (bnmatrix.cell/1, flat) becomes a bnmatrix.cell/2 file that passes its schema,
-    holds each number once (no copy of the judged layer's beside the observations) and reads back with the same
-    statuses, reasons and numbers, its verdicts standing when judged again."""
-    run = load_run(Path(__file__).resolve().parents[1] / "data" / "run")
+    """Every cell of a real run stored in the first format (tests/legacy/run: the default matrix, Nov 27, 2026,
+    bnmatrix.cell/1, flat) becomes a bnmatrix.cell/2 file that passes its schema, holds each number once (no copy of
+    the judged layer's beside the observations) and reads back with the same statuses, reasons and numbers, its
+    verdicts standing when judged again."""
+    run = load_run(Path(__file__).resolve().parents[1] / "legacy" / "run")
     assert json.loads((run.directory / "cells" / "tf-1.15.5-cpu.json").read_text())["schema"] == "bnmatrix.cell/1"
     judged = 0
     for cell in run.cells:
