@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,14 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"CI must run this test, but: {reason}")
     pytest.skip(reason)
+
+
+def copy_run_started(run: Path, target: Path, started: str) -> None:
+    """A copy of a run whose manifest and cells say it started at `started`: the committed run, placed before a
+    later run a test writes beside it (a run's results are ordered by when they started)."""
+    shutil.copytree(run, target)
+    for path in [target / "manifest.json", *(target / "cells").glob("*.json")]:
+        path.write_text(json.dumps({**json.loads(path.read_text()), "started": started}))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

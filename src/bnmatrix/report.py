@@ -28,7 +28,7 @@ from bnmatrix.history import ARCHIVE_NAME, History, write_archive
 from bnmatrix.intake import read_json, regular_file, staged_folder
 from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
-from bnmatrix.store.records import Run, ScenarioResult
+from bnmatrix.store.records import NUMBERS, Run, ScenarioResult
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus
 from bnmatrix.view import STATES, Expectations, Glance, Site, View, build_view, number, search_anchor
 
@@ -73,9 +73,7 @@ def curve_points(result: ScenarioResult, width: int = 320, height: int = 160) ->
             "y_zero": y(0.0), "mu": mu, "steps": steps}
 
 
-EXPORTED_NUMBERS = ("moving_mean", "moving_variance", "expected_moving_mean", "expected_moving_variance",
-                    "effective_updates", "effective_updates_variance", "variance_correction", "forward_statistics",
-                    "update_ops", "train_loss", "eval_loss")
+EXPORTED_NUMBERS = tuple(key for key in NUMBERS if key != "batch_mean")  # results.json's, as its schema says
 
 
 def export_results(run: Run, view: View) -> dict[str, Any]:

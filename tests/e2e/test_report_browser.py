@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bnmatrix.report import write_report
-from tests.conftest import require
+from tests.conftest import copy_run_started, require
 from tests.e2e.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -271,9 +271,7 @@ def test_screenshots_for_the_readme(browser: Any, tmp_path: Path) -> None:
 
 def test_the_runs_page_compares_any_two_runs_and_shows_hostile_data_as_text(page: Any, tmp_path: Path) -> None:
     root = tmp_path / "results"
-    shutil.copytree(REAL_RUN, root / "run")
-    for copy in [root / "run" / "manifest.json", *(root / "run" / "cells").glob("*.json")]:  # older than `later`
-        copy.write_text(json.dumps({**json.loads(copy.read_text()), "started": "2026-11-27T14:32:12+00:00"}))
+    copy_run_started(REAL_RUN, root / "run", "2026-11-27T14:32:12+00:00")  # before `later`
     shutil.copytree(REPO / "tests" / "data" / "bisect", root / "bisect")
     later = root / "later"
     (later / "cells").mkdir(parents=True)

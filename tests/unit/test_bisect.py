@@ -22,6 +22,7 @@ from bnmatrix.store.reader import load_run
 from bnmatrix.store.searches import Conclusion, Outcome, Probe
 from bnmatrix.verdict import Status
 from bnmatrix.view import Site
+from tests.conftest import copy_run_started
 
 DATA = Path(__file__).resolve().parents[1] / "data"  # the real default-matrix run, and its real bisect
 REAL_RUN = DATA / "run"
@@ -129,10 +130,7 @@ def test_change_points_of_the_real_run_pass_over_entries_without_a_verdict() -> 
 def history_root(tmp_path: Path) -> Path:
     """A results root: the real run, a later narrow run of one cell where a verdict changed, and a bisect."""
     root = tmp_path / "results"
-    shutil.copytree(REAL_RUN, root / "20261101T000000Z-aaaaaa")
-    for copy in (root / "20261101T000000Z-aaaaaa").glob("**/*.json"):  # as if it had run before the later one
-        if copy.name == "manifest.json" or copy.parent.name == "cells":
-            write_json(copy, {**json.loads(copy.read_text()), "started": "2026-11-27T14:32:12+00:00"})
+    copy_run_started(REAL_RUN, root / "20261101T000000Z-aaaaaa", "2026-11-27T14:32:12+00:00")  # before `later`
     later = root / "20261120T000000Z-bbbbbb"
     (later / "cells").mkdir(parents=True)
     cell = json.loads((REAL_RUN / "cells" / "tf-1.9.0-cpu.json").read_text())

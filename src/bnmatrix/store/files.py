@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import tempfile
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import fields
 from datetime import datetime, timezone
@@ -104,10 +105,12 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def known_fields(record: type, data: dict[str, Any], what: str, legacy: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of a dataclass `record` in `data`; a key that is neither one of them nor `schema` (nor a `legacy`
-    name) is refused, never dropped (the schemas refuse them first: this guards a record that outgrew its schema)."""
-    names = {f.name for f in fields(record)}
+def known_fields(record: type | Iterable[str], data: dict[str, Any], what: str,
+                 legacy: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of `record` (a dataclass, or the names of a stored format's fields) in `data`; a key that is neither
+    one of them nor `schema` (nor a `legacy` name) is refused, never dropped (the schemas refuse them first: this
+    guards a record that outgrew its schema)."""
+    names = {f.name for f in fields(record)} if isinstance(record, type) else set(record)
     unknown = sorted(set(data) - names - {"schema", *legacy})
     if unknown:
         raise BnMatrixError(f"{what}: unknown field {unknown[0]!r}; expected only {', '.join(sorted(names))}")

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from bnmatrix.errors import BnMatrixError
 from bnmatrix.intake import schema_problem
 from bnmatrix.plan import Cell
 from bnmatrix.store.files import known_fields
@@ -191,19 +190,17 @@ class ScenarioResult:
         return f"{judged.verdict.effective_updates:.4g}/{self.steps}"
 
     def numbers(self) -> dict[str, Any]:
-        """The scenario's numbers flat, as results.json and a bisect's probes give them: the judged layer's
+        """The scenario's NUMBERS flat, as results.json and a bisect's probes give them: the judged layer's
         statistics, verdict and batch mean (each None without a verdict), the update ops and losses."""
-        judged, observed = self.judged, self.observed
-        verdict = {k: v for k, v in judged.verdict.to_dict().items() if k not in ("status", "reason")} if judged else {
-            k: None for k in ("expected_moving_mean", "expected_moving_variance", "effective_updates",
-                              "effective_updates_variance", "variance_correction", "forward_statistics")}
-        return {"moving_mean": judged.moving_mean if judged else None,
-                "moving_variance": judged.moving_variance if judged else None, **verdict,
-                "batch_mean": judged.verdict.data.mean if judged else None,
-                **{k: getattr(observed, k) if observed else None for k in ("update_ops", "train_loss", "eval_loss")}}
+        judged = self.judged
+        found = {**(self.observed.to_dict() if self.observed else {}), **({
+            "moving_mean": judged.moving_mean, "moving_variance": judged.moving_variance,
+            **judged.verdict.to_dict(), "batch_mean": judged.verdict.data.mean} if judged else {})}
+        return {key: found.get(key) for key in NUMBERS}
 
     def _facets(self) -> tuple[Status, str | None, str | None]:
-        verdict = self.judged.verdict if self.judged else None
+        judged = self.judged
+        verdict = judged.verdict if judged else None
         return (self.status, verdict.variance_correction if verdict else None,
                 verdict.forward_statistics if verdict else None)
 
@@ -243,10 +240,7 @@ class ScenarioResult:
         """From a stored result of a bnmatrix.cell/1 file: flat, the first judged layer's numbers and verdict
         copied beside the observations, each layer's verdict inside it, an unsupported API as its `error`
         (bnmatrix.scenario/1 called `extra` `details`)."""
-        unknown = sorted(set(data) - FIRST_FORMAT - {"schema"})
-        if unknown:
-            raise BnMatrixError(f"scenario result: unknown field {unknown[0]!r}; expected only "
-                                f"{', '.join(sorted(FIRST_FORMAT))}")
+        known_fields(FIRST_FORMAT, data, "scenario result")
         status, error, unsupported = Status(data["status"]), data.get("error"), None
         if status is Status.UNSUPPORTED and isinstance(error, dict) and error.get("type") == "Unsupported":
             unsupported, error = {k: str(v) for k, v in error.items() if k != "type"}, None
@@ -286,6 +280,12 @@ def _stored_verdicts(verdicts: dict[str, Any], layers: dict[str, Any]) -> dict[s
         return {name: LayerVerdict.from_dict(verdict, layers[name]) for name, verdict in verdicts.items()}
     except (ArithmeticError, ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+# A scenario's numbers, flat (ScenarioResult.numbers).
+NUMBERS = ("moving_mean", "moving_variance", "expected_moving_mean", "expected_moving_variance", "effective_updates",
+           "effective_updates_variance", "variance_correction", "forward_statistics", "batch_mean", "update_ops",
+           "train_loss", "eval_loss")
 
 
 # A bnmatrix.cell/1 scenario result's fields (ScenarioResult.from_first_format).
