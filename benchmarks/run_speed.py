@@ -186,58 +186,73 @@ COST_HEADING = "## What one scenario costs"
 PHASES = {"startup_s": "start", "import_s": "import", "train_s": "build and train", "teardown_s": "teardown"}
 
 
+WAYS = {"fresh": ["--fresh-processes"], "zygote": []}  # every scenario a fresh process, or forked from the zygote
+
+
 def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
-    """The cost-per-scenario section: per cell, the wall time of every scenario (--force) against the TF import."""
+    """The cost-per-scenario section: per cell and way of starting the scenarios (fresh processes, or forks of the
+    cell's zygote), the wall time of every scenario (--force) against the TF import."""
     matrix = Matrix.from_file(default_matrix_path())
     env = dict(os.environ)
-    rows = [f"| cell | scenarios | wall, --jobs {jobs} | core time per scenario | `import tensorflow` | per scenario "
-            f"/ import | summed over the scenarios: {' · '.join(PHASES.values())} · the rest |", "|---" * 7 + "|"]
+    rows = [f"| cell | scenarios started as | scenarios | wall, --jobs {jobs} | core time per scenario | "
+            f"`import tensorflow` | per scenario / import | summed over the scenarios: {' · '.join(PHASES.values())} "
+            "· the rest |", "|---" * 8 + "|"]
     for cell_id in COST_CELLS:
         (cell,) = plan(matrix, select=[cell_id])
-        results = work / f"cost-{cell_id}"
-        command = [sys.executable, "-m", "bnmatrix", "run", "--backend", "venv", "--jobs", str(jobs), "--results",
-                   str(results), "--select", cell_id, "--force"]
-        walls: list[float] = []
-        imports: list[float] = []
-        phases: dict[str, list[float]] = {phase: [] for phase in PHASES}  # per round: summed over the scenarios
-        for number in range(rounds + 1):  # the first, untimed, builds the environment where it is missing
-            started = time.monotonic()
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            wall = time.monotonic() - started
-            if done.returncode not in (0, 1):
-                sys.exit(f"run_speed: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-            stored = json.loads((results / "latest" / "cells" / f"{cell_id}.json").read_text())
-            python = str(Path(stored["environment"]["venv"]) / "bin" / "python")
-            started = time.monotonic()
-            subprocess.run([python, "-c", "import tensorflow"], env={**env, "CUDA_VISIBLE_DEVICES": "",
-                                                                    "TF_CPP_MIN_LOG_LEVEL": "2"},
-                           stderr=subprocess.DEVNULL, check=True)
-            imported = time.monotonic() - started
-            if number == 0:
-                continue
-            walls.append(wall)
-            imports.append(imported)
-            for phase in PHASES:
-                phases[phase].append(sum(s.get("timings", {}).get(phase, 0.0) for s in stored["scenarios"].values()))
-            print(f"  {cell_id}: round {number}: {wall:.1f} s, import {imported:.2f} s", flush=True)
-        count = len(cell.scenarios)
-        per_scenario = statistics.median(walls) * jobs / count
-        median_import = statistics.median(imports)
-        summed = {phase: statistics.median(values) for phase, values in phases.items()}
-        rest = statistics.median(walls) * jobs - sum(summed.values())  # process start and exit, bnmatrix, idle cores
-        breakdown = " · ".join(f"{value:.1f} s" for value in [*summed.values(), rest])
-        rows.append(f"| {cell_id} | {count} | {statistics.median(walls):.1f} s | {per_scenario:.2f} s | "
-                    f"{median_import:.2f} s | {per_scenario / median_import:.2f} | {breakdown} |")
+        for way, options in WAYS.items():
+            rows.append(_cost_row(cell_id, len(cell.scenarios), way, options, jobs, rounds, work, env))
     return (f"{COST_HEADING}\n\nMade by `python benchmarks/run_speed.py --scenario-cost --write docs/benchmarks.md` "
             f"on {machine()}: {rounds} rounds after one untimed run, medians. A warm cell runs every scenario of "
-            f"the default matrix (`bnmatrix run --force --jobs {jobs}`); the core time one scenario costs is the "
-            f"wall time x {jobs} / the scenarios, set against `python -c \"import tensorflow\"` in the same "
-            "environment, timed right after each run. The last column is where the cell's core time goes, as each "
-            "scenario measured it (bnmatrix_scenario.py: the interpreter's start and the scenario's imports, the "
-            "TensorFlow import, building and training the pattern, reading the environment), summed over its "
-            "scenarios; the rest is what no scenario measured: the interpreter's exit, bnmatrix's own work per "
-            "scenario, and a core left idle while the other ends the cell.\n\n"
-            + "\n".join(rows) + "\n")
+            f"the default matrix (`bnmatrix run --force --jobs {jobs}`), each scenario a fresh process that imports "
+            "TensorFlow (`--fresh-processes`) or a fork of the cell's zygote, which imported it once (the default); "
+            f"the core time one scenario costs is the wall time x {jobs} / the scenarios, set against "
+            "`python -c \"import tensorflow\"` in the same environment, timed right after each run. The last column "
+            "is where the cell's core time goes, as each scenario measured it (bnmatrix_scenario.py: the "
+            "interpreter's start, or the fork, and the scenario's imports, the TensorFlow import, building and "
+            "training the pattern, reading the environment), summed over its scenarios; the rest is what no scenario "
+            "measured: the interpreter's exit, the zygote's import, bnmatrix's own work per scenario, and a core "
+            "left idle while the other ends the cell.\n\n" + "\n".join(rows) + "\n")
+
+
+def _cost_row(cell_id: str, count: int, way: str, options: list[str], jobs: int, rounds: int, work: Path,
+              env: dict[str, str]) -> str:
+    results = work / f"cost-{cell_id}-{way}"
+    command = [sys.executable, "-m", "bnmatrix", "run", "--backend", "venv", "--jobs", str(jobs), "--results",
+               str(results), "--select", cell_id, "--force", *options]
+    walls: list[float] = []
+    imports: list[float] = []
+    phases: dict[str, list[float]] = {phase: [] for phase in PHASES}  # per round: summed over the scenarios
+    for number in range(rounds + 1):  # the first, untimed, builds the environment where it is missing
+        started = time.monotonic()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        if done.returncode not in (0, 1):
+            sys.exit(f"run_speed: {' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        stored = json.loads((results / "latest" / "cells" / f"{cell_id}.json").read_text())
+        launches = {s.get("launch", "").partition(":")[0] for s in stored["scenarios"].values()}
+        if launches != {way}:
+            sys.exit(f"run_speed: {cell_id} {way}: the scenarios were started as {sorted(launches)}")
+        python = str(Path(stored["environment"]["venv"]) / "bin" / "python")
+        started = time.monotonic()
+        subprocess.run([python, "-c", "import tensorflow"], env={**env, **stored["environment"]["variables"],
+                                                                "TF_CPP_MIN_LOG_LEVEL": "2"},
+                       stderr=subprocess.DEVNULL, check=True)
+        imported = time.monotonic() - started
+        if number == 0:
+            continue
+        walls.append(wall)
+        imports.append(imported)
+        for phase in PHASES:
+            phases[phase].append(sum(s.get("timings", {}).get(phase, 0.0) for s in stored["scenarios"].values()))
+        print(f"  {cell_id} {way}: round {number}: {wall:.1f} s, import {imported:.2f} s", flush=True)
+    per_scenario = statistics.median(walls) * jobs / count
+    median_import = statistics.median(imports)
+    summed = {phase: statistics.median(values) for phase, values in phases.items()}
+    rest = statistics.median(walls) * jobs - sum(summed.values())  # process start and exit, bnmatrix, idle cores
+    breakdown = " · ".join(f"{value:.1f} s" for value in [*summed.values(), rest])
+    started_as = "fresh processes" if way == "fresh" else "forks of the zygote"
+    return (f"| {cell_id} | {started_as} | {count} | {statistics.median(walls):.1f} s | {per_scenario:.2f} s | "
+            f"{median_import:.2f} s | {per_scenario / median_import:.2f} | {breakdown} |")
 
 
 def with_section(text: str, section: str) -> str:

@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--rebuild", action="store_true",
                             help="recreate the cells' environments (venvs or images; downloads come from the cache); "
                                  "implies --force")
+    run_parser.add_argument("--fresh-processes", action="store_true",
+                            help="start every scenario as a fresh process, importing TensorFlow each time, rather "
+                                 "than forking it from the cell's zygote, which imports it once")
     _jobs_option(run_parser)
     _image_map_option(run_parser)
 
@@ -296,7 +299,8 @@ def command_run(args: argparse.Namespace, console: Console) -> int:
     session = RunSession(RunOptions(
         matrix=args.matrix, scenario_dirs=tuple(args.scenarios), select=tuple(args.select), skip=tuple(args.skip),
         scenarios=tuple(args.scenario), shard=args.shard, image_map=tuple(args.image_map), backend=args.backend,
-        results=args.results, jobs=args.jobs, force=args.force, rebuild=args.rebuild),
+        results=args.results, jobs=args.jobs, force=args.force, rebuild=args.rebuild,
+        fresh_processes=args.fresh_processes),
         say=functools.partial(console.print, highlight=False, soft_wrap=True, markup=False))
     outcome = session.run(functools.partial(_cell_progress, console))
     if outcome.stopped_by is not None:

@@ -62,6 +62,7 @@ ENV_VALUE = re.compile(r"[^\s]*")
 MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000  # after alias expansion: a billion-laughs file stops here
 HELPER_MODULE = "bnmatrix_scenario"
+ZYGOTE_MODULE = "bnmatrix_zygote"  # beside the helper: imports TF once per cell and forks the scenarios
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 # A scenario's folder comes first on the scenario's sys.path, so a script, helper or subfolder named like a module
 # that Python, TensorFlow or their dependencies import (json.py, numpy/) would replace it for every scenario there.
@@ -131,7 +132,7 @@ def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
             raise BnMatrixError(f"{entry}: {shadows}; expected another name (rename it)")
     for script in sorted(directory.glob("*.py")):
         name = script.stem
-        if name.startswith("_") or name == HELPER_MODULE:
+        if name.startswith("_") or name in (HELPER_MODULE, ZYGOTE_MODULE):
             continue
         if not SCENARIO_NAME.fullmatch(name):
             raise BnMatrixError(f"{script}: scenario name {name!r} is not a plain identifier; expected lower case "

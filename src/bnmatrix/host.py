@@ -72,8 +72,9 @@ def sweep_dead_run(run_id: str) -> int:
     if not RUN_ID.fullmatch(run_id):
         return 0
     killed = kill_all(tagged_processes(run_id=run_id))
-    for scratch in Path(tempfile.gettempdir()).glob(f"bnmatrix-cell-{run_id}-*"):
-        shutil.rmtree(scratch, ignore_errors=True)
+    for folder in {Path(tempfile.gettempdir()), Path("/tmp")}:  # a cell's zygote's is in /tmp for a long TMPDIR
+        for scratch in folder.glob(f"bnmatrix-cell-{run_id}-*"):
+            shutil.rmtree(scratch, ignore_errors=True)
     return killed
 
 
@@ -281,6 +282,16 @@ class ProcessGroups:
             self._finish(process, token)
             capture.finish()
         return (None if timed_out else process.returncode), timed_out
+
+    def spawn(self, command: list[str], **options: Any) -> tuple[subprocess.Popen[bytes], str]:
+        """(process, token) of a long-lived helper (a cell's zygote), in its own group like every child; `end` stops
+        it."""
+        return self._start(command, options)
+
+    def end(self, process: subprocess.Popen[Any], token: str) -> None:
+        """Kill a spawned process's group and whatever carries its token; its pipes stay open for their reader."""
+        if process.returncode is None or process in self._running:
+            self._end(process, token, set())
 
     def _finish(self, process: subprocess.Popen[Any], token: str) -> None:
         """However the watch ended (even by an exception): nothing of the process left, its pipes closed."""

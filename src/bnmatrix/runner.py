@@ -87,7 +87,7 @@ def read_observation(line: bytes, name: str, cell: Cell) -> dict[str, Any]:
 def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) -> ScenarioResult:
     """The host's verdict on a scenario's result line, or an `error` saying why there is none."""
     base: dict[str, Any] = {"scenario": name, "device": cell.device, "steps": cell.steps,
-                            "duration_s": run.duration_s}
+                            "duration_s": run.duration_s, "launch": run.launch}
     if run.result_line is None:
         if run.result_too_long:
             reason = f"result line longer than {MAX_RESULT_BYTES} bytes; refused unread"

@@ -63,6 +63,7 @@ class RunOptions:
     jobs: int = os.cpu_count() or 1  # cells, and scenario processes, at once
     force: bool = False
     rebuild: bool = False
+    fresh_processes: bool = False  # no zygote: every scenario imports TensorFlow itself
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,7 +142,8 @@ class RunSession:
         run_id = new_run_id()
         backend, why = select_backend(options.backend, Setup(matrix=matrix, run_id=run_id,
                                                              cache_dir=default_cache_dir(), rebuild=options.rebuild,
-                                                             images=[cell.image for cell in cells]))
+                                                             images=[cell.image for cell in cells],
+                                                             fresh=options.fresh_processes))
         self.say(why)
         try:
             store = RunStore(options.results, run_id, {

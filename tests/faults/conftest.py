@@ -29,6 +29,9 @@ PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 FAKE_TF = '''import os as _os, time as _time
 
 _time.sleep(float(_os.environ.get("FAULT_IMPORT_SECONDS", "0")))  # as long as a real import takes, when asked
+if _os.environ.get("FAULT_IMPORT_THREAD"):  # an import that leaves a thread running, where a fork is not safe
+    import threading as _threading
+    _threading.Thread(target=_time.sleep, args=(3600,), daemon=True).start()
 __version__ = "{version}"
 
 

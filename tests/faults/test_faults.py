@@ -4,6 +4,8 @@ finished cell lost, and that the next run recovers by itself."""
 
 from __future__ import annotations
 
+import functools
+import html
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import pytest
 
 from bnmatrix.config import data_path
 from tests.conftest import require
-from tests.faults.conftest import PYTHON, Fault, stopped_at_once, wait_for
+from tests.faults.conftest import PYTHON, SCENARIOS, Fault, stopped_at_once, wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -420,7 +422,7 @@ def test_each_result_says_where_its_scenarios_time_went(fault: Fault) -> None:
     """The TensorFlow import, the pattern and the rest, as the scenario measured them, stored with its result and
     shown on the cell page; a scenario that printed no result says nothing of it."""
     fault.matrix(["ok", "no_result"])
-    code, output = fault.run("--select", "tf-2.15.1-cpu", FAULT_IMPORT_SECONDS="1.5")
+    code, output = fault.run("--select", "tf-2.15.1-cpu", "--fresh-processes", FAULT_IMPORT_SECONDS="1.5")
     assert code == 0, output
     (run,) = fault.runs()
     scenarios = fault.cell(run, "tf-2.15.1-cpu")["scenarios"]
@@ -428,10 +430,20 @@ def test_each_result_says_where_its_scenarios_time_went(fault: Fault) -> None:
     assert set(timings) == {"startup_s", "import_s", "train_s", "teardown_s"}
     assert 1.5 <= timings["import_s"] < 10 and timings["train_s"] < 1.5 and 0 < timings["startup_s"] < 10
     assert sum(timings.values()) <= scenarios["ok"]["duration_s"] + timings["startup_s"] + 0.01
+    assert scenarios["ok"]["launch"] == "fresh: no zygote in this cell"
     assert scenarios["no_result"]["timings"] == {}  # no result line: nothing said
     assert fault.bnmatrix("report", "--results", "results", "--out", "site")[0] == 0
     page = " ".join((fault.dir / "site" / "cells" / "tf-2.15.1-cpu.html").read_text().split())
     assert f"TensorFlow import {timings['import_s']:.3g} s · build and train" in page
+    assert 'started as</th><td colspan="3">a fresh process (no zygote in this cell)</td>' in page
+    # forked from the cell's zygote, which imported TF once: the scenario's own import costs nothing
+    code, output = fault.run("--select", "tf-2.15.1-cpu", "--force", FAULT_IMPORT_SECONDS="1.5")
+    assert code == 0, output
+    forked = fault.cell(fault.runs()[-1], "tf-2.15.1-cpu")["scenarios"]["ok"]
+    assert forked["launch"] == "zygote" and forked["timings"]["import_s"] < 0.5, forked["timings"]
+    assert fault.bnmatrix("report", "--results", "results", "--out", "site")[0] == 0
+    page = html.unescape((fault.dir / "site" / "cells" / "tf-2.15.1-cpu.html").read_text())
+    assert "a fork of the cell's zygote, which imported TensorFlow once for the cell" in page
 
 
 def test_scenarios_that_start_and_end_at_once_never_take_each_other_down(fault: Fault) -> None:
@@ -467,3 +479,94 @@ def test_a_library_caller_runs_the_matrix_in_a_few_lines(fault: Fault) -> None:
     for line, version in zip(lines[-2:], ("2.15.1", "2.14.1"), strict=True):
         assert line == f"tf-{version}-cpu ran [('no_result', 'error'), ('ok', 'updated')]"
     assert json.loads((fault.dir / "results" / run_id / "manifest.json").read_text())["status"] == "complete"
+
+
+def ended(pid: int) -> bool:
+    """Whether a process is gone or a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+ZYGOTE_FAULTS = ["hang", "flood", "no_result", "abort", "double_fork", "escape", "ok"]
+
+
+def test_a_zygote_child_meets_every_fault_as_a_fresh_process_does(fault: Fault) -> None:
+    """A scenario that hangs past its timeout, floods its output, exits without a result, crashes the interpreter
+    (os.abort), leaves a double-forked daemon or a child that sheds its token and session: forked from the cell's
+    zygote, each ends with the outcome it has as a fresh process, and nothing it started outlives it."""
+    fault.matrix(ZYGOTE_FAULTS, timeout_s=5, versions=("2.15.1",))
+    outcomes = {}
+    for way, options in (("zygote", []), ("fresh", ["--fresh-processes"])):
+        code, output = fault.run("--force", *options, timeout=300)
+        assert code == 0, output
+        run = fault.runs()[-1]
+        scenarios = fault.cell(run, "tf-2.15.1-cpu")["scenarios"]
+        launches = {name: scenario["launch"] for name, scenario in scenarios.items()}
+        assert set(launches.values()) == {"zygote" if way == "zygote" else "fresh: no zygote in this cell"}, launches
+        outcomes[way] = {name: (scenario["status"], scenario["reason"]) for name, scenario in scenarios.items()}
+        assert (fault.results / run["run_id"] / "logs" / "tf-2.15.1-cpu" / "flood.log").stat().st_size < 9 << 20
+        assert "aborting now" in scenarios["abort"]["error"]["traceback"]
+        for left in ("grandchild", "escaped"):
+            pid = int((fault.dir / left).read_text())
+            wait_for(functools.partial(ended, pid), timeout=10, what=f"the {way} scenario's {left} {pid} to be killed")
+        assert fault.left_running(run["run_id"]) == []
+    assert outcomes["zygote"] == outcomes["fresh"]
+    assert outcomes["zygote"]["hang"] == ("error", "timeout: killed after 5 s")
+    assert outcomes["zygote"]["abort"] == ("error", f"no result: the scenario process exited with code "
+                                                    f"{-signal.SIGABRT}")
+    assert outcomes["zygote"]["no_result"] == ("error", "no result: the scenario process exited with code 3")
+    assert {outcomes["zygote"][name][0] for name in ("flood", "double_fork", "escape", "ok")} == {"updated"}
+
+
+def test_a_cell_whose_import_leaves_a_thread_runs_every_scenario_fresh_and_says_why(fault: Fault) -> None:
+    """A fork copies only the thread that calls it: where TensorFlow's import leaves another running, no scenario is
+    forked; each runs as a fresh process, and its result and the setup log say why."""
+    fault.matrix(["ok", "no_result"], versions=("2.15.1",))
+    code, output = fault.run(FAULT_IMPORT_THREAD="1")
+    assert code == 0, output
+    run = fault.runs()[-1]
+    cell = fault.cell(run, "tf-2.15.1-cpu")
+    why = "fresh: TensorFlow's import left 2 threads in the zygote, and a fork copies only one"
+    assert cell["scenarios"]["ok"]["launch"] == why and cell["scenarios"]["ok"]["status"] == "updated"
+    assert cell["scenarios"]["no_result"]["launch"] == why
+    assert cell["scenarios"]["no_result"]["reason"] == "no result: the scenario process exited with code 3"
+    setup = (fault.results / run["run_id"] / cell["setup_log"]).read_text()
+    assert "bnmatrix-zygote: fresh processes: TensorFlow's import left 2 threads" in setup
+
+
+def test_the_launcher_runs_fresh_where_the_environment_differs_from_the_zygotes(tmp_path: Path) -> None:
+    """The zygote imported TF with its own environment: a scenario whose environment differs (but for its scratch
+    folder and token) would see TF imported under other settings, so the launcher runs it as a fresh process; with
+    the same environment it is forked, and either way its exit status is the scenario's own."""
+    from tests.faults.conftest import FAKE_TF
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(FAKE_TF.format(version="2.15.1"))
+    helper = data_path("scenarios")
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{tmp_path}:{helper}", "TMPDIR": str(tmp_path)}
+    sock = str(tmp_path / "z.sock")
+    zygote = subprocess.Popen([sys.executable, str(helper / "bnmatrix_zygote.py"), "serve", sock], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert zygote.stdout is not None and "listening" in zygote.stdout.readline()
+        assert zygote.stdout.readline().strip() == "bnmatrix-zygote: forking each scenario"
+
+        def launch(script: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([sys.executable, "-S", str(helper / "bnmatrix_zygote.py"), "run", sock,
+                                   str(SCENARIOS / f"{script}.py"), "--steps", "7"], env={**env, **extra},
+                                  capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+        (tmp_path / "elsewhere").mkdir()
+        forked = launch("ok", TMPDIR=str(tmp_path / "elsewhere"))  # the scratch folder may differ
+        assert forked.returncode == 0 and forked.stdout.startswith("BNMATRIX_LAUNCH zygote\nBNMATRIX_RESULT "), forked
+        assert json.loads(forked.stdout.splitlines()[1].partition(" ")[2])["steps"] == 7
+        fresh = launch("ok", TF_ENABLE_ONEDNN_OPTS="0")
+        assert fresh.returncode == 0 and fresh.stdout.startswith(
+            "BNMATRIX_LAUNCH fresh: the scenario's environment differs from the zygote's in TF_ENABLE_ONEDNN_OPTS, "
+            "which TensorFlow may read at import\nBNMATRIX_RESULT "), fresh
+        assert launch("no_result").returncode == 3
+        assert launch("abort").returncode == -signal.SIGABRT
+    finally:
+        zygote.kill()
+        zygote.wait()

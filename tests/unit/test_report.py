@@ -251,6 +251,8 @@ def test_a_venv_cell_reproduces_from_the_runs_own_code_with_its_exact_packages(t
     assert "--index-url https://pypi.org/simple --no-deps numpy==1.18.5 tensorflow==1.15.5\n" in command
     assert ('PYTHONPATH="$run"/code/0000000000000000 "$venv"/bin/python "$run"/code/1111111111111111/'
             'layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5)') in command
+    # what a run set before it recorded its variables
+    assert 'cd "$scratch" && CUDA_VISIBLE_DEVICES= PYTHONPATH=' in command
     # a user's scenario reruns with its own folder, the run's copy of it
     assert command.splitlines()[-1] == (f"# or: bnmatrix run --backend venv --results {tmp_path.parent.name} "
                                         "--select tf-1.15.5-cpu --scenario layers_bn_session "
@@ -263,6 +265,10 @@ def test_a_venv_cell_reproduces_from_the_runs_own_code_with_its_exact_packages(t
     assert tf115["scenarios"]["layers_bn_session"]["reproduce"] == command  # the page's text, in results.json
     page = html.unescape(render(run)["cells/tf-1.15.5-cpu.html"])
     assert command in page
+    # a run that recorded its variables reproduces with exactly those (NumPy's BLAS on one thread, since the zygote)
+    cell.environment["variables"] = {"OPENBLAS_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "BAD NAME": "x"}
+    assert 'cd "$scratch" && CUDA_VISIBLE_DEVICES= OPENBLAS_NUM_THREADS=1 PYTHONPATH=' in site.reproduce(
+        cell, "layers_bn_session")
 
 
 def test_docker_cells_reproduce_with_the_options_their_container_ran_with(tmp_path: Path) -> None:
@@ -278,7 +284,8 @@ def test_docker_cells_reproduce_with_the_options_their_container_ran_with(tmp_pa
         'docker run --rm -v "$PWD"/code:/scenarios:ro --init --network bridge -w /tmp --read-only '
         "--tmpfs /tmp:rw,exec,size=2g,mode=1777 --user 1000:1000 --memory 3g --memory-swap 3g --cpus 1.5 "
         "--pids-limit 1024 --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 --cap-drop ALL "
-        "--security-opt no-new-privileges -e CUDA_VISIBLE_DEVICES= -e HOME=/tmp -e PYTHONDONTWRITEBYTECODE=1 "
+        "--security-opt no-new-privileges -e CUDA_VISIBLE_DEVICES= -e HOME=/tmp -e OPENBLAS_NUM_THREADS=1 "
+        "-e PYTHONDONTWRITEBYTECODE=1 "
         "-e TMPDIR=/tmp -e PYTHONPATH=/scenarios/0000000000000000 bnmatrix-cell:1.15.5-x python3 "
         "/scenarios/1111111111111111/layers_bn_session.py --steps 100 --device cpu --tf-version 1.15.5")
     assert command.splitlines()[-1].startswith("# or: bnmatrix run --backend docker --results ")

@@ -405,6 +405,27 @@ def test_a_result_line_over_the_limit_is_refused_unread(cells: list[Cell], tmp_p
     assert result.status.value == "error" and result.reason == "result line longer than 1048576 bytes; refused unread"
 
 
+def test_the_launchers_first_line_says_how_the_scenario_started(cells: list[Cell], tmp_path: Path) -> None:
+    """The launcher's line comes first (split across reads here); a scenario that prints another cannot change it, and
+    the result says which way the scenario ran."""
+    output = (b"BNMATRIX_LAU", b"NCH fresh: TensorFlow's import left 2 threads\nsome output\nBNMATRIX_LAUNCH zygote\n",
+              scenario_output("keras_bn_custom_estimator", updates=0).encode())
+    with open(tmp_path / "log", "wb") as handle:
+        capture = OutputCapture(handle)
+        for chunk in output:
+            capture.feed(chunk, "stdout")
+        capture.finish()
+    assert capture.launch == "fresh: TensorFlow's import left 2 threads"
+    from bnmatrix.runner import parse_scenario
+
+    result = parse_scenario("keras_bn_custom_estimator", cells[0], ScenarioRun.from_capture(capture, 0, False, 1.0),
+                            5.0)
+    assert result.status.value == "stale" and result.launch == "fresh: TensorFlow's import left 2 threads"
+    crashed = parse_scenario("keras_bn_custom_estimator", cells[0],
+                             ScenarioRun(None, False, "", -6, False, 1.0, "zygote"), 5.0)
+    assert crashed.launch == "zygote" and crashed.reason == "no result: the scenario process exited with code -6"
+
+
 def test_a_run_whose_every_result_is_bad_still_finishes(tmp_path: Path, cells: list[Cell]) -> None:
     bad = {"keras_bn_custom_estimator": RESULT_MARKER.decode() + '{"schema": "bnmatrix.scenario/1"}\n',
            "layers_bn_session": RESULT_MARKER.decode() + "{not json\n"}

@@ -12,7 +12,8 @@ import importlib
 import pkgutil
 import re
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,16 @@ class CellSetupError(Exception):
 
 
 RESULT_MARKER = b"BNMATRIX_RESULT "
+LAUNCH_MARKER = b"BNMATRIX_LAUNCH "  # the launcher's first line: how the scenario was started (bnmatrix_zygote.py)
+MARKERS = {RESULT_MARKER: "result", LAUNCH_MARKER: "launch"}
 MAX_RESULT_BYTES = 1 << 20  # a result line longer than this is refused, not read
 LOG_HEAD_BYTES = 8 << 20  # the log keeps this much of the output's start, then its tail
 TAIL_BYTES = 64 << 10
 
 
 class OutputCapture:
-    """Streams a scenario's output into its log, keeping in memory only the result line and tails.
+    """Streams a scenario's output into its log, keeping in memory only the result line (the last), the launch line
+    (the first) and tails.
 
     A scenario that prints 200 MB costs a bounded amount of memory and of log: the first
     LOG_HEAD_BYTES, a note of what was left out, and the last TAIL_BYTES.
@@ -56,10 +60,11 @@ class OutputCapture:
         self.omitted = 0
         self.result_line: bytes | None = None
         self.result_too_long = False
+        self.launch: str | None = None
         self._tails: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self._omitted_tail = bytearray()
         self._line = bytearray()
-        self._state = "undecided"  # of stdout's current line: undecided, result, long, other
+        self._state = "undecided"  # of stdout's current line: undecided, result, launch, long, other
         self._lock = threading.Lock()
 
     def feed(self, chunk: bytes, stream: str) -> None:
@@ -89,19 +94,23 @@ class OutputCapture:
             return
         self._line += piece
         if self._state == "undecided":
-            if len(self._line) >= len(RESULT_MARKER):
-                self._state = "result" if self._line.startswith(RESULT_MARKER) else "other"
-            elif not RESULT_MARKER.startswith(bytes(self._line)):
+            line = bytes(self._line)
+            found = [kind for marker, kind in MARKERS.items() if line.startswith(marker)]
+            if found:
+                self._state = found[0]
+            elif not any(marker.startswith(line) for marker in MARKERS):
                 self._state = "other"
         if self._state == "other":
             self._line.clear()
-        elif self._state == "result" and len(self._line) > MAX_RESULT_BYTES:
-            self._state = "long"
+        elif self._state in MARKERS.values() and len(self._line) > MAX_RESULT_BYTES:
+            self._state = "long" if self._state == "result" else "other"
             self._line.clear()
 
     def _end_line(self) -> None:
         if self._state == "result":  # the last result line counts
             self.result_line, self.result_too_long = bytes(self._line[len(RESULT_MARKER):]), False
+        elif self._state == "launch" and self.launch is None:  # the first launch line counts: the launcher's
+            self.launch = bytes(self._line[len(LAUNCH_MARKER):]).decode("utf-8", "replace")[:2000]
         elif self._state == "long":
             self.result_line, self.result_too_long = None, True
         self._line.clear()
@@ -126,6 +135,55 @@ def _bounded(buffer: bytearray, size: int) -> bytearray:
     return buffer if len(buffer) <= size else buffer[-size:]
 
 
+ZYGOTE_SCRIPT = "bnmatrix_zygote.py"  # in the built-in scenario folder
+ZYGOTE_START_S = 120.0  # the most a cell waits for its zygote to listen (it listens before it imports TensorFlow)
+NO_ZYGOTE = "-"  # the launcher's socket argument in a cell without a zygote: every scenario a fresh process
+ZYGOTE_LOG_BYTES = 1 << 20
+
+
+def launcher(python: str, helper_folder: str, socket: str, script: str, args: list[str]) -> list[str]:
+    """The command that runs a scenario through the cell's zygote at `socket` (bnmatrix_zygote.py), or as a fresh
+    process where the zygote is not there or cannot fork it."""
+    return [python, "-S", f"{helper_folder}/{ZYGOTE_SCRIPT}", "run", socket, script, *args]
+
+
+class ZygoteOutput:
+    """Follows a cell's zygote: its output (the TensorFlow import's warnings, and why it cannot fork, if so) goes to
+    the end of the cell's setup log, and `wait` says when it listens."""
+
+    def __init__(self, setup_log: Path, chunks: Iterator[bytes]):
+        self.listening = threading.Event()
+        self.ended = threading.Event()
+        self.thread = threading.Thread(target=self._follow, args=(setup_log, chunks), daemon=True,
+                                       name="bnmatrix-zygote-output")
+        self.thread.start()
+
+    def _follow(self, setup_log: Path, chunks: Iterator[bytes]) -> None:
+        seen = b""
+        try:
+            with open(setup_log, "ab") as log:
+                log.write(b"\n--- the cell's zygote (bnmatrix_zygote.py serve) ---\n")
+                written = 0
+                for chunk in chunks:
+                    log.write(chunk[:max(0, ZYGOTE_LOG_BYTES - written)])
+                    log.flush()
+                    written += len(chunk)
+                    seen = (seen + chunk)[-4096:]
+                    if b"bnmatrix-zygote: listening" in seen:
+                        self.listening.set()
+        except Exception:  # noqa: BLE001  the stream of a container being removed; the log is best effort
+            pass
+        finally:
+            self.ended.set()
+
+    def wait(self, timeout_s: float = ZYGOTE_START_S) -> bool:
+        """Whether the zygote listens, waiting until it does, ends or `timeout_s` passed."""
+        deadline = time.monotonic() + timeout_s
+        while not self.listening.is_set() and not self.ended.is_set() and time.monotonic() < deadline:
+            self.listening.wait(0.05)
+        return self.listening.is_set()
+
+
 @dataclass(frozen=True)
 class ScenarioRun:
     """What one scenario process left behind: its result line (if any), the ends of its output, its end."""
@@ -136,12 +194,13 @@ class ScenarioRun:
     returncode: int | None
     timed_out: bool
     duration_s: float
+    launch: str | None = None  # how it was started: "zygote" or "fresh: <why>" (None: the launcher never said)
 
     @classmethod
     def from_capture(cls, capture: OutputCapture, returncode: int | None, timed_out: bool,
                      duration_s: float) -> ScenarioRun:
         return cls(capture.result_line, capture.result_too_long, capture.tail("stderr", 40), returncode, timed_out,
-                   round(duration_s, 3))
+                   round(duration_s, 3), capture.launch)
 
 
 class CellSession(Protocol):
@@ -174,10 +233,11 @@ class Backend(Protocol):
 
 
 def cell_environment(cell: Cell) -> dict[str, str]:
-    """What every backend puts in a scenario's environment for the cell (besides where the helper is): the cell's own
-    variables, and for a CPU cell no visible GPU, which no variable of the cell overrides (a CPU cell measures the
-    CPU kernels even on a GPU host)."""
-    return {**cell.env, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})}
+    """What every backend puts in a scenario's environment for the cell (besides where the helper is): NumPy's BLAS on
+    one thread (the scenarios' arrays are tiny, and without its thread pool importing TensorFlow leaves one thread,
+    so the cell's zygote may fork), the cell's own variables, and for a CPU cell no visible GPU, which no variable
+    of the cell overrides (a CPU cell measures the CPU kernels even on a GPU host)."""
+    return {"OPENBLAS_NUM_THREADS": "1", **cell.env, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +249,7 @@ class Setup:
     cache_dir: Path  # where environments are kept (the venv backend's virtualenvs)
     rebuild: bool = False  # build every cell's environment again
     images: Sequence[str] = ()  # the base images of the cells to run
+    fresh: bool = False  # every scenario a fresh process: no zygote (bnmatrix run --fresh-processes)
     sweep: bool = True  # remove what dead runs left (a run does; `plan` only looks)
 
 

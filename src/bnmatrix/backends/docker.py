@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnmatrix.backends import (
+    NO_ZYGOTE,
+    ZYGOTE_SCRIPT,
     Backend,
     BackendKind,
     CellNotRun,
@@ -36,7 +38,9 @@ from bnmatrix.backends import (
     ScenarioRun,
     Setup,
     StepReporter,
+    ZygoteOutput,
     cell_environment,
+    launcher,
     register,
 )
 from bnmatrix.backends.venv import uv_binary
@@ -57,6 +61,7 @@ IMAGE_REPOSITORY = "bnmatrix-cell"
 SCENARIO_MOUNT = "/scenarios"
 CACHE_VOLUME = "bnmatrix-cache"  # downloads (uv's and pip's caches, and uv itself) shared by every build
 CACHE_MOUNT = "/cache"
+ZYGOTE_SOCKET = "/tmp/bnmatrix-zygote.sock"  # in the container's own /tmp
 # `timeout` sends SIGKILL to the scenario; 137 (128 + 9) is its exit status then.
 KILLED_EXIT = 137
 
@@ -238,8 +243,9 @@ class DockerBackend:
 
     def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str,
                  scenario_dirs: tuple[Path, ...], rebuild: bool = False, scenario_timeout_s: float = 900,
-                 sweep: bool = True):
+                 sweep: bool = True, fresh: bool = False):
         self.client = client
+        self.fresh = fresh  # no zygote: every scenario a fresh process
         self.settings = settings
         self.run_id = run_id
         self.scenario_dirs = scenario_dirs
@@ -278,7 +284,11 @@ class DockerBackend:
         options = run_options(cell, self.settings, self.run_id, volume, lifetime)
         container = self.client.containers.run(tag, **options)
         try:
-            yield DockerSession(container, cell, self.client, tag, self.scenario_dirs, run_flags(options))
+            session = DockerSession(container, cell, self.client, tag, self.scenario_dirs, run_flags(options))
+            if not self.fresh:
+                report_step("starting the cell's zygote")
+                session.start_zygote(setup_log)
+            yield session
         finally:
             self._remove(container)
 
@@ -416,7 +426,8 @@ class DockerBackend:
 
 
 class DockerSession:
-    """Runs each scenario as its own process in the cell's container (docker exec), with a timeout."""
+    """Runs each scenario in the cell's container (docker exec), with a timeout: forked from the cell's zygote
+    (bnmatrix_zygote.py, started in the container by start_zygote) where it can, else as a fresh process."""
 
     def __init__(self, container: Any, cell: Cell, client: docker.DockerClient, tag: str,
                  scenario_dirs: tuple[Path, ...], flags: list[str]):
@@ -424,6 +435,7 @@ class DockerSession:
         self.cell = cell
         self.client = client
         self.scenario_dirs = scenario_dirs
+        self.socket = NO_ZYGOTE
         python = self._exec(["python3", "-c", "import sys; print(sys.executable, sys.version.split()[0])"])
         executable, _, version = python.strip().partition(" ")
         base = client.images.get(cell.image)
@@ -450,10 +462,20 @@ class DockerSession:
             raise RuntimeError(f"{' '.join(command)} failed in the container (exit {code}): {text[-500:]}")
         return text
 
+    def start_zygote(self, setup_log: Path) -> None:
+        """Start the cell's zygote in the container and wait until it listens; a zygote that does not leaves every
+        scenario a fresh process (the setup log says why). It ends with the container."""
+        api = self.client.api
+        exec_id = api.exec_create(self.container.id, ["python3", f"{SCENARIO_MOUNT}/0/{ZYGOTE_SCRIPT}", "serve",
+                                                      ZYGOTE_SOCKET], workdir="/tmp")["Id"]
+        if ZygoteOutput(setup_log, api.exec_start(exec_id, stream=True)).wait():
+            self.socket = ZYGOTE_SOCKET
+
     def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
         index = self.scenario_dirs.index(scenario.root)
         script = f"{SCENARIO_MOUNT}/{index}/{scenario.script.relative_to(scenario.root)}"
-        command = ["timeout", "--signal=KILL", f"{timeout_s:g}s", "python3", script, *args]
+        command = ["timeout", "--signal=KILL", f"{timeout_s:g}s",
+                   *launcher("python3", f"{SCENARIO_MOUNT}/0", self.socket, script, args)]
         started = time.monotonic()
         api = self.client.api
         exec_id = api.exec_create(self.container.id, command, workdir="/tmp")["Id"]
@@ -486,7 +508,7 @@ def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
                       f"{base_image_script()}, or map images with --image-map, to use Docker")
     return DockerBackend(client, setup.matrix.container, setup.run_id, setup.matrix.scenario_dirs,
                          rebuild=setup.rebuild, scenario_timeout_s=setup.matrix.timeout_s,
-                         sweep=setup.sweep), f"{about} answered"
+                         sweep=setup.sweep, fresh=setup.fresh), f"{about} answered"
 
 
 def reproduce(what: Reproduction) -> str:

@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import uv
 
 from bnmatrix.backends import (
+    ENV_NAME,
+    NO_ZYGOTE,
+    ZYGOTE_SCRIPT,
     Backend,
     BackendKind,
     CellNotRun,
@@ -32,12 +34,14 @@ from bnmatrix.backends import (
     ScenarioRun,
     Setup,
     StepReporter,
+    ZygoteOutput,
     cell_environment,
+    launcher,
     register,
 )
 from bnmatrix.config import SCENARIOS_FOLDER, Scenario, base_image_script, data_path
 from bnmatrix.errors import BnMatrixError, Cancelled
-from bnmatrix.host import Interpreter, ProcessGroups, find_interpreter, gpu_available
+from bnmatrix.host import DRAIN_GRACE_S, Interpreter, ProcessGroups, find_interpreter, gpu_available
 from bnmatrix.plan import Cell
 from bnmatrix.store.files import write_json
 
@@ -108,9 +112,10 @@ class VenvBackend:
     name = "venv"
     uses_images = False
 
-    def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False):
+    def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False, fresh: bool = False):
         check_cache_dir(cache_dir)
         self.cache_dir = cache_dir
+        self.fresh = fresh  # no zygote: every scenario a fresh process
         self.processes = ProcessGroups(run_id)
         self.rebuild = rebuild  # --rebuild: recreate each cell's environment once in this run
         self._rebuilt: set[Path] = set()
@@ -149,7 +154,14 @@ class VenvBackend:
         interpreter, _ = self.interpreter(cell.python)
         assert interpreter is not None
         venv = self._venv(cell, interpreter, setup_log, report_step)
-        yield VenvSession(venv, cell, self.processes)
+        session = VenvSession(venv, cell, self.processes)
+        try:
+            if not self.fresh:
+                report_step("starting the cell's zygote")
+                session.start_zygote(setup_log)
+            yield session
+        finally:
+            session.close()
 
     def venv_path(self, cell: Cell, interpreter: Interpreter) -> Path:
         key = json.dumps([str(interpreter.path), interpreter.version, cell.requirements, cell.index_url])
@@ -256,7 +268,8 @@ def read_ready_marker(venv: Path) -> dict[str, Any] | None:
 
 
 class VenvSession:
-    """Runs scenario scripts with the cell's venv Python, each in its own process group."""
+    """Runs scenario scripts with the cell's venv Python, each in its own process group: forked from the cell's
+    zygote (bnmatrix_zygote.py, started by start_zygote) where it can, else as a fresh process."""
 
     def __init__(self, venv: Path, cell: Cell, processes: ProcessGroups):
         self.venv = venv
@@ -269,25 +282,64 @@ class VenvSession:
             "python": ready["python"],
             "python_version": ready["python_version"],
             "packages": ready["packages"],
+            "variables": cell_environment(cell),
         }
+        self.helper = data_path(SCENARIOS_FOLDER)
+        # The zygote's socket and scratch folder (a later run sweeps it if this one is killed); in /tmp where the
+        # temporary folder's path is too long for a Unix socket's (107 bytes).
+        prefix = f"bnmatrix-cell-{processes.run_id}-"
+        short = len(os.fsencode(tempfile.gettempdir())) + len(prefix) + 30 < 100
+        self.scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=None if short else "/tmp"))
+        self.socket = NO_ZYGOTE
+        self._zygote: tuple[subprocess.Popen[bytes], str, ZygoteOutput] | None = None
 
-    def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
+    def _environment(self, scratch: str) -> dict[str, str]:
         env = pip_environment(self.cell.index_url)
         env.update(cell_environment(self.cell))
-        env["PYTHONPATH"] = str(data_path(SCENARIOS_FOLDER))  # the helper, importable from any scenario folder
+        env["PYTHONPATH"] = str(self.helper)  # the helper, importable from any scenario folder
+        env["TMPDIR"] = scratch
+        return env
+
+    def start_zygote(self, setup_log: Path) -> None:
+        """Start the cell's zygote and wait until it listens; a zygote that does not leaves every scenario a fresh
+        process (its setup log says why)."""
+        path = self.scratch / "zygote.sock"
+        process, token = self.processes.spawn(
+            [str(self.venv / "bin" / "python"), str(self.helper / ZYGOTE_SCRIPT), "serve", str(path)],
+            env=self._environment(str(self.scratch)), cwd=self.scratch, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        output = ZygoteOutput(setup_log, iter(lambda: os.read(fd, 1 << 16), b""))
+        self._zygote = (process, token, output)
+        if output.wait():
+            self.socket = str(path)
+
+    def close(self) -> None:
+        if self._zygote is not None:
+            process, token, output = self._zygote
+            self.processes.end(process, token)
+            output.thread.join(DRAIN_GRACE_S)
+            if not output.thread.is_alive():  # never close a pipe another thread still reads
+                process.stdout.close()  # type: ignore[union-attr]
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
         started = time.monotonic()
-        scratch_prefix = f"bnmatrix-cell-{self.processes.run_id}-"  # a later run sweeps it if this one is killed
-        with tempfile.TemporaryDirectory(prefix=scratch_prefix) as scratch, open(log, "wb") as handle:
-            env["TMPDIR"] = scratch
+        with tempfile.TemporaryDirectory(prefix=f"bnmatrix-cell-{self.processes.run_id}-") as scratch, \
+                open(log, "wb") as handle:
             capture = OutputCapture(handle)
-            code, timed_out = self.processes.stream([str(self.venv / "bin" / "python"), str(scenario.script), *args],
-                                                    timeout_s, capture, cwd=scratch, env=env)
+            command = launcher(str(self.venv / "bin" / "python"), str(self.helper), self.socket, str(scenario.script),
+                               args)
+            code, timed_out = self.processes.stream(command, timeout_s, capture, cwd=scratch,
+                                                    env=self._environment(scratch))
         return ScenarioRun.from_capture(capture, code, timed_out, time.monotonic() - started)
 
 
 def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
     """Always opens: it needs only this host (each cell says whether the host has its Python)."""
-    return VenvBackend(setup.cache_dir, setup.run_id, setup.rebuild), f"one virtualenv per cell in {setup.cache_dir}"
+    return (VenvBackend(setup.cache_dir, setup.run_id, setup.rebuild, setup.fresh),
+            f"one virtualenv per cell in {setup.cache_dir}")
 
 
 def reproduce(what: Reproduction) -> str:
@@ -299,7 +351,10 @@ def reproduce(what: Reproduction) -> str:
     packages = what.environment.get("packages") or []
     pins = ["--no-deps", *packages] if packages else list(cell.requirements)
     index = ["--index-url", cell.index_url]
-    variables = cell_environment(replace(cell, env=what.variables))
+    recorded = what.environment.get("variables")
+    variables = ({k: v for k, v in recorded.items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
+                 if isinstance(recorded, dict) else  # a run before bnmatrix recorded them: what it set then
+                 {**what.variables, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})})
     where, script, helper = what.paths()
     assignments = " ".join(f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items()))
     return "\n".join([

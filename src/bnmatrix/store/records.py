@@ -141,6 +141,7 @@ class ScenarioResult:
     error: dict[str, Any] | None = None  # {"type", "message", "traceback"}: why there are no numbers to judge
     duration_s: float | None = None
     timings: dict[str, float] = field(default_factory=dict)  # where its time went, as the scenario measured it
+    launch: str | None = None  # how it was started: "zygote" (forked) or "fresh: <why>"; None before bnmatrix said
     log: str | None = None
     log_tail: str | None = None
     inputs_hash: str | None = None  # what decided this outcome (plan.scenario_inputs_hash): reuse one at a time
