@@ -20,18 +20,21 @@ Runs inside a cell with only the standard library, on Python 3.6 to 3.13 on Linu
 SCM_RIGHTS), so it keeps to Python 3.6 syntax.
 """
 import array
+import builtins
 import ctypes
+import importlib.machinery
 import json
 import os
 import random
-import runpy
 import selectors
 import signal
 import socket
 import struct
 import sys
 import tempfile
+import time
 import traceback
+import types
 
 LAUNCH_MARKER = "BNMATRIX_LAUNCH "
 TOKEN_VARIABLE = "BNMATRIX_PROCESS_TOKEN"  # bnmatrix tags every process it starts with one (bnmatrix.host)
@@ -84,11 +87,16 @@ def serve(path):
           flush=True)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
+    zygote = os.getpid()
     children = {}  # pid: the launcher's connection (None once the launcher has gone)
     while True:
         for key, _ in selector.select(REAP_EVERY_S):
             if key.fileobj is listener:
-                connection = listener.accept()[0]
+                try:
+                    connection = listener.accept()[0]
+                except OSError:  # out of descriptors for now: the launcher waits in the backlog
+                    time.sleep(REAP_EVERY_S)
+                    continue
                 request, streams, why = receive(connection, own_environment)
                 why = unsafe or why
                 if why is not None:
@@ -99,7 +107,14 @@ def serve(path):
                     continue
                 sys.stdout.flush()
                 sys.stderr.flush()
-                pid = os.fork()
+                try:
+                    pid = os.fork()
+                except OSError as exc:  # out of processes or memory: this scenario runs fresh, the zygote goes on
+                    send(connection, {"fresh": "the zygote could not fork ({})".format(exc)})
+                    for stream in streams:
+                        os.close(stream)
+                    connection.close()
+                    continue
                 if pid == 0:
                     selector.close()
                     listener.close()
@@ -107,10 +122,15 @@ def serve(path):
                         if other is not None:
                             other.close()
                     connection.close()
+                    request["zygote"] = zygote
                     return request, streams
                 for stream in streams:
                     os.close(stream)
-                send(connection, {"pid": pid})
+                if not send(connection, {"pid": pid}):  # the launcher has gone already
+                    connection.close()
+                    children[pid] = None
+                    kill_group(pid, unreaped=True)
+                    continue
                 children[pid] = connection
                 selector.register(connection, selectors.EVENT_READ, pid)
             else:  # a launcher sends nothing more: readable means it has gone
@@ -118,45 +138,53 @@ def serve(path):
                 selector.unregister(key.fileobj)
                 key.fileobj.close()
                 children[pid] = None
-                kill_group(pid)
+                kill_group(pid, unreaped=True)
         reap(children, selector)
 
 
 def reap(children, selector):
     """Tell each launcher whose child ended how it ended, and kill what the child left in its process group."""
     while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+        try:  # which child ended, still unreaped: its pid cannot be another's while its group is killed
+            ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:
             return
-        if pid == 0:
+        if ended is None or ended.si_pid == 0:
             return
+        pid = ended.si_pid
         kill_group(pid)
+        status = os.waitpid(pid, 0)[1]
         connection = children.pop(pid, None)
         if connection is None:
             continue
         ended = {"signal": os.WTERMSIG(status)} if os.WIFSIGNALED(status) else {"exit": os.WEXITSTATUS(status)}
-        try:
-            send(connection, ended)
-        except OSError:
-            pass
+        send(connection, ended)
         selector.unregister(connection)
         connection.close()
 
 
-def kill_group(pid):
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
+def kill_group(pid, unreaped=False):
+    """Kill a child's process group; an `unreaped` child (its pid still ours) itself too, should it not have set its
+    session yet."""
+    for kill in (os.kill, os.killpg) if unreaped else (os.killpg,):
+        try:
+            kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def send(connection, message):
-    connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
+    """Whether the launcher got `message` (it may have been killed meanwhile)."""
+    try:
+        connection.sendall(json.dumps(message).encode("utf-8") + b"\n")
+    except OSError:
+        return False
+    return True
 
 
 def receive(connection, own_environment):
     """(request, its stream descriptors, why it must run fresh or None) of a launcher's connection."""
+    deadline = time.time() + REQUEST_TIMEOUT_S
     connection.settimeout(REQUEST_TIMEOUT_S)
     streams = []
     try:
@@ -173,6 +201,7 @@ def receive(connection, own_environment):
             raise ValueError("a request of {} bytes".format(size))
         body = data[HEADER.size:]
         while len(body) < size:
+            connection.settimeout(max(0.001, deadline - time.time()))
             chunk = connection.recv(size - len(body))
             if not chunk:
                 raise ValueError("the request ended early")
@@ -183,7 +212,7 @@ def receive(connection, own_environment):
                 and isinstance(request.get("env"), dict)):
             raise ValueError("a request without its script, args, cwd and env")
         connection.settimeout(None)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # whatever a launcher sent: this one runs fresh, the zygote goes on
         return None, streams, "the zygote could not read the launcher's request: {}".format(exc)
     differing = sorted(k for k in set(own_environment) | set(request["env"]) if k not in PER_SCENARIO
                        and own_environment.get(k) != request["env"].get(k))
@@ -197,6 +226,8 @@ def run_child(request, streams):
     """In the forked child: become the scenario process `python SCRIPT ARGS...` would have been, and run it."""
     os.setsid()
     die_with_parent()
+    if os.getppid() != request["zygote"]:  # the zygote died before the death signal was set: its launcher runs fresh
+        os._exit(70)
     for target, stream in enumerate(streams):
         if stream != target:
             os.dup2(stream, target)
@@ -214,26 +245,38 @@ def run_child(request, streams):
         numpy.random.seed()
     script = request["script"]
     sys.argv = [script] + list(request["args"])
-    sys.path[0] = os.path.dirname(os.path.abspath(script))
+    sys.path[0] = os.path.dirname(os.path.realpath(script))
     sys.stdout.write(LAUNCH_MARKER + "zygote\n")
     sys.stdout.flush()
-    code = 0
+    code, interrupted = 0, False
     try:
-        runpy.run_path(script, run_name="__main__")
+        run_script(script)
     except SystemExit as exc:  # as the interpreter reads sys.exit's argument
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
         if not isinstance(exc.code, int) and exc.code is not None:
             sys.stderr.write("{}\n".format(exc.code))
-    except BaseException:
+    except BaseException as exc:
         sys.excepthook(*sys.exc_info())
-        code = 1
-    finish(code)
+        code, interrupted = 1, isinstance(exc, KeyboardInterrupt)
+    finish(code, interrupted)
 
 
-def finish(code):
-    """End as the interpreter ends a script (its other threads joined, the exit handlers run, the streams flushed)
-    but without tearing down TensorFlow's modules one by one: half a second that changes nothing a scenario
-    reports."""
+def run_script(script):
+    """Run `script` as `python script` runs it: as the module __main__, which stays for its threads and exit
+    handlers."""
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=script, __builtins__=builtins, __cached__=None,
+                         __loader__=importlib.machinery.SourceFileLoader("__main__", script))
+    sys.modules["__main__"] = main
+    with open(script, "rb") as source:
+        code = compile(source.read(), script, "exec", dont_inherit=True)
+    exec(code, main.__dict__)
+
+
+def finish(code, interrupted=False):
+    """End as the interpreter ends a script (its other threads joined, the exit handlers run, the streams flushed;
+    killed by SIGINT after an uncaught Ctrl-C) but without tearing down TensorFlow's modules one by one: half a
+    second that changes nothing a scenario reports (files it left open and unflushed stay so)."""
     threading = sys.modules.get("threading")
     if threading is not None and hasattr(threading, "_shutdown"):
         threading._shutdown()
@@ -244,6 +287,9 @@ def finish(code):
             stream.flush()
         except (OSError, ValueError):
             pass
+    if interrupted:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     os._exit(code & 0xFF)
 
 
@@ -303,8 +349,11 @@ def launch(path, script, args):
         os.execv(sys.executable, [sys.executable, script] + list(args))
     ended = json.loads(replies.readline().decode("utf-8") or "{}")
     if "signal" in ended:  # ended as the child did, so bnmatrix sees what a fresh process's end would show
-        signal.signal(ended["signal"], signal.SIG_DFL)
-        os.kill(os.getpid(), ended["signal"])
+        number = int(ended["signal"])
+        if number not in (signal.SIGKILL, signal.SIGSTOP):  # those two are never caught: no handler to reset
+            signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
+        return 128 + number  # a signal that does not end a process (SIGCHLD, say): its shell-style status
     if "exit" not in ended:
         sys.stderr.write("bnmatrix: the cell's zygote ended while the scenario ran\n")
         return 70

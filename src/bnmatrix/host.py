@@ -288,10 +288,11 @@ class ProcessGroups:
         it."""
         return self._start(command, options)
 
-    def end(self, process: subprocess.Popen[Any], token: str) -> None:
-        """Kill a spawned process's group and whatever carries its token; its pipes stay open for their reader."""
+    def end(self, process: subprocess.Popen[Any], token: str, inodes: set[int]) -> None:
+        """Kill a spawned process's group, whatever carries its token and whatever holds these pipes of its (`inodes`);
+        its pipes stay open for their reader."""
         if process.returncode is None or process in self._running:
-            self._end(process, token, set())
+            self._end(process, token, inodes)
 
     def _finish(self, process: subprocess.Popen[Any], token: str) -> None:
         """However the watch ended (even by an exception): nothing of the process left, its pipes closed."""

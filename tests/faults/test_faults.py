@@ -489,13 +489,14 @@ def ended(pid: int) -> bool:
         return True
 
 
-ZYGOTE_FAULTS = ["hang", "flood", "no_result", "abort", "double_fork", "escape", "ok"]
+ZYGOTE_FAULTS = ["hang", "flood", "no_result", "abort", "killed", "double_fork", "escape", "ok"]
 
 
 def test_a_zygote_child_meets_every_fault_as_a_fresh_process_does(fault: Fault) -> None:
     """A scenario that hangs past its timeout, floods its output, exits without a result, crashes the interpreter
-    (os.abort), leaves a double-forked daemon or a child that sheds its token and session: forked from the cell's
-    zygote, each ends with the outcome it has as a fresh process, and nothing it started outlives it."""
+    (os.abort), is killed (SIGKILL, as by the out-of-memory killer), leaves a double-forked daemon or a child that
+    sheds its token and session: forked from the cell's zygote, each ends with the outcome it has as a fresh
+    process, and nothing it started outlives it."""
     fault.matrix(ZYGOTE_FAULTS, timeout_s=5, versions=("2.15.1",))
     outcomes = {}
     for way, options in (("zygote", []), ("fresh", ["--fresh-processes"])):
@@ -516,6 +517,8 @@ def test_a_zygote_child_meets_every_fault_as_a_fresh_process_does(fault: Fault) 
     assert outcomes["zygote"]["hang"] == ("error", "timeout: killed after 5 s")
     assert outcomes["zygote"]["abort"] == ("error", f"no result: the scenario process exited with code "
                                                     f"{-signal.SIGABRT}")
+    assert outcomes["zygote"]["killed"] == ("error", f"no result: the scenario process exited with code "
+                                                     f"{-signal.SIGKILL}")
     assert outcomes["zygote"]["no_result"] == ("error", "no result: the scenario process exited with code 3")
     assert {outcomes["zygote"][name][0] for name in ("flood", "double_fork", "escape", "ok")} == {"updated"}
 
@@ -567,6 +570,7 @@ def test_the_launcher_runs_fresh_where_the_environment_differs_from_the_zygotes(
             "which TensorFlow may read at import\nBNMATRIX_RESULT "), fresh
         assert launch("no_result").returncode == 3
         assert launch("abort").returncode == -signal.SIGABRT
+        assert launch("killed").returncode == -signal.SIGKILL
     finally:
         zygote.kill()
         zygote.wait()

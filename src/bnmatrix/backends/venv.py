@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import uv
 
@@ -291,7 +291,7 @@ class VenvSession:
         short = len(os.fsencode(tempfile.gettempdir())) + len(prefix) + 30 < 100
         self.scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=None if short else "/tmp"))
         self.socket = NO_ZYGOTE
-        self._zygote: tuple[subprocess.Popen[bytes], str, ZygoteOutput] | None = None
+        self._zygote: tuple[subprocess.Popen[bytes], str, int, ZygoteOutput] | None = None
 
     def _environment(self, scratch: str) -> dict[str, str]:
         env = pip_environment(self.cell.index_url)
@@ -309,19 +309,17 @@ class VenvSession:
             env=self._environment(str(self.scratch)), cwd=self.scratch, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
         assert process.stdout is not None
-        fd = process.stdout.fileno()
-        output = ZygoteOutput(setup_log, iter(lambda: os.read(fd, 1 << 16), b""))
-        self._zygote = (process, token, output)
+        pipe = os.fstat(process.stdout.fileno()).st_ino
+        output = ZygoteOutput(setup_log, _chunks(process.stdout))
+        self._zygote = (process, token, pipe, output)
         if output.wait():
             self.socket = str(path)
 
     def close(self) -> None:
         if self._zygote is not None:
-            process, token, output = self._zygote
-            self.processes.end(process, token)
+            process, token, pipe, output = self._zygote
+            self.processes.end(process, token, {pipe})  # whatever still holds its output too: the reader ends
             output.thread.join(DRAIN_GRACE_S)
-            if not output.thread.is_alive():  # never close a pipe another thread still reads
-                process.stdout.close()  # type: ignore[union-attr]
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
@@ -334,6 +332,15 @@ class VenvSession:
             code, timed_out = self.processes.stream(command, timeout_s, capture, cwd=scratch,
                                                     env=self._environment(scratch))
         return ScenarioRun.from_capture(capture, code, timed_out, time.monotonic() - started)
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
+    """What a pipe gives until it ends; closed by its reader (never while another thread reads it)."""
+    try:
+        while chunk := os.read(stream.fileno(), 1 << 16):
+            yield chunk
+    finally:
+        stream.close()
 
 
 def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
