@@ -75,8 +75,8 @@ def preload():
 
 
 def serve(path):
-    """Listen at `path`, import TensorFlow, then fork a child per request. Returns only in a child: its request,
-    its streams and its scratch-free environment; the zygote itself runs until it is killed."""
+    """Listen at `path`, import TensorFlow, then fork a child per request. Returns only in a child: its request (with
+    the zygote's pid) and its three streams; the zygote itself runs until it is killed."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)  # launchers that come during the import wait in the backlog
@@ -99,18 +99,15 @@ def serve(path):
                     continue
                 request, streams, why = receive(connection, own_environment)
                 why = unsafe or why
+                if why is None:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                    try:
+                        pid = os.fork()
+                    except OSError as exc:  # out of processes or memory: this scenario runs fresh, the zygote goes on
+                        why = "the zygote could not fork ({})".format(exc)
                 if why is not None:
                     send(connection, {"fresh": why})
-                    for stream in streams:
-                        os.close(stream)
-                    connection.close()
-                    continue
-                sys.stdout.flush()
-                sys.stderr.flush()
-                try:
-                    pid = os.fork()
-                except OSError as exc:  # out of processes or memory: this scenario runs fresh, the zygote goes on
-                    send(connection, {"fresh": "the zygote could not fork ({})".format(exc)})
                     for stream in streams:
                         os.close(stream)
                     connection.close()

@@ -141,6 +141,11 @@ NO_ZYGOTE = "-"  # the launcher's socket argument in a cell without a zygote: ev
 ZYGOTE_LOG_BYTES = 1 << 20
 
 
+def zygote_server(python: str, helper_folder: str, socket: str) -> list[str]:
+    """The command that starts a cell's zygote (bnmatrix_zygote.py), serving at `socket`."""
+    return [python, f"{helper_folder}/{ZYGOTE_SCRIPT}", "serve", socket]
+
+
 def launcher(python: str, helper_folder: str, socket: str, script: str, args: list[str]) -> list[str]:
     """The command that runs a scenario through the cell's zygote at `socket` (bnmatrix_zygote.py), or as a fresh
     process where the zygote is not there or cannot fork it."""
@@ -287,10 +292,16 @@ class Reproduction:
     @property
     def variables(self) -> dict[str, str]:
         """The cell's own environment variables (only well-formed ones: the record may come from anywhere)."""
-        return {k: v for k, v in self.cell.env.items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
+        return well_formed(self.cell.env)
 
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def well_formed(variables: dict[str, Any]) -> dict[str, str]:
+    """The environment variables of a stored record that a shell can set: a name of letters, digits and underscores,
+    a string value."""
+    return {k: v for k, v in variables.items() if isinstance(k, str) and isinstance(v, str) and ENV_NAME.fullmatch(k)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from bnmatrix.backends import (
     NO_ZYGOTE,
-    ZYGOTE_SCRIPT,
     Backend,
     BackendKind,
     CellNotRun,
@@ -42,6 +41,7 @@ from bnmatrix.backends import (
     cell_environment,
     launcher,
     register,
+    zygote_server,
 )
 from bnmatrix.backends.venv import uv_binary
 from bnmatrix.config import DOCKER_FOLDER, ContainerSettings, Scenario, base_image_script, data_path, scenario_files
@@ -466,8 +466,8 @@ class DockerSession:
         """Start the cell's zygote in the container and wait until it listens; a zygote that does not leaves every
         scenario a fresh process (the setup log says why). It ends with the container."""
         api = self.client.api
-        exec_id = api.exec_create(self.container.id, ["python3", f"{SCENARIO_MOUNT}/0/{ZYGOTE_SCRIPT}", "serve",
-                                                      ZYGOTE_SOCKET], workdir="/tmp")["Id"]
+        exec_id = api.exec_create(self.container.id, zygote_server("python3", f"{SCENARIO_MOUNT}/0", ZYGOTE_SOCKET),
+                                  workdir="/tmp")["Id"]
         if ZygoteOutput(setup_log, api.exec_start(exec_id, stream=True)).wait():
             self.socket = ZYGOTE_SOCKET
 

@@ -22,9 +22,7 @@ from typing import IO, Any
 import uv
 
 from bnmatrix.backends import (
-    ENV_NAME,
     NO_ZYGOTE,
-    ZYGOTE_SCRIPT,
     Backend,
     BackendKind,
     CellNotRun,
@@ -38,6 +36,8 @@ from bnmatrix.backends import (
     cell_environment,
     launcher,
     register,
+    well_formed,
+    zygote_server,
 )
 from bnmatrix.config import SCENARIOS_FOLDER, Scenario, base_image_script, data_path
 from bnmatrix.errors import BnMatrixError, Cancelled
@@ -287,9 +287,9 @@ class VenvSession:
         self.helper = data_path(SCENARIOS_FOLDER)
         # The zygote's socket and scratch folder (a later run sweeps it if this one is killed); in /tmp where the
         # temporary folder's path is too long for a Unix socket's (107 bytes).
-        prefix = f"bnmatrix-cell-{processes.run_id}-"
-        short = len(os.fsencode(tempfile.gettempdir())) + len(prefix) + 30 < 100
-        self.scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=None if short else "/tmp"))
+        self.prefix = f"bnmatrix-cell-{processes.run_id}-"  # of every scratch folder of the run's scenarios
+        short = len(os.fsencode(tempfile.gettempdir())) + len(self.prefix) + 30 < 100
+        self.scratch = Path(tempfile.mkdtemp(prefix=self.prefix, dir=None if short else "/tmp"))
         self.socket = NO_ZYGOTE
         self._zygote: tuple[subprocess.Popen[bytes], str, int, ZygoteOutput] | None = None
 
@@ -305,7 +305,7 @@ class VenvSession:
         process (its setup log says why)."""
         path = self.scratch / "zygote.sock"
         process, token = self.processes.spawn(
-            [str(self.venv / "bin" / "python"), str(self.helper / ZYGOTE_SCRIPT), "serve", str(path)],
+            zygote_server(str(self.venv / "bin" / "python"), str(self.helper), str(path)),
             env=self._environment(str(self.scratch)), cwd=self.scratch, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
         assert process.stdout is not None
@@ -324,8 +324,7 @@ class VenvSession:
 
     def run(self, scenario: Scenario, args: list[str], timeout_s: float, log: Path) -> ScenarioRun:
         started = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix=f"bnmatrix-cell-{self.processes.run_id}-") as scratch, \
-                open(log, "wb") as handle:
+        with tempfile.TemporaryDirectory(prefix=self.prefix) as scratch, open(log, "wb") as handle:
             capture = OutputCapture(handle)
             command = launcher(str(self.venv / "bin" / "python"), str(self.helper), self.socket, str(scenario.script),
                                args)
@@ -359,8 +358,7 @@ def reproduce(what: Reproduction) -> str:
     pins = ["--no-deps", *packages] if packages else list(cell.requirements)
     index = ["--index-url", cell.index_url]
     recorded = what.environment.get("variables")
-    variables = ({k: v for k, v in recorded.items() if isinstance(v, str) and ENV_NAME.fullmatch(k)}
-                 if isinstance(recorded, dict) else  # a run before bnmatrix recorded them: what it set then
+    variables = (well_formed(recorded) if isinstance(recorded, dict) else  # before they were recorded: what was set
                  {**what.variables, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})})
     where, script, helper = what.paths()
     assignments = " ".join(f"{k}={shlex.quote(v)}" if v else f"{k}=" for k, v in sorted(variables.items()))
