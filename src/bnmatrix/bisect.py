@@ -39,7 +39,7 @@ from bnmatrix.store.files import now
 from bnmatrix.store.records import CellResult
 from bnmatrix.store.runstore import RunStore
 from bnmatrix.store.searches import Change, Conclusion, End, Outcome, Probe
-from bnmatrix.verdict import ANSWERS, Status
+from bnmatrix.verdict import ANSWERS, Finding, Status
 
 INDEX_TIMEOUT_S = 60
 
@@ -176,6 +176,11 @@ class Search:
         probe = self.probes.get(self.candidates[index])
         return probe.status if probe else None
 
+    def finding(self, index: int) -> Finding | None:
+        """The status and facets there: what tells two releases apart (a facet change is a change too)."""
+        probe = self.probes.get(self.candidates[index])
+        return probe.finding if probe else None
+
     def _walk(self) -> tuple[list[tuple[int, int]], str | None]:
         """The changes pinned so far as (last index before, first index after), and the release to run next."""
         last = len(self.candidates) - 1
@@ -187,11 +192,11 @@ class Search:
         if self.exhaustive:
             todo = [v for v in self.candidates if v not in self.probes]
             judged = [i for i in range(len(self.candidates)) if self.status(i) in ANSWERS]
-            return [(a, b) for a, b in itertools.pairwise(judged) if self.status(a) != self.status(b)], \
+            return [(a, b) for a, b in itertools.pairwise(judged) if self.finding(a) != self.finding(b)], \
                 (todo[0] if todo else None)
         pins: list[tuple[int, int]] = []
         start = 0
-        while self.status(start) != self.status(last):
+        while self.finding(start) != self.finding(last):
             low, high, skipped = start, last, set()
             while True:
                 inner = [i for i in range(low + 1, high) if i not in skipped]
@@ -204,7 +209,7 @@ class Search:
                     return pins, self.candidates[pick]
                 if status not in ANSWERS:
                     skipped.add(pick)
-                elif status == self.status(low):
+                elif self.finding(pick) == self.finding(low):
                     low = pick
                 else:
                     high = pick
@@ -236,10 +241,10 @@ class Search:
         last = len(self.candidates) - 1
         good, bad = self.candidates[0], self.candidates[last]
         checked = [v for v in self.candidates if v in self.probes]
-        judged = [self.probes[v].status for v in checked if self.probes[v].judged]
+        judged = [self.probes[v].finding for v in checked if self.probes[v].judged]
         monotonic = len([s for i, s in enumerate(judged) if i == 0 or s != judged[i - 1]]) == len(set(judged))
-        changes = [Change(self.candidates[a], self.candidates[b], self.probes[self.candidates[a]].status,
-                          self.probes[self.candidates[b]].status, b == a + 1, self.candidates[a + 1:b])
+        changes = [Change(self.candidates[a], self.candidates[b], self.probes[self.candidates[a]].finding,
+                          self.probes[self.candidates[b]].finding, b == a + 1, self.candidates[a + 1:b])
                    for a, b in pins]
         label = f"{self.scenario} ({self.device}{', ' + self.variant if self.variant else ''})"
         if nxt is not None:
@@ -253,7 +258,7 @@ class Search:
             outcome = Outcome.ENDPOINT_ERROR
             text = f"{label}: no verdict at {broken} ({probe.status.value}: {probe.reason}); nothing to compare with"
         elif not changes:
-            same = (self.status(0) or Status.ERROR).word
+            same = (self.finding(0) or Finding(Status.ERROR)).text
             outcome = Outcome.NO_CHANGE if self.exhaustive else Outcome.NOTHING_TO_BISECT
             text = (f"{label}: {same} at every one of the {len(checked)} releases checked" if self.exhaustive else
                     f"{label}: nothing to bisect: {same} at both {good} and {bad}; --exhaustive checks every "
@@ -261,17 +266,19 @@ class Search:
         else:
             parts = []
             for change in changes:
-                was, becomes = change.was.word, change.becomes.word
+                was, becomes = change.was.versus(change.becomes)
+                what = (f"changed from {was} to {becomes}" if change.was.status != change.becomes.status
+                        else " and ".join(change.was.differences(change.becomes)))
                 if change.exact:
-                    parts.append(f"changed from {was} to {becomes} in {change.after} (last {was}: {change.before})")
+                    parts.append(f"{what} in {change.after} (last {was}: {change.before})")
                 else:
-                    parts.append(f"changed from {was} to {becomes} between {change.before} and {change.after} "
+                    parts.append(f"{what} between {change.before} and {change.after} "
                                  f"(no verdict at {', '.join(change.unjudged)})")
             outcome = Outcome.NARROWED if all(c.exact for c in changes) else Outcome.RANGE
             text = f"{label} " + "; then ".join(parts) + f"; {len(checked)} releases checked of {len(self.candidates)}"
             if not monotonic:
                 text += " (not monotonic: a verdict comes back; every release checked: " + ", ".join(
-                    f"{v} {self.probes[v].status.word}" for v in checked) + ")"
+                    f"{v} {self.probes[v].finding.text}" for v in checked) + ")"
             elif not self.exhaustive and len(checked) < len(self.candidates):
                 text += " (binary search: assumes each verdict holds over one stretch of releases; --exhaustive " \
                         "runs every release)"

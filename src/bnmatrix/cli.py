@@ -63,8 +63,8 @@ class _Stop:
         raise Terminated(signum)
 
 
-def _styled(status: Status) -> str:
-    return f"[{status.colour}]{status.icon} {status.word}[/]"
+def _styled(status: Status, note: str = "") -> str:
+    return f"[{status.colour}]{status.icon} {status.word}[/]" + (f" ({escape(note)})" if note else "")
 
 
 def _matrix_options(parser: argparse.ArgumentParser, scenarios_help: str) -> None:
@@ -422,8 +422,11 @@ def command_diff(args: argparse.Namespace, console: Console) -> int:
     if not found.compared:
         console.print("  nothing compared: the two runs hold no cell that ran in both", highlight=False)
     for change in found.changes:
-        was, now_ = Status(change.before), Status(change.after)
-        console.print(f"  {change.cell} {change.scenario}: {_styled(was)} -> {_styled(now_)}", highlight=False)
+        was, now_ = change.before, change.after
+        full = was.status == now_.status
+        what = f" ({' and '.join(was.differences(now_))})" if full else ""
+        console.print(f"  {change.cell} {change.scenario}: {_styled(was.status, was.note(full))} -> "
+                      f"{_styled(now_.status, now_.note(full))}{what}", highlight=False)
     for label, cells in (("only in " + before.id, found.only_before), ("only in " + after.id, found.only_after)):
         if cells:
             console.print(f"  {label} (not compared): {', '.join(cells)}", highlight=False, soft_wrap=True)

@@ -26,7 +26,7 @@ from bnmatrix.store.merge import check_run
 from bnmatrix.store.reader import load_run, runs_in
 from bnmatrix.store.records import CellResult, Run, RunKind, RunStatus, ScenarioResult
 from bnmatrix.store.searches import Conclusion, latest_searches
-from bnmatrix.verdict import VERDICTS, CellStatus
+from bnmatrix.verdict import VERDICTS, CellStatus, Finding
 
 ARCHIVE_SCHEMA = "bnmatrix.archive/1"
 ARCHIVE_NAME = "results-archive.tar.gz"
@@ -37,8 +37,8 @@ ARCHIVE_INDEX = "archive.json"
 class Change:
     cell: str
     scenario: str
-    before: str
-    after: str
+    before: Finding
+    after: Finding
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,8 @@ class Diff:
 
 
 def diff(before: Run, after: Run) -> Diff:
-    """Entries (cell x scenario) both runs hold whose status differs; cells only one run holds are listed.
-    A cell this host could not serve (not run) holds no result: it is neither compared nor listed."""
+    """Entries (cell x scenario) both runs hold whose finding (status or any facet) differs; cells only one run holds
+    are listed. A cell this host could not serve (not run) holds no result: it is neither compared nor listed."""
     old = {c.id: c for c in before.cells if c.status is not CellStatus.NOT_RUN}
     new = {c.id: c for c in after.cells if c.status is not CellStatus.NOT_RUN}
     changes, compared = [], 0
@@ -62,7 +62,7 @@ def diff(before: Run, after: Run) -> Diff:
             if name not in old[cell_id].cell.scenarios:
                 continue
             compared += 1
-            a, b = old[cell_id].entry_status(name).value, new[cell_id].entry_status(name).value
+            a, b = old[cell_id].entry_finding(name), new[cell_id].entry_finding(name)
             if a != b:
                 changes.append(Change(cell_id, name, a, b))
     return Diff(changes, sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys()), compared)
@@ -163,8 +163,9 @@ class History:
 
 def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str] = ()) -> list[
         tuple[str, str, str | None, CellResult, CellResult]]:
-    """Each pair of adjacent versions of a run whose verdicts differ for a scenario (entries without a
-    verdict in between are passed over): (scenario, device, variant, older cell, newer cell)."""
+    """Each pair of adjacent versions of a run whose findings (the status or any facet, verdict.Finding) differ for a
+    scenario (entries without a verdict in between are passed over): (scenario, device, variant, older cell, newer
+    cell)."""
     columns: dict[tuple[str, str | None], list[CellResult]] = {}
     for cell in run.cells:
         if not devices or cell.cell.device in devices:
@@ -177,7 +178,7 @@ def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str
         for name in names:
             judged = [c for c in cells if c.entry_status(name).value in VERDICTS]
             for older, newer in itertools.pairwise(judged):
-                if older.entry_status(name) != newer.entry_status(name):
+                if older.entry_finding(name) != newer.entry_finding(name):
                     found.append((name, device, variant, older, newer))
     return found
 

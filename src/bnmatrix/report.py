@@ -90,6 +90,7 @@ def export_results(run: Run, view: View) -> dict[str, Any]:
             scenarios[name] = {
                 "status": entry.status, "reason": result.reason if result else cell_result.reason,
                 "expected_status": entry.expected, "previous_status": entry.previous,
+                "facets": dict(entry.finding.facets),
                 **{key: numbers.get(key) for key in EXPORTED_NUMBERS},
                 **{key: getattr(result, key) if result else None for key in ("tf_version", "keras_version", "python",
                                                                              "devices_seen", "duration_s")},

@@ -107,8 +107,8 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
                 steps=data["steps"], duration_s=data.get("duration_s", run.duration_s),
                 timings=data.get("timings") or {}, build_info=data.get("build_info") or {})
     observed = Observed(momentum=data["momentum"], layers=data["layers"], update_ops=data.get("update_ops"),
-                        train_loss=data.get("train_loss"), eval_loss=data.get("eval_loss"),
-                        extra=data.get("extra") or {})
+                        steps_ran=data.get("steps_ran"), train_loss=data.get("train_loss"),
+                        eval_loss=data.get("eval_loss"), extra=data.get("extra") or {})
     result = ScenarioResult(**base, status=Status.ERROR, reason=None, observed=observed)
     if data["steps"] != cell.steps:
         result.reason = f"result refused: the scenario trained {data['steps']} steps; the cell asked for {cell.steps}"

@@ -282,8 +282,8 @@ class BisectSession:
                 for name, device, variant, older, newer in points:
                     ends = {c.cell.tf: Probe.of(c, name) for c in (older, newer)}
                     found = narrowed.get((name, device, variant, older.cell.tf, newer.cell.tf))
-                    if found is not None and (found.good.status, found.bad.status) == \
-                            (ends[older.cell.tf].status, ends[newer.cell.tf].status):
+                    if found is not None and all((probe := found.probe_at(version)) is not None
+                                                 and probe.agrees(end) for version, end in ends.items()):
                         known.append(found)
                         continue
                     bisector.add(name, device, variant, older.cell.tf, newer.cell.tf, endpoints=ends)

@@ -192,13 +192,15 @@ class LayerVerdict:
     variance_correction: Correction | None  # None when neither fits
     forward_statistics: str | None  # "batch" or "moving": what a training-mode forward pass used
     data: BatchData  # the batch the layer was judged against
+    follows: str | None = None  # where the layer offers alternatives: "batch" (its own data) or the alternative's label
 
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status.value, "reason": self.reason, "expected_moving_mean": self.expected_moving_mean,
                 "expected_moving_variance": self.expected_moving_variance,
                 "effective_updates": self.effective_updates,
                 "effective_updates_variance": self.effective_updates_variance,
-                "variance_correction": self.variance_correction, "forward_statistics": self.forward_statistics}
+                "variance_correction": self.variance_correction, "forward_statistics": self.forward_statistics,
+                **({"follows": self.follows} if self.follows is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], layer: dict[str, Any]) -> LayerVerdict:
@@ -208,7 +210,7 @@ class LayerVerdict:
             raise ValueError(f"a stored verdict: variance correction {correction!r}, forward statistics {forward!r}")
         return cls(Status(data["status"]), data["reason"], data["expected_moving_mean"],
                    data["expected_moving_variance"], data["effective_updates"], data["effective_updates_variance"],
-                   correction, forward, BatchData.from_observation(layer["data"]))
+                   correction, forward, BatchData.from_observation(layer["data"]), data.get("follows"))
 
 
 def _variance_correction(moving_variance: float, data: BatchData, momentum: float,
@@ -247,8 +249,10 @@ def forward_statistics(forward: dict[str, Any], data: BatchData) -> str | None:
     return fits[0] if len(fits) == 1 else None
 
 
-def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerdict:
-    """The verdict on one layer's observed statistics against the closed form for `steps` updates."""
+def judge_layer(layer: dict[str, Any], steps: int, momentum: float, steps_ran: int | None = None) -> LayerVerdict:
+    """The verdict on one layer's observed statistics against the closed form for `steps` updates; `steps_ran`, where
+    the scenario counted them, is how many training steps really ran (the reason tells a layer that updated on every
+    step that ran apart from one that updated on every other step)."""
     data = BatchData.from_observation(layer["data"])
     moving_mean, moving_variance = float(layer["moving_mean"]), float(layer["moving_variance"])
     mean_updates = effective_updates(moving_mean, data, momentum)
@@ -262,28 +266,35 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerd
         used = (f"; in training mode the forward pass used the {forward} statistics" if forward
                 else "; the training-mode forward pass fits neither the batch nor the moving statistics")
 
-    def verdict(status: Status, reason: str) -> LayerVerdict:
+    def verdict(status: Status, reason: str, follows: str | None = None) -> LayerVerdict:
         return LayerVerdict(status, reason + used, expected_mean, expected_variance, mean_updates, variance_updates,
-                            correction, forward, data)
+                            correction, forward, data, follows)
 
     if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
         return verdict(Status.STALE, "moving statistics still at their initial values (0, 1)")
     follows = f"moving variance follows {CORRECTION_WORDS[correction]}" if correction else (
         f"moving variance {moving_variance:.6g} follows neither the biased nor the unbiased batch variance")
     mean_ok = close(moving_mean, expected_mean)
+    offered = layer.get("alternatives") or {}
     if mean_ok and correction is not None and close(moving_variance, expected_variance):
         return verdict(Status.UPDATED, f"matches the closed form for {steps} updates (within {REL_TOLERANCE:g}); "
-                                       f"{follows}")
-    for label, alternative in (layer.get("alternatives") or {}).items():
+                                       f"{follows}", "batch" if offered else None)
+    for label, alternative in offered.items():
         other = BatchData.from_observation(alternative)
         for kind in CORRECTION_WORDS:
             mean, variance = expected_statistics(other, momentum, steps, kind)
             if close(moving_mean, mean) and close(moving_variance, variance):
                 return verdict(Status.WRONG, f"the moving statistics follow {label} ({kind} variance) for {steps} "
-                               "updates, not the batch the layer was given")
+                               "updates, not the batch the layer was given", label)
     if mean_updates is None:
         return verdict(Status.WRONG, f"moving mean {moving_mean:.6g} fits no number of updates "
                        f"(batch mean {data.mean:.6g}); {follows}")
+    if steps_ran is not None and steps_ran != steps and correction is not None:
+        ran_mean, ran_variance = expected_statistics(data, momentum, steps_ran, correction)
+        if close(moving_mean, ran_mean) and close(moving_variance, ran_variance):
+            return verdict(Status.WRONG, f"only {steps_ran} of the {steps} requested training steps ran, and the "
+                                         f"statistics updated on each of them (the closed form for {steps_ran} "
+                                         f"updates fits); {follows}")
     mean_part = (f"moving mean fits {steps} updates" if mean_ok else f"moving mean: {_ratio(mean_updates, steps)}")
     variance_part = follows
     if variance_updates is not None and not math.isclose(variance_updates, mean_updates, abs_tol=0.01):
@@ -292,7 +303,9 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float) -> LayerVerd
     if fit is not None and not math.isclose(fit[0], momentum, rel_tol=1e-3):
         variance_part += (f"; the numbers fit {steps} updates with momentum {fit[0]:.4g} ({fit[1]} variance), not "
                           f"the {momentum:g} the scenario reported")
-    return verdict(Status.WRONG, f"{mean_part}; {variance_part}")
+    ran = (f"; {steps_ran} of the {steps} requested training steps ran"
+           if steps_ran is not None and steps_ran != steps else "")
+    return verdict(Status.WRONG, f"{mean_part}; {variance_part}{ran}")
 
 
 def judge(observation: dict[str, Any]) -> tuple[Status, str, dict[str, LayerVerdict]]:
@@ -302,7 +315,8 @@ def judge(observation: dict[str, Any]) -> tuple[Status, str, dict[str, LayerVerd
     reason names each layer's verdict.
     """
     steps, momentum = int(observation["steps"]), float(observation["momentum"])
-    verdicts = {name: judge_layer(layer, steps, momentum)
+    steps_ran = observation.get("steps_ran")
+    verdicts = {name: judge_layer(layer, steps, momentum, steps_ran)
                 for name, layer in observation["layers"].items() if layer.get("data") is not None}
     if not verdicts:
         return Status.ERROR, "the scenario judged no layer: no layer in its result names the data it trained on", {}
@@ -313,3 +327,101 @@ def judge(observation: dict[str, Any]) -> tuple[Status, str, dict[str, LayerVerd
             return first.status, first.reason, verdicts
         return first.status, "; ".join(f"{name}: {v.reason}" for name, v in verdicts.items()), verdicts
     return Status.WRONG, "; ".join(f"{name}: {v.status.value} ({v.reason})" for name, v in verdicts.items()), verdicts
+
+
+# --- facets: every observable part of a verdict, and what a change between two versions is ---------------------
+
+@dataclass(frozen=True)
+class Facet:
+    """One observable part of a verdict besides its status, judged from the numbers (None where they do not show it).
+    `usual` is the value most results have: the short note leaves it out, the full text never does."""
+
+    name: str
+    meaning: str
+    short: str  # how a value reads in a note: "{}" is the value
+    usual: str | None = None
+
+
+FACETS = (
+    Facet("updates", "effective updates of the moving mean per requested step, where neither every step nor none "
+                     "updated them (a wrong verdict)", "{}×"),
+    Facet("steps_ran", "training steps that really ran of those requested, where the scenario counted them and "
+                       "they differ", "{} steps ran"),
+    Facet("variance_correction", "which batch variance the moving variance follows: biased (n) or unbiased (n-1)",
+          "{} variance", usual="biased"),
+    Facet("forward_statistics", "which statistics a training-mode forward pass normalised with: the batch's or the "
+                                "moving ones", "forward: {}"),
+    Facet("follows", "which data the statistics follow where the scenario offers alternatives: the batch the layer "
+                     "was given, or the alternative's label", "follows {}", usual="batch"),
+    Facet("moving_dtype", "the dtype of the moving statistics, where the scenario read it", "{} statistics",
+          usual="float32"),
+)
+FACET_NAMES = tuple(f.name for f in FACETS)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A verdict as versions are compared: its status and the value of every facet the numbers show. A change point is
+    two neighbouring versions whose findings differ; diff, history, bisect, results.json and the report all say so
+    through this one comparison."""
+
+    status: Status
+    facets: tuple[tuple[str, str], ...] = ()  # (facet name, value), in FACETS order, only the facets with a value
+
+    @classmethod
+    def of(cls, status: Status, verdict: LayerVerdict | None = None, steps: int | None = None,
+           steps_ran: int | None = None, dtype: str | None = None) -> Finding:
+        """The finding of a scenario's result: `verdict` is its first judged layer's (None without numbers)."""
+        if verdict is None or status not in (Status.UPDATED, Status.STALE, Status.WRONG):
+            return cls(status)
+        updates = (f"{verdict.effective_updates / steps:.2f}" if status is Status.WRONG and steps
+                   and verdict.effective_updates is not None else None)
+        values = {"updates": updates,
+                  "steps_ran": f"{steps_ran}/{steps}" if steps_ran is not None and steps_ran != steps else None,
+                  "variance_correction": verdict.variance_correction, "forward_statistics": verdict.forward_statistics,
+                  "follows": verdict.follows, "moving_dtype": dtype}
+        return cls(status, tuple((name, value) for name in FACET_NAMES if (value := values[name]) is not None))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        """From {"status": ..., facet: value, ...} (a stored probe's or change's); unknown facets are refused."""
+        unknown = sorted(set(data) - {"status", *FACET_NAMES})
+        if unknown:
+            raise ValueError(f"a stored finding: unknown facets {', '.join(unknown)}; expected some of "
+                             f"{', '.join(FACET_NAMES)}")
+        return cls(Status(data["status"]), tuple((n, str(data[n])) for n in FACET_NAMES if data.get(n) is not None))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, **dict(self.facets)}
+
+    def note(self, full: bool = False) -> str:
+        """The facets in a few words ("2.00×, forward: batch"); the usual values only when `full`."""
+        values = dict(self.facets)
+        return ", ".join(f.short.format(values[f.name]) for f in FACETS
+                         if f.name in values and (full or values[f.name] != f.usual))
+
+    def label(self, full: bool = False) -> str:
+        """The status and its note: "stale (forward: batch)"; "updated (biased variance)" only when `full`."""
+        note = self.note(full)
+        return f"{self.status.word} ({note})" if note else self.status.word
+
+    @property
+    def text(self) -> str:
+        """The status with every facet: "stale (forward: batch)", "updated (biased variance)"."""
+        return self.label(full=True)
+
+    def versus(self, newer: Finding) -> tuple[str, str]:
+        """Both findings in words for a change: short beside a new status, every facet where only a facet changed."""
+        full = self.status == newer.status
+        return self.label(full), newer.label(full)
+
+    def differences(self, newer: Finding) -> list[str]:
+        """What changed from this finding to `newer`, one phrase per part: "status changed from stale to updated",
+        "forward_statistics changed from batch to moving"."""
+        found = [f"status changed from {self.status.word} to {newer.status.word}"
+                 ] if self.status != newer.status else []
+        old, new = dict(self.facets), dict(newer.facets)
+        for name in FACET_NAMES:  # beside a new status, only the facets both show
+            if old.get(name) != new.get(name) and (not found or (name in old and name in new)):
+                found.append(f"{name} changed from {old.get(name, 'none')} to {new.get(name, 'none')}")
+        return found

@@ -24,7 +24,7 @@ from bnmatrix.store.files import moment
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Manifest, Run, RunKind, ScenarioResult
 from bnmatrix.store.searches import Conclusion, Outcome
-from bnmatrix.verdict import CellStatus, Status
+from bnmatrix.verdict import CellStatus, Finding, Status
 
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
 STATES = {s.value: (s.icon, s.word, s.meaning) for s in Status}
@@ -61,20 +61,15 @@ class Entry:
         return self.status.junit
 
     @property
+    def finding(self) -> Finding:
+        """The status and the facets of the verdict (verdict.Finding): what a change point compares."""
+        return self.result.finding if self.result is not None and self.result.status is self.status \
+            else Finding(self.status)
+
+    @property
     def note(self) -> str:
         """What the numbers add to the status, in a word or two: "2.00×", "unbiased variance", "forward: batch"."""
-        result = self.result
-        judged = result.judged if result else None
-        if result is None or judged is None:
-            return ""
-        verdict = judged.verdict
-        if self.status is Status.WRONG and verdict.effective_updates is not None:
-            return f"{verdict.effective_updates / result.steps:.2f}×"
-        if self.status is Status.UPDATED and verdict.variance_correction == "unbiased":
-            return "unbiased variance"
-        if self.status is Status.STALE and verdict.forward_statistics:
-            return f"forward: {verdict.forward_statistics}"
-        return ""
+        return self.finding.note()
 
     @property
     def ran(self) -> bool:
@@ -467,14 +462,14 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[Conclusion]) -> 
         before = by_row[(older, variant)].entries[(device, name)]
         entry = by_row[(newer, variant)].entries[(device, name)]
         before.boundary = True
-        was, now = STATES[before.status][1], STATES[entry.status][1]
+        was, now = before.finding.versus(entry.finding)
         search = by_span.get((name, device, variant, older, newer))
         first = search.first_change if search and search.outcome in (Outcome.NARROWED, Outcome.RANGE) else None
         if search and first:
             where = (f"in {first.after}" if search.outcome is Outcome.NARROWED else
                      f"between {first.before} and {first.after}")
             more = f"; {len(search.changes)} changes in all" if len(search.changes) > 1 else ""
-            entry.change = {"text": f"{name} ({device}): {was} → {first.becomes.value if more else now} "
+            entry.change = {"text": f"{name} ({device}): {was} → {first.was.versus(first.becomes)[1] if more else now} "
                                     f"{where} (rows {older} → {newer}{more})",
                             "href": f"changes.html#{search_anchor(search)}"}
         else:
@@ -503,15 +498,20 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
                 not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(column))
                 continue
             ranges: list[Span] = []
+            findings: list[Finding] = []
             for row, entry in column:
-                if ranges and (ranges[-1].status, ranges[-1].note) == (entry.status, entry.note):
+                if ranges and findings[-1] == entry.finding:
                     ranges[-1].last, ranges[-1].count = row.tf, ranges[-1].count + 1
                     continue
                 search = pinned.get((name, device, variant, ranges[-1].last, row.tf)) if ranges else None
                 change = search.first_change if search else None
                 ranges.append(Span(entry.status, entry.note, change.after if change else row.tf, row.tf,
                                    pinned=f"changes.html#{search_anchor(search)}" if search else None))
+                findings.append(entry.finding)
             for index, span in enumerate(ranges):
+                if any(0 <= other < len(ranges) and ranges[other].status is span.status for other in (index - 1,
+                                                                                                      index + 1)):
+                    span.note = findings[index].note(full=True)  # beside the same status, every facet tells them apart
                 newest = index == len(ranges) - 1 and index > 0
                 span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
                               else f"{span.first}–{span.last}")

@@ -64,7 +64,7 @@ def test_each_change_is_pinned_when_the_verdict_changes_twice() -> None:
     found = search()
     drive(found, verdicts)
     changes = found.conclusion().changes
-    assert [(c.after, c.was, c.becomes, c.exact) for c in changes] == [
+    assert [(c.after, c.was.status, c.becomes.status, c.exact) for c in changes] == [
         ("1.3.0", Status.STALE, Status.WRONG, True), ("1.5.0", Status.WRONG, Status.UPDATED, True)]
 
 
@@ -124,7 +124,10 @@ def test_change_points_of_the_real_run_pass_over_entries_without_a_verdict() -> 
     assert ("keras_bn_custom_estimator", "1.8.0", "1.9.0") in points
     # 1.11.0 timed out (an error, no verdict) between two `updated`: no change point around it
     assert not any(name == "keras_bn_model_to_estimator" and "1.11.0" in (a, b) for name, a, b in points)
-    assert len(points) == 20
+    # a facet's change is a change point too: the variance Keras 3 follows, the statistics a frozen layer uses
+    assert ("keras_fit_4d_variance", "2.15.1", "2.16.2") in points
+    assert ("keras_bn_trainable_false", "1.15.5", "2.0.4") in points
+    assert len(points) == 22
 
 
 def history_root(tmp_path: Path) -> Path:
@@ -175,8 +178,8 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
     history = History.load(root)
     older, newer = history.runs
     found = diff(older, newer)
-    assert [(c.cell, c.scenario, c.before, c.after) for c in found.changes] == [
-        ("tf-1.9.0-cpu", "keras_bn_custom_estimator", "stale", "updated")]
+    assert [(c.cell, c.scenario, c.before.text, c.after.text) for c in found.changes] == [
+        ("tf-1.9.0-cpu", "keras_bn_custom_estimator", "stale", "updated (biased variance)")]
     assert found.compared == 18 and len(found.only_before) == 36  # CPU cells; the GPU cells did not run
     assert prune(root, keep=1) == []  # the older run holds the newest result of 73 cells
     shutil.copytree(root / "20261101T000000Z-aaaaaa", root / "20261125T000000Z-cccccc")
@@ -192,15 +195,17 @@ def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> Non
     index = html.unescape(files["index.html"])
     assert ('<a href="changes.html#keras_bn_model_to_estimator-cpu-1.9.0-1.10.1">keras_bn_model_to_estimator '
             "(cpu): stale → updated in 1.10.0 (rows 1.9.0 → 1.10.1)</a>") in index
-    assert ("keras_bn_model_to_estimator_tf_optimizer (cpu): stale → wrong in 1.10.0 (rows 1.9.0 → 1.10.1)"
+    assert ("keras_bn_model_to_estimator_tf_optimizer (cpu): stale → wrong (0.50×) in 1.10.0 (rows 1.9.0 → 1.10.1)"
             in index)
-    assert index.count(" boundary") == index.count(" changes-here") == 20  # a line per change
+    assert index.count(" boundary") == index.count(" changes-here") == 22  # a line per change, a facet's too
     assert "keras_bn_model_to_estimator (cpu): updated → error" not in index  # an error is no verdict: no change
     assert "keras_bn_model_to_estimator (cpu): error →" not in index
     assert "pin it" not in index  # the real bisect narrowed every change point of the default matrix
-    assert len(site.searches) == 20 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
+    assert len(site.searches) == 22 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
     changes = files["changes.html"]
-    assert changes.count('<section class="scenario"') == 20
-    for release in ("1.10.0", "1.13.1", "2.2.0", "2.2.1", "2.16.1"):  # releases between rows: pages of their own
+    assert changes.count('<section class="scenario"') == 22
+    assert "keras_bn_trainable_false (cpu) forward_statistics changed from batch to moving in 2.0.0" in changes
+    assert "keras_fit_4d_variance (cpu) variance_correction changed from unbiased to biased in 2.16.1" in changes
+    for release in ("1.10.0", "1.13.1", "2.2.0", "2.2.1", "2.16.1", "2.0.0"):  # releases between rows: own pages
         assert f'href="cells/tf-{release}-cpu.html#' in changes and f"cells/tf-{release}-cpu.html" in files
     assert 'data-tf="2.16.1"' not in index and 'data-tf="2.16.2"' in index  # evidence cells are no matrix rows

@@ -284,7 +284,8 @@ def test_a_bisect_conclusion_and_its_probes_are_their_schema_field_for_field() -
     names = {f.name for f in fields(Conclusion)} - {"run_id"} | set(Conclusion.FIRST_CHANGE)
     assert set(search["properties"]) == names and search["additionalProperties"] is False
     probe = search["properties"]["probes"]["items"]
-    assert set(probe["properties"]) == set(probe["required"]) == {f.name for f in fields(Probe)}
+    assert set(probe["properties"]) == {f.name for f in fields(Probe)}
+    assert set(probe["required"]) == {f.name for f in fields(Probe)} - {"facets"}  # absent before facets were
     assert probe["additionalProperties"] is False
 
 
@@ -292,7 +293,11 @@ def test_a_layers_verdict_and_the_first_formats_scenario_are_their_schema_field_
     schema: Any = json.loads((PACKAGE_DIR / SCHEMA_FILES["cell"]).read_text())["$defs"]
     verdict = schema["scenario"]["properties"]["verdicts"]["additionalProperties"]
     layer = {"moving_mean": 0.0, "moving_variance": 1.0, "data": {"values": [1.0, 2.0]}}
-    assert set(verdict["properties"]) == set(verdict["required"]) == set(judge_layer(layer, 10, 0.9).to_dict())
+    mean, variance = expected_statistics(BatchData.from_observation(layer["data"]), 0.9, 10)
+    offered = {**layer, "moving_mean": mean, "moving_variance": variance,  # updated, beside an alternative: `follows`
+               "alternatives": {"another batch": {"values": [3.0, 4.0]}}}
+    assert set(verdict["properties"]) == set(judge_layer(offered, 10, 0.9).to_dict())
+    assert set(verdict["required"]) == set(judge_layer(layer, 10, 0.9).to_dict())  # stored before it: no `follows`
     assert set(schema["scenario_1"]["properties"]) - {"schema"} == FIRST_FORMAT
 
 

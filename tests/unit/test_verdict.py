@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from bnmatrix.config import PACKAGE_DIR, data_path
-from bnmatrix.verdict import BatchData, CellStatus, Status, effective_updates, expected_statistics, judge
+from bnmatrix.verdict import BatchData, CellStatus, Finding, Status, effective_updates, expected_statistics, judge
 
 BATCH = BatchData.from_observation({"values": [0, 1, 2, 3]})
 
@@ -194,3 +194,65 @@ def test_a_variance_correction_that_is_no_word_of_the_vocabulary_is_refused() ->
     assert BATCH.variance("unbiased") > BATCH.variance("biased")
     with pytest.raises(ValueError, match="variance correction 'unbiased '; expected one of biased, unbiased"):
         BATCH.variance("unbiased ")  # type: ignore[arg-type]  # a typo mypy catches; at run time it is refused too
+
+
+def test_steps_that_did_not_run_are_told_apart_from_updates_that_were_skipped() -> None:
+    """The train op ran 50 times for 100 requested steps, each run updating BN once: the verdict stays wrong (half the
+    updates asked for), the reason says why; the same numbers without the count read as every other step."""
+    half = observed(*after(50))
+    counted = judge({**half, "steps_ran": 50})
+    assert counted[0] is Status.WRONG
+    assert counted[1].startswith("only 50 of the 100 requested training steps ran, and the statistics updated on each")
+    assert judge(half)[1].startswith("moving mean: 50.00 effective updates for 100 steps (0.50x)")
+    skipped = judge({**observed(*after(25)), "steps_ran": 50})  # 25 updates in 50 steps that ran: every other one
+    assert skipped[0] is Status.WRONG and skipped[1].endswith("; 50 of the 100 requested training steps ran")
+
+
+def finding(layer_observation: dict[str, Any], dtype: str | None = None, steps_ran: int | None = None) -> Finding:
+    status, _, layers = judge({**layer_observation, "steps_ran": steps_ran})
+    return Finding.of(status, layers["bn"], layer_observation["steps"], steps_ran, dtype)
+
+
+def test_a_finding_holds_every_facet_and_a_facet_alone_is_a_change() -> None:
+    """A change point compares the status and every facet: two stale verdicts whose forward pass used other
+    statistics differ, and the difference is named; the usual values are left out of the short note only."""
+    inputs = [0.0, 1.0, 2.0, 3.0]
+
+    def forward(mean: float, variance: float) -> dict[str, Any]:
+        return {"inputs": inputs, "outputs": [(x - mean) / math.sqrt(variance + 1e-3) for x in inputs],
+                "epsilon": 1e-3, "moving_mean": 0.0, "moving_variance": 1.0}
+
+    batch, moving = finding(observed(0.0, 1.0, forward=forward(1.5, 1.25))), finding(
+        observed(0.0, 1.0, forward=forward(0.0, 1.0)))
+    assert (batch.status, moving.status) == (Status.STALE, Status.STALE) and batch != moving
+    assert batch.differences(moving) == ["forward_statistics changed from batch to moving"]
+    assert (batch.text, moving.text) == ("stale (forward: batch)", "stale (forward: moving)")
+    updated = finding(observed(*after(100)), dtype="float32")
+    assert updated.text == "updated (biased variance, float32 statistics)" and updated.note() == ""
+    unbiased = finding(observed(*after(100, "unbiased")), dtype="float32")
+    assert unbiased.note() == "unbiased variance"
+    assert updated.differences(unbiased) == ["variance_correction changed from biased to unbiased"]
+    assert finding(observed(*after(100)), dtype="float16").differences(updated) == [
+        "moving_dtype changed from float16 to float32"]
+    double = finding(observed(*after(200)))
+    assert double.text == "wrong (2.00×, biased variance)" and updated.versus(double) == ("updated", "wrong (2.00×)")
+    assert updated.differences(double) == ["status changed from updated to wrong"]  # facets only one side shows: none
+    ran = finding(observed(*after(50)), steps_ran=50)
+    assert dict(ran.facets)["steps_ran"] == "50/100" and Finding.from_dict(ran.to_dict()) == ran
+    with pytest.raises(ValueError, match="unknown facets colour"):
+        Finding.from_dict({"status": "updated", "colour": "red"})
+
+
+def test_which_data_the_statistics_follow_is_a_facet() -> None:
+    replicas = {"n": 4, "mean": 3.5, "variance_biased": 1.25, "variance_unbiased": 5 / 3}
+    layer = {"data": {"values": list(range(8))}, "alternatives": {"replica_mean": replicas}}
+    local = expected_statistics(BatchData.from_observation(replicas), 0.99, 100)
+    synced = expected_statistics(BatchData.from_observation({"values": list(range(8))}), 0.99, 100)
+    follows = {}
+    for name, (mean, variance) in (("local", local), ("synced", synced)):
+        status, _, layers = judge({"steps": 100, "momentum": 0.99,
+                                   "layers": {"bn": {**layer, "moving_mean": mean, "moving_variance": variance}}})
+        follows[name] = Finding.of(status, layers["bn"], 100)
+    assert dict(follows["local"].facets)["follows"] == "replica_mean" and follows["local"].status is Status.WRONG
+    assert dict(follows["synced"].facets)["follows"] == "batch" and follows["synced"].note() == ""
+    assert follows["local"].versus(follows["synced"]) == ("wrong (1.00×, follows replica_mean)", "updated")

@@ -13,7 +13,7 @@ from bnmatrix.intake import schema_problem
 from bnmatrix.plan import Cell
 from bnmatrix.store.files import known_fields
 from bnmatrix.store.searches import Conclusion, read_searches
-from bnmatrix.verdict import CellStatus, LayerVerdict, Status, judge
+from bnmatrix.verdict import CellStatus, Finding, LayerVerdict, Status, judge
 
 CELL_SCHEMA = "bnmatrix.cell/2"
 
@@ -98,6 +98,7 @@ class Observed:
     momentum: float | None
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)  # each layer's statistics and the data it saw
     update_ops: int | None = None
+    steps_ran: int | None = None  # training steps that really ran, where the scenario counted them
     train_loss: float | None = None
     eval_loss: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -164,7 +165,7 @@ class ScenarioResult:
         observed = self.observed or Observed(momentum=None)
         try:
             status, reason, verdicts = judge({"steps": self.steps, "momentum": observed.momentum,
-                                              "layers": observed.layers})
+                                              "layers": observed.layers, "steps_ran": observed.steps_ran})
             numbers = [v for verdict in verdicts.values() for v in (*verdict.to_dict().values(), verdict.data.mean,
                                                                     verdict.data.variance_biased)]
             if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
@@ -199,11 +200,14 @@ class ScenarioResult:
             **judged.verdict.to_dict(), "batch_mean": judged.verdict.data.mean} if judged else {})}
         return {key: found.get(key) for key in NUMBERS}
 
-    def _facets(self) -> tuple[Status, str | None, str | None]:
+    @property
+    def finding(self) -> Finding:
+        """The status and every facet of the verdict: what a change point compares."""
         judged = self.judged
-        verdict = judged.verdict if judged else None
-        return (self.status, verdict.variance_correction if verdict else None,
-                verdict.forward_statistics if verdict else None)
+        observed = self.observed
+        dtype = observed.layers[judged.name].get("dtype") if judged and observed else None
+        return Finding.of(self.status, judged.verdict if judged else None, self.steps,
+                          observed.steps_ran if observed else None, dtype)
 
     def rejudge(self) -> bool:
         """Judge a stored result again from its observations, here: a verdict is never taken on trust from a file.
@@ -211,7 +215,7 @@ class ScenarioResult:
         holds this host's verdict and its reason says what the file claimed."""
         if self.status not in JUDGED:
             return True  # no numbers to judge: an unsupported API or an error says why there are none
-        stored = self._facets()
+        stored = self.finding
         observed = self.observed
         problem = None if observed else "no observations"
         if observed is not None:
@@ -223,9 +227,12 @@ class ScenarioResult:
             self.judge()
         else:
             self.refuse(f"the stored observations cannot be judged ({problem})")
-        if self._facets() == stored:
+        judged = self.finding
+        if "follows" not in dict(stored.facets):  # a verdict stored before it said which data the statistics follow
+            judged = Finding(judged.status, tuple(item for item in judged.facets if item[0] != "follows"))
+        if judged == stored:
             return True
-        self.reason = f"{self.reason} [judged again from the stored numbers: the file said {stored[0].value}]"
+        self.reason = f"{self.reason} [judged again from the stored numbers: the file said {stored.text}]"
         return False
 
     @classmethod
@@ -332,6 +339,10 @@ class CellResult:
     def entry_status(self, scenario: str) -> Status:
         """What the matrix shows for `scenario`: its own status, or the cell's when it did not run."""
         return self.scenarios[scenario].status if scenario in self.scenarios else self.own_status
+
+    def entry_finding(self, scenario: str) -> Finding:
+        """`scenario`'s finding (its status and facets), or the cell's own status when it did not run."""
+        return self.scenarios[scenario].finding if scenario in self.scenarios else Finding(self.own_status)
 
     def rejudge(self) -> bool:
         """Judge every scenario again from its stored numbers; whether every stored verdict stands. A scenario that

@@ -15,7 +15,7 @@ from packaging.version import Version
 
 from bnmatrix.intake import read_json
 from bnmatrix.store.files import known_fields, moment
-from bnmatrix.verdict import ANSWERS, Status
+from bnmatrix.verdict import ANSWERS, Finding, Status
 
 if TYPE_CHECKING:
     from bnmatrix.store.records import CellResult, Manifest
@@ -49,6 +49,7 @@ class Probe:
     expected_moving_mean: float | None = None
     effective_updates: float | None = None
     steps: int | None = None
+    facets: dict[str, str] | None = None  # the verdict's facets; None in a search stored before facets were
 
     @classmethod
     def of(cls, result: CellResult, scenario: str) -> Probe:
@@ -57,14 +58,25 @@ class Probe:
             return cls(result.cell.tf, result.own_status, result.cell.python, result.run_id, result.id, result.reason)
         numbers = found.numbers()
         return cls(result.cell.tf, found.status, result.cell.python, result.run_id, result.id, found.reason,
-                   numbers["moving_mean"], numbers["expected_moving_mean"], numbers["effective_updates"], found.steps)
+                   numbers["moving_mean"], numbers["expected_moving_mean"], numbers["effective_updates"], found.steps,
+                   dict(found.finding.facets))
 
     @property
     def judged(self) -> bool:
         return self.status in ANSWERS
 
+    @property
+    def finding(self) -> Finding:
+        return Finding.from_dict({"status": self.status.value, **(self.facets or {})})
+
+    def agrees(self, other: Probe) -> bool:
+        """The same finding; a probe stored before facets were agrees with one of the same status."""
+        if self.facets is None or other.facets is None:
+            return self.status == other.status
+        return self.finding == other.finding
+
     def describe(self) -> str:
-        text = f"{self.version} (Python {self.python}): {self.status.icon} {self.status.word}"
+        text = f"{self.version} (Python {self.python}): {self.status.icon} {self.finding.text}"
         if self.moving_mean is not None and self.expected_moving_mean is not None:
             updates = "n/a" if self.effective_updates is None else f"{self.effective_updates:.1f}"
             return (f"{text}: moving mean {self.moving_mean:.6g} (expected {self.expected_moving_mean:.6g}), "
@@ -76,7 +88,8 @@ class Probe:
         return cls(**{**known_fields(cls, data, "bisect probe"), "status": Status(data["status"])})
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value}
+        data = {**{f.name: getattr(self, f.name) for f in fields(self)}, "status": self.status.value}
+        return data if self.facets is not None else {k: v for k, v in data.items() if k != "facets"}
 
 
 @dataclass(frozen=True)
@@ -94,19 +107,21 @@ class Change:
 
     before: str
     after: str
-    was: Status
-    becomes: Status
+    was: Finding
+    becomes: Finding
     exact: bool
     unjudged: list[str]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
-        return cls(data["before"], data["after"], Status(data["from"]), Status(data["to"]), data["exact"],
-                   list(data["unjudged"]))
+        was = Finding.from_dict({"status": data["from"], **data.get("from_facets", {})})
+        becomes = Finding.from_dict({"status": data["to"], **data.get("to_facets", {})})
+        return cls(data["before"], data["after"], was, becomes, data["exact"], list(data["unjudged"]))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "after": self.after, "from": self.was.value, "to": self.becomes.value,
-                "exact": self.exact, "unjudged": self.unjudged}
+        return {"before": self.before, "after": self.after, "from": self.was.status.value,
+                "to": self.becomes.status.value, "from_facets": dict(self.was.facets),
+                "to_facets": dict(self.becomes.facets), "exact": self.exact, "unjudged": self.unjudged}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +154,9 @@ class Conclusion:
     @property
     def first_change(self) -> Change | None:
         return self.changes[0] if self.changes else None
+
+    def probe_at(self, version: str) -> Probe | None:
+        return next((p for p in self.probes if p.version == version), None)
 
     @property
     def ordered(self) -> list[str]:
@@ -174,8 +192,8 @@ class Conclusion:
                     probes=[p.to_dict() for p in self.probes], changes=[c.to_dict() for c in self.changes])
         if self.first_change:
             change = self.first_change
-            data.update(changed_in=change.after, last_before=change.before, from_status=change.was.value,
-                        to_status=change.becomes.value)
+            data.update(changed_in=change.after, last_before=change.before, from_status=change.was.status.value,
+                        to_status=change.becomes.status.value)
         return data
 
 

@@ -1,0 +1,21 @@
+"""keras_bn_model_to_estimator with the model compiled with a tf.train optimizer
+(tf.compat.v1.train.AdamOptimizer) instead of a Keras one."""
+import bnmatrix_scenario as common
+
+
+def train(tf, cfg, scratch):
+    common.estimator_api(tf)
+    to_estimator = common.require(tf, "keras.estimator.model_to_estimator")
+    adam = common.require(tf, "train.AdamOptimizer", compat=True)
+    keras = tf.keras
+    inputs = keras.Input(shape=(1,))
+    x = keras.layers.BatchNormalization()(inputs)
+    outputs = keras.layers.Dense(1)(x)
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    model.compile(optimizer=adam(learning_rate=common.LEARNING_RATE), loss="mse")
+    estimator = to_estimator(keras_model=model, model_dir=scratch)
+    return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
+
+
+if __name__ == "__main__":
+    common.main("keras_bn_model_to_estimator_tf_optimizer", train)
