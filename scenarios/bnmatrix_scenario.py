@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -73,8 +74,12 @@ def layer(moving_mean, moving_variance, values=None, alternatives=None, forward=
     `alternatives` maps a label to other data the statistics might follow (see `statistics_data`);
     `forward` is a training-mode forward pass (inputs, outputs, epsilon, gamma, beta and the moving
     statistics just before it), from which the host tells which statistics it normalised with.
+    The dtype of the moving mean as read (a NumPy value or a variable) is reported too.
     """
     observed = {"moving_mean": to_float(moving_mean), "moving_variance": to_float(moving_variance)}
+    dtype = dtype_name(moving_mean)
+    if dtype is not None:
+        observed["dtype"] = dtype
     if values is not None:
         observed["data"] = {"values": [float(v) for v in values]}
     if alternatives:
@@ -82,6 +87,17 @@ def layer(moving_mean, moving_variance, values=None, alternatives=None, forward=
     if forward is not None:
         observed["forward"] = forward
     return observed
+
+
+def dtype_name(value):
+    """"float32" for a NumPy value, a TF or Keras variable (TF 1's "float32_ref" too); None where there is none."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return None
+    dtype = getattr(dtype, "base_dtype", dtype)
+    name = getattr(dtype, "name", None) or str(dtype)
+    name = name.replace("_ref", "")
+    return name if re.match(r"^[a-z0-9_]{1,32}$", name) else None
 
 
 def statistics_data(n, mean, variance_biased, variance_unbiased):
@@ -102,11 +118,13 @@ def keras_optimizer(tf):
     return tf.keras.optimizers.Adam(LEARNING_RATE)
 
 
-def observations(layers, update_ops=None, train_loss=None, eval_loss=None, extra=None, momentum=MOMENTUM):
+def observations(layers, update_ops=None, train_loss=None, eval_loss=None, extra=None, momentum=MOMENTUM,
+                 steps_ran=None):
     """What `train` returns: layers by name (see `layer`), the UPDATE_OPS size, losses, extra numbers,
-    and the momentum of the reported layers (the closed form is checked with it)."""
+    the momentum of the reported layers (the closed form is checked with it) and, where the framework
+    drives the loop, how many training steps really ran (`steps_ran`: a hook's or a callback's count)."""
     return {"layers": layers, "update_ops": update_ops, "train_loss": train_loss, "eval_loss": eval_loss,
-            "extra": extra or {}, "momentum": momentum}
+            "extra": extra or {}, "momentum": momentum, "steps_ran": steps_ran}
 
 
 def to_float(value):
@@ -226,6 +244,7 @@ def main(name, train, argv=None):
         "build_info": {},
         "layers": {},
         "update_ops": None,
+        "steps_ran": None,
         "train_loss": None,
         "eval_loss": None,
         "extra": {},
@@ -288,12 +307,12 @@ def estimator_statistics(estimator):
         if len(found.get(stat, [])) != 1:
             raise RuntimeError("expected one {} variable in the checkpoint, found {}".format(
                 stat, found.get(stat, [])))
-    return (to_float(estimator.get_variable_value(found["moving_mean"][0])),
-            to_float(estimator.get_variable_value(found["moving_variance"][0])))
+    return (estimator.get_variable_value(found["moving_mean"][0]),
+            estimator.get_variable_value(found["moving_variance"][0]))
 
 
 def loss_capture_hook(tf):
-    """A SessionRunHook that keeps the last training loss and the size of UPDATE_OPS."""
+    """A SessionRunHook that keeps the last training loss, the size of UPDATE_OPS and how many times training ran."""
     compat = v1(tf)
     run_args = compat.train.SessionRunArgs
 
@@ -301,6 +320,7 @@ def loss_capture_hook(tf):
         def __init__(self):
             self.loss = None
             self.update_ops = None
+            self.runs = 0  # how many times the train op really ran
             self._tensor = None
 
         def begin(self):
@@ -313,6 +333,7 @@ def loss_capture_hook(tf):
             return run_args(self._tensor) if self._tensor is not None else None
 
         def after_run(self, run_context, run_values):
+            self.runs += 1
             if self._tensor is not None:
                 self.loss = float(run_values.results)
 
@@ -341,7 +362,8 @@ def train_and_evaluate(tf, estimator, steps, input_fn, values=None):
     evaluation = estimator.evaluate(input_fn, steps=1)
     moving_mean, moving_variance = estimator_statistics(estimator)
     return observations({"bn": layer(moving_mean, moving_variance, feature_values() if values is None else values)},
-                        update_ops=hook.update_ops, train_loss=hook.loss, eval_loss=float(evaluation["loss"]))
+                        update_ops=hook.update_ops, train_loss=hook.loss, eval_loss=float(evaluation["loss"]),
+                        steps_ran=hook.runs)
 
 
 def estimator_model_fn(tf, make_batch_norm, fix_updates=False):

@@ -217,6 +217,7 @@ class Variant:
     name: str
     description: str
     env: dict[str, str] = field(default_factory=dict)
+    scenarios: tuple[str, ...] = ()  # only these run in its cells; () means every scenario of the matrix
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,9 +298,15 @@ class Matrix:
                 found = discover_scenarios(directory, f"{where(('scenario_paths', index))}: {directory}")
                 catalog = merge_scenarios(catalog, found)
         variants = {
-            name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})))
+            name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})),
+                          scenarios=tuple(spec.get("scenarios", ())))
             for name, spec in raw.get("variants", {}).items()
         }
+        for name, variant in variants.items():
+            for index, scenario in enumerate(variant.scenarios):
+                if scenario not in raw["scenarios"]:
+                    raise where.error(("variants", name, "scenarios", index), f"found '{scenario}', expected one of "
+                                      f"the matrix's scenarios ({', '.join(raw['scenarios'])})")
         _check_scenarios(raw["scenarios"], catalog, where)
         index_url = settings.get("index_url", DEFAULT_INDEX_URL)
         if not INDEX_URL.fullmatch(index_url):

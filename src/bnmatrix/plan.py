@@ -85,6 +85,8 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str
             flavours: list[tuple[str | None, tuple[str, ...], dict[str, str]]] = [(None, (), {})]
             flavours += [(name, pins, matrix.variants[name].env) for name, pins in version.variants.items()]
             for variant, extra, env in flavours:
+                only = matrix.variants[variant].scenarios if variant else ()
+                runs = tuple(name for name in chosen if not only or name in only)
                 cell_id = f"tf-{version.tf}-{device}" + (f"-{variant}" if variant else "")
                 cells.append(Cell(
                     id=cell_id,
@@ -97,9 +99,9 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str
                     image=images.get(version.images[device], version.images[device]),
                     requested_image=version.images[device],
                     steps=version.steps,
-                    scenarios=chosen,
+                    scenarios=runs,
                     index_url=matrix.index_url,
-                    expect=expectations(cell_id),
+                    expect={k: v for k, v in expectations(cell_id).items() if k in runs},
                 ))
     return cells
 
@@ -119,6 +121,7 @@ def plan(matrix: Matrix, select: Sequence[str] = (), skip: Sequence[str] = (),
         cell for cell in cells
         if (not select or any(fnmatch.fnmatchcase(cell.id, p) for p in select))
         and not any(fnmatch.fnmatchcase(cell.id, p) for p in skip)
+        and cell.scenarios  # a variant that runs none of the --scenario asked for has nothing to run
     ]
 
 

@@ -255,6 +255,8 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float, steps_ran: i
     step that ran apart from one that updated on every other step)."""
     data = BatchData.from_observation(layer["data"])
     moving_mean, moving_variance = float(layer["moving_mean"]), float(layer["moving_variance"])
+    if momentum == 0.0:
+        return _judge_without_momentum(data, moving_mean, moving_variance, steps)
     mean_updates = effective_updates(moving_mean, data, momentum)
     reference = mean_updates if mean_updates is not None else float(steps)
     correction = _variance_correction(moving_variance, data, momentum, reference)
@@ -308,6 +310,27 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float, steps_ran: i
     return verdict(Status.WRONG, f"{mean_part}; {variance_part}{ran}")
 
 
+def _judge_without_momentum(data: BatchData, moving_mean: float, moving_variance: float, steps: int) -> LayerVerdict:
+    """Momentum 0: every update replaces the statistics with the batch's, so the numbers tell whether they updated
+    (and with which variance) but not how often."""
+    fits = [c for c in CORRECTION_WORDS if close(moving_mean, data.mean) and close(moving_variance, data.variance(c))]
+    correction = fits[0] if len(fits) == 1 else None
+
+    def verdict(status: Status, reason: str) -> LayerVerdict:
+        return LayerVerdict(status, reason, data.mean, data.variance(correction or "biased"), None, None, correction,
+                            None, data)
+
+    if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
+        return verdict(Status.STALE, "moving statistics still at their initial values (0, 1)")
+    if correction is not None:
+        return verdict(Status.UPDATED, f"momentum 0: the moving statistics equal the batch's (mean {data.mean:.6g}, "
+                                       f"{CORRECTION_WORDS[correction]}), as any of the {steps} updates leaves them; "
+                                       "how many updates ran cannot be told")
+    return verdict(Status.WRONG, f"momentum 0: the moving statistics ({moving_mean:.6g}, {moving_variance:.6g}) are "
+                                 f"not the batch's (mean {data.mean:.6g}, variance {data.variance_biased:.6g} biased "
+                                 f"or {data.variance_unbiased:.6g} unbiased)")
+
+
 def judge(observation: dict[str, Any]) -> tuple[Status, str, dict[str, LayerVerdict]]:
     """(status, reason, per judged layer verdict) of a schema-checked `observed` scenario result.
 
@@ -345,6 +368,8 @@ class Facet:
 FACETS = (
     Facet("updates", "effective updates of the moving mean per requested step, where neither every step nor none "
                      "updated them (a wrong verdict)", "{}×"),
+    Facet("variance_updates", "effective updates of the moving variance per requested step, where a wrong verdict's "
+                              "differ from the mean's", "variance {}×"),
     Facet("steps_ran", "training steps that really ran of those requested, where the scenario counted them and "
                        "they differ", "{} steps ran"),
     Facet("variance_correction", "which batch variance the moving variance follows: biased (n) or unbiased (n-1)",
@@ -374,9 +399,12 @@ class Finding:
         """The finding of a scenario's result: `verdict` is its first judged layer's (None without numbers)."""
         if verdict is None or status not in (Status.UPDATED, Status.STALE, Status.WRONG):
             return cls(status)
-        updates = (f"{verdict.effective_updates / steps:.2f}" if status is Status.WRONG and steps
-                   and verdict.effective_updates is not None else None)
-        values = {"updates": updates,
+        counted = steps if status is Status.WRONG and verdict.follows in (None, "batch") else None  # the batch's
+        updates = (f"{verdict.effective_updates / counted:.2f}" if counted and verdict.effective_updates is not None
+                   else None)
+        variance = (f"{verdict.effective_updates_variance / counted:.2f}" if counted
+                    and verdict.effective_updates_variance is not None else None)
+        values = {"updates": updates, "variance_updates": variance if variance != updates else None,
                   "steps_ran": f"{steps_ran}/{steps}" if steps_ran is not None and steps_ran != steps else None,
                   "variance_correction": verdict.variance_correction, "forward_statistics": verdict.forward_statistics,
                   "follows": verdict.follows, "moving_dtype": dtype}

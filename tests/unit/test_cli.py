@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from bnmatrix.cli import main
+from bnmatrix.config import Matrix
+from bnmatrix.plan import plan
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +24,23 @@ def test_plan_json_lists_selected_cells(capsys: pytest.CaptureFixture[str]) -> N
 def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--matrix", str(REPO / "matrix.yaml"), "--select", "tf-2.16*", "--skip", "*gpu*"]) == 0
     out = capsys.readouterr().out
-    assert "2 cells" in out and "tf-2.16.2-cpu" in out
+    assert "3 cells" in out and "tf-2.16.2-cpu" in out and "tf-2.16.2-cpu-jax" in out
+
+
+def test_a_variant_runs_only_the_scenarios_it_names() -> None:
+    """The jax variant runs the Keras 3 scenarios (matrix.yaml's variants.jax.scenarios); --scenario narrows it, and a
+    variant left with none of them is no cell of the plan."""
+    matrix = Matrix.from_file(REPO / "matrix.yaml")
+    cells = {c.id: c for c in plan(matrix, select=["tf-2.21.0-cpu*"])}
+    assert set(cells) == {"tf-2.21.0-cpu", "tf-2.21.0-cpu-tfkeras", "tf-2.21.0-cpu-jax"}
+    assert cells["tf-2.21.0-cpu"].scenarios == matrix.scenarios == cells["tf-2.21.0-cpu-tfkeras"].scenarios
+    jax = cells["tf-2.21.0-cpu-jax"]
+    assert set(jax.scenarios) == set(matrix.variants["jax"].scenarios)
+    assert "keras_bn_custom_estimator" not in jax.scenarios
+    assert jax.env == {"KERAS_BACKEND": "jax"} and "jax" in jax.requirements
+    assert "keras_bn_custom_estimator" not in jax.expect
+    narrowed = [c.id for c in plan(matrix, select=["tf-2.21.0-cpu*"], scenarios=["keras_bn_custom_estimator"])]
+    assert narrowed == ["tf-2.21.0-cpu", "tf-2.21.0-cpu-tfkeras"]
 
 
 @pytest.mark.parametrize(

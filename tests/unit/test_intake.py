@@ -153,7 +153,7 @@ def test_a_stored_verdict_is_judged_again_from_its_numbers(tmp_path: Path) -> No
      "cannot be judged (layers.bn: moving_mean: '0.95' is not of type"),
     (lambda s: s["observed"]["layers"]["bn"]["data"].update(values=[1e200, -1e200]),
      "the observed numbers cannot be judged"),
-    (lambda s: s["observed"].update(momentum=None), "momentum: None; expected a number between 0 and 1"),
+    (lambda s: s["observed"].update(momentum=None), "momentum: None; expected a number from 0 up to 1"),
 ])
 def test_stored_numbers_no_verdict_comes_from_make_an_error(change: Any, reason: str) -> None:
     data = real_cell()

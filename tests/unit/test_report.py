@@ -135,8 +135,10 @@ def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) 
     older, newer = view.entry("tf-1.15.5-cpu", "layers_bn_session"), view.entry("tf-2.15.1-cpu", "layers_bn_session")
     assert older.summary == ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
                              "effective updates 200 (mean), 100 (variance) / 100 steps [result of run r1, 2026-11-26]")
-    assert older.note == "2.00×" and older.boundary and not newer.boundary  # the line is drawn above the older
-    assert newer.change == {"text": "layers_bn_session (cpu): wrong (2.00×) → updated between 1.15.5 and 2.15.1",
+    # the mean updated twice per step, the variance once: both counts are facets of the verdict
+    assert older.note == "2.00×, variance 1.00×" and older.boundary and not newer.boundary  # the line: above the older
+    assert newer.change == {"text": "layers_bn_session (cpu): wrong (2.00×, variance 1.00×) → updated between 1.15.5 "
+                                    "and 2.15.1",
                             "command": "bnmatrix bisect --scenario layers_bn_session --good 1.15.5 --bad 2.15.1 "
                                        "--device cpu"}
     assert older.unexpected and older.expected == "updated" and view.unexpected == [older]
@@ -151,8 +153,8 @@ def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) 
                      r'session"', page)
     assert re.search(r'<td class="cell s-wrong boundary"[^>]*>\s*<a href="cells/tf-1.15.5-cpu.html#layers_bn_'
                      r'session"', page)  # the line is drawn above the older version's cell
-    assert ("layers_bn_session (cpu): wrong (2.00×) → updated between 1.15.5 and 2.15.1; pin it: <code>bnmatrix bisect "
-            "--scenario layers_bn_session --good 1.15.5 --bad 2.15.1 --device cpu</code>") in page
+    assert ("layers_bn_session (cpu): wrong (2.00×, variance 1.00×) → updated between 1.15.5 and 2.15.1; pin it: "
+            "<code>bnmatrix bisect --scenario layers_bn_session --good 1.15.5 --bad 2.15.1 --device cpu</code>") in page
     assert "(cpu): stale 1.15.5 · unsupported from 2.15.1" in page  # the answer as version ranges
     assert "expected updated" in page  # the unexpected verdict is marked where it stands
 

@@ -255,4 +255,18 @@ def test_which_data_the_statistics_follow_is_a_facet() -> None:
         follows[name] = Finding.of(status, layers["bn"], 100)
     assert dict(follows["local"].facets)["follows"] == "replica_mean" and follows["local"].status is Status.WRONG
     assert dict(follows["synced"].facets)["follows"] == "batch" and follows["synced"].note() == ""
-    assert follows["local"].versus(follows["synced"]) == ("wrong (1.00×, follows replica_mean)", "updated")
+    assert follows["local"].versus(follows["synced"]) == ("wrong (follows replica_mean)", "updated")
+
+
+def test_momentum_zero_replaces_the_statistics_with_the_batchs() -> None:
+    """With momentum 0 each update replaces the statistics: the batch's own (biased or unbiased variance) is updated,
+    however many updates ran; (0, 1) is stale; anything else is wrong. No update count is claimed."""
+    zero = {"steps": 100, "momentum": 0.0}
+    layer = {"data": {"values": [0, 1, 2, 3]}}
+    status, reason, layers = judge({**zero, "layers": {"bn": {**layer, "moving_mean": 1.5, "moving_variance": 1.25}}})
+    assert status is Status.UPDATED and layers["bn"].variance_correction == "biased"
+    assert layers["bn"].effective_updates is None and "cannot be told" in reason
+    assert judge({**zero, "layers": {"bn": {**layer, "moving_mean": 1.5, "moving_variance": 5 / 3}}})[2][
+        "bn"].variance_correction == "unbiased"
+    assert judge({**zero, "layers": {"bn": {**layer, "moving_mean": 0.0, "moving_variance": 1.0}}})[0] is Status.STALE
+    assert judge({**zero, "layers": {"bn": {**layer, "moving_mean": 0.75, "moving_variance": 1.1}}})[0] is Status.WRONG

@@ -221,8 +221,8 @@ class ScenarioResult:
         if observed is not None:
             problem = next((f"layers.{name}: {p}" for name, layer in observed.layers.items()
                             if (p := schema_problem(layer, "layer"))), None)
-            if problem is None and not (isinstance(observed.momentum, float | int) and 0 < observed.momentum < 1):
-                problem = f"momentum: {observed.momentum!r}; expected a number between 0 and 1"
+            if problem is None and not (isinstance(observed.momentum, float | int) and 0 <= observed.momentum < 1):
+                problem = f"momentum: {observed.momentum!r}; expected a number from 0 up to 1"
         if problem is None:
             self.judge()
         else:
