@@ -384,21 +384,44 @@ FACETS = (
 FACET_NAMES = tuple(f.name for f in FACETS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Finding:
     """A verdict as versions are compared: its status and the value of every facet the numbers show. A change point is
     two neighbouring versions whose findings differ; diff, history, bisect, results.json and the report all say so
-    through this one comparison."""
+    through this one comparison. Two findings are equal when their status and every facet both could observe agree:
+    a facet whose observation a result lacks (a dtype, a step count, alternatives or a forward pass it did not
+    report, as results stored before those existed) is no difference."""
 
     status: Status
     facets: tuple[tuple[str, str], ...] = ()  # (facet name, value), in FACETS order, only the facets with a value
+    unobserved: frozenset[str] = frozenset()  # facets the result had no observation for
+
+    def _compared(self, other: Finding) -> tuple[dict[str, str], dict[str, str]]:
+        skip = self.unobserved | other.unobserved
+        return ({k: v for k, v in self.facets if k not in skip}, {k: v for k, v in other.facets if k not in skip})
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Finding):
+            return NotImplemented
+        mine, theirs = self._compared(other)
+        return self.status == other.status and mine == theirs
+
+    def __hash__(self) -> int:
+        return hash(self.status)  # equal findings share their status
 
     @classmethod
     def of(cls, status: Status, verdict: LayerVerdict | None = None, steps: int | None = None,
-           steps_ran: int | None = None, dtype: str | None = None) -> Finding:
-        """The finding of a scenario's result: `verdict` is its first judged layer's (None without numbers)."""
+           steps_ran: int | None = None, layer: dict[str, Any] | None = None) -> Finding:
+        """The finding of a scenario's result: `verdict` is its first judged layer's (None without numbers), `layer`
+        that layer's observations."""
         if verdict is None or status not in (Status.UPDATED, Status.STALE, Status.WRONG):
             return cls(status)
+        layer = layer or {}
+        dtype = layer.get("dtype")
+        unobserved = frozenset(name for name, seen in (("moving_dtype", dtype is not None),
+                                                      ("steps_ran", steps_ran is not None),
+                                                      ("follows", bool(layer.get("alternatives"))),
+                                                      ("forward_statistics", bool(layer.get("forward")))) if not seen)
         counted = steps if status is Status.WRONG and verdict.follows in (None, "batch") else None  # the batch's
         updates = (f"{verdict.effective_updates / counted:.2f}" if counted and verdict.effective_updates is not None
                    else None)
@@ -408,7 +431,8 @@ class Finding:
                   "steps_ran": f"{steps_ran}/{steps}" if steps_ran is not None and steps_ran != steps else None,
                   "variance_correction": verdict.variance_correction, "forward_statistics": verdict.forward_statistics,
                   "follows": verdict.follows, "moving_dtype": dtype}
-        return cls(status, tuple((name, value) for name in FACET_NAMES if (value := values[name]) is not None))
+        return cls(status, tuple((name, value) for name in FACET_NAMES if (value := values[name]) is not None),
+                   unobserved)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
@@ -448,7 +472,7 @@ class Finding:
         "forward_statistics changed from batch to moving"."""
         found = [f"status changed from {self.status.word} to {newer.status.word}"
                  ] if self.status != newer.status else []
-        old, new = dict(self.facets), dict(newer.facets)
+        old, new = self._compared(newer)
         for name in FACET_NAMES:  # beside a new status, only the facets both show
             if old.get(name) != new.get(name) and (not found or (name in old and name in new)):
                 found.append(f"{name} changed from {old.get(name, 'none')} to {new.get(name, 'none')}")

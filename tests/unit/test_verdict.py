@@ -210,7 +210,8 @@ def test_steps_that_did_not_run_are_told_apart_from_updates_that_were_skipped() 
 
 def finding(layer_observation: dict[str, Any], dtype: str | None = None, steps_ran: int | None = None) -> Finding:
     status, _, layers = judge({**layer_observation, "steps_ran": steps_ran})
-    return Finding.of(status, layers["bn"], layer_observation["steps"], steps_ran, dtype)
+    layer = {**layer_observation["layers"]["bn"], **({"dtype": dtype} if dtype else {})}
+    return Finding.of(status, layers["bn"], layer_observation["steps"], steps_ran, layer)
 
 
 def test_a_finding_holds_every_facet_and_a_facet_alone_is_a_change() -> None:
@@ -239,6 +240,9 @@ def test_a_finding_holds_every_facet_and_a_facet_alone_is_a_change() -> None:
     assert updated.differences(double) == ["status changed from updated to wrong"]  # facets only one side shows: none
     ran = finding(observed(*after(50)), steps_ran=50)
     assert dict(ran.facets)["steps_ran"] == "50/100" and Finding.from_dict(ran.to_dict()) == ran
+    # a result that did not observe a facet (no dtype reported, as before dtypes were) differs in no facet by it
+    assert finding(observed(*after(100))) == updated and not finding(observed(*after(100))).differences(updated)
+    assert finding(observed(*after(100)), dtype="float16") != updated
     with pytest.raises(ValueError, match="unknown facets colour"):
         Finding.from_dict({"status": "updated", "colour": "red"})
 

@@ -203,11 +203,10 @@ class ScenarioResult:
     @property
     def finding(self) -> Finding:
         """The status and every facet of the verdict: what a change point compares."""
-        judged = self.judged
-        observed = self.observed
-        dtype = observed.layers[judged.name].get("dtype") if judged and observed else None
+        judged, observed = self.judged, self.observed
         return Finding.of(self.status, judged.verdict if judged else None, self.steps,
-                          observed.steps_ran if observed else None, dtype)
+                          observed.steps_ran if observed else None,
+                          observed.layers[judged.name] if judged and observed else None)
 
     def rejudge(self) -> bool:
         """Judge a stored result again from its observations, here: a verdict is never taken on trust from a file.
@@ -229,7 +228,8 @@ class ScenarioResult:
             self.refuse(f"the stored observations cannot be judged ({problem})")
         judged = self.finding
         if "follows" not in dict(stored.facets):  # a verdict stored before it said which data the statistics follow
-            judged = Finding(judged.status, tuple(item for item in judged.facets if item[0] != "follows"))
+            judged = Finding(judged.status, tuple(item for item in judged.facets if item[0] != "follows"),
+                             judged.unobserved)
         if judged == stored:
             return True
         self.reason = f"{self.reason} [judged again from the stored numbers: the file said {stored.text}]"
