@@ -89,7 +89,8 @@ def export_results(run: Run, view: View) -> dict[str, Any]:
             numbers = result.numbers() if result else {}
             scenarios[name] = {
                 "status": entry.status, "reason": result.reason if result else cell_result.reason,
-                "expected_status": entry.expected, "previous_status": entry.previous,
+                "expected_status": entry.expected,
+                "previous_status": entry.previous.status if entry.previous else None,
                 "facets": dict(entry.finding.facets),
                 **{key: numbers.get(key) for key in EXPORTED_NUMBERS},
                 **{key: getattr(result, key) if result else None for key in ("tf_version", "keras_version", "python",

@@ -41,7 +41,7 @@ class Entry:
     result: ScenarioResult | None
     summary: str
     href: str
-    previous: Status | None = None  # the status in the previous run (or the cell's previous result), if it differs
+    previous: Finding | None = None  # the previous run's finding (or the cell's previous result's), if it differs
     expected: Status | None = None  # the status matrix.yaml expects, if any
     origin: str | None = None  # the run that produced the result
     held_since: str | None = None  # with history, where the result is from an older run than the newest: its date
@@ -120,9 +120,9 @@ def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
             f"{result.steps} steps{forward}")
 
 
-def _statuses(run: Run) -> dict[tuple[str, str], Status]:
-    """(cell id, scenario) -> status of every entry of a run."""
-    return {(c.id, name): c.entry_status(name) for c in run.cells for name in c.cell.scenarios}
+def _findings(run: Run) -> dict[tuple[str, str], Finding]:
+    """(cell id, scenario) -> the finding (status and facets) of every entry of a run."""
+    return {(c.id, name): c.entry_finding(name) for c in run.cells for name in c.cell.scenarios}
 
 
 def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -214,17 +214,17 @@ class Site:
                    [r.id for r in runs if r.id in holding])
 
     @property
-    def previous_statuses(self) -> dict[tuple[str, str], Status]:
-        """(cell, scenario) -> the status of that scenario's previous measured result, where it differs from the
+    def previous_findings(self) -> dict[tuple[str, str], Finding]:
+        """(cell, scenario) -> the finding of that scenario's previous measured result, where it differs from the
         run that produced the one shown (a results root only)."""
         before = {}
         for cell_id, timeline in self.timelines.items():
-            produced: dict[str, list[tuple[str, Status]]] = {}
+            produced: dict[str, list[tuple[str, Finding]]] = {}
             for past in timeline:
                 for name, result in past.scenarios.items():
                     producer, seen = result.reused_from or past.run_id or "", produced.setdefault(name, [])
                     if not seen or seen[-1][0] != producer:
-                        seen.append((producer, result.status))
+                        seen.append((producer, result.finding))
             before.update({(cell_id, name): seen[-2][1] for name, seen in produced.items() if len(seen) > 1})
         return before
 
@@ -373,7 +373,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     origins = sorted({id(r): r for r in holding}.values(), key=lambda r: moment(r.manifest.started), reverse=True)
     names = {name for cell in [*run.cells, *(c for c, _ in site.evidence.values())] for name in cell.cell.scenarios}
     sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()], sorted(names))
-    before = _statuses(previous) if previous else site.previous_statuses
+    before = _findings(previous) if previous else site.previous_findings
     # With history: the results held by an older run than the newest, and that run's start.
     held_since = {key: holder.manifest.started[:10] for key, (holder, _) in site.holders.items()
                   if run.manifest.cumulative and holder.id != run.id}
@@ -391,12 +391,14 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
             result = cell_result.scenarios.get(name)
             status = cell_result.entry_status(name)
             earlier = before.get((cell.id, name))
+            if earlier is not None and earlier == cell_result.entry_finding(name):
+                earlier = None  # shown only where it differs
             origin = site.holders[(cell.id, name)][1] if (cell.id, name) in site.holders else \
                 cell_result.run_id
             row.entries[(cell.device, name)] = Entry(
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result, origin, started.get(origin or "", cell_result.started)[:10]),
-                href=f"cells/{cell.id}.html#{name}", previous=earlier if earlier not in (None, status) else None,
+                href=f"cells/{cell.id}.html#{name}", previous=earlier,
                 expected=Status(expected[name]) if name in expected else None,
                 origin=origin or site.origins[cell.id].id, held_since=held_since.get((cell.id, name)))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)

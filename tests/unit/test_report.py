@@ -171,7 +171,7 @@ def test_changes_since_the_previous_run_are_marked(tmp_path: Path) -> None:
     previous.manifest.run_id = "r0"
     view = view_of(sample_run(tmp_path), previous)
     assert view.changed == 1 and view.previous_run == "r0"
-    assert view.entry("tf-1.15.5-cpu", "keras_bn_custom_estimator").previous == "updated"
+    assert view.entry("tf-1.15.5-cpu", "keras_bn_custom_estimator").previous.status == "updated"
     assert view.entry("tf-1.15.5-cpu", "layers_bn_session").previous is None  # the same verdict as before
     site = render(sample_run(tmp_path), previous)
     page = re.sub(r"\s+", " ", site["index.html"])
