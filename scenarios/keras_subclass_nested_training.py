@@ -29,7 +29,14 @@ def train(tf, cfg, scratch):
         optimizer = common.v1(tf).train.AdamOptimizer(common.LEARNING_RATE)
     else:
         optimizer = common.keras_optimizer(tf)
-    return tape.observe(tf, model, model.bn, tape.make_step(tf, model, optimizer, x, y), cfg.steps, x, y)
+    step = tape.make_step(tf, model, optimizer, x, y)
+    try:
+        step()  # the first of the steps: it fails before the layers run where Keras cannot call it so
+    except TypeError as exc:  # TF 1.8-1.14: Keras passes `training` to call() whatever call() accepts
+        if "training" not in str(exc):
+            raise
+        raise common.Unsupported("model(x, training=True) on a Model whose call() takes no training", str(exc))
+    return tape.observe(tf, model, model.bn, step, cfg.steps - 1, x, y)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -446,15 +447,22 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status.value, **dict(self.facets)}
 
-    def note(self, full: bool = False) -> str:
-        """The facets in a few words ("2.00×, forward: batch"); the usual values only when `full`."""
+    def note(self, full: bool = False, show: Collection[str] = ()) -> str:
+        """The facets in a few words ("2.00×, forward: batch"); the usual values only when `full`, or for the facets
+        named in `show`."""
         values = dict(self.facets)
         return ", ".join(f.short.format(values[f.name]) for f in FACETS
-                         if f.name in values and (full or values[f.name] != f.usual))
+                         if f.name in values and (full or f.name in show or values[f.name] != f.usual))
 
-    def label(self, full: bool = False) -> str:
-        """The status and its note: "stale (forward: batch)"; "updated (biased variance)" only when `full`."""
-        note = self.note(full)
+    def differing(self, other: Finding) -> set[str]:
+        """The facets whose values differ between the two (where both could observe them)."""
+        mine, theirs = self._compared(other)
+        return {name for name in FACET_NAMES if mine.get(name) != theirs.get(name)}
+
+    def label(self, full: bool = False, show: Collection[str] = ()) -> str:
+        """The status and its note: "stale (forward: batch)"; "updated (biased variance)" only when `full` (or
+        `show` names variance_correction)."""
+        note = self.note(full, show)
         return f"{self.status.word} ({note})" if note else self.status.word
 
     @property
@@ -463,9 +471,9 @@ class Finding:
         return self.label(full=True)
 
     def versus(self, newer: Finding) -> tuple[str, str]:
-        """Both findings in words for a change: short beside a new status, every facet where only a facet changed."""
-        full = self.status == newer.status
-        return self.label(full), newer.label(full)
+        """Both findings in words for a change: short, with the facets that changed even where they are the usual."""
+        show = self.differing(newer) if self.status == newer.status else set()
+        return self.label(show=show), newer.label(show=show)
 
     def differences(self, newer: Finding) -> list[str]:
         """What changed from this finding to `newer`, one phrase per part: "status changed from stale to updated",

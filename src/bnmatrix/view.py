@@ -510,10 +510,10 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
                 ranges.append(Span(entry.status, entry.note, change.after if change else row.tf, row.tf,
                                    pinned=f"changes.html#{search_anchor(search)}" if search else None))
                 findings.append(entry.finding)
-            for index, span in enumerate(ranges):
-                if any(0 <= other < len(ranges) and ranges[other].status is span.status for other in (index - 1,
-                                                                                                      index + 1)):
-                    span.note = findings[index].note(full=True)  # beside the same status, every facet tells them apart
+            for index, span in enumerate(ranges):  # beside the same status, the facets that tell them apart
+                show = {name for other in (index - 1, index + 1) if 0 <= other < len(ranges)
+                        and ranges[other].status is span.status for name in findings[index].differing(findings[other])}
+                span.note = findings[index].note(show=show)
                 newest = index == len(ranges) - 1 and index > 0
                 span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
                               else f"{span.first}–{span.last}")
