@@ -181,7 +181,8 @@ def nothing_changed(work: Path, rounds: int) -> tuple[list[float], list[float]]:
     return run, plans
 
 
-COST_CELLS = ["tf-1.15.5-cpu", "tf-2.15.1-cpu", "tf-2.16.2-cpu"]  # TF 1.x, 2.x before 2.16, 2.16+ (Keras 3)
+# TF 1.x, 2.x before 2.16 (tf-2.6.5, where the cost was first measured, and the newest), 2.16+ (Keras 3)
+COST_CELLS = ["tf-1.15.5-cpu", "tf-2.6.5-cpu", "tf-2.15.1-cpu", "tf-2.16.2-cpu"]
 COST_HEADING = "## What one scenario costs"
 PHASES = {"startup_s": "start", "import_s": "import", "train_s": "build and train", "teardown_s": "teardown"}
 

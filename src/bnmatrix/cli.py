@@ -342,7 +342,7 @@ def _verdict_text(result: CellResult, name: str) -> str:
 
 def _verdict_table(results: list[CellResult], scenarios: Sequence[str]) -> RenderableType:
     """A few cells: a row per scenario, with words and effective updates; many: a row per cell, icons (drawn
-    as lines of text: a rich Table of 74 x 18 cells takes 0.4 s to measure, most of a rerun that reuses all)."""
+    as lines of text: a rich Table of 74 x 18 cells took 0.4 s to measure, most of a rerun that reuses all)."""
     if len(results) <= 6:
         table = Table(title="verdicts (effective updates of the mean / steps)")
         table.add_column("scenario")

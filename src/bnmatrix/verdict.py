@@ -353,6 +353,12 @@ def judge(observation: dict[str, Any]) -> tuple[Status, str, dict[str, LayerVerd
     return Status.WRONG, "; ".join(f"{name}: {v.status.value} ({v.reason})" for name, v in verdicts.items()), verdicts
 
 
+def _per_step(updates: float, steps: int) -> str:
+    """Updates per step to the nearest 0.05, as a facet compares them: two update ops racing on one variable give
+    200.07 to 200.58 updates in 100 steps from run to run, one facet value ("2.00"), not a change."""
+    return f"{round(updates / steps * 20) / 20:.2f}"
+
+
 # --- facets: every observable part of a verdict, and what a change between two versions is ---------------------
 
 @dataclass(frozen=True)
@@ -364,13 +370,14 @@ class Facet:
     meaning: str
     short: str  # how a value reads in a note: "{}" is the value
     usual: str | None = None
+    quiet: bool = False  # its usual value goes unsaid even in the full text (unless it is what changed)
 
 
 FACETS = (
-    Facet("updates", "effective updates of the moving mean per requested step, where neither every step nor none "
-                     "updated them (a wrong verdict)", "{}×"),
-    Facet("variance_updates", "effective updates of the moving variance per requested step, where a wrong verdict's "
-                              "differ from the mean's", "variance {}×"),
+    Facet("updates", "effective updates of the moving mean per requested step (to the nearest 0.05), where neither "
+                     "every step nor none updated them (a wrong verdict)", "{}×"),
+    Facet("variance_updates", "effective updates of the moving variance per requested step (to the nearest 0.05), "
+                              "where a wrong verdict's differ from the mean's", "variance {}×"),
     Facet("steps_ran", "training steps that really ran of those requested, where the scenario counted them and "
                        "they differ", "{} steps ran"),
     Facet("variance_correction", "which batch variance the moving variance follows: biased (n) or unbiased (n-1)",
@@ -378,9 +385,9 @@ FACETS = (
     Facet("forward_statistics", "which statistics a training-mode forward pass normalised with: the batch's or the "
                                 "moving ones", "forward: {}"),
     Facet("follows", "which data the statistics follow where the scenario offers alternatives: the batch the layer "
-                     "was given, or the alternative's label", "follows {}", usual="batch"),
+                     "was given, or the alternative's label", "follows {}", usual="batch", quiet=True),
     Facet("moving_dtype", "the dtype of the moving statistics, where the scenario read it", "{} statistics",
-          usual="float32"),
+          usual="float32", quiet=True),
 )
 FACET_NAMES = tuple(f.name for f in FACETS)
 
@@ -424,9 +431,9 @@ class Finding:
                                                       ("follows", bool(layer.get("alternatives"))),
                                                       ("forward_statistics", bool(layer.get("forward")))) if not seen)
         counted = steps if status is Status.WRONG and verdict.follows in (None, "batch") else None  # the batch's
-        updates = (f"{verdict.effective_updates / counted:.2f}" if counted and verdict.effective_updates is not None
+        updates = (_per_step(verdict.effective_updates, counted) if counted and verdict.effective_updates is not None
                    else None)
-        variance = (f"{verdict.effective_updates_variance / counted:.2f}" if counted
+        variance = (_per_step(verdict.effective_updates_variance, counted) if counted
                     and verdict.effective_updates_variance is not None else None)
         values = {"updates": updates, "variance_updates": variance if variance != updates else None,
                   "steps_ran": f"{steps_ran}/{steps}" if steps_ran is not None and steps_ran != steps else None,
@@ -451,8 +458,8 @@ class Finding:
         """The facets in a few words ("2.00×, forward: batch"); the usual values only when `full`, or for the facets
         named in `show`."""
         values = dict(self.facets)
-        return ", ".join(f.short.format(values[f.name]) for f in FACETS
-                         if f.name in values and (full or f.name in show or values[f.name] != f.usual))
+        return ", ".join(f.short.format(values[f.name]) for f in FACETS if f.name in values and (
+            values[f.name] != f.usual or f.name in show or (full and not f.quiet)))
 
     def differing(self, other: Finding) -> set[str]:
         """The facets whose values differ between the two (where both could observe them)."""

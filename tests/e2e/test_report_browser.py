@@ -83,7 +83,7 @@ def test_the_real_run_has_both_major_versions_both_devices_and_all_scenarios(exp
     assert {cell["device"] for cell in exported["cells"]} == {"cpu", "gpu"}
     from bnmatrix.config import Matrix
 
-    assert exported["scenarios"] == list(Matrix.from_file(REPO / "matrix.yaml").scenarios)  # all 18
+    assert exported["scenarios"] == list(Matrix.from_file(REPO / "matrix.yaml").scenarios)  # all 36
 
 
 def test_the_table_shows_what_the_results_say(page: Any, site: Path, exported: dict[str, Any]) -> None:
@@ -288,11 +288,11 @@ def test_the_runs_page_compares_any_two_runs_and_shows_hostile_data_as_text(page
     out = tmp_path / "site"
     write_report(root, out)
     page.goto((out / "runs.html").as_uri())
-    assert page.text_content("#compare-summary") == "1 of 18 verdicts differ between the cells both runs hold"
+    assert page.text_content("#compare-summary") == "1 of 36 verdicts differ between the cells both runs hold"
     rows = page.eval_on_selector_all("#compare-table tbody tr", "rows => rows.map(r => r.innerText)")
     assert rows == ["tf-1.9.0-cpu\tkeras_bn_custom_estimator\t✘ stale\t✔ updated"]
     page.select_option("select[name=a]", index=0)  # the same run on both sides
-    assert page.text_content("#compare-summary") == "0 of 18 verdicts differ between the cells both runs hold"
+    assert page.text_content("#compare-summary") == "0 of 36 verdicts differ between the cells both runs hold"
     assert page.evaluate("window.pwned") is None and page.locator("img[src=x]").count() == 0
     page.goto((out / "cells" / "tf-1.9.0-cpu.html").as_uri())  # the history strip: both runs, as text
     strip = page.eval_on_selector_all("table.strip tbody tr", "rows => rows.map(r => Array.from(r.cells, "
@@ -325,7 +325,7 @@ def test_the_overview_answers_every_scenario_in_one_screen(page: Any, tmp_path: 
     box = page.locator("#overview").bounding_box()
     assert box["y"] + box["height"] <= 900 and box["x"] + box["width"] <= 1440, box
     rows = page.eval_on_selector_all("#overview tbody tr", "rows => rows.map(r => r.innerText.replace(/\\s+/g, ' '))")
-    assert len(rows) == 18
+    assert len(rows) == 36
     row = next(r for r in rows if r.startswith("keras_bn_model_to_estimator "))
     assert ("✘ stale 1.7.1–1.9.0 · ✔ updated 1.10.0–1.10.1 · ‼ error 1.11.0 · ✔ updated 1.12.3–2.15.1 · "
             "∅ unsupported from 2.16.1") in row

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from bnmatrix.cli import main
+from bnmatrix.config import Matrix
 from bnmatrix.report import write_report
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult
 from tests.e2e.conftest import (
     E2E_CELLS,
     KERAS3_CELL,
-    KERAS3_SCENARIOS,
     REPO,
     check_verdicts,
     reproduce_and_compare,
@@ -63,21 +63,31 @@ def user_scenarios(folder: Path) -> Path:
 def test_every_scenario_gives_its_verdict_from_the_numbers(venv_runs: dict[str, tuple[Path, CellResult]],
                                                            cell_id: str) -> None:
     _, cell = venv_runs[cell_id]
-    assert len(cell.scenarios) == 18
+    assert list(cell.scenarios) == list(Matrix.from_file(REPO / "matrix.yaml").scenarios)  # all 36
     check_verdicts(cell)
     tf = E2E_CELLS[cell_id][0]
     assert cell.environment is not None and cell.environment["kind"] == "venv"
     assert any(line.startswith("tensorflow==" + tf) for line in cell.environment["packages"])
 
 
-def test_keras3_scenarios_on_tf_2_16(tmp_path: Path) -> None:
+def test_every_scenario_on_tf_2_16_with_keras_3(tmp_path: Path) -> None:
     cell_id, _, python = KERAS3_CELL
-    options = [item for name in KERAS3_SCENARIOS for item in ("--scenario", name)]
-    cell = run_cell(cell_id, python, tmp_path, *options)
-    assert sorted(cell.scenarios) == sorted(KERAS3_SCENARIOS)
+    cell = run_cell(cell_id, python, tmp_path)
+    assert list(cell.scenarios) == list(Matrix.from_file(REPO / "matrix.yaml").scenarios)
     check_verdicts(cell)
     observed = cell.scenarios["keras3_bn_fit"].observed
     assert observed is not None and observed.extra["keras"].startswith("3.")
+
+
+def test_the_keras_3_scenarios_on_the_jax_backend(tmp_path: Path) -> None:
+    """The jax variant of 2.16.2: jax installed, KERAS_BACKEND=jax, its own scenarios only."""
+    cell_id, _, python = KERAS3_CELL
+    cell = run_cell(cell_id + "-jax", python, tmp_path)
+    assert list(cell.scenarios) == list(Matrix.from_file(REPO / "matrix.yaml").variants["jax"].scenarios)
+    check_verdicts(cell)
+    assert {s.observed.extra.get("backend") for s in cell.scenarios.values()
+            if s.scenario == "keras3_bn_fit" and s.observed} == {"jax"}
+    assert any(line.startswith("jax==") for line in (cell.environment or {})["packages"])
 
 
 def test_report_of_the_real_run(venv_runs: dict[str, tuple[Path, CellResult]], tmp_path: Path) -> None:

@@ -127,7 +127,8 @@ def test_change_points_of_the_real_run_pass_over_entries_without_a_verdict() -> 
     # a facet's change is a change point too: the variance Keras 3 follows, the statistics a frozen layer uses
     assert ("keras_fit_4d_variance", "2.15.1", "2.16.2") in points
     assert ("keras_bn_trainable_false", "1.15.5", "2.0.4") in points
-    assert len(points) == 22
+    assert ("keras_bn_mirrored_plain", "2.15.1", "2.16.2") in points  # which data: the replicas' mean -> the first's
+    assert len(points) == 43
 
 
 def history_root(tmp_path: Path) -> Path:
@@ -153,20 +154,21 @@ def test_a_results_root_renders_each_cells_newest_result_with_its_history(tmp_pa
     root = history_root(tmp_path)
     site = Site.load(root)
     files = render_site(site)
-    assert len(site.run.cells) == 74 and site.origins["tf-1.9.0-cpu"].id == "20261120T000000Z-bbbbbb"
+    assert len(site.run.cells) == 86 and site.origins["tf-1.9.0-cpu"].id == "20261120T000000Z-bbbbbb"
     parser = html5lib.HTMLParser(strict=True)
     for name in ("index.html", "runs.html", "changes.html", "cells/tf-1.9.0-cpu.html"):
         parser.parse(files[name])
     page = files["cells/tf-1.9.0-cpu.html"]
     assert 'id="history-title"' in page and 'title="run 20261120T000000Z-bbbbbb: updated"' in page
-    assert 'title="run 20261129T185206Z-f942bd: stale"' in page  # the real run's own id, from its cells
+    assert 'title="run 20261129T204305Z-8f461f: stale"' in page  # the real run's own id, from its cells
     assert "Each cell shows its newest result" in files["index.html"]
     assert 'data-changed="1"' in files["index.html"]  # the one verdict that changed since the cell's last result
     # every result from the older run says so; the newest run's cell does not
-    assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 36 * 18  # CPU; GPU folded
+    # CPU (GPU folded): 37 cells x 36 scenarios and 6 jax cells x 14, less the newer run's cell
+    assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 37 * 36 + 6 * 14 - 36
     assert "[result of run 20261120T000000Z-bbbbbb, 2026-11-28]" in files["index.html"]
     data = json.loads(files["runs.html"].split('id="history-data">')[1].split("</script>")[0])
-    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261129T185206Z-f942bd"]
+    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261129T204305Z-8f461f"]
     schema = json.loads((data_path("report") / "results.schema.json").read_text())
     exported = json.loads(files["results.json"])
     jsonschema.validate(exported, schema)
@@ -180,7 +182,7 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
     found = diff(older, newer)
     assert [(c.cell, c.scenario, c.before.text, c.after.text) for c in found.changes] == [
         ("tf-1.9.0-cpu", "keras_bn_custom_estimator", "stale", "updated (biased variance)")]
-    assert found.compared == 18 and len(found.only_before) == 36  # CPU cells; the GPU cells did not run
+    assert found.compared == 36 and len(found.only_before) == 42  # CPU cells; the GPU cells did not run
     assert prune(root, keep=1) == []  # the older run holds the newest result of 73 cells
     shutil.copytree(root / "20261101T000000Z-aaaaaa", root / "20261125T000000Z-cccccc")
     manifest = json.loads((root / "20261125T000000Z-cccccc" / "manifest.json").read_text())
@@ -195,15 +197,15 @@ def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> Non
     index = html.unescape(files["index.html"])
     assert ('<a href="changes.html#keras_bn_model_to_estimator-cpu-1.9.0-1.10.1">keras_bn_model_to_estimator '
             "(cpu): stale → updated in 1.10.0 (rows 1.9.0 → 1.10.1)</a>") in index
-    assert ("keras_bn_model_to_estimator_tf_optimizer (cpu): stale → wrong (0.50×) in 1.10.0 (rows 1.9.0 → 1.10.1)"
-            in index)
-    assert index.count(" boundary") == index.count(" changes-here") == 22  # a line per change, a facet's too
+    assert ("keras_bn_model_to_estimator_tf_optimizer (cpu): stale (50/100 steps ran) → wrong (0.50×, 50/100 steps "
+            "ran) in 1.10.0 (rows 1.9.0 → 1.10.1)" in index)  # the train op ran 50 times for 100 steps: both say so
+    assert index.count(" boundary") == index.count(" changes-here") == 43  # a line per change, a facet's too
     assert "keras_bn_model_to_estimator (cpu): updated → error" not in index  # an error is no verdict: no change
     assert "keras_bn_model_to_estimator (cpu): error →" not in index
     assert "pin it" not in index  # the real bisect narrowed every change point of the default matrix
-    assert len(site.searches) == 22 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
+    assert len(site.searches) == 43 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
     changes = files["changes.html"]
-    assert changes.count('<section class="scenario"') == 22
+    assert changes.count('<section class="scenario"') == 43
     assert "keras_bn_trainable_false (cpu) forward_statistics changed from batch to moving in 2.0.0" in changes
     assert "keras_fit_4d_variance (cpu) variance_correction changed from unbiased to biased in 2.16.1" in changes
     for release in ("1.10.0", "1.13.1", "2.2.0", "2.2.1", "2.16.1", "2.0.0"):  # releases between rows: own pages

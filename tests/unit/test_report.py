@@ -546,7 +546,8 @@ def test_a_cell_that_did_not_run_has_no_result_to_differ_from_its_expectation() 
     assert "differ from the expectations" not in files["index.html"]
     suites = {s.get("name"): s for s in ET.fromstring(files["junit.xml"])}
     gpu = suites["bnmatrix.gpu"]
-    assert gpu.get("failures") == "0" and gpu.get("skipped") == gpu.get("tests") == str(37 * 18)
+    # 37 GPU cells with every scenario, 6 jax ones with the Keras 3 scenarios
+    assert gpu.get("failures") == "0" and gpu.get("skipped") == gpu.get("tests") == str(37 * 36 + 6 * 14)
 
 
 # Machado, Oliveira and Fernandes (2009), severity 1.0: linear-RGB matrices simulating each deficiency.
@@ -622,8 +623,8 @@ ODD_VALUES = [0, -1, 1e308, 10 ** 30, "", "a\nb", None, [], {}, "1.2.3.4.5", Tru
 
 def test_the_glance_of_the_committed_data_gives_each_verdicts_versions_and_the_bisect_that_pinned_them() -> None:
     view = build_view(Site.load(REAL_DATA))
-    assert view.overview.lines == [("cpu", None), ("cpu", "tfkeras")]
-    assert view.overview.not_run == {("gpu", None): 31, ("gpu", "tfkeras"): 6}  # no GPU here: counted, not shown
+    assert view.overview.lines == [("cpu", None), ("cpu", "jax"), ("cpu", "tfkeras")]
+    assert view.overview.not_run == {("gpu", None): 31, ("gpu", "jax"): 6, ("gpu", "tfkeras"): 6}  # counted, not shown
     glance = view.overview.table["keras_bn_custom_estimator"]
     assert [(s.status, s.label, s.count, s.pinned) for s in glance[("cpu", None)].ranges] == [
         ("updated", "1.7.1–1.8.0", 2, None),
@@ -669,6 +670,6 @@ def test_the_readmes_table_is_the_reports_glance_of_the_committed_data() -> None
     summary = render_site(Site.load(REAL_DATA))["summary.md"].splitlines()
     start = next(i for i, line in enumerate(summary) if line.startswith("| scenario |"))
     table = summary[start:start + next(i for i, line in enumerate(summary[start:]) if not line.startswith("|"))]
-    assert len(table) == 2 + 18
+    assert len(table) == 2 + 36
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert "\n".join(table) in readme

@@ -229,7 +229,7 @@ def test_a_finding_holds_every_facet_and_a_facet_alone_is_a_change() -> None:
     assert batch.differences(moving) == ["forward_statistics changed from batch to moving"]
     assert (batch.text, moving.text) == ("stale (forward: batch)", "stale (forward: moving)")
     updated = finding(observed(*after(100)), dtype="float32")
-    assert updated.text == "updated (biased variance, float32 statistics)" and updated.note() == ""
+    assert updated.text == "updated (biased variance)" and updated.note() == ""  # float32: no news, even in full
     unbiased = finding(observed(*after(100, "unbiased")), dtype="float32")
     assert unbiased.note() == "unbiased variance"
     assert updated.differences(unbiased) == ["variance_correction changed from biased to unbiased"]

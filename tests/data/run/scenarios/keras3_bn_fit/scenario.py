@@ -16,8 +16,8 @@ def train(tf, cfg, scratch):
     if not version.split(".")[0].isdigit() or int(version.split(".")[0]) < 3:
         raise common.Unsupported("keras 3", "keras {} is installed; Keras 3 comes with TF 2.16 and later".format(
             version))
-    model, bn, loss, x_train, y_train = keras_fit.fit(tf, cfg, keras=keras)
-    observed = keras_fit.observe(tf, model, bn, loss, x_train, y_train)
+    model, bn, loss, x_train, y_train, steps_ran = keras_fit.fit(tf, cfg, keras=keras)
+    observed = keras_fit.observe(tf, model, bn, loss, x_train, y_train, steps_ran=steps_ran)
     observed["extra"]["keras"] = version
     observed["extra"]["backend"] = keras.backend.backend()
     return observed

@@ -9,19 +9,23 @@ import keras_fit
 
 
 def train(tf, cfg, scratch):
-    model, bn, loss, x_train, y_train = keras_fit.fit(tf, cfg, batch_norm_options={"trainable": False})
+    model, bn, loss, x_train, y_train, steps_ran = keras_fit.fit(tf, cfg, batch_norm_options={"trainable": False})
+    return observe_with_forward(tf, tf.keras, model, bn, loss, x_train, y_train, steps_ran)
+
+
+def observe_with_forward(tf, keras, model, bn, loss, x_train, y_train, steps_ran):
+    """keras_fit.observe, with a training-mode forward pass of the BN layer alone after fit, on the same batch:
+    which statistics does it normalise with? The statistics reported are those fit left."""
     moving_mean = common.read_variable(tf, bn.moving_mean)
     moving_variance = common.read_variable(tf, bn.moving_variance)
-    # A training-mode forward pass of the BN layer alone, after fit, on the same batch.
-    keras = tf.keras
     inputs = keras.Input(shape=(1,))
     probe = keras.Model(inputs=inputs, outputs=bn(inputs, training=True))
-    outputs = probe.predict(x_train, batch_size=len(common.FEATURES))
+    outputs = probe.predict(x_train, batch_size=len(common.FEATURES), verbose=0)
     forward = {"inputs": common.flat_floats(x_train), "outputs": common.flat_floats(outputs),
                "epsilon": float(bn.epsilon), "gamma": common.to_float(common.read_variable(tf, bn.gamma)),
                "beta": common.to_float(common.read_variable(tf, bn.beta)),
                "moving_mean": common.to_float(moving_mean), "moving_variance": common.to_float(moving_variance)}
-    observed = keras_fit.observe(tf, model, bn, loss, x_train, y_train, forward=forward)
+    observed = keras_fit.observe(tf, model, bn, loss, x_train, y_train, forward=forward, steps_ran=steps_ran)
     # The statistics as fit left them (the probe may update them again in eager mode).
     observed["layers"]["bn"].update(moving_mean=common.to_float(moving_mean),
                                     moving_variance=common.to_float(moving_variance))

@@ -9,8 +9,9 @@ import keras_fit
 
 
 def train(tf, cfg, scratch, batch_norm_options=None):
-    model, bn, loss, x_train, y_train = keras_fit.fit(tf, cfg, four_d=True, batch_norm_options=batch_norm_options)
-    return keras_fit.observe(tf, model, bn, loss, x_train, y_train)
+    model, bn, loss, x_train, y_train, steps_ran = keras_fit.fit(tf, cfg, four_d=True,
+                                                                 batch_norm_options=batch_norm_options)
+    return keras_fit.observe(tf, model, bn, loss, x_train, y_train, steps_ran=steps_ran)
 
 
 if __name__ == "__main__":

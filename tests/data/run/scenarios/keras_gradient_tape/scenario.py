@@ -29,10 +29,12 @@ def build(tf):
     return model, bn, optimizer, x, y
 
 
-def make_step(tf, model, optimizer, x, y):
+def make_step(tf, model, optimizer, x, y, training=True):
+    """One training step; `training` False calls the model as `model(x)`, without the argument."""
     def step():
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.square(model(x, training=True) - y))
+            outputs = model(x, training=True) if training else model(x)
+            loss = tf.reduce_mean(tf.square(outputs - y))
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
