@@ -212,7 +212,9 @@ def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
             "interpreter's start, or the fork, and the scenario's imports, the TensorFlow import, building and "
             "training the pattern, reading the environment), summed over its scenarios; the rest is what no scenario "
             "measured: the interpreter's exit, the zygote's import, bnmatrix's own work per scenario, and a core "
-            "left idle while the other ends the cell.\n\n" + "\n".join(rows) + "\n")
+            "left idle while the other ends the cell. The `import tensorflow` column is one import per round on an "
+            "idle machine; the fresh processes' own imports (the import sum over the scenarios) ran two at a time.\n\n"
+            + "\n".join(rows) + "\n")
 
 
 def _cost_row(cell_id: str, count: int, way: str, options: list[str], jobs: int, rounds: int, work: Path,
