@@ -258,7 +258,7 @@ class Search:
             outcome = Outcome.ENDPOINT_ERROR
             text = f"{label}: no verdict at {broken} ({probe.status.value}: {probe.reason}); nothing to compare with"
         elif not changes:
-            same = (self.finding(0) or Finding(Status.ERROR)).text
+            same = (self.finding(0) or Finding(Status.ERROR)).label()
             outcome = Outcome.NO_CHANGE if self.exhaustive else Outcome.NOTHING_TO_BISECT
             text = (f"{label}: {same} at every one of the {len(checked)} releases checked" if self.exhaustive else
                     f"{label}: nothing to bisect: {same} at both {good} and {bad}; --exhaustive checks every "

@@ -76,7 +76,7 @@ class Probe:
         return self.finding == other.finding
 
     def describe(self) -> str:
-        text = f"{self.version} (Python {self.python}): {self.status.icon} {self.finding.text}"
+        text = f"{self.version} (Python {self.python}): {self.status.icon} {self.finding.label()}"
         if self.moving_mean is not None and self.expected_moving_mean is not None:
             updates = "n/a" if self.effective_updates is None else f"{self.effective_updates:.1f}"
             return (f"{text}: moving mean {self.moving_mean:.6g} (expected {self.expected_moving_mean:.6g}), "
