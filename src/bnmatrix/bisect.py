@@ -278,7 +278,7 @@ class Search:
             text = f"{label} " + "; then ".join(parts) + f"; {len(checked)} releases checked of {len(self.candidates)}"
             if not monotonic:
                 text += " (not monotonic: a verdict comes back; every release checked: " + ", ".join(
-                    f"{v} {self.probes[v].finding.text}" for v in checked) + ")"
+                    f"{v} {self.probes[v].finding.label()}" for v in checked) + ")"
             elif not self.exhaustive and len(checked) < len(self.candidates):
                 text += " (binary search: assumes each verdict holds over one stretch of releases; --exhaustive " \
                         "runs every release)"

@@ -217,8 +217,9 @@ def check_scenario(tf: str, s: ScenarioResult) -> None:
         assert n["update_ops"] == 0
     if s.scenario == "keras_bn_sync_mirrored":
         extra = s.observed.extra
-        assert extra["replicas"] == 2 and extra["moving_mean_per_replica"][0] == pytest.approx(
-            extra["moving_mean_per_replica"][1], rel=1e-5)
+        # one value per replica where the variable is mirrored (Keras 2); Keras 3's variables hold one
+        means = extra["moving_mean_per_replica"]
+        assert extra["replicas"] == 2 and means and all(m == pytest.approx(means[0], rel=1e-5) for m in means)
 
 
 def check_verdicts(cell: CellResult) -> None:
