@@ -195,6 +195,12 @@ class LayerVerdict:
     data: BatchData  # the batch the layer was judged against
     follows: str | None = None  # where the layer offers alternatives: "batch" (its own data) or the alternative's label
 
+    @property
+    def counts_the_batch(self) -> bool:
+        """Whether its effective updates count updates towards the batch the layer was given (not when its statistics
+        follow other data)."""
+        return self.follows in (None, "batch")
+
     def to_dict(self) -> dict[str, Any]:
         return {"status": self.status.value, "reason": self.reason, "expected_moving_mean": self.expected_moving_mean,
                 "expected_moving_variance": self.expected_moving_variance,
@@ -227,6 +233,11 @@ def _variance_correction(moving_variance: float, data: BatchData, momentum: floa
         if implied is not None and abs(implied - updates) <= max(0.5, 0.01 * updates):
             fits.append((abs(implied - updates), correction))
     return min(fits)[1] if fits else None
+
+
+def _initial(moving_mean: float, moving_variance: float) -> bool:
+    """The statistics never left their initial (0, 1)."""
+    return abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE
 
 
 def _ratio(updates: float, steps: int) -> str:
@@ -273,7 +284,7 @@ def judge_layer(layer: dict[str, Any], steps: int, momentum: float, steps_ran: i
         return LayerVerdict(status, reason + used, expected_mean, expected_variance, mean_updates, variance_updates,
                             correction, forward, data, follows)
 
-    if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
+    if _initial(moving_mean, moving_variance):
         return verdict(Status.STALE, "moving statistics still at their initial values (0, 1)")
     follows = f"moving variance follows {CORRECTION_WORDS[correction]}" if correction else (
         f"moving variance {moving_variance:.6g} follows neither the biased nor the unbiased batch variance")
@@ -321,7 +332,7 @@ def _judge_without_momentum(data: BatchData, moving_mean: float, moving_variance
         return LayerVerdict(status, reason, data.mean, data.variance(correction or "biased"), None, None, correction,
                             None, data)
 
-    if abs(moving_mean) <= STALE_TOLERANCE and abs(moving_variance - 1.0) <= STALE_TOLERANCE:
+    if _initial(moving_mean, moving_variance):
         return verdict(Status.STALE, "moving statistics still at their initial values (0, 1)")
     if correction is not None:
         return verdict(Status.UPDATED, f"momentum 0: the moving statistics equal the batch's (mean {data.mean:.6g}, "
@@ -430,7 +441,7 @@ class Finding:
                                                       ("steps_ran", steps_ran is not None),
                                                       ("follows", bool(layer.get("alternatives"))),
                                                       ("forward_statistics", bool(layer.get("forward")))) if not seen)
-        counted = steps if status is Status.WRONG and verdict.follows in (None, "batch") else None  # the batch's
+        counted = steps if status is Status.WRONG and verdict.counts_the_batch else None
         updates = (_per_step(verdict.effective_updates, counted) if counted and verdict.effective_updates is not None
                    else None)
         variance = (_per_step(verdict.effective_updates_variance, counted) if counted
@@ -487,8 +498,8 @@ class Finding:
         "forward_statistics changed from batch to moving"."""
         found = [f"status changed from {self.status.word} to {newer.status.word}"
                  ] if self.status != newer.status else []
-        old, new = self._compared(newer)
-        for name in FACET_NAMES:  # beside a new status, only the facets both show
-            if old.get(name) != new.get(name) and (not found or (name in old and name in new)):
+        old, new = dict(self.facets), dict(newer.facets)
+        for name in [n for n in FACET_NAMES if n in self.differing(newer)]:  # beside a new status: those both show
+            if not found or (name in old and name in new):
                 found.append(f"{name} changed from {old.get(name, 'none')} to {new.get(name, 'none')}")
         return found

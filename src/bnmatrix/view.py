@@ -247,15 +247,19 @@ Line = tuple[str, str | None]  # a device, and a variant or None: one line of th
 
 @dataclass
 class Span:
-    """A stretch of versions (oldest first) with one verdict and note: one range of the glance."""
+    """A stretch of versions (oldest first) with one verdict (status and facets): one range of the glance."""
 
-    status: Status
-    note: str
+    finding: Finding
     first: str  # the first version, or the release a bisect pinned the change to
     last: str
     count: int = 1
     pinned: str | None = None  # the bisect's conclusion where one pinned its first release
     label: str = ""  # "1.7.1–1.8.0", "2.15.1", or "from 2.16.1" for the newest of several
+    note: str = ""  # its facets in words, with those that tell it from a neighbour of the same status
+
+    @property
+    def status(self) -> Status:
+        return self.finding.status
 
     @property
     def words(self) -> str:
@@ -500,20 +504,19 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
                 not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(column))
                 continue
             ranges: list[Span] = []
-            findings: list[Finding] = []
             for row, entry in column:
-                if ranges and findings[-1] == entry.finding:
+                if ranges and ranges[-1].finding == entry.finding:
                     ranges[-1].last, ranges[-1].count = row.tf, ranges[-1].count + 1
                     continue
                 search = pinned.get((name, device, variant, ranges[-1].last, row.tf)) if ranges else None
                 change = search.first_change if search else None
-                ranges.append(Span(entry.status, entry.note, change.after if change else row.tf, row.tf,
+                ranges.append(Span(entry.finding, change.after if change else row.tf, row.tf,
                                    pinned=f"changes.html#{search_anchor(search)}" if search else None))
-                findings.append(entry.finding)
             for index, span in enumerate(ranges):  # beside the same status, the facets that tell them apart
-                show = {name for other in (index - 1, index + 1) if 0 <= other < len(ranges)
-                        and ranges[other].status is span.status for name in findings[index].differing(findings[other])}
-                span.note = findings[index].note(show=show)
+                neighbours = [ranges[i] for i in (index - 1, index + 1) if 0 <= i < len(ranges)]
+                show = {name for other in neighbours if other.status is span.status
+                        for name in span.finding.differing(other.finding)}
+                span.note = span.finding.note(show=show)
                 newest = index == len(ranges) - 1 and index > 0
                 span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
                               else f"{span.first}–{span.last}")

@@ -185,7 +185,7 @@ class ScenarioResult:
         for an `updated` verdict (the closed form for every step fits within tolerance, however few digits the
         estimate has when momentum**steps is tiny), "200.1/100" otherwise; None without numbers."""
         judged = self.judged
-        if judged is None or judged.verdict.effective_updates is None or judged.verdict.follows not in (None, "batch"):
+        if judged is None or judged.verdict.effective_updates is None or not judged.verdict.counts_the_batch:
             return None  # no count of updates, or one of data the statistics do not follow
         if self.status is Status.UPDATED:
             return f"{self.steps}/{self.steps}"
