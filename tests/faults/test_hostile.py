@@ -414,7 +414,8 @@ def test_the_leftovers_of_killed_commands_are_swept_by_the_next(fault: Fault) ->
         (real / "logs" / "tf-2.15.1-cpu" / f"extra{index}.log").write_text("x" * 1000)
     site = fault.dir / "site"
     left = []
-    for delay in (0.6, 0.9, 1.2, 1.5, 1.8, 2.1):  # the report copies 4,000 logs and packs them into its archive
+    # the report renders the run (about 4 s: 86 cells x 36 scenarios), then copies 4,000 logs and packs its archive
+    for delay in (0.6, 1.2, 1.8, 2.4, 3.0, 3.6, 4.2, 4.8, 5.4):
         process = subprocess.Popen([sys.executable, "-m", "bnmatrix", "report", "--results", "results", "--out",
                                     str(site)], env=fault.env, cwd=fault.dir, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
