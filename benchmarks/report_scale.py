@@ -1,5 +1,6 @@
-"""How the report scales: the real run (tests/data/run) against a synthetic matrix of 30 TF versions
-x 2 devices x 10 scenarios, side by side. Measures the site's size, the time bnmatrix takes to render
+"""How the report scales: the real run (tests/data/run) against synthetic matrices of 30 TF versions
+x 2 devices x 10 scenarios and of 100 versions x 2 devices x 45 scenarios (over three times the real
+run's entries), side by side. Measures the site's size, the time bnmatrix takes to render
 it, and in Debian's Chromium the time to load the matrix page and to apply a filter.
 
 usage: python benchmarks/report_scale.py [--repeat 5] [--write docs/report-benchmarks.md]
@@ -23,24 +24,29 @@ from bnmatrix.verdict import CellStatus
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_RUN = REPO / "tests" / "data" / "run"
-STATUSES = ["updated", "stale", "wrong", "unsupported", "updated", "error"]
+STATUSES = ["updated", "stale", "wrong", "unsupported", "error"]
 
 
-def synthetic_run(directory: Path, versions: int = 30, scenarios: int = 10) -> Path:
-    """A run shaped like a real one: every cell copied from a real result, renamed and re-labelled."""
+def synthetic_run(directory: Path, versions: int = 30, scenarios: int = 10, block: int = 1) -> Path:
+    """A run shaped like a real one: every cell copied from a real cell, renamed and re-labelled, each scenario's
+    result a real result of the status it is to have (the report judges the numbers again); a scenario's verdict
+    changes every `block` versions."""
     real = load_run(REAL_RUN)
     template = next(c for c in real.cells if c.status is CellStatus.RAN).to_dict()
-    sample = next(iter(template["scenarios"].values()))
+    samples = {}  # a real result of each status, with its numbers
+    for found in real.cells:
+        for result in found.to_dict()["scenarios"].values():
+            samples.setdefault(result["status"], result)
     names = [f"pattern_{i:02d}" for i in range(scenarios)]
-    manifest = {**real.manifest, "run_id": "synthetic", "cells": []}
+    manifest = {**real.manifest.to_dict(), "run_id": "synthetic", "cells": []}
     for v in range(versions):
-        tf = f"{1 + v // 16}.{v % 16}.0"
+        tf = f"{1 + v // 25}.{v % 25}.0"
         for device in ("cpu", "gpu"):
             cell = copy.deepcopy(template)
             cell_id = f"tf-{tf}-{device}"
             cell["cell"].update(id=cell_id, tf=tf, device=device, scenarios=names)
-            cell["scenarios"] = {name: {**copy.deepcopy(sample), "scenario": name,
-                                        "status": STATUSES[(v + i) % len(STATUSES)]}
+            cell["scenarios"] = {name: {**copy.deepcopy(samples[STATUSES[(v // block + i) % len(STATUSES)]]),
+                                        "scenario": name, "tf_version": tf}
                                  for i, name in enumerate(names)}
             write_json(directory / "cells" / f"{cell_id}.json", cell)
             manifest["cells"].append(cell_id)
@@ -90,7 +96,7 @@ def measure(name: str, run: Path, work: Path, repeat: int) -> dict[str, Any]:
     index, total = site_size(site)
     load, apply = browser_seconds(site, repeat)
     loaded = load_run(run)
-    entries = sum(len(c.cell["scenarios"]) for c in loaded.cells)
+    entries = sum(len(c.cell.scenarios) for c in loaded.cells)
     return {"name": name, "cells": len(loaded.cells), "entries": entries, "render_s": render, "index_kb": index / 1024,
             "site_kb": total / 1024, "load_s": load, "filter_s": apply}
 
@@ -104,7 +110,9 @@ def main() -> None:
         work = Path(scratch)
         rows = [measure("real run (tests/data/run)", REAL_RUN, work, args.repeat),
                 measure("30 versions x 2 devices x 10 scenarios", synthetic_run(work / "synthetic"), work,
-                        args.repeat)]
+                        args.repeat),
+                measure("100 versions x 2 devices x 45 scenarios", synthetic_run(
+                    work / "synthetic-100", versions=100, scenarios=45, block=10), work, args.repeat)]
     base = rows[0]
     lines = ["| matrix | cells | entries | render (s) | index.html (KiB) | site (KiB) | load in Chromium (s) "
              "| filter (s) |", "|---|---|---|---|---|---|---|---|"]

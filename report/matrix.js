@@ -1,10 +1,11 @@
-// The matrix page's filters and collapsible groups. The filter state lives in the address
-// (#status=stale,wrong&device=cpu&from=1.15.5), so a filtered view can be shared; it works
+// The index page's filters (on the glance and the matrix) and the matrix's collapsible groups. The filter state
+// lives in the address (#status=stale,wrong&device=cpu&from=1.15.5), so a filtered view can be shared; it works
 // from a file:// URL and under any sub-path. Without JavaScript every row and column shows.
 (function () {
   "use strict";
   var form = document.getElementById("filters");
   var table = document.getElementById("matrix");
+  var overview = document.getElementById("overview");
   if (!form || !table) return;
   form.hidden = false;
 
@@ -45,8 +46,17 @@
       return box.checked;
     }).map(function (box) { return box.value; });
   }
+  var search = document.getElementById("search");
+  var texts = {};  // scenario -> its name, pattern, why and fix in lower case: what the search box looks in
+  if (overview) {
+    overview.querySelectorAll("tbody tr[data-scenario]").forEach(function (row) {
+      texts[row.dataset.scenario] = row.dataset.text || row.dataset.scenario;
+    });
+  }
+  if (search) document.getElementById("search-area").hidden = false;
   function currentState() {
     var state = {};
+    if (search && search.value.trim()) state.q = search.value.trim();
     ["status", "device", "scenario"].forEach(function (name) {
       var values = checked(name);
       if (values.length) state[name] = values.join(",");
@@ -69,17 +79,47 @@
       form.querySelector('select[name="' + name + '"]').value = state[name] || "";
     });
     form.querySelector('input[name="changed"]').checked = state.changed === "1";
+    if (search) search.value = state.q || "";
   }
   function apply(state) {
     var statuses = state.status ? state.status.split(",") : null;
     var devices = state.device ? state.device.split(",") : null;
     var scenarios = state.scenario ? state.scenario.split(",") : null;
-    function columnShown(element) {
-      return (!devices || devices.indexOf(element.dataset.device) >= 0) &&
-        (!scenarios || !element.dataset.scenario || scenarios.indexOf(element.dataset.scenario) >= 0);
+    function inVersions(first, last) {
+      return (!state.from || compareVersions(last, state.from) >= 0) && (!state.to || compareVersions(first, state.to) <= 0);
     }
-    table.querySelectorAll("[data-device]").forEach(function (element) {
-      if (!element.classList.contains("device-head")) element.hidden = !columnShown(element);
+    var words = (state.q || "").toLowerCase().split(/\s+/).filter(Boolean);
+    function found(scenario) {  // every word of the search is in the scenario's name or notes
+      var text = texts[scenario] || scenario;
+      return words.every(function (word) { return text.indexOf(word) >= 0; });
+    }
+    function columnChosen(element) {
+      return (!devices || devices.indexOf(element.dataset.device) >= 0) &&
+        (!scenarios || !element.dataset.scenario || scenarios.indexOf(element.dataset.scenario) >= 0) &&
+        (!element.dataset.scenario || found(element.dataset.scenario));
+    }
+    // Rows: a version row shows when one of its cells matches; columns: a scenario column shows when one of the
+    // rows shown has a matching cell in it. Matching cells stay bright, the others are dimmed.
+    var rows = 0, folded = 0, matches = {}, matched = {};
+    table.querySelectorAll("tbody tr[data-tf]").forEach(function (row) {
+      var inRange = inVersions(row.dataset.tf, row.dataset.tf);
+      var found = [];
+      row.querySelectorAll("td.cell").forEach(function (cell) {
+        var wanted = columnChosen(cell) && (!statuses || statuses.indexOf(cell.dataset.status) >= 0) &&
+          (state.changed !== "1" || cell.dataset.changed === "1");
+        cell.classList.toggle("dimmed", !wanted);
+        if (wanted) found.push(cell.dataset.device + " " + cell.dataset.scenario);
+      });
+      var shown = inRange && found.length > 0;
+      var collapsed = row.classList.contains("collapsed");
+      row.hidden = !shown || collapsed;
+      if (shown) {
+        found.forEach(function (key) { matches[key] = true; matched[key.split(" ")[1]] = true; });
+        if (collapsed) folded++; else rows++;
+      }
+    });
+    table.querySelectorAll("[data-scenario]").forEach(function (element) {
+      element.hidden = !matches[element.dataset.device + " " + element.dataset.scenario];
     });
     // Each device's header spans its visible scenario columns; the group heads span every visible column.
     var visible = 0;
@@ -90,32 +130,46 @@
       visible += count;
     });
     table.querySelectorAll("tr.group-head th").forEach(function (head) { head.colSpan = visible + 2; });
-    var rows = 0, folded = 0;
-    table.querySelectorAll("tbody tr[data-tf]").forEach(function (row) {
-      var tf = row.dataset.tf;
-      var inRange = (!state.from || compareVersions(tf, state.from) >= 0) &&
-        (!state.to || compareVersions(tf, state.to) <= 0);
-      var matching = 0;
-      row.querySelectorAll("td.cell").forEach(function (cell) {
-        var wanted = columnShown(cell) && (!statuses || statuses.indexOf(cell.dataset.status) >= 0) &&
-          (state.changed !== "1" || cell.dataset.changed === "1");
-        cell.classList.toggle("dimmed", !wanted);
-        if (wanted) matching++;
-      });
-      var shown = inRange && matching > 0;
-      var collapsed = row.classList.contains("collapsed");
-      row.hidden = !shown || collapsed;
-      if (shown && !collapsed) rows++;
-      if (shown && collapsed) folded++;
+    table.querySelectorAll("tbody.group").forEach(function (group) {
+      var body = document.getElementById("group-" + group.dataset.major);
+      group.hidden = !body.querySelector("tr[data-tf]:not([hidden])") && !body.querySelector("tr.collapsed");
     });
+    document.getElementById("matrix-empty").hidden = rows + folded > 0;
     document.getElementById("shown").textContent = rows + " version rows shown" +
       (folded ? " (" + folded + " more in collapsed groups)" : "");
+    // The glance: the scenarios with a matching cell, their lines of the devices chosen; the ranges and marks that
+    // match stay bright.
+    if (!overview) return;
+    overview.querySelectorAll("[data-device]").forEach(function (element) {
+      element.hidden = !(!devices || devices.indexOf(element.dataset.device) >= 0);
+    });
+    var scenariosShown = 0;
+    overview.querySelectorAll("tbody tr[data-scenario]").forEach(function (row) {
+      var shown = !!matched[row.dataset.scenario];
+      row.hidden = !shown;
+      if (shown) scenariosShown++;
+      row.querySelectorAll(".range").forEach(function (range) {
+        range.classList.toggle("dimmed", !(inVersions(range.dataset.first, range.dataset.last) &&
+          (!statuses || statuses.indexOf(range.dataset.status) >= 0)));
+      });
+      row.querySelectorAll("a.mark").forEach(function (mark) {
+        mark.classList.toggle("dimmed", !(inVersions(mark.dataset.tf, mark.dataset.tf) &&
+          (!statuses || statuses.indexOf(mark.dataset.status) >= 0)));
+      });
+    });
+    document.getElementById("overview-empty").hidden = scenariosShown > 0;
+    if (search) {
+      document.getElementById("search-count").textContent = words.length ?
+        scenariosShown + " scenario" + (scenariosShown === 1 ? "" : "s") + " match" : "";
+    }
   }
   function linkBack(hash) {
     // Cell and scenario pages get the filter along (?back=...), so that "the matrix" link returns to it.
     document.querySelectorAll("a[data-href]").forEach(function (link) {
       var target = link.dataset.href;
-      link.href = hash ? target.replace("#", "?back=" + encodeURIComponent(hash) + "#") : target;
+      var parts = target.split("#");
+      link.href = hash ? parts[0] + "?back=" + encodeURIComponent(hash) + (parts.length > 1 ? "#" + parts[1] : "") :
+        target;
     });
   }
   function hashOf(state) {
@@ -131,9 +185,12 @@
     linkBack(hash);
   }
   form.addEventListener("change", update);
-  document.getElementById("reset").addEventListener("click", function () {
-    showState({});
-    update();
+  if (search) search.addEventListener("input", update);
+  document.querySelectorAll("button.reset").forEach(function (button) {
+    button.addEventListener("click", function () {
+      showState({});
+      update();
+    });
   });
   window.addEventListener("hashchange", function () {
     showState(readState());
@@ -150,6 +207,16 @@
       apply(readState());
     });
   });
+  // A cell's numbers open beside it, or to its left where they would leave the window.
+  function placeTip(event) {
+    var cell = event.target.closest && event.target.closest("td.cell");
+    var tip = cell && cell.querySelector(".tip");
+    if (!tip) return;
+    tip.classList.remove("flip");
+    if (tip.getBoundingClientRect().right > document.documentElement.clientWidth - 4) tip.classList.add("flip");
+  }
+  table.addEventListener("mouseover", placeTip);
+  table.addEventListener("focusin", placeTip);
   // Touch screens have no hover: the first tap on a cell shows its numbers, the second opens it.
   if (window.matchMedia("(hover: none)").matches) {
     table.addEventListener("click", function (event) {

@@ -90,7 +90,8 @@ def shadowing(name: str) -> str | None:
         return f"it would hide the module {name!r} that Python, TensorFlow or its dependencies import"
     return None
 SCENARIO_NAME = re.compile(r"[a-z][a-z0-9_]*")
-NOTE_KEYS = {"pattern": str, "why": str, "fix": str, "fix_code": str, "links": list}
+# decides: fragments of the code lines that decide the outcome (the report marks the lines holding one)
+NOTE_KEYS = {"pattern": str, "why": str, "fix": str, "fix_code": str, "links": list, "decides": list}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +180,10 @@ def load_scenario_notes(path: Path) -> dict[str, Any]:
             raise where.error((key,), f"unknown key '{key}'; expected one of {', '.join(NOTE_KEYS)}.{perhaps}")
         if not isinstance(value, NOTE_KEYS[key]):
             raise where.error((key,), f"found {_describe(value)}, expected a {NOTE_KEYS[key].__name__}")
+    for index, fragment in enumerate(raw.get("decides", [])):
+        if not (isinstance(fragment, str) and fragment.strip()):
+            raise where.error(("decides", index), f"found {_describe(fragment)}, expected a fragment of a code line "
+                              "(text)")
     for index, link in enumerate(raw.get("links", [])):
         if not (isinstance(link, dict) and isinstance(link.get("title"), str) and isinstance(link.get("url"), str)):
             raise where.error(("links", index), f"found {_describe(link)}, expected {{title: ..., url: https://...}}")

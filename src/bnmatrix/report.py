@@ -9,6 +9,7 @@ What the pages show is view.py's View; this module renders it and writes the sit
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -30,7 +31,17 @@ from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import NUMBERS, Run, ScenarioResult
 from bnmatrix.verdict import REL_TOLERANCE, CellStatus
-from bnmatrix.view import STATES, Expectations, Glance, Site, View, build_view, number, search_anchor
+from bnmatrix.view import (
+    STATES,
+    Expectations,
+    Glance,
+    ScenarioSource,
+    Site,
+    View,
+    build_view,
+    number,
+    search_anchor,
+)
 
 EXPORT_SCHEMA = "bnmatrix.results/1"
 
@@ -41,7 +52,7 @@ def glance_text(found: Glance | None) -> str:
     Markdown: our own words, and versions that passed PEP 440."""
     if not found:
         return "–"
-    return "; ".join(f"{STATES[span.status][0]} {span.words}" for span in found.ranges)
+    return "; ".join(f"{STATES[span.status][0]} {span.words}{' ✓' if span.pinned else ''}" for span in found.ranges)
 
 
 def _judged_layers(result: ScenarioResult) -> dict[str, Any]:
@@ -111,7 +122,10 @@ def export_results(run: Run, view: View) -> dict[str, Any]:
         "run_id", "status", "started", "finished", "backend", "matrix_hash", "bnmatrix_version", "merged_from")},
         "previous_run": view.previous_run, "cumulative": view.run.cumulative, "scenarios": view.scenarios,
         "cells": cells, "change_points": [{key: {**search.to_dict(), "run_id": search.run_id}.get(key)
-                                           for key in CHANGE_POINT_KEYS} for search in view.searches]}
+                                           for key in CHANGE_POINT_KEYS} for search in view.searches],
+        "ranges": [{"scenario": name, "device": device, "variant": variant,
+                    "ranges": [span.to_dict() for span in glance.ranges]}
+                   for name, lines in view.overview.table.items() for (device, variant), glance in lines.items()]}
 
 
 CHANGE_POINT_KEYS = ("scenario", "device", "variant", "outcome", "answer", "good", "bad", "changed_in", "last_before",
@@ -159,8 +173,69 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def _highlighted(source: str) -> str:
-    return highlight(source, PythonLexer(), HtmlFormatter(cssclass="highlight", linenos="table"))
+def pattern_code(source: ScenarioSource) -> tuple[str, list[tuple[int, str]]]:
+    """The scenario's whole pattern as one text: its script, then each function (and constant) of its folder's
+    modules that the script's functions call, in turn, found by reading the code (`module.name` for a module the
+    script imports, a bare name within a module); and the lines that hold one of its notes' `decides` fragments
+    (number, text). A script that does not parse is shown alone."""
+    parts = [source.code.rstrip("\n")]
+    try:
+        trees = {name: ast.parse(text) for name, text in source.modules.items()}
+        script = ast.parse(source.code)
+    except (SyntaxError, ValueError, RecursionError):  # a script or module of a run that is no Python we can read
+        script, trees = None, {}
+    if script is not None:
+        queue = _references(script, None, trees)
+        shown: set[int] = set()
+        while queue:
+            module, name = queue.pop(0)
+            node = _defined(trees[module]).get(name)
+            if node is None or id(node) in shown:
+                continue
+            shown.add(id(node))
+            segment = ast.get_source_segment(source.modules[module], node) or ""
+            parts.append(f"# --- {module}.py: {name} ---\n{segment}")
+            queue += _references(node, module, trees)
+    text = "\n\n\n".join(parts) + "\n"
+    fragments = [f for f in source.notes.get("decides", []) if isinstance(f, str) and f.strip()]
+    marked = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
+              if not line.lstrip().startswith("#") and any(f in line for f in fragments)]
+    return text, marked
+
+
+def _defined(tree: ast.Module) -> dict[str, ast.stmt]:
+    """A module's top-level functions, classes and constants, by name."""
+    found: dict[str, ast.stmt] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        elif isinstance(node, ast.Assign):
+            found.update({target.id: node for target in node.targets if isinstance(target, ast.Name)})
+    return found
+
+
+def _references(node: ast.AST, module: str | None, trees: dict[str, ast.Module]) -> list[tuple[str, str]]:
+    """What `node` (the script's functions, or a function of `module`) uses of the folder's modules: (module, name),
+    in the order the code names them."""
+    tree = trees[module] if module else node
+    aliases = {a.asname or a.name: a.name for child in ast.walk(tree) if isinstance(child, ast.Import)
+               for a in child.names if a.name in trees}
+    parts = [node] if module else [n for n in getattr(node, "body", [])
+                                   if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    local = _defined(trees[module]) if module else {}
+    found: list[tuple[str, str]] = []
+    for part in parts:
+        for child in ast.walk(part):
+            if isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name) and child.value.id in aliases:
+                found.append((aliases[child.value.id], child.attr))
+            elif module and isinstance(child, ast.Name) and child.id in local:
+                found.append((module, child.id))
+    return found
+
+
+def _highlighted(text: str, marked: list[tuple[int, str]]) -> str:
+    return highlight(text, PythonLexer(), HtmlFormatter(cssclass="highlight", linenos="table", lineanchors="code",
+                                                        hl_lines=[number for number, _ in marked]))
 
 
 def render_site(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> dict[str, str]:
@@ -169,14 +244,20 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
     context = view.context()
     env = environment()
     env.globals["reproduce"] = site.reproduce
+    env.globals["logged"] = lambda run, cell_id, name: os.path.lexists(run.directory / "logs" / cell_id / f"{name}.log")
     files = {"index.html": env.get_template("index.html").render(**context, root="")}
     pages = [(c, site.origins[c.id]) for c in view.cells] + sorted(site.evidence.values(), key=lambda i: i[0].id)
     for cell_result, origin in pages:
         files[f"cells/{cell_result.id}.html"] = env.get_template("cell.html").render(
             **context, root="../", result=cell_result, origin=origin, timeline=site.timelines.get(cell_result.id, []))
     for name in view.scenarios:
+        text, marked = pattern_code(view.sources[name])
         files[f"scenarios/{name}.html"] = env.get_template("scenario.html").render(
-            **context, root="../", name=name, code=_highlighted(view.sources[name][0]))
+            **context, root="../", name=name, code=_highlighted(text, marked), marked=marked,
+            helpers=text.count("\n# --- "))
+    for version in view.versions:
+        files[f"versions/{version}.html"] = env.get_template("version.html").render(**context, root="../",
+                                                                                   version=version)
     files["changes.html"] = env.get_template("changes.html").render(**context, root="")
     if site.history is not None:
         files["runs.html"] = env.get_template("runs.html").render(**context, root="",
@@ -186,8 +267,21 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
     files["junit.xml"] = env.get_template("junit.xml").render(**context)
     files["badge.svg"] = env.get_template("badge.svg").render(**context)
     files["summary.md"] = env.get_template("summary.md.j2").render(**context)
-    files["pygments.css"] = HtmlFormatter(cssclass="highlight").get_style_defs(".highlight")  # type: ignore[no-untyped-call]
+    files["pygments.css"] = _code_colours()
     return files
+
+
+def _code_colours() -> str:
+    """The code's colours: Pygments' xcode style (every colour 4.5:1 or more on the code's grey), and GitHub's dark one
+    in dark mode."""
+    def style(name: str) -> str:
+        return HtmlFormatter(cssclass="highlight", style=name).get_style_defs(".highlight")  # type: ignore[no-untyped-call,no-any-return]
+
+    # GitHub's grey line numbers (#6e7681) have too little contrast on its background: a lighter grey, 7:1;
+    # and its highlighted line (#6e7681) too little under the text: a dark olive, text on it 7:1 or more.
+    numbers = (".highlight td.linenos .normal, .highlight span.linenos { color: #9ea7b3; }\n"
+               ".highlight .hll { background-color: #2b2a10; }")
+    return f"{style('xcode')}\n@media (prefers-color-scheme: dark) {{\n{style('github-dark')}\n{numbers}\n}}\n"
 
 
 def history_data(history: History) -> dict[str, Any]:

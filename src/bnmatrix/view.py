@@ -24,7 +24,7 @@ from bnmatrix.store.files import moment
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Manifest, Run, RunKind, ScenarioResult
 from bnmatrix.store.searches import Conclusion, Outcome
-from bnmatrix.verdict import CellStatus, Finding, Status
+from bnmatrix.verdict import FACETS, CellStatus, Finding, Status
 
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
 STATES = {s.value: (s.icon, s.word, s.meaning) for s in Status}
@@ -92,6 +92,33 @@ class Row:
         return self.tf + (f" {self.variant}" if self.variant else "")
 
 
+@dataclass(frozen=True)
+class VersionLine:
+    """One column of a version's page: a device and variant of that TensorFlow version, its entries by scenario."""
+
+    label: str  # "CPU", "CPU tfkeras"
+    python: str
+    ran: bool  # whether any cell of it ran (a GPU line on a host without one did not)
+    reason: str  # why not, where it did not
+    entries: dict[str, Entry]
+
+
+def _version_lines(rows: list[Row], devices: list[str]) -> dict[str, list[VersionLine]]:
+    """Per TensorFlow version, its lines (device, then variant: the plain one first) for its page."""
+    found: dict[str, list[VersionLine]] = {}
+    for device in devices:
+        for row in sorted(rows, key=lambda r: (r.variant is not None, r.variant or "")):
+            entries = {name: e for (d, name), e in row.entries.items() if d == device}
+            if not entries:
+                continue
+            cells = {e.cell.id: e.cell for e in entries.values()}
+            ran = any(c.status is not CellStatus.NOT_RUN for c in cells.values())
+            found.setdefault(row.tf, []).append(VersionLine(
+                device.upper() + (f" {row.variant}" if row.variant else ""), row.python, ran,
+                "; ".join(sorted({str(c.reason) for c in cells.values() if c.reason})), entries))
+    return found
+
+
 def number(value: Any, digits: int = 6) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
@@ -125,20 +152,50 @@ def _findings(run: Run) -> dict[tuple[str, str], Finding]:
     return {(c.id, name): c.entry_finding(name) for c in run.cells for name in c.cell.scenarios}
 
 
-def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Each scenario's code and notes as the runs kept them, the first run first (older runs: the built-in ones)."""
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
+@dataclass(frozen=True)
+class ScenarioSource:
+    """A scenario's code and notes as a run kept them, with the modules of its folder (the helpers it may call)."""
+
+    code: str
+    notes: dict[str, Any]
+    modules: dict[str, str] = field(default_factory=dict)  # module name -> its source, the scenario's folder first
+
+
+def _kept_modules(run: Run, name: str) -> dict[str, str]:
+    """The Python modules of the folders a run kept for scenario `name` (its own folder, then the helper's)."""
+    for cell in run.cells:
+        code = cell.code if isinstance(cell.code, dict) else {}
+        own = (code.get("scenarios") or {}).get(name) if isinstance(code.get("scenarios"), dict) else None
+        if not isinstance(own, str):
+            continue
+        modules: dict[str, str] = {}
+        for digest in (own, code.get("helper")):
+            folder = run.directory / "code" / str(digest)
+            if re.fullmatch(r"[0-9a-f]{16}", str(digest)) and folder.is_dir():
+                for path in sorted(folder.glob("*.py")):
+                    if path.is_file() and not path.is_symlink():
+                        modules.setdefault(path.stem, read_text(path))
+        return modules
+    return {}
+
+
+def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, ScenarioSource]:
+    """Each scenario's code and notes as the runs kept them, the first run first (older runs: the built-in ones),
+    with the modules of its kept folder."""
+    found: dict[str, ScenarioSource] = {}
     for name in sorted(names):
         for run in runs:
             kept = run.directory / "scenarios" / name
             if os.path.lexists(kept / "scenario.py"):
                 notes = read_json(kept / "notes.json", "notes") if os.path.lexists(kept / "notes.json") else {}
-                found[name] = (read_text(kept / "scenario.py"), notes)
+                found[name] = ScenarioSource(read_text(kept / "scenario.py"), notes, _kept_modules(run, name))
                 break
         else:
             builtin = data_path(SCENARIOS_FOLDER) / f"{name}.py"
             code = builtin.read_text(encoding="utf-8") if builtin.exists() else "# (scenario script not kept)\n"
-            found[name] = (code, load_scenario_notes(builtin.with_suffix(".yaml")))
+            modules = {path.stem: path.read_text(encoding="utf-8") for path in sorted(builtin.parent.glob("*.py"))}
+            found[name] = ScenarioSource(code, load_scenario_notes(builtin.with_suffix(".yaml")),
+                                         modules if builtin.exists() else {})
     return found
 
 
@@ -247,15 +304,19 @@ Line = tuple[str, str | None]  # a device, and a variant or None: one line of th
 
 @dataclass
 class Span:
-    """A stretch of versions (oldest first) with one verdict (status and facets): one range of the glance."""
+    """A stretch of versions (oldest first) with one verdict (status and facets): one range of the glance. Where it
+    starts says only what is known: at the release a bisect pinned (`pinned`), or somewhere after the last version
+    of the range before it (`after`) and by its own first version; the oldest range starts at the oldest version."""
 
     finding: Finding
-    first: str  # the first version, or the release a bisect pinned the change to
+    first: str  # the first version seen with this verdict, or the release a bisect pinned the change to
     last: str
     count: int = 1
-    pinned: str | None = None  # the bisect's conclusion where one pinned its first release
-    label: str = ""  # "1.7.1–1.8.0", "2.15.1", or "from 2.16.1" for the newest of several
-    note: str = ""  # its facets in words, with those that tell it from a neighbour of the same status
+    pinned: str | None = None  # the bisect's conclusion (its anchor on changes.html) where one pinned `first`
+    after: str | None = None  # where no bisect pinned it: the change lies after this version (and by `first`)
+    searched: str | None = None  # a bisect that narrowed the start to after..first without pinning it
+    label: str = ""  # "1.7.1–1.8.0", "2.15.1", "from 2.16.1", "after 1.15.5, by 2.0.4 – 2.15.1"
+    note: str = ""  # its facets in words: the unusual values, and the usual ones where they vary (_describe_ranges)
 
     @property
     def status(self) -> Status:
@@ -265,6 +326,21 @@ class Span:
     def words(self) -> str:
         """"stale (forward: batch) 1.9.0–2.15.1": the status in words, its note and the versions."""
         return f"{STATES[self.status][1]}{' (' + self.note + ')' if self.note else ''} {self.label}"
+
+    @property
+    def start(self) -> str:
+        """How the range starts in words: its first version, or "after 1.15.5, by 2.0.4" where that is all we know."""
+        return f"after {self.after}, by {self.first}" if self.after else self.first
+
+    def to_dict(self) -> dict[str, Any]:
+        """results.json's record of the range (report/results.schema.json: ranges)."""
+        start: dict[str, Any] | None = None
+        if self.pinned:
+            start = {"pinned": True, "release": self.first, "search": self.pinned}
+        elif self.after:
+            start = {"pinned": False, "after": self.after, "by": self.first, "search": self.searched}
+        return {"status": self.status.value, "facets": dict(self.finding.facets), "first": self.first,
+                "last": self.last, "versions": self.count, "start": start, "text": self.words}
 
 
 @dataclass(frozen=True)
@@ -353,7 +429,9 @@ class View:
     meets_expectations: bool
     expectations: Expectations | None
     versions: list[str]
-    sources: dict[str, tuple[str, dict[str, Any]]]  # scenario -> its code and notes
+    version_lines: dict[str, list[VersionLine]]  # each version's page: its lines (device and variant)
+    version_counts: dict[str, dict[str, int]]  # each version: how many of its entries have each status
+    sources: dict[str, ScenarioSource]  # scenario -> its code and notes
 
     @property
     def entries(self) -> list[Entry]:
@@ -365,7 +443,8 @@ class View:
     def context(self) -> dict[str, Any]:
         """The templates' variables: every field, and the vocabulary of statuses."""
         return {**{f.name: getattr(self, f.name) for f in fields(self)}, "states": STATES, "changed_state": CHANGED,
-                "cumulative": self.run.cumulative, "notes": {name: notes for name, (_, notes) in self.sources.items()}}
+                "cumulative": self.run.cumulative, "facets": FACETS,
+                "notes": {name: source.notes for name, source in self.sources.items()}}
 
 
 def build_view(site: Site, previous: Run | None = None, expectations: Expectations | None = None) -> View:
@@ -440,7 +519,10 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         junit_suites=[Suite(device, sorted((e for e in entries if e.cell.cell.device == device),
                                            key=lambda e: (e.cell.id, e.scenario))) for device in devices],
         ran=len(ran), meets_expectations=all(e.junit in ("pass", "skipped") for e in ran),
-        expectations=expectations, versions=sorted({r.tf for r in ordered}, key=Version), sources=sources)
+        expectations=expectations, versions=sorted({r.tf for r in ordered}, key=Version), sources=sources,
+        version_lines=_version_lines(ordered, devices),
+        version_counts={tf: {state: sum(1 for r in ordered if r.tf == tf for e in r.entries.values()
+                                        if e.status == state) for state in STATES} for tf in {r.tf for r in ordered}})
 
 
 def _probed_by(searches: list[Conclusion]) -> dict[tuple[str, str], list[Conclusion]]:
@@ -450,6 +532,11 @@ def _probed_by(searches: list[Conclusion]) -> dict[tuple[str, str], list[Conclus
         for probe in search.probes:
             found.setdefault((probe.cell_id, search.scenario), []).append(search)
     return found
+
+
+def search_href(search: Conclusion) -> str:
+    """Where changes.html shows a search: its evidence."""
+    return f"changes.html#{search_anchor(search)}"
 
 
 def search_anchor(search: Conclusion) -> str:
@@ -487,9 +574,11 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[Conclusion]) -> 
 
 def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searches: list[Conclusion]) -> Overview:
     """The answer at a glance: per scenario and per device (and variant), the verdicts as version ranges,
-    oldest first (a range starts at the release a bisect pinned, where one did), and one mark per version.
+    oldest first (a range starts at the release a bisect pinned, where one did; elsewhere after the version before
+    it), and one mark per version.
     Device and variant columns where no cell ran are left out and counted instead."""
-    pinned = {s.span: s for s in searches if s.outcome is Outcome.NARROWED and s.first_change}
+    searches_by_span = {s.span: s for s in searches
+                        if s.outcome in (Outcome.NARROWED, Outcome.RANGE) and s.first_change}
     variants = sorted({r.variant for r in rows}, key=lambda v: (v is not None, v or ""))
     lines = [(device, variant) for device in devices for variant in variants]
     table: dict[str, dict[Line, Glance]] = {}
@@ -508,22 +597,45 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
                 if ranges and ranges[-1].finding == entry.finding:
                     ranges[-1].last, ranges[-1].count = row.tf, ranges[-1].count + 1
                     continue
-                search = pinned.get((name, device, variant, ranges[-1].last, row.tf)) if ranges else None
-                change = search.first_change if search else None
-                ranges.append(Span(entry.finding, change.after if change else row.tf, row.tf,
-                                   pinned=f"changes.html#{search_anchor(search)}" if search else None))
-            for index, span in enumerate(ranges):  # beside the same status, the facets that tell them apart
-                neighbours = [ranges[i] for i in (index - 1, index + 1) if 0 <= i < len(ranges)]
-                show = {name for other in neighbours if other.status is span.status
-                        for name in span.finding.differing(other.finding)}
-                span.note = span.finding.note(show=show)
-                newest = index == len(ranges) - 1 and index > 0
-                span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
-                              else f"{span.first}–{span.last}")
+                search = searches_by_span.get((name, device, variant, ranges[-1].last, row.tf)) if ranges else None
+                # the search's last change is where this verdict starts (the one its releases show, if several)
+                change = search.changes[-1] if search and search.changes[-1].becomes == entry.finding else None
+                if change and search and search.outcome is Outcome.NARROWED:
+                    ranges.append(Span(entry.finding, change.after, row.tf, pinned=search_href(search)))
+                elif ranges:  # nobody pinned it: after the range before, by this version (or as a bisect narrowed it)
+                    narrowed = change if change and search and search.outcome is Outcome.RANGE else None
+                    ranges.append(Span(entry.finding, narrowed.after if narrowed else row.tf, row.tf,
+                                       after=narrowed.before if narrowed else ranges[-1].last,
+                                       searched=search_href(search) if narrowed and search else None))
+                else:
+                    ranges.append(Span(entry.finding, row.tf, row.tf))
             table.setdefault(name, {})[(device, variant)] = Glance(
                 ranges, [Mark(r.tf, e.status, e.note, e.href) for r, e in column])
+    for glances in table.values():
+        _describe_ranges([glance.ranges for glance in glances.values()])
     shown = [line for line in lines if any(line in cells for cells in table.values())]
     return Overview(shown, table, {k: v for k, v in not_run.items() if k not in shown})
+
+
+def _describe_ranges(lines: list[list[Span]]) -> None:
+    """Each range's note and label. The note holds every facet a range carries whose value is not the usual one, and
+    the usual values of the facets that vary anywhere in the scenario's glance (so that the ranges of
+    keras_fit_4d_variance all say which variance they follow) or that tell it from a neighbour of the same status."""
+    spans = [span for ranges in lines for span in ranges]
+    varying = {name for a in spans for b in spans for name in a.finding.differing(b.finding)
+               if dict(a.finding.facets).get(name) and dict(b.finding.facets).get(name)}
+    for ranges in lines:
+        for index, span in enumerate(ranges):
+            neighbours = [ranges[i] for i in (index - 1, index + 1) if 0 <= i < len(ranges)]
+            show = varying | {name for other in neighbours if other.status is span.status
+                              for name in span.finding.differing(other.finding)}
+            span.note = span.finding.note(show=show)
+            newest = index == len(ranges) - 1 and index > 0
+            if span.after:
+                span.label = span.start if newest or span.first == span.last else f"{span.start} – {span.last}"
+            else:
+                span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
+                              else f"{span.first}–{span.last}")
 
 
 def _ranges_text(lines: dict[Line, Glance], device: str) -> str:

@@ -28,8 +28,9 @@ from bnmatrix.errors import BnMatrixError
 from bnmatrix.report import glance_text, render_site, write_report
 from bnmatrix.store.files import write_json
 from bnmatrix.store.records import CellResult, Manifest, Run
+from bnmatrix.store.searches import Outcome
 from bnmatrix.verdict import Status
-from bnmatrix.view import Site, View, build_view
+from bnmatrix.view import Site, View, build_view, search_anchor
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
@@ -142,7 +143,8 @@ def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) 
                             "command": "bnmatrix bisect --scenario layers_bn_session --good 1.15.5 --bad 2.15.1 "
                                        "--device cpu"}
     assert older.unexpected and older.expected == "updated" and view.unexpected == [older]
-    assert view.summaries[("cpu", "keras_bn_custom_estimator")] == "stale 1.15.5 · unsupported from 2.15.1"
+    # no bisect pinned where it became unsupported: somewhere after 1.15.5, by 2.15.1
+    assert view.summaries[("cpu", "keras_bn_custom_estimator")] == "stale 1.15.5 · unsupported after 1.15.5, by 2.15.1"
     assert view.summaries[("gpu", "layers_bn_session")] == "not run on this host"
     page = html.unescape(render(sample_run(tmp_path))["index.html"])  # and the page shows it all
     assert ("moving mean 1.29903 (expected 0.950951), moving variance 1.15849 (expected 1.15849); "
@@ -155,7 +157,7 @@ def test_hover_text_summaries_and_transitions_carry_the_numbers(tmp_path: Path) 
                      r'session"', page)  # the line is drawn above the older version's cell
     assert ("layers_bn_session (cpu): wrong (2.00×, variance 1.00×) → updated between 1.15.5 and 2.15.1; pin it: "
             "<code>bnmatrix bisect --scenario layers_bn_session --good 1.15.5 --bad 2.15.1 --device cpu</code>") in page
-    assert "(cpu): stale 1.15.5 · unsupported from 2.15.1" in page  # the answer as version ranges
+    assert "(cpu): stale 1.15.5 · unsupported after 1.15.5, by 2.15.1" in page  # the answer as version ranges
     assert "expected updated" in page  # the unexpected verdict is marked where it stands
 
 
@@ -202,7 +204,8 @@ def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
     pages = {name: text for name, text in site.items() if name.endswith(".html")}
     assert set(pages) == {"index.html", "cells/tf-1.15.5-cpu.html", "cells/tf-1.15.5-gpu.html",
                           "cells/tf-2.15.1-cpu.html", "scenarios/keras_bn_custom_estimator.html",
-                          "scenarios/layers_bn_session.html", "changes.html"}
+                          "scenarios/layers_bn_session.html", "changes.html", "versions/1.15.5.html",
+                          "versions/2.15.1.html"}
     parser = html5lib.HTMLParser(strict=True)
     for name, text in pages.items():
         parser.parse(text)  # raises on any parse error
@@ -212,8 +215,7 @@ def test_every_page_is_valid_html5_with_relative_links(tmp_path: Path) -> None:
             assert not re.match(r"^([a-z]+:|/)", url), (name, url)  # works under a sub-path and from file://
             target = url.split("#")[0]
             if target and not target.startswith("logs/"):
-                resolved = (Path(name).parent / target).as_posix().replace("cells/../", "").replace(
-                    "scenarios/../", "")
+                resolved = os.path.normpath((Path(name).parent / target).as_posix())
                 assert resolved in site or resolved in ("style.css", "matrix.js", "back.js"), (name, url)
 
 
@@ -634,6 +636,79 @@ def test_the_glance_of_the_committed_data_gives_each_verdicts_versions_and_the_b
     assert len(marks) == 31 and (marks[0].tf, marks[-1].tf) == ("1.7.1", "2.21.0")
     assert sum(s.count for s in glance[("cpu", None)].ranges) == len(marks)
     assert glance_text(glance[("cpu", "tfkeras")]) == "∅ unsupported 2.16.2–2.21.0"
+
+
+def test_a_range_start_no_bisect_pinned_is_the_span_it_really_is_and_results_json_says_so() -> None:
+    """keras_bn_model_to_estimator updates again somewhere after 1.11.0 (which errs) and by 1.12.3: no bisect looked, so
+    the range says exactly that, apart from the pinned ones; results.json holds the same ranges, valid by its schema;
+    without the bisect file every start but the oldest is such a span."""
+    site = Site.load(REAL_DATA)
+    ranges = build_view(site).overview.table["keras_bn_model_to_estimator"][("cpu", None)].ranges
+    assert [(s.status, s.label, s.pinned is not None, s.after) for s in ranges] == [
+        ("stale", "1.7.1–1.9.0", False, None), ("updated", "1.10.0–1.10.1", True, None),
+        ("error", "after 1.10.1, by 1.11.0", False, "1.10.1"),
+        ("updated", "after 1.11.0, by 1.12.3 – 2.15.1", False, "1.11.0"), ("unsupported", "from 2.16.1", True, None)]
+    exported = json.loads(render_site(site)["results.json"])
+    jsonschema.validate(exported, json.loads((data_path("report") / "results.schema.json").read_text()))
+    line = next(r for r in exported["ranges"] if (r["scenario"], r["device"], r["variant"]) ==
+                ("keras_bn_model_to_estimator", "cpu", None))
+    assert [r["start"] for r in line["ranges"]] == [
+        None,
+        {"pinned": True, "release": "1.10.0", "search": "changes.html#keras_bn_model_to_estimator-cpu-1.9.0-1.10.1"},
+        {"pinned": False, "after": "1.10.1", "by": "1.11.0", "search": None},
+        {"pinned": False, "after": "1.11.0", "by": "1.12.3", "search": None},
+        {"pinned": True, "release": "2.16.1", "search": "changes.html#keras_bn_model_to_estimator-cpu-2.15.1-2.16.2"}]
+    assert [r["text"] for r in line["ranges"]] == [s.words for s in ranges]
+    assert sum(len(r["ranges"]) for r in exported["ranges"]) == sum(
+        len(g.ranges) for lines in build_view(site).overview.table.values() for g in lines.values())
+    unpinned = build_view(replace(site, searches=[])).overview.table
+    for lines in unpinned.values():
+        for glance in lines.values():
+            assert all(s.after == before.last and s.label.startswith(f"after {before.last}, by {s.first}")
+                       for before, s in zip(glance.ranges, glance.ranges[1:], strict=False)), glance.ranges
+            assert glance.ranges[0].after is None and not any(s.pinned for s in glance.ranges)
+
+
+def test_a_bisect_that_narrowed_a_change_to_two_releases_bounds_the_range_start_by_them() -> None:
+    """A search that ends in a range (no release between the two gave a verdict) narrows the start without pinning
+    it: "after <its last good>, by <its first bad>", linked to the search."""
+    site = Site.load(REAL_DATA)
+    search = next(s for s in site.searches if s.scenario == "keras_fit_4d_variance" and s.variant is None)
+    change = search.changes[-1]
+    ranged = replace(search, outcome=Outcome.RANGE, changes=[replace(change, before="2.15.1", after="2.16.1",
+                                                                     exact=False)])
+    table = build_view(replace(site, searches=[ranged if s is search else s for s in site.searches])).overview.table
+    newest = table["keras_fit_4d_variance"][("cpu", None)].ranges[-1]
+    assert (newest.after, newest.first, newest.pinned, newest.label) == ("2.15.1", "2.16.1", None,
+                                                                        "after 2.15.1, by 2.16.1")
+    assert newest.searched == f"changes.html#{search_anchor(search)}"
+    assert newest.to_dict()["start"] == {"pinned": False, "after": "2.15.1", "by": "2.16.1",
+                                         "search": newest.searched}
+
+
+def test_the_change_line_follows_a_facet_as_it_follows_the_status() -> None:
+    """keras_fit_4d_variance stays updated from 2.15.1 to 2.16.2, but its variance correction changes: the matrix draws
+    the line between the two rows and the newer cell says what changed, as for a change of status."""
+    view = build_view(Site.load(REAL_DATA))
+    older, newer = view.entry("tf-2.15.1-cpu", "keras_fit_4d_variance"), view.entry("tf-2.16.2-cpu",
+                                                                                  "keras_fit_4d_variance")
+    assert older.status == newer.status == "updated" and older.boundary and not newer.boundary
+    assert newer.change is not None and "unbiased variance" in newer.change["text"]
+    assert "biased variance) in 2.16.1" in newer.change["text"]
+    unchanged = view.entry("tf-2.15.1-cpu", "keras_fit")
+    assert not unchanged.boundary
+
+
+def test_every_range_of_a_scenario_whose_variance_varies_says_which_variance_it_follows() -> None:
+    """The facets are part of the range text: keras_fit_4d_variance's ranges all name their variance correction,
+    the Keras 3 ones (biased, the usual value) included; where it never varies (keras_fit) the usual goes unsaid."""
+    table = build_view(Site.load(REAL_DATA)).overview.table
+    texts = [s.words for glance in table["keras_fit_4d_variance"].values() for s in glance.ranges]
+    assert texts == ["updated (unbiased variance) 1.7.1–2.15.1", "updated (biased variance) from 2.16.1",
+                     "updated (biased variance) 2.16.2–2.21.0", "updated (unbiased variance) 2.16.2–2.21.0"]
+    assert [s.words for s in table["keras_fit"][("cpu", None)].ranges] == ["updated 1.7.1–2.21.0"]
+    assert [s.words for s in table["keras_bn_trainable_false"][("cpu", None)].ranges] == [
+        "stale (forward: batch) 1.7.1–1.15.5", "stale (forward: moving) from 2.0.0"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -116,7 +116,10 @@ def test_bad_notes_name_the_file_and_the_key(tmp_path: Path) -> None:
     (tmp_path / "mine" / "noted.yaml").write_text("pattern: x\nwhyy: y\n")
     message = error(lambda: Matrix.from_file(matrix_with(tmp_path, "scenario_paths: [mine]\n")))
     assert message.endswith("noted.yaml:2: whyy: unknown key 'whyy'; expected one of pattern, why, fix, fix_code, "
-                            "links. Perhaps you meant 'why'?")
+                            "links, decides. Perhaps you meant 'why'?")
+    (tmp_path / "mine" / "noted.yaml").write_text("decides:\n- ''\n")
+    assert "noted.yaml:2: decides[0]: found '', expected a fragment of a code line (text)" in error(
+        lambda: Matrix.from_file(matrix_with(tmp_path, "scenario_paths: [mine]\n")))
     (tmp_path / "mine" / "noted.yaml").write_text("links: [{title: t, url: 'javascript:alert(1)'}]\n")
     assert "links[0].url: found 'javascript:alert(1)', expected an http:// or https:// address" in error(
         lambda: Matrix.from_file(matrix_with(tmp_path, "scenario_paths: [mine]\n")))

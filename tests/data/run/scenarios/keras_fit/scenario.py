@@ -76,8 +76,8 @@ def observe(tf, model, bn, train_loss, x_train, y_train, forward=None, steps_ran
         {"bn": common.layer(common.read_variable(tf, bn.moving_mean), common.read_variable(tf, bn.moving_variance),
                             common.feature_values() if values is None else values, forward=forward)},
         train_loss=float(train_loss), eval_loss=float(eval_loss if not isinstance(eval_loss, list) else eval_loss[0]),
-        extra={"fused": getattr(bn, "fused", None), "epsilon": getattr(bn, "epsilon", None)},  # a revived layer may lack them
-        steps_ran=steps_ran)
+        # a layer revived from a SavedModel (TF 2.0) may lack fused and epsilon
+        extra={"fused": getattr(bn, "fused", None), "epsilon": getattr(bn, "epsilon", None)}, steps_ran=steps_ran)
 
 
 def train(tf, cfg, scratch):
