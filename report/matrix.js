@@ -207,13 +207,15 @@
       apply(readState());
     });
   });
-  // A cell's numbers open beside it, or to its left where they would leave the window.
+  // A cell's numbers open below it, or to its left or above it where they would leave the window.
   function placeTip(event) {
     var cell = event.target.closest && event.target.closest("td.cell");
     var tip = cell && cell.querySelector(".tip");
     if (!tip) return;
-    tip.classList.remove("flip");
-    if (tip.getBoundingClientRect().right > document.documentElement.clientWidth - 4) tip.classList.add("flip");
+    tip.classList.remove("flip", "up");
+    var box = tip.getBoundingClientRect();
+    if (box.right > document.documentElement.clientWidth - 4) tip.classList.add("flip");
+    if (box.bottom > window.innerHeight - 4 && cell.getBoundingClientRect().top > box.height) tip.classList.add("up");
   }
   table.addEventListener("mouseover", placeTip);
   table.addEventListener("focusin", placeTip);

@@ -119,6 +119,12 @@ def _version_lines(rows: list[Row], devices: list[str]) -> dict[str, list[Versio
     return found
 
 
+def _version_counts(lines: dict[str, list[VersionLine]]) -> dict[str, dict[str, int]]:
+    """Per version, how many of the verdicts its page shows (the lines that ran) have each status."""
+    return {tf: {state: sum(1 for line in found if line.ran for e in line.entries.values() if e.status == state)
+                 for state in STATES} for tf, found in lines.items()}
+
+
 def number(value: Any, digits: int = 6) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
 
@@ -315,7 +321,7 @@ class Span:
     pinned: str | None = None  # the bisect's conclusion (its anchor on changes.html) where one pinned `first`
     after: str | None = None  # where no bisect pinned it: the change lies after this version (and by `first`)
     searched: str | None = None  # a bisect that narrowed the start to after..first without pinning it
-    label: str = ""  # "1.7.1–1.8.0", "2.15.1", "from 2.16.1", "after 1.15.5, by 2.0.4 – 2.15.1"
+    label: str = ""  # "1.7.1–1.8.0", "2.15.1", "from 2.16.1", "after 1.15.5, by 2.0.4, through 2.15.1"
     note: str = ""  # its facets in words: the unusual values, and the usual ones where they vary (_describe_ranges)
 
     @property
@@ -503,6 +509,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         groups.setdefault(row.major, []).append(row)
     entries = [entry for row in ordered for entry in row.entries.values()]
     ran = [e for e in entries if e.ran]
+    version_lines = _version_lines(ordered, devices)
     return View(
         run=run.manifest, site=site, rows=ordered, groups=groups, devices=devices, scenarios=scenarios,
         matrix_devices=matrix_devices, columns=columns, folded=folded, overview=overview, summaries=summaries,
@@ -520,9 +527,8 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
                                            key=lambda e: (e.cell.id, e.scenario))) for device in devices],
         ran=len(ran), meets_expectations=all(e.junit in ("pass", "skipped") for e in ran),
         expectations=expectations, versions=sorted({r.tf for r in ordered}, key=Version), sources=sources,
-        version_lines=_version_lines(ordered, devices),
-        version_counts={tf: {state: sum(1 for r in ordered if r.tf == tf for e in r.entries.values()
-                                        if e.status == state) for state in STATES} for tf in {r.tf for r in ordered}})
+        version_lines=version_lines,
+        version_counts=_version_counts(version_lines))
 
 
 def _probed_by(searches: list[Conclusion]) -> dict[tuple[str, str], list[Conclusion]]:
@@ -632,7 +638,7 @@ def _describe_ranges(lines: list[list[Span]]) -> None:
             span.note = span.finding.note(show=show)
             newest = index == len(ranges) - 1 and index > 0
             if span.after:
-                span.label = span.start if newest or span.first == span.last else f"{span.start} – {span.last}"
+                span.label = span.start if newest or span.first == span.last else f"{span.start}, through {span.last}"
             else:
                 span.label = (f"from {span.first}" if newest else span.first if span.first == span.last
                               else f"{span.first}–{span.last}")

@@ -647,7 +647,8 @@ def test_a_range_start_no_bisect_pinned_is_the_span_it_really_is_and_results_jso
     assert [(s.status, s.label, s.pinned is not None, s.after) for s in ranges] == [
         ("stale", "1.7.1–1.9.0", False, None), ("updated", "1.10.0–1.10.1", True, None),
         ("error", "after 1.10.1, by 1.11.0", False, "1.10.1"),
-        ("updated", "after 1.11.0, by 1.12.3 – 2.15.1", False, "1.11.0"), ("unsupported", "from 2.16.1", True, None)]
+        ("updated", "after 1.11.0, by 1.12.3, through 2.15.1", False, "1.11.0"),
+        ("unsupported", "from 2.16.1", True, None)]
     exported = json.loads(render_site(site)["results.json"])
     jsonschema.validate(exported, json.loads((data_path("report") / "results.schema.json").read_text()))
     line = next(r for r in exported["ranges"] if (r["scenario"], r["device"], r["variant"]) ==
