@@ -97,6 +97,7 @@ class VersionLine:
     """One column of a version's page: a device and variant of that TensorFlow version, its entries by scenario."""
 
     label: str  # "CPU", "CPU tfkeras"
+    variant: str | None
     python: str
     ran: bool  # whether any cell of it ran (a GPU line on a host without one did not)
     reason: str  # why not, where it did not
@@ -114,7 +115,7 @@ def _version_lines(rows: list[Row], devices: list[str]) -> dict[str, list[Versio
             cells = {e.cell.id: e.cell for e in entries.values()}
             ran = any(c.status is not CellStatus.NOT_RUN for c in cells.values())
             found.setdefault(row.tf, []).append(VersionLine(
-                device.upper() + (f" {row.variant}" if row.variant else ""), row.python, ran,
+                device.upper() + (f" {row.variant}" if row.variant else ""), row.variant, row.python, ran,
                 "; ".join(sorted({str(c.reason) for c in cells.values() if c.reason})), entries))
     return found
 

@@ -160,7 +160,7 @@ def test_a_results_root_renders_each_cells_newest_result_with_its_history(tmp_pa
         parser.parse(files[name])
     page = files["cells/tf-1.9.0-cpu.html"]
     assert 'id="history-title"' in page and 'title="run 20261120T000000Z-bbbbbb: updated"' in page
-    assert 'title="run 20261129T234825Z-4dea54: stale"' in page  # the real run's own id, from its cells
+    assert 'title="run 20261130T004142Z-36b65d: stale"' in page  # the real run's own id, from its cells
     assert "Each cell shows its newest result" in files["index.html"]
     assert 'data-changed="1"' in files["index.html"]  # the one verdict that changed since the cell's last result
     # every result from the older run says so; the newest run's cell does not
@@ -168,7 +168,7 @@ def test_a_results_root_renders_each_cells_newest_result_with_its_history(tmp_pa
     assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 37 * 36 + 6 * 14 - 36
     assert "[result of run 20261120T000000Z-bbbbbb, 2026-11-28]" in files["index.html"]
     data = json.loads(files["runs.html"].split('id="history-data">')[1].split("</script>")[0])
-    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261129T234825Z-4dea54"]
+    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261130T004142Z-36b65d"]
     schema = json.loads((data_path("report") / "results.schema.json").read_text())
     exported = json.loads(files["results.json"])
     jsonschema.validate(exported, schema)

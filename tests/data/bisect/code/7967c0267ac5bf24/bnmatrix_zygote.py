@@ -332,9 +332,13 @@ def launch(path, script, args):
             body = json.dumps({"script": script, "args": args, "cwd": os.getcwd(),
                                "env": dict(os.environ)}).encode("utf-8")
             message = HEADER.pack(len(body)) + body
-            sent = connection.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                                   array.array("i", range(STREAMS)).tobytes())])
-            connection.sendall(message[sent:])
+            try:
+                sent = connection.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                       array.array("i", range(STREAMS)).tobytes())])
+                if sent < len(message):
+                    connection.sendall(message[sent:])
+            except OSError:  # a zygote that will not fork this scenario may have answered and hung up already
+                pass
             replies = connection.makefile("rb")
             first = json.loads(replies.readline().decode("utf-8") or "{}")
         except (OSError, ValueError) as exc:
