@@ -25,12 +25,12 @@ from hypothesis import strategies as st
 from bnmatrix.backends.docker import run_flags, run_options
 from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.report import glance_text, render_site, write_report
+from bnmatrix.report import glance_text, pattern_code, render_site, write_report
 from bnmatrix.store.files import write_json
 from bnmatrix.store.records import CellResult, Manifest, Run
 from bnmatrix.store.searches import Outcome
 from bnmatrix.verdict import Status
-from bnmatrix.view import Site, View, build_view, search_anchor
+from bnmatrix.view import ScenarioSource, Site, View, build_view, search_anchor
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
@@ -685,6 +685,34 @@ def test_a_bisect_that_narrowed_a_change_to_two_releases_bounds_the_range_start_
     assert newest.searched == f"changes.html#{search_anchor(search)}"
     assert newest.to_dict()["start"] == {"pinned": False, "after": "2.15.1", "by": "2.16.1",
                                          "search": newest.searched}
+
+
+def test_a_scenario_page_shows_the_whole_pattern_with_the_lines_that_decide_it_marked() -> None:
+    """keras_bn_custom_estimator's script is 18 lines; its page adds the helper functions it calls from the kept folder
+    (the model_fn with its UPDATE_OPS dependency among them), lists and highlights the lines its notes' `decides`
+    fragments name, and titles its issue links."""
+    page = html.unescape(render_site(Site.load(REAL_DATA))["scenarios/keras_bn_custom_estimator.html"])
+    assert "# --- bnmatrix_scenario.py: estimator_model_fn ---" in page
+    assert "# --- bnmatrix_scenario.py: train_and_evaluate ---" in page
+    listed = re.findall(r'<li><a href="#code-(\d+)">line \d+</a>: <code>(.*?)</code></li>', page)
+    assert [line for _, line in listed] == ['def train(tf, cfg, scratch, layer="keras.layers.BatchNormalization", '
+                                            'fix_updates=False):',
+                                            "update_ops = compat.get_collection(compat.GraphKeys.UPDATE_OPS)",
+                                            "with tf.control_dependencies(update_ops):"]
+    assert page.count('<span class="hll">') == 3
+    assert ">tensorflow/tensorflow#19643: keras.layers.BatchNormalization update_ops not added</a>" in page
+
+
+def test_a_kept_script_that_does_not_parse_is_shown_alone() -> None:
+    """A run's scenario may be no Python this bnmatrix can read (another version's syntax, or garbage): its page shows
+    the script as it is, with no helpers and nothing marked, and the report is still written."""
+    modules = {"bnmatrix_scenario": "def main(name, train):\n    pass\n"}
+    for script in ("def train(:\n", "x = " + "(" * 5000 + ")" * 5000 + "\n"):
+        text, marked = pattern_code(ScenarioSource(script, {"decides": ["train"]}, modules))
+        assert text == script and marked == ([(1, "def train(:")] if "train" in script else [])
+    text, marked = pattern_code(ScenarioSource("import bnmatrix_scenario as c\n\n\ndef train(tf):\n    c.main(1, 2)\n",
+                                               {"decides": ["c.main("]}, modules))
+    assert "# --- bnmatrix_scenario.py: main ---" in text and marked == [(5, "c.main(1, 2)")]
 
 
 def test_the_change_line_follows_a_facet_as_it_follows_the_status() -> None:
