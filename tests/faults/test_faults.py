@@ -394,7 +394,8 @@ def test_the_report_keeps_every_measured_verdict_and_a_run_reuses_each_unchanged
     page = (fault.dir / "site" / "cells" / "tf-2.15.1-cpu.html").read_text()
     assert f"Measured by run <code>{full['run_id']}</code>" in page  # versioned: from the full run
     index = (fault.dir / "site" / "index.html").read_text()  # its entry names the run that measured it
-    tips = re.findall(r'id="tip-tf-2\.15\.1-cpu-versioned">[^<]*\[result of run ([^,\]]+)', index)
+    tips = re.findall(r'id="tip-tf-2\.15\.1-cpu-versioned"><span class="where">TF 2\.15\.1 · versioned \(CPU\)'
+                      r'</span>[^<]*\[result of run ([^,\]]+)', index)  # the tip names the entry, then its run
     assert tips == [full["run_id"]], tips
     assert "Results of 2 runs, the newest" in (fault.dir / "site" / "summary.md").read_text()
     assert (fault.dir / "site" / "cells" / "logs" / "tf-2.15.1-cpu" / "versioned.log").is_file()
