@@ -85,6 +85,8 @@
     var statuses = state.status ? state.status.split(",") : null;
     var devices = state.device ? state.device.split(",") : null;
     var scenarios = state.scenario ? state.scenario.split(",") : null;
+    function statusWanted(status) { return !statuses || statuses.indexOf(status) >= 0; }
+    function deviceWanted(device) { return !devices || devices.indexOf(device) >= 0; }
     function inVersions(first, last) {
       return (!state.from || compareVersions(last, state.from) >= 0) && (!state.to || compareVersions(first, state.to) <= 0);
     }
@@ -94,7 +96,7 @@
       return words.every(function (word) { return text.indexOf(word) >= 0; });
     }
     function columnChosen(element) {
-      return (!devices || devices.indexOf(element.dataset.device) >= 0) &&
+      return deviceWanted(element.dataset.device) &&
         (!scenarios || !element.dataset.scenario || scenarios.indexOf(element.dataset.scenario) >= 0) &&
         (!element.dataset.scenario || found(element.dataset.scenario));
     }
@@ -103,18 +105,18 @@
     var rows = 0, folded = 0, matches = {}, matched = {};
     table.querySelectorAll("tbody tr[data-tf]").forEach(function (row) {
       var inRange = inVersions(row.dataset.tf, row.dataset.tf);
-      var found = [];
+      var hits = [];
       row.querySelectorAll("td.cell").forEach(function (cell) {
-        var wanted = columnChosen(cell) && (!statuses || statuses.indexOf(cell.dataset.status) >= 0) &&
+        var wanted = columnChosen(cell) && statusWanted(cell.dataset.status) &&
           (state.changed !== "1" || cell.dataset.changed === "1");
         cell.classList.toggle("dimmed", !wanted);
-        if (wanted) found.push(cell.dataset.device + " " + cell.dataset.scenario);
+        if (wanted) hits.push(cell.dataset.device + " " + cell.dataset.scenario);
       });
-      var shown = inRange && found.length > 0;
+      var shown = inRange && hits.length > 0;
       var collapsed = row.classList.contains("collapsed");
       row.hidden = !shown || collapsed;
       if (shown) {
-        found.forEach(function (key) { matches[key] = true; matched[key.split(" ")[1]] = true; });
+        hits.forEach(function (key) { matches[key] = true; matched[key.split(" ")[1]] = true; });
         if (collapsed) folded++; else rows++;
       }
     });
@@ -141,7 +143,7 @@
     // match stay bright.
     if (!overview) return;
     overview.querySelectorAll("[data-device]").forEach(function (element) {
-      element.hidden = !(!devices || devices.indexOf(element.dataset.device) >= 0);
+      element.hidden = !deviceWanted(element.dataset.device);
     });
     var scenariosShown = 0;
     overview.querySelectorAll("tbody tr[data-scenario]").forEach(function (row) {
@@ -150,11 +152,11 @@
       if (shown) scenariosShown++;
       row.querySelectorAll(".range").forEach(function (range) {
         range.classList.toggle("dimmed", !(inVersions(range.dataset.first, range.dataset.last) &&
-          (!statuses || statuses.indexOf(range.dataset.status) >= 0)));
+          statusWanted(range.dataset.status)));
       });
       row.querySelectorAll("a.mark").forEach(function (mark) {
         mark.classList.toggle("dimmed", !(inVersions(mark.dataset.tf, mark.dataset.tf) &&
-          (!statuses || statuses.indexOf(mark.dataset.status) >= 0)));
+          statusWanted(mark.dataset.status)));
       });
     });
     document.getElementById("overview-empty").hidden = scenariosShown > 0;

@@ -185,17 +185,18 @@ def pattern_code(source: ScenarioSource) -> tuple[str, list[tuple[int, str]]]:
     except (SyntaxError, ValueError, RecursionError):  # a script or module of a run that is no Python we can read
         script, trees = None, {}
     if script is not None:
-        queue = _references(script, None, trees)
+        defined = {module: _defined(tree) for module, tree in trees.items()}
+        queue = _references(script, None, trees, defined)
         shown: set[int] = set()
         while queue:
             module, name = queue.pop(0)
-            node = _defined(trees[module]).get(name)
+            node = defined[module].get(name)
             if node is None or id(node) in shown:
                 continue
             shown.add(id(node))
             segment = ast.get_source_segment(source.modules[module], node) or ""
             parts.append(f"# --- {module}.py: {name} ---\n{segment}")
-            queue += _references(node, module, trees)
+            queue += _references(node, module, trees, defined)
     text = "\n\n\n".join(parts) + "\n"
     fragments = [f for f in source.notes.get("decides", []) if isinstance(f, str) and f.strip()]
     marked = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
@@ -214,15 +215,16 @@ def _defined(tree: ast.Module) -> dict[str, ast.stmt]:
     return found
 
 
-def _references(node: ast.AST, module: str | None, trees: dict[str, ast.Module]) -> list[tuple[str, str]]:
-    """What `node` (the script's functions, or a function of `module`) uses of the folder's modules: (module, name),
-    in the order the code names them."""
+def _references(node: ast.AST, module: str | None, trees: dict[str, ast.Module],
+                defined: dict[str, dict[str, ast.stmt]]) -> list[tuple[str, str]]:
+    """What `node` (the script's functions, or a function of `module`) uses of the folder's modules (`defined`: each
+    one's top-level names): (module, name), in the order the code names them."""
     tree = trees[module] if module else node
     aliases = {a.asname or a.name: a.name for child in ast.walk(tree) if isinstance(child, ast.Import)
                for a in child.names if a.name in trees}
     parts = [node] if module else [n for n in getattr(node, "body", [])
                                    if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    local = _defined(trees[module]) if module else {}
+    local = defined[module] if module else {}
     found: list[tuple[str, str]] = []
     for part in parts:
         for child in ast.walk(part):
@@ -244,7 +246,7 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
     context = view.context()
     env = environment()
     env.globals["reproduce"] = site.reproduce
-    env.globals["logged"] = lambda run, cell_id, name: os.path.lexists(run.directory / "logs" / cell_id / f"{name}.log")
+    env.globals["logged"] = lambda run, cell_id, name: os.path.lexists(_log_file(run, cell_id, name))
     files = {"index.html": env.get_template("index.html").render(**context, root="")}
     pages = [(c, site.origins[c.id]) for c in view.cells] + sorted(site.evidence.values(), key=lambda i: i[0].id)
     for cell_result, origin in pages:
@@ -269,6 +271,11 @@ def render_site(site: Site, previous: Run | None = None, expectations: Expectati
     files["summary.md"] = env.get_template("summary.md.j2").render(**context)
     files["pygments.css"] = _code_colours()
     return files
+
+
+def _log_file(run: Run, cell_id: str, name: str) -> Path:
+    """Where a run keeps a cell's log ("setup", or a scenario's)."""
+    return run.directory / "logs" / cell_id / f"{name}.log"
 
 
 def _code_colours() -> str:
@@ -351,7 +358,7 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             logs = {"setup": origin, **{name: site.holders.get((cell_result.id, name), (origin, ""))[0]
                                         for name in cell_result.scenarios}}
             for name, holder in logs.items():
-                log = holder.directory / "logs" / cell_result.id / f"{name}.log"
+                log = _log_file(holder, cell_result.id, name)
                 if os.path.lexists(log):
                     regular_file(log, "log file")
                     target = _inside(staging, f"cells/logs/{cell_result.id}/{name}.log")

@@ -24,7 +24,7 @@ from bnmatrix.store.files import moment
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Manifest, Run, RunKind, ScenarioResult
 from bnmatrix.store.searches import Conclusion, Outcome
-from bnmatrix.verdict import FACETS, CellStatus, Finding, Status
+from bnmatrix.verdict import FACET_NAMES, FACETS, CellStatus, Finding, Status
 
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
 STATES = {s.value: (s.icon, s.word, s.meaning) for s in Status}
@@ -168,7 +168,15 @@ class ScenarioSource:
     modules: dict[str, str] = field(default_factory=dict)  # module name -> its source, the scenario's folder first
 
 
-def _kept_modules(run: Run, name: str) -> dict[str, str]:
+def _folder_modules(folder: Path, read: dict[Path, dict[str, str]]) -> dict[str, str]:
+    """The Python modules of a scenario folder by name (regular files only), read once per folder into `read`."""
+    if folder not in read:
+        read[folder] = {path.stem: read_text(path) for path in sorted(folder.glob("*.py"))
+                        if path.is_file() and not path.is_symlink()} if folder.is_dir() else {}
+    return read[folder]
+
+
+def _kept_modules(run: Run, name: str, read: dict[Path, dict[str, str]]) -> dict[str, str]:
     """The Python modules of the folders a run kept for scenario `name` (its own folder, then the helper's)."""
     for cell in run.cells:
         code = cell.code if isinstance(cell.code, dict) else {}
@@ -177,11 +185,9 @@ def _kept_modules(run: Run, name: str) -> dict[str, str]:
             continue
         modules: dict[str, str] = {}
         for digest in (own, code.get("helper")):
-            folder = run.directory / "code" / str(digest)
-            if re.fullmatch(r"[0-9a-f]{16}", str(digest)) and folder.is_dir():
-                for path in sorted(folder.glob("*.py")):
-                    if path.is_file() and not path.is_symlink():
-                        modules.setdefault(path.stem, read_text(path))
+            if re.fullmatch(r"[0-9a-f]{16}", str(digest)):
+                for module, text in _folder_modules(run.directory / "code" / str(digest), read).items():
+                    modules.setdefault(module, text)
         return modules
     return {}
 
@@ -190,19 +196,19 @@ def scenario_page_sources(runs: list[Run], names: list[str]) -> dict[str, Scenar
     """Each scenario's code and notes as the runs kept them, the first run first (older runs: the built-in ones),
     with the modules of its kept folder."""
     found: dict[str, ScenarioSource] = {}
+    read: dict[Path, dict[str, str]] = {}
     for name in sorted(names):
         for run in runs:
             kept = run.directory / "scenarios" / name
             if os.path.lexists(kept / "scenario.py"):
                 notes = read_json(kept / "notes.json", "notes") if os.path.lexists(kept / "notes.json") else {}
-                found[name] = ScenarioSource(read_text(kept / "scenario.py"), notes, _kept_modules(run, name))
+                found[name] = ScenarioSource(read_text(kept / "scenario.py"), notes, _kept_modules(run, name, read))
                 break
         else:
             builtin = data_path(SCENARIOS_FOLDER) / f"{name}.py"
             code = builtin.read_text(encoding="utf-8") if builtin.exists() else "# (scenario script not kept)\n"
-            modules = {path.stem: path.read_text(encoding="utf-8") for path in sorted(builtin.parent.glob("*.py"))}
             found[name] = ScenarioSource(code, load_scenario_notes(builtin.with_suffix(".yaml")),
-                                         modules if builtin.exists() else {})
+                                         _folder_modules(builtin.parent, read) if builtin.exists() else {})
     return found
 
 
@@ -571,7 +577,7 @@ def _note_transitions(rows: list[Row], run: Run, searches: list[Conclusion]) -> 
             more = f"; {len(search.changes)} changes in all" if len(search.changes) > 1 else ""
             entry.change = {"text": f"{name} ({device}): {was} → {first.was.versus(first.becomes)[1] if more else now} "
                                     f"{where} (rows {older} → {newer}{more})",
-                            "href": f"changes.html#{search_anchor(search)}"}
+                            "href": search_href(search)}
         else:
             words = ["bnmatrix", "bisect", "--scenario", name, "--good", older, "--bad", newer,
                      "--device", device] + (["--variant", variant] if variant else [])
@@ -628,9 +634,8 @@ def _describe_ranges(lines: list[list[Span]]) -> None:
     """Each range's note and label. The note holds every facet a range carries whose value is not the usual one, and
     the usual values of the facets that vary anywhere in the scenario's glance (so that the ranges of
     keras_fit_4d_variance all say which variance they follow) or that tell it from a neighbour of the same status."""
-    spans = [span for ranges in lines for span in ranges]
-    varying = {name for a in spans for b in spans for name in a.finding.differing(b.finding)
-               if dict(a.finding.facets).get(name) and dict(b.finding.facets).get(name)}
+    values = [dict(span.finding.facets) for ranges in lines for span in ranges]
+    varying = {name for name in FACET_NAMES if len({v[name] for v in values if name in v}) > 1}
     for ranges in lines:
         for index, span in enumerate(ranges):
             neighbours = [ranges[i] for i in (index - 1, index + 1) if 0 <= i < len(ranges)]
