@@ -150,7 +150,7 @@
       var shown = !!matched[row.dataset.scenario];
       row.hidden = !shown;
       if (shown) scenariosShown++;
-      row.querySelectorAll(".range").forEach(function (range) {
+      row.querySelectorAll(".range, .ahead").forEach(function (range) {
         range.classList.toggle("dimmed", !(inVersions(range.dataset.first, range.dataset.last) &&
           statusWanted(range.dataset.status)));
       });

@@ -31,6 +31,28 @@ def copy_run_started(run: Path, target: Path, started: str) -> None:
         path.write_text(json.dumps({**json.loads(path.read_text()), "started": started}))
 
 
+def add_candidate(run: Path, version: str = "2.22.0rc0") -> None:
+    """Give a copy of the committed run a release candidate: its tf-2.21.0-cpu cell as `version`, where
+    keras_finetune_inference_call turns stale (the real numbers of that scenario's stale tf-2.21.0-cpu-tfkeras
+    result), as TF 2.22.0rc0 with Keras 3.16.0.dev really does."""
+    cells = run / "cells"
+    candidate = json.loads((cells / "tf-2.21.0-cpu.json").read_text())
+    stale = json.loads((cells / "tf-2.21.0-cpu-tfkeras.json").read_text())["scenarios"]["keras_finetune_inference_call"]
+    cell_id = f"tf-{version}-cpu"
+    candidate["cell"].update(id=cell_id, tf=version, expect={})
+    candidate["scenarios"]["keras_finetune_inference_call"] = stale
+    candidate["setup_log"] = f"logs/{cell_id}/setup.log"
+    for name, result in candidate["scenarios"].items():
+        result["tf_version"] = version.replace("rc", "-rc")  # as TF itself spells it
+        result["log"] = f"logs/{cell_id}/{name}.log"
+    (cells / f"{cell_id}.json").write_text(json.dumps(candidate))
+    logs = run / "logs" / cell_id  # the logs of the cells it is made of
+    shutil.copytree(run / "logs" / "tf-2.21.0-cpu", logs)
+    shutil.copy(run / "logs" / "tf-2.21.0-cpu-tfkeras" / "keras_finetune_inference_call.log", logs)
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "cells": [*manifest["cells"], cell_id]}))
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line naming what could not be tested on this host (a skipped end-to-end part and why), so that a
     green run never hides it; pytest -rs lists each skip."""

@@ -11,28 +11,19 @@ comes back.
 
 from __future__ import annotations
 
-import functools
 import itertools
-import json
-import platform
-import re
 import shlex
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from html.parser import HTMLParser
-from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 from bnmatrix.backends import Backend
 from bnmatrix.config import Matrix, TFVersion
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.index import Release, list_releases, minor_of
 from bnmatrix.plan import Cell, all_cells
 from bnmatrix.runner import ProgressCallback, folder_sources, run_plan, scenario_hashes, scenario_sources
 from bnmatrix.store.files import now
@@ -40,123 +31,6 @@ from bnmatrix.store.records import CellResult
 from bnmatrix.store.runstore import RunStore
 from bnmatrix.store.searches import Change, Conclusion, End, Outcome, Probe
 from bnmatrix.verdict import ANSWERS, Finding, Status
-
-INDEX_TIMEOUT_S = 60
-
-
-# --- the package index -------------------------------------------------------------------------------
-
-class _Links(HTMLParser):
-    """The file links of a PEP 503 project page: (file name, yanked)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.files: list[tuple[str, bool]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = dict(attrs)
-        if tag == "a" and values.get("href"):
-            name = urllib.parse.unquote(urllib.parse.urlsplit(values["href"] or "").path.rsplit("/", 1)[-1])
-            self.files.append((name, "data-yanked" in values))
-
-
-@functools.cache
-def index_files(index_url: str, package: str) -> tuple[tuple[str, bool], ...]:
-    """Every file the index lists for `package`: (file name, yanked)."""
-    project = canonicalize_name(package)
-    if index_url.startswith("file://"):
-        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(index_url).path)) / project
-        if (folder / "index.html").is_file():
-            parser = _Links()
-            parser.feed((folder / "index.html").read_text(encoding="utf-8", errors="replace"))
-            return tuple(parser.files)
-        if folder.is_dir():
-            return tuple((p.name, False) for p in sorted(folder.iterdir()) if p.is_file())
-        raise BnMatrixError(f"{index_url}: no project {project} in this local index (looked in {folder}); expected "
-                            "the index the cells install from (settings.index_url)")
-    request = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/", headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "bnmatrix-bisect"})
-    try:
-        with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_S) as response:
-            kind = response.headers.get("Content-Type", "")
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        raise BnMatrixError(f"{index_url}: listing {project} answered HTTP {exc.code} {exc.reason}; expected the "
-                            "index the cells install from (settings.index_url)") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise BnMatrixError(f"{index_url}: cannot list the releases of {project}: {reason}; expected a reachable "
-                            "package index (settings.index_url)") from None
-    if "json" in kind:
-        data = json.loads(body)
-        return tuple((f["filename"], bool(f.get("yanked"))) for f in data.get("files", []))
-    parser = _Links()
-    parser.feed(body.decode("utf-8", errors="replace"))
-    return tuple(parser.files)
-
-
-@dataclass(frozen=True)
-class Release:
-    """A release on the index and the Pythons (X.Y) it has a wheel for on this machine's platform."""
-
-    version: str
-    pythons: tuple[str, ...]  # empty with `any_python`
-    any_python: bool = False  # a pure-Python (py3) wheel: any Python serves it
-
-    def has_wheel_for(self, python: str) -> bool:
-        return self.any_python or python in self.pythons
-
-
-def _wheel_pythons(filename: str, machine: str) -> tuple[str | None, set[str]] | None:
-    """(version, Pythons) a wheel serves on Linux `machine` ('*' in the set: any Python 3); None if it does not."""
-    try:
-        _, version, _, tags = parse_wheel_filename(filename)
-    except InvalidWheelFilename:
-        return None
-    pythons: set[str] = set()
-    for tag in tags:  # the cells run glibc Linux: manylinux or linux wheels for this machine, or pure ones
-        if tag.platform != "any" and not (tag.platform.startswith(("manylinux", "linux"))
-                                          and tag.platform.endswith(machine)):
-            continue
-        match = re.fullmatch(r"cp3(\d+)", tag.interpreter)
-        if match:
-            pythons.add(f"3.{match[1]}")
-        elif tag.interpreter in ("py3", "py30") or tag.interpreter.startswith("py3"):
-            pythons.add("*")
-    return (str(version), pythons) if pythons else None
-
-
-def list_releases(index_url: str, package: str, pre: bool = False) -> tuple[list[Release], dict[str, str]]:
-    """The releases of `package` with a Linux wheel for this machine, oldest first (pre-releases with `pre`),
-    and the releases left out with the reason (yanked, no wheel for this platform)."""
-    machine = platform.machine() or "x86_64"
-    wheels: dict[str, set[str]] = {}
-    seen: dict[str, str] = {}
-    for filename, yanked in index_files(index_url, package):
-        match = re.match(r"[^-]+-([^-]+)-", filename)
-        try:
-            version = str(Version(match[1])) if match else None
-        except InvalidVersion:
-            continue
-        if version is None or (Version(version).is_prerelease and not pre) or Version(version).is_devrelease:
-            continue
-        if yanked:
-            seen.setdefault(version, "yanked from the index")
-            continue
-        served = _wheel_pythons(filename, machine) if filename.endswith(".whl") else None
-        if served is None:
-            seen.setdefault(version, f"no wheel for Linux {machine}")
-            continue
-        wheels.setdefault(served[0] or version, set()).update(served[1])
-    releases = [Release(v, tuple(sorted((p for p in pythons if p != "*"), key=_minor)), "*" in pythons)
-                for v, pythons in wheels.items()]
-    left_out = {v: why for v, why in seen.items() if v not in wheels}
-    return sorted(releases, key=lambda r: Version(r.version)), left_out
-
-
-def _minor(python: str) -> int:
-    return int(python.split(".")[1])
-
 
 # --- probes and searches -----------------------------------------------------------------------------
 
@@ -327,7 +201,7 @@ def choose_python(release: Release, preferred: str, serves: Callable[[str], bool
     if not options:
         have = ", ".join(release.pythons) or "none"
         return None, f"wheels for Python {have}, none of which this host serves"
-    return min(options, key=lambda p: (abs(_minor(p) - _minor(preferred)), -_minor(p))), ""
+    return min(options, key=lambda p: (abs(minor_of(p) - minor_of(preferred)), -minor_of(p))), ""
 
 
 @dataclass

@@ -24,9 +24,10 @@ from rich.text import Text
 from bnmatrix import __version__
 from bnmatrix.backends import Setup, backend_kinds, select_backend
 from bnmatrix.backends.venv import default_cache_dir
-from bnmatrix.config import Matrix, parse_image_map
+from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError, Stop, Terminated
 from bnmatrix.history import History, diff, import_archive
+from bnmatrix.index import REGISTRY_URL, sync_matrix
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, plan
 from bnmatrix.runner import ProgressCallback
 from bnmatrix.session import (
@@ -170,6 +171,27 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_option(bisect_parser)
     _results_option(bisect_parser, "results root: the probes are a run there, reused like any other")
     _jobs_option(bisect_parser)
+
+    sync_parser = commands.add_parser("sync", help="compare matrix.yaml with the package index: new releases, newer "
+                                      "patches, each release's Pythons", description="Show what the matrix lacks "
+                                      "against the index the cells install from (a readable diff; exit 0). A new "
+                                      "minor release is added with its neighbour's pins and variants, a newer patch "
+                                      "replaces the listed one, on the newest Python the scenarios run on that it "
+                                      "has a wheel for; yanked releases are left out.")
+    sync_parser.add_argument("--matrix", type=Path, default=None,
+                             help="the matrix file (default: ./matrix.yaml, else the one bnmatrix ships)")
+    sync_parser.add_argument("--index-url", default=None, metavar="URL",
+                             help="a PEP 503/691 index, file:// too (default: the matrix's settings.index_url)")
+    sync_parser.add_argument("--pre", action="store_true",
+                             help="add the newest release candidate of a minor release not yet out, as a pre entry")
+    sync_parser.add_argument("--nightly", action="store_true",
+                             help="add a CPU entry of tf-nightly's newest nightly (its exact version), as a nightly "
+                                  "entry")
+    sync_parser.add_argument("--registry-url", default=REGISTRY_URL, metavar="URL",
+                             help=f"where GPU images' tags are looked up: Docker Hub's API (default {REGISTRY_URL})")
+    action = sync_parser.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true", help="rewrite the matrix file (its comments and layout stay)")
+    action.add_argument("--check", action="store_true", help="exit 1 when the matrix is behind the index (for CI)")
 
     merge_parser = commands.add_parser("merge", help="merge result directories (e.g. CI shards) into one run")
     merge_parser.add_argument("inputs", nargs="+", type=Path, metavar="DIR",
@@ -399,6 +421,28 @@ def command_scenario(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def command_sync(args: argparse.Namespace, console: Console) -> int:
+    found = sync_matrix(args.matrix or default_matrix_path(), args.index_url, args.pre, args.nightly, args.registry_url)
+    say = functools.partial(console.print, highlight=False, soft_wrap=True, markup=False)
+    say(f"{found.path} against {found.index_url} ({found.package}):")
+    for line in [*found.changes, *(f"· {n}" for n in found.images), *(f"· left out {n}" for n in found.left_out)]:
+        say(f"  {line}")
+    if not found.behind:
+        say(f"{found.path} is up to date with the index.")
+        return EXIT_OK
+    if args.write:
+        found.write()
+        say(f"{found.path} rewritten: {len(found.changes)} change{'s' if len(found.changes) != 1 else ''}.")
+        return EXIT_OK
+    say(found.diff().rstrip("\n"))
+    if args.check:
+        say(f"{found.path} is behind the index: `bnmatrix sync --write` brings it up to date.")
+        return EXIT_CELL_FAILED
+    say(f"`bnmatrix sync --write` applies {'these' if len(found.changes) != 1 else 'this'} "
+        f"{len(found.changes)} change{'s' if len(found.changes) != 1 else ''}.")
+    return EXIT_OK
+
+
 def command_merge(args: argparse.Namespace, console: Console) -> int:
     out = merge_runs(args.inputs, args.out)
     merged = load_run(out)
@@ -459,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {"plan": command_plan, "run": command_run, "merge": command_merge, "report": command_report,
                 "scenario": command_scenario, "bisect": command_bisect, "diff": command_diff,
-                "import": command_import}
+                "import": command_import, "sync": command_sync}
     Stop.signum = None
     previous = {signum: signal.signal(signum, _Stop.handle) for signum in STOP_SIGNALS}
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import difflib
-import functools
 import hashlib
 import json
 import re
@@ -30,7 +29,6 @@ SCENARIOS_FOLDER = "scenarios"  # the built-in scenarios and the helper every sc
 REPORT_FOLDER = "report"  # the site's templates and assets
 DOCKER_FOLDER = "docker"  # the cell image's install script; base/build.sh
 # ... and in the package
-WHEELS_FILE = "wheels.yaml"
 SCHEMA_FILES = {"cell": "result.schema.json", "manifest": "manifest.schema.json", "bisect": "bisect.schema.json",
                 "notes": "notes.schema.json", "observation": "scenario.schema.json"}
 # Local image substitutions, next to matrix.yaml (docker/base/build.sh writes one).
@@ -332,7 +330,8 @@ class Matrix:
                 raise where.error(("versions", index, "tf"), f"duplicate version '{spec['tf']}' (also "
                                   f"versions[{first_index[spec['tf']]}]); expected each TF version once")
             first_index[spec["tf"]] = index
-        versions = tuple(_version(i, spec, settings, variants, where) for i, spec in enumerate(raw["versions"]))
+        wheels = _wheel_pythons(raw.get("wheels", {}))
+        versions = tuple(_version(i, spec, settings, variants, wheels, where) for i, spec in enumerate(raw["versions"]))
         return cls(
             path=path,
             digest=hashlib.sha256(text.encode("utf-8")).hexdigest(),
@@ -552,12 +551,10 @@ def _check_scenarios(names: list[str], catalog: dict[str, Scenario], where: _Loc
                               f"{perhaps}")
 
 
-@functools.cache
-def _wheel_pythons() -> dict[str, tuple[int, int]]:
-    """TF minor -> (lowest, highest) Python minor with a wheel, from wheels.yaml."""
-    ranges = yaml.safe_load((PACKAGE_DIR / WHEELS_FILE).read_text(encoding="utf-8"))
+def _wheel_pythons(wheels: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """TF minor -> (lowest, highest) Python minor with a wheel, from the matrix's `wheels:` ("3.10-3.13")."""
     result = {}
-    for minor, span in ranges.items():
+    for minor, span in wheels.items():
         low, _, high = span.partition("-")
         result[minor] = (int(low.split(".")[1]), int((high or low).split(".")[1]))
     return result
@@ -574,15 +571,16 @@ def _check_requirements(requirements: list[str], keys: tuple[Any, ...], where: _
 
 
 def _version(index: int, spec: dict[str, Any], settings: dict[str, Any], variants: dict[str, Variant],
-             where: _Locator) -> TFVersion:
+             wheels: dict[str, tuple[int, int]], where: _Locator) -> TFVersion:
     keys: tuple[Any, ...] = ("versions", index)
     tf, python = spec["tf"], spec["python"]
     minor = ".".join(tf.split(".")[:2])
-    span = _wheel_pythons().get(minor)
+    span = wheels.get(minor)
     python_minor = int(python.split(".")[1])
     if span and not span[0] <= python_minor <= span[1]:
         raise where.error(keys + ("python",), f"found '{python}', but TF {tf} has Linux wheels only for "
-                          f"Python 3.{span[0]} to 3.{span[1]}; expected one of those")
+                          f"Python 3.{span[0]} to 3.{span[1]} (wheels: \"{minor}\", from the index by bnmatrix sync); "
+                          "expected one of those")
     for name in spec.get("variants", {}):
         if name not in variants:
             hint = difflib.get_close_matches(name, list(variants), n=1)

@@ -161,11 +161,19 @@ class History:
         return latest_searches((run.directory, run.manifest) for run in self.runs)
 
 
+def upcoming(tf: str) -> str:
+    """What a version not yet released is ("nightly" for a development release, "release candidate" for a
+    pre-release), or "" for a release."""
+    version = Version(tf)
+    return "nightly" if version.is_devrelease else "release candidate" if version.is_prerelease else ""
+
+
 def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str] = ()) -> list[
         tuple[str, str, str | None, CellResult, CellResult]]:
-    """Each pair of adjacent versions of a run whose findings (the status or any facet, verdict.Finding) differ for a
-    scenario (entries without a verdict in between are passed over): (scenario, device, variant, older cell, newer
-    cell)."""
+    """Each pair of adjacent released versions of a run whose findings (the status or any facet, verdict.Finding)
+    differ for a scenario (entries without a verdict in between are passed over; a release candidate or a nightly is
+    no end of a change: the report compares it with the newest release): (scenario, device, variant, older cell,
+    newer cell)."""
     columns: dict[tuple[str, str | None], list[CellResult]] = {}
     for cell in run.cells:
         if not devices or cell.cell.device in devices:
@@ -176,7 +184,7 @@ def change_points(run: Run, devices: Sequence[str] = (), scenarios: Sequence[str
         names = [n for n in dict.fromkeys(n for c in cells for n in c.cell.scenarios)
                  if not scenarios or n in scenarios]
         for name in names:
-            judged = [c for c in cells if c.entry_status(name).value in VERDICTS]
+            judged = [c for c in cells if c.entry_status(name).value in VERDICTS and not upcoming(c.cell.tf)]
             for older, newer in itertools.pairwise(judged):
                 if older.entry_finding(name) != newer.entry_finding(name):
                     found.append((name, device, variant, older, newer))

@@ -25,7 +25,7 @@ from pygments.lexers import PythonLexer
 
 from bnmatrix.config import REPORT_FOLDER, Matrix, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.history import ARCHIVE_NAME, History, write_archive
+from bnmatrix.history import ARCHIVE_NAME, History, upcoming, write_archive
 from bnmatrix.intake import read_json, regular_file, staged_folder
 from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
@@ -38,6 +38,7 @@ from bnmatrix.view import (
     ScenarioSource,
     Site,
     View,
+    ahead_words,
     build_view,
     number,
     search_anchor,
@@ -52,7 +53,8 @@ def glance_text(found: Glance | None) -> str:
     Markdown: our own words, and versions that passed PEP 440."""
     if not found:
         return "–"
-    return "; ".join(f"{STATES[span.status][0]} {span.words}{' ✓' if span.pinned else ''}" for span in found.ranges)
+    return "; ".join([f"{STATES[span.status][0]} {span.words}{' ✓' if span.pinned else ''}" for span in found.ranges]
+                     + [f"**{words}**" if words.startswith("changes") else words for words in ahead_words(found.ahead)])
 
 
 def _judged_layers(result: ScenarioResult) -> dict[str, Any]:
@@ -124,7 +126,8 @@ def export_results(run: Run, view: View) -> dict[str, Any]:
         "cells": cells, "change_points": [{key: {**search.to_dict(), "run_id": search.run_id}.get(key)
                                            for key in CHANGE_POINT_KEYS} for search in view.searches],
         "ranges": [{"scenario": name, "device": device, "variant": variant,
-                    "ranges": [span.to_dict() for span in glance.ranges]}
+                    "ranges": [span.to_dict() for span in glance.ranges],
+                    "upcoming": [ahead.to_dict() for ahead in glance.ahead]}
                    for name, lines in view.overview.table.items() for (device, variant), glance in lines.items()]}
 
 
@@ -167,6 +170,7 @@ def environment() -> jinja2.Environment:
     env.filters["md"] = _markdown
     env.filters["curve"] = curve_points
     env.filters["judged_layers"] = _judged_layers
+    env.globals["upcoming"] = env.tests["upcoming"] = upcoming  # "release candidate", "nightly", or "" (a release)
     env.globals["anchor"] = search_anchor
     env.globals["glance"] = glance_text
     env.globals["tolerance"] = f"{REL_TOLERANCE:g}"

@@ -16,6 +16,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from packaging.version import InvalidVersion, Version
+
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
 from bnmatrix.config import Scenario, file_digests
 from bnmatrix.errors import BnMatrixError, Cancelled, Stop
@@ -77,11 +79,20 @@ def read_observation(line: bytes, name: str, cell: Cell) -> dict[str, Any]:
         raise ResultRefused(f"the result does not match {SCENARIO_SCHEMA}: {problem}")
     if data["scenario"] != name:
         raise ResultRefused(f"the result is for scenario {data['scenario']!r}; expected {name!r}")
-    if data["tf_version"] is not None and data["tf_version"] != cell.tf:
+    if data["tf_version"] is not None and not same_release(data["tf_version"], cell.tf):
         raise ResultRefused(f"imported TF {data['tf_version']} but the cell installed {cell.tf}")
     if data["outcome"] == "observed" and cell.device == "gpu" and "GPU" not in (data.get("devices_seen") or []):
         raise ResultRefused(f"GPU cell, but TF sees only {data.get('devices_seen')}")
     return data  # type: ignore[no-any-return]
+
+
+def same_release(reported: str, installed: str) -> bool:
+    """Whether TF's own `__version__` names the release the cell installed: a nightly says 2.23.0-dev20261026 for
+    the wheel 2.23.0.dev20261026 (the same PEP 440 version)."""
+    try:
+        return Version(reported) == Version(installed)
+    except InvalidVersion:
+        return reported == installed
 
 
 def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) -> ScenarioResult:

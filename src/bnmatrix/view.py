@@ -17,14 +17,14 @@ from packaging.version import Version
 from bnmatrix.backends import Reproduction, backend_kinds
 from bnmatrix.config import SCENARIOS_FOLDER, Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.history import History, change_points
+from bnmatrix.history import History, change_points, upcoming
 from bnmatrix.intake import read_json, read_text
 from bnmatrix.plan import all_cells
 from bnmatrix.store.files import moment
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Manifest, Run, RunKind, ScenarioResult
 from bnmatrix.store.searches import Conclusion, Outcome
-from bnmatrix.verdict import FACET_NAMES, FACETS, CellStatus, Finding, Status
+from bnmatrix.verdict import ANSWERS, FACET_NAMES, FACETS, CellStatus, Finding, Status
 
 # Every state has its own icon, word and colour; the icon and word never rely on the colour.
 STATES = {s.value: (s.icon, s.word, s.meaning) for s in Status}
@@ -90,6 +90,11 @@ class Row:
     @property
     def label(self) -> str:
         return self.tf + (f" {self.variant}" if self.variant else "")
+
+    @property
+    def upcoming(self) -> str:
+        """"release candidate" or "nightly" for a version not yet released, else ""."""
+        return upcoming(self.tf)
 
 
 @dataclass(frozen=True)
@@ -364,14 +369,62 @@ class Mark:
     status: Status
     note: str
     href: str
+    upcoming: str = ""  # "release candidate", "nightly": after the released versions, marked apart
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """A version not yet released (a release candidate, a nightly) on a line of the glance: its verdict, and whether
+    it differs from the newest release's there, which is what the next release is about to change."""
+
+    tf: str
+    kind: str  # "release candidate", "nightly"
+    finding: Finding
+    href: str
+    newest: Finding | None  # the newest release's verdict on the line (None: no release of it has one)
+    released: str | None  # that release
+
+    @property
+    def changes(self) -> bool:
+        return self.newest is not None and self.finding.status in ANSWERS and self.finding != self.newest
+
+    @property
+    def same(self) -> bool:
+        """Its verdict is the newest release's: the glance names it only in a line with the others that agree."""
+        return self.newest is not None and self.finding == self.newest
+
+    @property
+    def words(self) -> str:
+        """"changes in the next release: stale on 2.22.0rc0 (release candidate), updated on 2.21.0", or "next: updated
+        on 2.23.0.dev20261026 (nightly), as 2.21.0"."""
+        status = STATES[self.finding.status][1] + (f" ({self.finding.note()})" if self.finding.note() else "")
+        if self.changes and self.newest is not None:
+            was, _ = self.newest.versus(self.finding)
+            return f"changes in the next release: {status} on {self.tf} ({self.kind}), {was} on {self.released}"
+        return f"next: {status} on {self.tf} ({self.kind})" + (f", as {self.released}" if self.newest else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """results.json's record of it (report/results.schema.json: upcoming)."""
+        return {"version": self.tf, "kind": self.kind, "status": self.finding.status.value,
+                "facets": dict(self.finding.facets), "newest_release": self.released,
+                "changes": self.changes, "text": self.words}
+
+
+def ahead_words(found: list[Ahead]) -> list[str]:
+    """The glance's words on the versions not yet released of a line: each change, then one line for those that
+    agree with the newest release ("next: as 2.21.0 on 2.22.0rc0, 2.23.0.dev20261026"), then any other."""
+    same = [ahead for ahead in found if ahead.same]
+    agree = [f"next: as {same[0].released} on {', '.join(a.tf for a in same)}"] if same else []
+    return [a.words for a in found if a.changes] + agree + [a.words for a in found if not a.changes and not a.same]
 
 
 @dataclass(frozen=True)
 class Glance:
     """One scenario on one line (device, variant): its verdicts as ranges of versions, and a mark per version."""
 
-    ranges: list[Span]
+    ranges: list[Span]  # the released versions
     marks: list[Mark]
+    ahead: list[Ahead] = field(default_factory=list)  # the versions not yet released, oldest first
 
 
 @dataclass(frozen=True)
@@ -445,6 +498,7 @@ class View:
     version_lines: dict[str, list[VersionLine]]  # each version's page: its lines (device and variant)
     version_counts: dict[str, dict[str, int]]  # each version: how many of its entries have each status
     sources: dict[str, ScenarioSource]  # scenario -> its code and notes
+    next_changes: list[tuple[str, Line, Ahead]]  # (scenario, line, version) where a version not yet released differs
 
     @property
     def entries(self) -> list[Entry]:
@@ -535,7 +589,9 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         ran=len(ran), meets_expectations=all(e.junit in ("pass", "skipped") for e in ran),
         expectations=expectations, versions=sorted({r.tf for r in ordered}, key=Version), sources=sources,
         version_lines=version_lines,
-        version_counts=_version_counts(version_lines))
+        version_counts=_version_counts(version_lines),
+        next_changes=[(name, line, ahead) for name, lines in overview.table.items() for line, glance in lines.items()
+                      for ahead in glance.ahead if ahead.changes])
 
 
 def _probed_by(searches: list[Conclusion]) -> dict[tuple[str, str], list[Conclusion]]:
@@ -598,13 +654,14 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
     not_run: dict[Line, int] = {}
     for device, variant in lines:
         for name in scenarios:
-            column = [(r, r.entries[(device, name)]) for r in reversed(rows)
-                      if r.variant == variant and (device, name) in r.entries]
-            if not column:
+            every = [(r, r.entries[(device, name)]) for r in reversed(rows)
+                     if r.variant == variant and (device, name) in r.entries]
+            if not every:
                 continue
-            if all(e.status is Status.NOT_RUN for _, e in column):
-                not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(column))
+            if all(e.status is Status.NOT_RUN for _, e in every):
+                not_run[(device, variant)] = max(not_run.get((device, variant), 0), len(every))
                 continue
+            column = [(r, e) for r, e in every if not r.upcoming]
             ranges: list[Span] = []
             for row, entry in column:
                 if ranges and ranges[-1].finding == entry.finding:
@@ -622,8 +679,13 @@ def _overview(rows: list[Row], scenarios: list[str], devices: list[str], searche
                                        searched=search_href(search) if narrowed and search else None))
                 else:
                     ranges.append(Span(entry.finding, row.tf, row.tf))
-            table.setdefault(name, {})[(device, variant)] = Glance(
-                ranges, [Mark(r.tf, e.status, e.note, e.href) for r, e in column])
+            judged = [(r, e) for r, e in column if e.status in ANSWERS]
+            newest = judged[-1] if judged else None
+            ahead = [Ahead(r.tf, r.upcoming, e.finding, e.href, newest[1].finding if newest else None,
+                           newest[0].tf if newest else None) for r, e in every if r.upcoming]
+            marks = [Mark(r.tf, e.status, e.note, e.href) for r, e in column]
+            marks += [Mark(r.tf, e.status, e.note, e.href, r.upcoming) for r, e in every if r.upcoming]
+            table.setdefault(name, {})[(device, variant)] = Glance(ranges, marks, ahead)
     for glances in table.values():
         _describe_ranges([glance.ranges for glance in glances.values()])
     shown = [line for line in lines if any(line in cells for cells in table.values())]
@@ -657,6 +719,6 @@ def _ranges_text(lines: dict[Line, Glance], device: str) -> str:
     for (line_device, variant), found in lines.items():
         if line_device != device:
             continue
-        text = " · ".join(span.words for span in found.ranges)
+        text = " · ".join([span.words for span in found.ranges] + ahead_words(found.ahead))
         parts.append(f"({variant}: {text})" if variant else text)
     return " ".join(parts) or "not run on this host"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bnmatrix.report import write_report
-from tests.conftest import copy_run_started, require
+from tests.conftest import add_candidate, copy_run_started, require
 from tests.e2e.conftest import REPO
 
 pytestmark = pytest.mark.e2e
@@ -461,15 +461,17 @@ def test_no_page_overflows_a_phone_screen(browser: Any, tmp_path: Path, data_sit
 AXE = REPO / "tests" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 PAGE_TYPES = {"index": "index.html", "version": "versions/2.15.1.html", "cell": "cells/tf-1.15.5-cpu.html",
               "cell not run": "cells/tf-2.15.1-gpu.html", "scenario": "scenarios/keras_bn_custom_estimator.html",
-              "changes": "changes.html", "runs": "runs.html"}
+              "changes": "changes.html", "runs": "runs.html", "release candidate": "versions/2.22.0rc0.html"}
 
 
 @pytest.fixture(scope="module")
 def history_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site of a results root holding the real run twice (so that runs.html compares two) and the real bisect."""
+    """The site of a results root holding the real run twice (so that runs.html compares two; the newer with a release
+    candidate, which the glance compares with the newest release) and the real bisect."""
     root = tmp_path_factory.mktemp("history") / "results"
     copy_run_started(REAL_RUN, root / "a", "2026-11-27T14:32:12+00:00")
     shutil.copytree(REAL_RUN, root / "b")
+    add_candidate(root / "b")
     shutil.copytree(REPO / "tests" / "data" / "bisect", root / "bisect")
     out = root.parent / "public"
     write_report(root, out)
@@ -616,16 +618,15 @@ def test_a_hundred_versions_by_forty_scenarios_keep_every_answer_in_view(browser
     context.close()
 
 
-def test_no_version_number_breaks_across_lines_and_tooltips_stay_on_screen(browser: Any, data_site: Path) -> None:
+def test_no_version_number_breaks_across_lines_and_tooltips_stay_on_screen(browser: Any, data_site: Path,
+                                                                            history_site: Path) -> None:
     """On a phone no version (1.10.1) or number (0.95095149) is split over two lines on any page type; a cell's
     numbers open as a panel inside the screen that names the version and scenario, and on a desktop the numbers of
     the last column open to the cell's left, and those of the last row above it."""
     context = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
     page = context.new_page()
     for relative in PAGE_TYPES.values():
-        if relative == "runs.html":
-            continue
-        page.goto((data_site / relative).as_uri())
+        page.goto((history_site / relative).as_uri())
         broken = page.evaluate("""() => { const found = []; const walker = document.createTreeWalker(document.body,
             NodeFilter.SHOW_TEXT); for (let node = walker.nextNode(); node; node = walker.nextNode()) {
               if (node.parentElement.closest('code, pre')) continue;  // a path or command may break anywhere

@@ -12,10 +12,11 @@ import html5lib
 import jsonschema
 import pytest
 
-from bnmatrix.bisect import Search, list_releases
+from bnmatrix.bisect import Search
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import History, change_points, diff, prune
+from bnmatrix.index import list_releases
 from bnmatrix.report import render_site
 from bnmatrix.store.files import write_json
 from bnmatrix.store.reader import load_run

@@ -23,6 +23,7 @@ versions:
   - tf: 1.15.5
     python: "3.7"
     pins: ["numpy<1.19"]
+wheels: {"1.15": "3.6-3.7", "2.16": "3.9-3.12"}
 """
 
 
@@ -76,7 +77,10 @@ def test_good_matrix_loads_with_defaults_filled_in(tmp_path: Path) -> None:
         # duplicate version
         ("tf: 1.15.5", "tf: 2.16.2", [":9:", "versions[1].tf", "duplicate version '2.16.2'", "versions[0]"]),
         # a Python that version has no wheel for
-        ('python: "3.7"', 'python: "3.8"', [":10:", "versions[1].python", "found '3.8'", "3.6 to 3.7"]),
+        ('python: "3.7"', 'python: "3.8"', [":10:", "versions[1].python", "found '3.8'", "3.6 to 3.7",
+                                            'wheels: "1.15"']),
+        # a Python range that is none
+        ('"1.15": "3.6-3.7"', '"1.15": "3.6 to 3.7"', [":12:", "wheels.1.15", "'3.6 to 3.7'"]),
         # YAML syntax error
         ("steps: 100", "steps: [100", [":4:", "YAML syntax error"]),
         # steps of the wrong type

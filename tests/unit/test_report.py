@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import replace
@@ -25,12 +26,15 @@ from hypothesis import strategies as st
 from bnmatrix.backends.docker import run_flags, run_options
 from bnmatrix.config import ContainerSettings, data_path
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.history import change_points
 from bnmatrix.report import glance_text, pattern_code, render_site, write_report
 from bnmatrix.store.files import write_json
+from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult, Manifest, Run
 from bnmatrix.store.searches import Outcome
 from bnmatrix.verdict import Status
 from bnmatrix.view import ScenarioSource, Site, View, build_view, search_anchor
+from tests.conftest import add_candidate
 
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
 
@@ -542,8 +546,6 @@ def test_an_error_without_a_traceback_renders_everywhere(tmp_path: Path) -> None
 
 
 def test_a_cell_that_did_not_run_has_no_result_to_differ_from_its_expectation() -> None:
-    from bnmatrix.store.reader import load_run
-
     files = render(load_run(Path(__file__).resolve().parents[1] / "data" / "run"))  # GPU cells: not run here
     assert "differ from the expectations" not in files["index.html"]
     suites = {s.get("name"): s for s in ET.fromstring(files["junit.xml"])}
@@ -777,3 +779,36 @@ def test_the_readmes_table_is_the_reports_glance_of_the_committed_data() -> None
     assert len(table) == 2 + 36
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert "\n".join(table) in readme
+
+
+def test_a_release_candidate_stands_apart_from_the_ranges_and_says_what_the_next_release_changes(
+        tmp_path: Path) -> None:
+    """The committed run plus a release candidate of 2.22 made of its 2.21.0 cell, where keras_finetune_inference_call
+    turns stale (the real numbers of that scenario's stale tfkeras result): no range reaches the candidate, no change
+    point ends at it, and every page says what it is and what it changes."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(REAL_DATA / "run", run_dir)
+    add_candidate(run_dir)
+    run = load_run(run_dir)
+    assert not [p for p in change_points(run) if "2.22.0rc0" in (p[3].cell.tf, p[4].cell.tf)]
+    view = build_view(Site.of_run(run))
+    glance = view.overview.table["keras_finetune_inference_call"][("cpu", None)]
+    assert glance.ranges[-1].last == "2.21.0" and glance.marks[-1].upcoming == "release candidate"
+    (ahead,) = glance.ahead
+    assert ahead.changes and ahead.words == ("changes in the next release: stale on 2.22.0rc0 (release candidate), "
+                                             "updated on 2.21.0")
+    (same,) = view.overview.table["keras_fit"][("cpu", None)].ahead
+    assert same.same and same.words == "next: updated on 2.22.0rc0 (release candidate), as 2.21.0"
+    assert [(name, line) for name, line, _ in view.next_changes] == [("keras_finetune_inference_call", ("cpu", None))]
+    files = render(run)
+    index = files["index.html"]
+    assert index.count('<span class="upcoming">release candidate</span>') == 2  # the picker and the matrix row
+    assert re.search(r'id="next-changes".*?stale on 2\.22\.0rc0 \(release candidate\), updated on 2\.21\.0', index,
+                     re.S)
+    assert "Not released yet." in files["versions/2.22.0rc0.html"]
+    assert "**changes in the next release: stale on 2.22.0rc0 (release candidate), updated on 2.21.0**" in \
+        files["summary.md"]
+    exported = json.loads(files["results.json"])
+    jsonschema.validate(exported, json.loads(data_path("report/results.schema.json").read_text()))
+    assert all(r["last"] != "2.22.0rc0" for line in exported["ranges"] for r in line["ranges"])
+    assert sum(u["changes"] for line in exported["ranges"] for u in line["upcoming"]) == 1

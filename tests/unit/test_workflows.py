@@ -21,10 +21,25 @@ def test_matrix_workflow_schedules_fans_out_and_publishes() -> None:
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as true
     minute = triggers["schedule"][0]["cron"].split()[0]
     assert minute not in ("0", "30") and int(minute) % 5 != 0  # an odd minute, off the busy marks
-    assert set(triggers["workflow_dispatch"]["inputs"]) == {"select", "skip", "force", "bisect_minutes"}
+    assert set(triggers["workflow_dispatch"]["inputs"]) == {"select", "skip", "force", "bisect_minutes", "pre",
+                                                                  "nightly"}
     assert workflow["permissions"] == {}  # least privilege: each job asks for its own
     jobs = workflow["jobs"]
     assert "bnmatrix plan --format github" in jobs["plan"]["steps"][-1]["run"]
+    # the matrix follows the index before anything is planned, and every job runs that matrix.yaml
+    plan_scripts = [s.get("run", "") for s in jobs["plan"]["steps"]]
+    synced = next(i for i, text in enumerate(plan_scripts) if "bnmatrix sync --write $PRE $NIGHTLY" in text)
+    shared = next(i for i, s in enumerate(jobs["plan"]["steps"]) if s.get("uses", "").startswith("actions/upload-"))
+    assert synced < shared < len(plan_scripts) - 1 and "matrix.yaml" in jobs["plan"]["steps"][shared]["with"]["path"]
+    for name in ("cell", "publish", "propose"):
+        steps = jobs[name]["steps"]
+        fetched = next(i for i, s in enumerate(steps) if s.get("with", {}).get("name") == "matrix")
+        assert fetched < next(i for i, s in enumerate(steps) if "bnmatrix " in s.get("run", "") or "git " in
+                              s.get("run", ""))
+    # only the job that proposes the change may write, and only the branch and its pull request
+    assert jobs["propose"]["permissions"] == {"contents": "write", "pull-requests": "write"}
+    assert all(job["permissions"].get("contents") == "read" for name, job in jobs.items() if name != "propose")
+    assert 'gh pr create --head "$BRANCH"' in jobs["propose"]["steps"][-1]["run"]
     cell = jobs["cell"]
     assert cell["strategy"]["fail-fast"] is False
     assert cell["strategy"]["matrix"] == "${{ fromJSON(needs.plan.outputs.jobs) }}"
