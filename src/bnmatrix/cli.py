@@ -471,6 +471,9 @@ def command_diff(args: argparse.Namespace, console: Console) -> int:
         what = f" ({' and '.join(was.differences(now_))})" if full else ""
         console.print(f"  {change.cell} {change.scenario}: {_styled(was.status, was.note(full))} -> "
                       f"{_styled(now_.status, now_.note(full))}{what}", highlight=False)
+    for cell_id, packages in found.packages.items():  # the cell's TF is its own: what else it installed changed
+        console.print(f"  {cell_id} installed other dependencies ({len(packages)}): {', '.join(packages)}",
+                      highlight=False, soft_wrap=True, markup=False)
     for label, cells in (("only in " + before.id, found.only_before), ("only in " + after.id, found.only_after)):
         if cells:
             console.print(f"  {label} (not compared): {', '.join(cells)}", highlight=False, soft_wrap=True)

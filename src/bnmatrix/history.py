@@ -14,9 +14,10 @@ import os
 import shutil
 import tarfile
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from bnmatrix.errors import BnMatrixError
@@ -43,12 +44,38 @@ class Change:
 
 @dataclass(frozen=True)
 class Diff:
-    """What differs between two runs: verdicts of the entries both hold, and the cells only one holds."""
+    """What differs between two runs: verdicts of the entries both hold, the cells only one holds, and the installed
+    packages of each cell with a changed verdict that differ (its TF is the cell's own: a dependency's change)."""
 
     changes: list[Change]
     only_before: list[str]
     only_after: list[str]
     compared: int
+    packages: dict[str, list[str]] = field(default_factory=dict)  # cell -> "keras 3.15.1 -> 3.16.0", ...
+
+
+def _installed(cell: CellResult) -> dict[str, str] | None:
+    """The packages a cell had (name -> version, or the URL it came from), as its backend recorded them; None where
+    it did not (older results, a cell that did not build)."""
+    recorded = (cell.environment or {}).get("packages")
+    if not isinstance(recorded, list) or not recorded:
+        return None
+    found: dict[str, str] = {}
+    for line in recorded:
+        name, _, version = str(line).partition("==") if "==" in str(line) else str(line).partition(" @ ")
+        found[canonicalize_name(name.strip())] = version.strip()
+    return found
+
+
+def package_changes(before: CellResult, after: CellResult) -> list[str]:
+    """How the installed packages of two results of a cell differ: "keras 3.15.1 -> 3.16.0", "+ jax 0.4.30",
+    "- h5py 2.10.0"; empty where they are the same or either did not record them."""
+    old, new = _installed(before), _installed(after)
+    if old is None or new is None:
+        return []
+    return [f"{name} {old[name]} -> {new[name]}" if name in old and name in new else
+            f"+ {name} {new[name]}" if name in new else f"- {name} {old[name]}"
+            for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
 
 
 def diff(before: Run, after: Run) -> Diff:
@@ -65,7 +92,9 @@ def diff(before: Run, after: Run) -> Diff:
             a, b = old[cell_id].entry_finding(name), new[cell_id].entry_finding(name)
             if a != b:
                 changes.append(Change(cell_id, name, a, b))
-    return Diff(changes, sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys()), compared)
+    packages = {cell_id: found for cell_id in dict.fromkeys(c.cell for c in changes)
+                if (found := package_changes(old[cell_id], new[cell_id]))}
+    return Diff(changes, sorted(old.keys() - new.keys()), sorted(new.keys() - old.keys()), compared, packages)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pygments.lexers import PythonLexer
 
 from bnmatrix.config import REPORT_FOLDER, Matrix, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.history import ARCHIVE_NAME, History, upcoming, write_archive
+from bnmatrix.history import ARCHIVE_NAME, History, package_changes, upcoming, write_archive
 from bnmatrix.intake import read_json, regular_file, staged_folder
 from bnmatrix.store.merge import runs_under
 from bnmatrix.store.reader import load_run
@@ -171,6 +171,7 @@ def environment() -> jinja2.Environment:
     env.filters["curve"] = curve_points
     env.filters["judged_layers"] = _judged_layers
     env.globals["upcoming"] = env.tests["upcoming"] = upcoming  # "release candidate", "nightly", or "" (a release)
+    env.globals["package_changes"] = package_changes  # what two results of a cell installed differently
     env.globals["anchor"] = search_anchor
     env.globals["glance"] = glance_text
     env.globals["tolerance"] = f"{REL_TOLERANCE:g}"

@@ -17,7 +17,7 @@ from packaging.version import Version
 from bnmatrix.backends import Reproduction, backend_kinds
 from bnmatrix.config import SCENARIOS_FOLDER, Matrix, data_path, load_scenario_notes
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.history import History, change_points, upcoming
+from bnmatrix.history import History, change_points, package_changes, upcoming
 from bnmatrix.intake import read_json, read_text
 from bnmatrix.plan import all_cells
 from bnmatrix.store.files import moment
@@ -42,6 +42,7 @@ class Entry:
     summary: str
     href: str
     previous: Finding | None = None  # the previous run's finding (or the cell's previous result's), if it differs
+    dependencies: list[str] = field(default_factory=list)  # with `previous`: the packages installed differently
     expected: Status | None = None  # the status matrix.yaml expects, if any
     origin: str | None = None  # the run that produced the result
     held_since: str | None = None  # with history, where the result is from an older run than the newest: its date
@@ -159,9 +160,12 @@ def _numbers(result: ScenarioResult | None, cell: CellResult) -> str:
             f"{result.steps} steps{forward}")
 
 
-def _findings(run: Run) -> dict[tuple[str, str], Finding]:
-    """(cell id, scenario) -> the finding (status and facets) of every entry of a run."""
-    return {(c.id, name): c.entry_finding(name) for c in run.cells for name in c.cell.scenarios}
+def _findings(run: Run, now: Run) -> dict[tuple[str, str], tuple[Finding, list[str]]]:
+    """(cell id, scenario) -> the finding (status and facets) of every entry of `run`, and how the packages its cell
+    installed differ from that cell's in `now` (history.package_changes)."""
+    cells = {c.id: c for c in now.cells}
+    return {(c.id, name): (c.entry_finding(name), package_changes(c, cells[c.id]) if c.id in cells else [])
+            for c in run.cells for name in c.cell.scenarios}
 
 
 @dataclass(frozen=True)
@@ -289,18 +293,20 @@ class Site:
                    [r.id for r in runs if r.id in holding])
 
     @property
-    def previous_findings(self) -> dict[tuple[str, str], Finding]:
+    def previous_findings(self) -> dict[tuple[str, str], tuple[Finding, list[str]]]:
         """(cell, scenario) -> the finding of that scenario's previous measured result, where it differs from the
-        run that produced the one shown (a results root only)."""
+        run that produced the one shown (a results root only), and how the packages of the two results' cells differ
+        (history.package_changes)."""
         before = {}
         for cell_id, timeline in self.timelines.items():
-            produced: dict[str, list[tuple[str, Finding]]] = {}
+            produced: dict[str, list[tuple[str, Finding, CellResult]]] = {}
             for past in timeline:
                 for name, result in past.scenarios.items():
                     producer, seen = result.reused_from or past.run_id or "", produced.setdefault(name, [])
                     if not seen or seen[-1][0] != producer:
-                        seen.append((producer, result.finding))
-            before.update({(cell_id, name): seen[-2][1] for name, seen in produced.items() if len(seen) > 1})
+                        seen.append((producer, result.finding, past))
+            before.update({(cell_id, name): (seen[-2][1], package_changes(seen[-2][2], seen[-1][2]))
+                           for name, seen in produced.items() if len(seen) > 1})
         return before
 
 
@@ -523,7 +529,7 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
     origins = sorted({id(r): r for r in holding}.values(), key=lambda r: moment(r.manifest.started), reverse=True)
     names = {name for cell in [*run.cells, *(c for c, _ in site.evidence.values())] for name in cell.cell.scenarios}
     sources = scenario_page_sources(origins + [r for _, r in site.evidence.values()], sorted(names))
-    before = _findings(previous) if previous else site.previous_findings
+    before = _findings(previous, run) if previous else site.previous_findings
     # With history: the results held by an older run than the newest, and that run's start.
     held_since = {key: holder.manifest.started[:10] for key, (holder, _) in site.holders.items()
                   if run.manifest.cumulative and holder.id != run.id}
@@ -540,15 +546,15 @@ def build_view(site: Site, previous: Run | None = None, expectations: Expectatio
         for name in cell.scenarios:
             result = cell_result.scenarios.get(name)
             status = cell_result.entry_status(name)
-            earlier = before.get((cell.id, name))
+            earlier, dependencies = before.get((cell.id, name), (None, []))
             if earlier is not None and earlier == cell_result.entry_finding(name):
-                earlier = None  # shown only where it differs
+                earlier, dependencies = None, []  # shown only where it differs
             origin = site.holders[(cell.id, name)][1] if (cell.id, name) in site.holders else \
                 cell_result.run_id
             row.entries[(cell.device, name)] = Entry(
                 cell=cell_result, scenario=name, status=status, result=result,
                 summary=_summary(result, cell_result, origin, started.get(origin or "", cell_result.started)[:10]),
-                href=f"cells/{cell.id}.html#{name}", previous=earlier,
+                href=f"cells/{cell.id}.html#{name}", previous=earlier, dependencies=dependencies,
                 expected=Status(expected[name]) if name in expected else None,
                 origin=origin or site.origins[cell.id].id, held_since=held_since.get((cell.id, name)))
     devices.sort(key=lambda d: ("cpu", "gpu").index(d) if d in ("cpu", "gpu") else 2)

@@ -200,7 +200,12 @@ def test_ctrl_c_removes_the_running_container(docker_runs: dict[str, Any], docke
     deadline = time.monotonic() + 120
     while not ours(docker_client) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
-    assert ours(docker_client), "the cell's container never started"
+    if not ours(docker_client):  # say why: bnmatrix ended (with its output), or the container was not up in time
+        ended = process.poll()
+        process.kill()
+        output, _ = process.communicate(timeout=60)
+        state = "still ran after 120 s" if ended is None else f"exited {ended}"
+        raise AssertionError(f"the cell's container never started (bnmatrix {state}):\n{output}")
     time.sleep(3)  # the sleeper scenario is running inside it now
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=120)

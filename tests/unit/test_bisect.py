@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 
 from bnmatrix.bisect import Search
+from bnmatrix.cli import main
 from bnmatrix.config import data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.history import History, change_points, diff, prune
@@ -190,6 +191,41 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
     write_json(root / "20261125T000000Z-cccccc" / "manifest.json", {**manifest, "started": "2026-11-29T00:00:00+00:00"})
     assert prune(root, keep=1) == ["20261101T000000Z-aaaaaa", "20261120T000000Z-bbbbbb"]  # the newest holds all
     assert prune(root, keep=1) == []
+
+
+def test_diff_names_the_dependencies_a_cell_installed_differently_beside_its_changed_verdicts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same cell later, its TF the same but Keras newer (as TF 2.22.0rc0 brings Keras 3.16.0.dev): the diff, the
+    matrix entry's numbers and the cell's history give the verdict that changed and the packages that did."""
+    root = tmp_path / "results"
+    copy_run_started(REAL_RUN, root / "a", "2026-11-27T14:32:12+00:00")
+    later = root / "20261130T013000Z-bbbbbb"
+    cell = json.loads((REAL_RUN / "cells" / "tf-2.21.0-cpu.json").read_text())
+    cell["run_id"], cell["started"] = later.name, "2026-11-30T01:30:00+00:00"
+    stale = json.loads((REAL_RUN / "cells" / "tf-2.21.0-cpu-tfkeras.json").read_text())["scenarios"][
+        "keras_finetune_inference_call"]
+    cell["scenarios"]["keras_finetune_inference_call"] = stale
+    packages = cell["environment"]["packages"]
+    assert "keras==3.15.1" in packages and any(p.startswith("namex==") for p in packages)
+    cell["environment"]["packages"] = [p.replace("keras==3.15.1", "keras==3.16.0") for p in packages
+                                       if not p.startswith("namex==")] + ["keras-hub==0.21.0"]
+    write_json(later / "cells" / "tf-2.21.0-cpu.json", cell)
+    manifest = json.loads((REAL_RUN / "manifest.json").read_text())
+    write_json(later / "manifest.json", {**manifest, "run_id": later.name, "started": "2026-11-30T01:30:00+00:00",
+                                         "cells": ["tf-2.21.0-cpu"], "previous_run": None})
+    assert main(["diff", str(root / "a"), str(later)]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 36 verdicts changed" in out
+    assert "tf-2.21.0-cpu keras_finetune_inference_call: ✔ updated -> ✘ stale" in out
+    moved = f"keras 3.15.1 -> 3.16.0, + keras-hub 0.21.0, - namex {next(p for p in packages if 'namex' in p)[7:]}"
+    assert f"tf-2.21.0-cpu installed other dependencies (3): {moved}" in out
+    found = diff(load_run(root / "a"), load_run(root / "a"))
+    assert found.changes == [] and found.packages == {}
+    files = render_site(Site.load(root))
+    index = html.unescape(files["index.html"])
+    assert index.count("installed other dependencies") == 1  # the one entry that changed
+    assert f"with the same TensorFlow, the cell installed other dependencies: {moved}." in index
+    assert f"the cell installed other dependencies: {moved}." in html.unescape(files["cells/tf-2.21.0-cpu.html"])
 
 
 def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> None:
