@@ -224,8 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 def command_plan(args: argparse.Namespace, console: Console) -> int:
     matrix = load_matrix(args.matrix, args.scenarios)
     cells = plan(matrix, args.select, args.skip, image_map=parse_image_map(args.image_map))
-    if args.format == "json":
-        print(json.dumps([cell.describe() for cell in cells], indent=1))
+    if args.format == "json":  # with what each backend installs for the cell (a GPU venv adds CUDA's wheels)
+        kinds = backend_kinds()
+        print(json.dumps([{**cell.describe(), "installs": {name: list(kind.installs(cell)) for name, kind in
+                                                           kinds.items()}} for cell in cells], indent=1))
         return EXIT_OK
     if args.format == "github":
         if args.max_jobs < 1 or args.max_jobs > GITHUB_JOB_LIMIT:

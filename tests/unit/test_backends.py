@@ -3,6 +3,8 @@ one file is chosen by name and by auto without a change anywhere else."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -97,3 +99,39 @@ def test_the_cli_offers_every_registered_backend(recorder: list[bool]) -> None:
         actions = parser._subparsers._group_actions[0].choices[command]._actions  # type: ignore[union-attr]
         (backend,) = [a for a in actions if "--backend" in a.option_strings]
         assert list(backend.choices) == ["auto", "recorder", "docker", "venv"], command
+
+
+FAKE_SMI = """#!/bin/sh
+# A fake nvidia-smi: one H100, as `nvidia-smi -L` lists it.
+echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-4a3c1c2e-0000-0000-0000-000000000000)"
+"""
+
+
+def test_on_a_gpu_host_the_venv_backend_installs_cuda_as_wheels_from_2_14_and_leaves_older_gpu_cells_to_containers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """With a fake nvidia-smi on PATH (no GPU here): a 2.14+ GPU cell installs tensorflow[and-cuda] at the cell's exact
+    version, an older one is not run by this backend, and plan --json shows what each backend installs."""
+    from bnmatrix.backends.venv import VenvBackend, installs
+    from bnmatrix.cli import main
+    from bnmatrix.plan import plan
+
+    smi = tmp_path / "bin" / "nvidia-smi"
+    smi.parent.mkdir()
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    cells = {c.id: c for c in plan(Matrix.from_file(data_path("matrix.yaml")), select=["tf-2.1[35].1-*"])}
+    assert installs(cells["tf-2.15.1-gpu"]) == ("tensorflow[and-cuda]==2.15.1", "numpy<2")
+    assert installs(cells["tf-2.15.1-cpu"]) == cells["tf-2.15.1-cpu"].requirements == ("tensorflow==2.15.1", "numpy<2")
+    backend = VenvBackend(tmp_path / "cache")
+    assert backend.serves(cells["tf-2.13.1-gpu"]) == (
+        "TF 2.13.1 has no tensorflow[and-cuda] (CUDA and cuDNN come as wheels from 2.14 on): its GPU cell needs TF's "
+        "GPU image, which has CUDA (--backend docker)")
+    assert backend.serves(cells["tf-2.15.1-gpu"]) == backend.serves(cells["tf-2.15.1-cpu"])  # served as the CPU cell
+    assert main(["plan", "--select", "tf-2.15.1-gpu", "--json"]) == 0
+    (shown,) = json.loads(capsys.readouterr().out)
+    assert shown["installs"] == {"docker": ["tensorflow==2.15.1", "numpy<2"],
+                                 "venv": ["tensorflow[and-cuda]==2.15.1", "numpy<2"]}
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: no GPU, whatever the version
+    assert backend.serves(cells["tf-2.15.1-gpu"]) == ("no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' "
+                                                      "leaves GPU cells out")

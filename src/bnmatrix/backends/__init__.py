@@ -317,6 +317,8 @@ class BackendKind:
     open: Callable[[Setup, bool], tuple[Backend | None, str]]
     # a shell command that runs one stored scenario as the cell ran it, without bnmatrix
     reproduce: Callable[[Reproduction], str]
+    # the requirements it installs for a cell (the cell's own, unless the backend must add to them)
+    installs: Callable[[Cell], tuple[str, ...]] = lambda cell: cell.requirements
 
 
 _KINDS: dict[str, BackendKind] = {}

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import uv
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from bnmatrix.backends import (
     NO_ZYGOTE,
@@ -98,6 +101,24 @@ def uv_binary() -> str:
         return str(uv.find_uv_bin())
 
 
+AND_CUDA_FROM = Version("2.14")  # TF's first Linux wheels with the `and-cuda` extra
+
+
+def installs(cell: Cell) -> tuple[str, ...]:
+    """What this backend installs for a cell: its requirements; for a GPU cell, its TensorFlow with the `and-cuda`
+    extra, which brings CUDA and cuDNN as wheels (the host needs only the NVIDIA driver), pinned as the cell pins it
+    (an unpinned `tensorflow[and-cuda]` can resolve to an older TF: tensorflow/tensorflow#61993)."""
+    if cell.device != "gpu":
+        return cell.requirements
+    found = []
+    for text in cell.requirements:
+        requirement = Requirement(text)
+        if canonicalize_name(requirement.name) == "tensorflow" and not requirement.extras:
+            text = requirement.name + "[and-cuda]" + text.removeprefix(requirement.name)
+        found.append(text)
+    return tuple(found)
+
+
 def pip_environment(index_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PIP_", "UV_")) or k in PIP_TRANSPORT_SETTINGS + UV_TRANSPORT_SETTINGS}
@@ -140,6 +161,9 @@ class VenvBackend:
         missing."""
         if cell.device == "gpu" and not gpu_available():
             return "no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' leaves GPU cells out"
+        if cell.device == "gpu" and Version(cell.tf) < AND_CUDA_FROM:
+            return (f"TF {cell.tf} has no tensorflow[and-cuda] (CUDA and cuDNN come as wheels from {AND_CUDA_FROM} "
+                    "on): its GPU cell needs TF's GPU image, which has CUDA (--backend docker)")
         interpreter, looked = self.interpreter(cell.python)
         if interpreter is None:
             return f"no Python {cell.python} on this host (looked in {', '.join(looked)}); {python_hint(cell.python)}"
@@ -164,7 +188,7 @@ class VenvBackend:
             session.close()
 
     def venv_path(self, cell: Cell, interpreter: Interpreter) -> Path:
-        key = json.dumps([str(interpreter.path), interpreter.version, cell.requirements, cell.index_url])
+        key = json.dumps([str(interpreter.path), interpreter.version, installs(cell), cell.index_url])
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.cache_dir / "venvs" / f"tf-{cell.tf}-py{interpreter.version}-{digest}"
 
@@ -215,9 +239,9 @@ class VenvBackend:
         steps = [
             (f"creating venv (Python {interpreter.version})",
              [uv, "venv", "--quiet", "--seed", "--python", str(interpreter.path), str(building)]),
-            (f"installing {' '.join(cell.requirements)}",
+            (f"installing {' '.join(installs(cell))}",
              [uv, "pip", "install", "--python", python, "--index-url", cell.index_url,
-              *([] if old_python else ["--compile-bytecode"]), *cell.requirements]),
+              *([] if old_python else ["--compile-bytecode"]), *installs(cell)]),
         ]
         if old_python:
             steps.append(("compiling bytecode", [python, "-m", "compileall", "-q", "-j", "0",
@@ -245,7 +269,7 @@ class VenvBackend:
                 packages = step("listing the installed packages", [uv, "pip", "freeze", "--quiet", "--python", python],
                                 PROBE_TIMEOUT_S, subprocess.PIPE)
             ready = {"python": str(interpreter.path), "python_version": interpreter.version,
-                     "requirements": list(cell.requirements), "index_url": cell.index_url,
+                     "requirements": list(installs(cell)), "index_url": cell.index_url,
                      "packages": [line for line in packages.splitlines() if "==" in line or " @ " in line]}
             write_json(building / READY_MARKER, ready)
             if venv.exists():
@@ -355,7 +379,7 @@ def reproduce(what: Reproduction) -> str:
     venv is the cell's, kept for its other scenarios in ${TMPDIR:-/tmp}/bnmatrix-<cell>."""
     cell = what.cell
     packages = what.environment.get("packages") or []
-    pins = ["--no-deps", *packages] if packages else list(cell.requirements)
+    pins = ["--no-deps", *packages] if packages else list(installs(cell))
     index = ["--index-url", cell.index_url]
     recorded = what.environment.get("variables")
     variables = (well_formed(recorded) if isinstance(recorded, dict) else  # before they were recorded: what was set
@@ -375,4 +399,4 @@ def reproduce(what: Reproduction) -> str:
 
 
 register(BackendKind(name="venv", summary="one virtualenv per cell, on a Python found on this host", auto_order=90,
-                     open=_open, reproduce=reproduce))
+                     open=_open, reproduce=reproduce, installs=installs))
