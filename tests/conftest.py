@@ -31,6 +31,27 @@ def copy_run_started(run: Path, target: Path, started: str) -> None:
         path.write_text(json.dumps({**json.loads(path.read_text()), "started": started}))
 
 
+FAKE_SMI = """#!/bin/sh
+# A fake nvidia-smi: one H100 with a 2024 driver; FAKE_SMI_OLD=1 is a driver whose --query-gpu has no compute_cap.
+case "$1" in
+  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-4a3c1c2e-0000-0000-0000-000000000000)";;
+  --query-gpu=*)
+    if [ -n "$FAKE_SMI_OLD" ]; then echo 'Field "compute_cap" is not a valid field to query.' >&2; exit 2; fi
+    echo "NVIDIA H100 80GB HBM3, 9.0, 550.54.15, 81559 MiB";;
+  *) exit 1;;
+esac
+"""
+
+
+def fake_smi(folder: Path) -> Path:
+    """A folder holding the fake nvidia-smi, to put first on PATH: this machine has no GPU."""
+    smi = folder / "nvidia-smi"
+    folder.mkdir(parents=True, exist_ok=True)
+    smi.write_text(FAKE_SMI)
+    smi.chmod(0o755)
+    return folder
+
+
 def add_candidate(run: Path, version: str = "2.22.0rc0") -> None:
     """Give a copy of the committed run a release candidate: its tf-2.21.0-cpu cell as `version`, where
     keras_finetune_inference_call turns stale (the real numbers of that scenario's stale tf-2.21.0-cpu-tfkeras

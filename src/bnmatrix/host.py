@@ -177,15 +177,40 @@ def find_interpreter(python: str) -> tuple[Interpreter | None, list[str]]:
     return None, looked
 
 
-def gpu_available() -> bool:
+@dataclass(frozen=True)
+class Gpu:
+    """A GPU of this host as nvidia-smi describes it; what an older driver's nvidia-smi cannot say is None."""
+
+    name: str
+    compute_capability: str | None = None  # "9.0"
+    driver: str | None = None  # "550.54.15"
+    memory: str | None = None  # "81559 MiB"
+
+    def describe(self) -> str:
+        """"NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15, 81559 MiB)": what a GPU result records."""
+        known = [f"compute capability {self.compute_capability}" if self.compute_capability else "",
+                 f"driver {self.driver}" if self.driver else "", self.memory or ""]
+        return self.name + (f" ({', '.join(k for k in known if k)})" if any(known) else "")
+
+
+def host_gpus() -> list[Gpu]:
+    """The GPUs nvidia-smi lists: name, compute capability, driver and memory where its --query-gpu knows them
+    (compute_cap needs a driver from 2022 on), else the names of `nvidia-smi -L`; none without nvidia-smi."""
     smi = shutil.which("nvidia-smi")
     if not smi:
-        return False
+        return []
+    query = [smi, "--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader"]
     try:
+        found = subprocess.run(query, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        if found.returncode == 0 and found.stdout.strip():
+            rows = [[field.strip() for field in line.split(",")] for line in found.stdout.splitlines() if line.strip()]
+            return [Gpu(row[0], *(value if value and "N/A" not in value else None for value in row[1:4]))
+                    for row in rows if len(row) == 4]
         listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return False
-    return listing.returncode == 0 and "GPU" in listing.stdout
+        return []
+    return [Gpu(line.split(":", 1)[1].split("(UUID")[0].strip()) for line in listing.stdout.splitlines()
+            if listing.returncode == 0 and line.startswith("GPU ") and ":" in line]
 
 
 DRAIN_GRACE_S = 5.0  # after a process ended and what it left was killed: the most its pipes are read for

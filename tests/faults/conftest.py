@@ -39,10 +39,14 @@ class _Device(object):
     device_type = "CPU"
 
 
+class _Gpu(object):  # FAULT_GPU=1: a GPU, as TF lists one where CUDA finds it
+    device_type = "GPU"
+
+
 class config(object):
     @staticmethod
     def list_physical_devices(kind=None):
-        return [_Device()]
+        return [_Device()] + ([_Gpu()] if _os.environ.get("FAULT_GPU") else [])
 '''
 # A PEP 517 backend without requirements: pip builds it offline, and the build sleeps $FAULT_SLOW_SECONDS.
 SLOW_BACKEND = '''import base64, hashlib, os, time, zipfile

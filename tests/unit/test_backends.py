@@ -19,6 +19,7 @@ from bnmatrix.backends import Backend, BackendKind, CellSession, Reproduction, S
 from bnmatrix.config import Matrix, data_path
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import Cell
+from tests.conftest import fake_smi
 
 
 def test_every_backend_module_registers_itself_whichever_was_imported_first() -> None:
@@ -101,10 +102,25 @@ def test_the_cli_offers_every_registered_backend(recorder: list[bool]) -> None:
         assert list(backend.choices) == ["auto", "recorder", "docker", "venv"], command
 
 
-FAKE_SMI = """#!/bin/sh
-# A fake nvidia-smi: one H100, as `nvidia-smi -L` lists it.
-echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-4a3c1c2e-0000-0000-0000-000000000000)"
-"""
+def test_the_hosts_gpus_come_from_nvidia_smi_with_what_its_driver_can_say(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from bnmatrix.backends.venv import jit_cache
+    from bnmatrix.host import Gpu, host_gpus
+    from bnmatrix.plan import plan
+
+    monkeypatch.setenv("PATH", f"{fake_smi(tmp_path / 'bin')}:/usr/bin:/bin")
+    (gpu,) = host_gpus()
+    assert gpu == Gpu("NVIDIA H100 80GB HBM3", "9.0", "550.54.15", "81559 MiB")
+    assert gpu.describe() == "NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15, 81559 MiB)"
+    monkeypatch.setenv("FAKE_SMI_OLD", "1")
+    assert host_gpus() == [Gpu("NVIDIA H100 80GB HBM3")]  # an older driver: the name from nvidia-smi -L
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert host_gpus() == []
+    (cell,) = plan(Matrix.from_file(data_path("matrix.yaml")), select=["tf-2.15.1-gpu"])
+    cache = jit_cache(tmp_path / "cache", [gpu], cell)
+    assert cache == {"CUDA_CACHE_PATH": str(tmp_path / "cache" / "cuda-cache" / "NVIDIA-H100-80GB-HBM3-driver-550.54.15"
+                                            / "tf-2.15.1"), "CUDA_CACHE_MAXSIZE": str(4 << 30)}
+    assert Path(cache["CUDA_CACHE_PATH"]).is_dir()
 
 
 def test_on_a_gpu_host_the_venv_backend_installs_cuda_as_wheels_from_2_14_and_leaves_older_gpu_cells_to_containers(
@@ -115,11 +131,7 @@ def test_on_a_gpu_host_the_venv_backend_installs_cuda_as_wheels_from_2_14_and_le
     from bnmatrix.cli import main
     from bnmatrix.plan import plan
 
-    smi = tmp_path / "bin" / "nvidia-smi"
-    smi.parent.mkdir()
-    smi.write_text(FAKE_SMI)
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{smi.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{fake_smi(tmp_path / 'bin')}:{os.environ['PATH']}")
     cells = {c.id: c for c in plan(Matrix.from_file(data_path("matrix.yaml")), select=["tf-2.1[35].1-*"])}
     assert installs(cells["tf-2.15.1-gpu"]) == ("tensorflow[and-cuda]==2.15.1", "numpy<2")
     assert installs(cells["tf-2.15.1-cpu"]) == cells["tf-2.15.1-cpu"].requirements == ("tensorflow==2.15.1", "numpy<2")

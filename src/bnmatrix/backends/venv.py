@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ from bnmatrix.backends import (
 )
 from bnmatrix.config import SCENARIOS_FOLDER, Scenario, base_image_script, data_path
 from bnmatrix.errors import BnMatrixError, Cancelled
-from bnmatrix.host import DRAIN_GRACE_S, Interpreter, ProcessGroups, find_interpreter, gpu_available
+from bnmatrix.host import DRAIN_GRACE_S, Gpu, Interpreter, ProcessGroups, find_interpreter, host_gpus
 from bnmatrix.plan import Cell
 from bnmatrix.store.files import write_json
 
@@ -119,6 +120,19 @@ def installs(cell: Cell) -> tuple[str, ...]:
     return tuple(found)
 
 
+CUDA_CACHE_MAXSIZE = 4 << 30  # bytes: CUDA's largest JIT cache (its default, 256 MiB, fits a TF's PTX only in part)
+
+
+def jit_cache(cache_dir: Path, gpus: list[Gpu], cell: Cell) -> dict[str, str]:
+    """CUDA's compute cache for a GPU cell, kept under the cache folder per GPU, driver and TF release: a release
+    whose wheels lack this GPU's kernels compiles their PTX once (which can take many minutes), not in every run."""
+    gpu = gpus[0] if gpus else None
+    key = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-driver-{gpu.driver or 'unknown'}" if gpu else "unknown-gpu")
+    path = cache_dir / "cuda-cache" / key.strip("-") / f"tf-{cell.tf}"
+    path.mkdir(parents=True, exist_ok=True)
+    return {"CUDA_CACHE_PATH": str(path), "CUDA_CACHE_MAXSIZE": str(CUDA_CACHE_MAXSIZE)}
+
+
 def pip_environment(index_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PIP_", "UV_")) or k in PIP_TRANSPORT_SETTINGS + UV_TRANSPORT_SETTINGS}
@@ -159,7 +173,7 @@ class VenvBackend:
     def serves(self, cell: Cell) -> str | None:
         """Why this host cannot run the cell (None when it can): what `open` would say, and how to get what is
         missing."""
-        if cell.device == "gpu" and not gpu_available():
+        if cell.device == "gpu" and not host_gpus():
             return "no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' leaves GPU cells out"
         if cell.device == "gpu" and Version(cell.tf) < AND_CUDA_FROM:
             return (f"TF {cell.tf} has no tensorflow[and-cuda] (CUDA and cuDNN come as wheels from {AND_CUDA_FROM} "
@@ -178,7 +192,7 @@ class VenvBackend:
         interpreter, _ = self.interpreter(cell.python)
         assert interpreter is not None
         venv = self._venv(cell, interpreter, setup_log, report_step)
-        session = VenvSession(venv, cell, self.processes)
+        session = VenvSession(venv, cell, self.processes, self.cache_dir)
         try:
             if not self.fresh:
                 report_step("starting the cell's zygote")
@@ -295,7 +309,7 @@ class VenvSession:
     """Runs scenario scripts with the cell's venv Python, each in its own process group: forked from the cell's
     zygote (bnmatrix_zygote.py, started by start_zygote) where it can, else as a fresh process."""
 
-    def __init__(self, venv: Path, cell: Cell, processes: ProcessGroups):
+    def __init__(self, venv: Path, cell: Cell, processes: ProcessGroups, cache_dir: Path):
         self.venv = venv
         self.cell = cell
         self.processes = processes
@@ -308,6 +322,12 @@ class VenvSession:
             "packages": ready["packages"],
             "variables": cell_environment(cell),
         }
+        self.cuda: dict[str, str] = {}
+        if cell.device == "gpu":  # the GPUs it ran on, and a CUDA JIT cache that outlives the run
+            gpus = host_gpus()
+            self.environment["gpus"] = [gpu.describe() for gpu in gpus]
+            self.cuda = jit_cache(cache_dir, gpus, cell)
+            self.environment["cuda_cache"] = self.cuda["CUDA_CACHE_PATH"]
         self.helper = data_path(SCENARIOS_FOLDER)
         # The zygote's socket and scratch folder (a later run sweeps it if this one is killed); in /tmp where the
         # temporary folder's path is too long for a Unix socket's (107 bytes).
@@ -322,6 +342,7 @@ class VenvSession:
         env.update(cell_environment(self.cell))
         env["PYTHONPATH"] = str(self.helper)  # the helper, importable from any scenario folder
         env["TMPDIR"] = scratch
+        env.update(self.cuda)
         return env
 
     def start_zygote(self, setup_log: Path) -> None:
