@@ -30,14 +30,16 @@ from packaging.requirements import Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
-from bnmatrix.config import Matrix, read_user_text
+from bnmatrix.config import DEFAULT_INDEX_URL, INDEX_URL, PACKAGE_DIR, Matrix, read_user_text
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.plan import all_cells
 
 INDEX_TIMEOUT_S = 60
 # The Pythons the scenario scripts are written and tested for (docs/scenarios.md): sync picks a cell's among them.
 PYTHONS = tuple(f"3.{minor}" for minor in range(6, 14))
 NIGHTLY_PACKAGE = "tf-nightly"  # what `sync --nightly` adds: TensorFlow built every night from its main branch
 LINE_WIDTH = 120  # matrix.yaml's lines, as ruff keeps the code's
+SYNC_MARK = "(bnmatrix sync):"  # begins the comment above the expect rules sync adds for a release
 REGISTRY_URL = "https://hub.docker.com"  # where sync looks up the GPU images' tags (Docker Hub's API)
 
 
@@ -65,8 +67,15 @@ class _Links(HTMLParser):
 def index_files(index_url: str, package: str) -> tuple[tuple[str, bool], ...]:
     """Every file the index lists for `package`: (file name, yanked)."""
     project = canonicalize_name(package)
+    if not INDEX_URL.fullmatch(index_url):
+        raise BnMatrixError(f"{index_url}: not a package index URL; expected an http(s):// or file:// URL such as "
+                            f"{DEFAULT_INDEX_URL} (settings.index_url or --index-url)")
     if index_url.startswith("file://"):
-        folder = Path(urllib.request.url2pathname(urllib.parse.urlsplit(index_url).path)) / project
+        root = Path(urllib.request.url2pathname(urllib.parse.urlsplit(index_url).path))
+        if not root.is_dir():
+            raise BnMatrixError(f"{index_url}: no such folder ({root}); expected a local index: a folder with a folder "
+                                "per project (settings.index_url or --index-url)")
+        folder = root / project
         if (folder / "index.html").is_file():
             parser = _Links()
             parser.feed((folder / "index.html").read_text(encoding="utf-8", errors="replace"))
@@ -74,21 +83,21 @@ def index_files(index_url: str, package: str) -> tuple[tuple[str, bool], ...]:
         if folder.is_dir():
             return tuple((p.name, False) for p in sorted(folder.iterdir()) if p.is_file())
         raise NotListed(f"{index_url}: no project {project} in this local index (looked in {folder}); expected "
-                        "the index the cells install from (settings.index_url)")
-    request = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/", headers={
-        "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "bnmatrix"})
+                        "the index the cells install from (settings.index_url or --index-url)")
     try:
+        request = urllib.request.Request(f"{index_url.rstrip('/')}/{project}/", headers={
+            "Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1", "User-Agent": "bnmatrix"})
         with urllib.request.urlopen(request, timeout=INDEX_TIMEOUT_S) as response:
             kind = response.headers.get("Content-Type", "")
             body = response.read()
     except urllib.error.HTTPError as exc:
         error = NotListed if exc.code == 404 else BnMatrixError
         raise error(f"{index_url}: listing {project} answered HTTP {exc.code} {exc.reason}; expected the "
-                    "index the cells install from (settings.index_url)") from None
-    except (urllib.error.URLError, OSError) as exc:
+                    "index the cells install from (settings.index_url or --index-url)") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a URL urllib cannot parse
         reason = getattr(exc, "reason", exc)
         raise BnMatrixError(f"{index_url}: cannot list the releases of {project}: {reason}; expected a reachable "
-                            "package index (settings.index_url)") from None
+                            "package index (settings.index_url or --index-url)") from None
     if "json" in kind:
         try:
             data = json.loads(body)
@@ -183,6 +192,7 @@ class Sync:
     changes: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # the GPU image each new or changed entry gets, and why
+    set_up: dict[str, str] = field(default_factory=dict)  # a new or changed entry's release -> the one it follows
 
     @property
     def behind(self) -> bool:
@@ -193,7 +203,11 @@ class Sync:
         return "".join(difflib.unified_diff(self.old.splitlines(True), self.new.splitlines(True), name, name))
 
     def write(self) -> None:
-        """Replace the file atomically, keeping its mode: a reader sees the old matrix or the new one."""
+        """Replace the file atomically, keeping its mode: a reader sees the old matrix or the new one. The matrix an
+        installed bnmatrix ships is not rewritten: the next install would replace it."""
+        if self.path.resolve().is_relative_to(PACKAGE_DIR):
+            raise BnMatrixError(f"{self.path}: is the matrix this bnmatrix installation ships; expected your own: copy "
+                                "it to ./matrix.yaml (or name one with --matrix) and sync that")
         temporary = None
         try:
             fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
@@ -332,6 +346,12 @@ def _stable(spec: dict[str, Any]) -> bool:
     return not spec.get("pre") and not spec.get("nightly")
 
 
+def _neighbour(specs: list[dict[str, Any]], minor: tuple[int, int]) -> dict[str, Any]:
+    """The entry a release of `minor` is set up as: the newest stable entry of an older minor, else the oldest."""
+    return max((s for s in specs if _stable(s) and _release(s["tf"]) < minor), key=lambda s: Version(s["tf"]),
+               default=min(specs, key=lambda s: Version(s["tf"])))
+
+
 def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nightly: bool = False,
                 registry: str = REGISTRY_URL) -> Sync:
     """Compare `path` with the index; the returned Sync holds the proposed text (unwritten). `pre` adds a release
@@ -341,6 +361,9 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
     matrix = Matrix.from_text(text, path)
     raw = yaml.safe_load(text)
     url = index_url or matrix.index_url
+    if not re.fullmatch(r"https?://\S+", registry):
+        raise BnMatrixError(f"--registry-url {registry}: expected an http(s):// URL of Docker Hub's API, such as "
+                            f"{REGISTRY_URL}")
     template = raw.get("settings", {}).get("package", {}).get("cpu", "tensorflow=={tf}")
     package = Requirement(template.format(tf="0", python="3")).name
     sync = Sync(path=path, index_url=url, package=package, old=text)
@@ -379,6 +402,7 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
                 index = next(i for i in stable if Version(specs[i]["tf"]) == listed)
                 notes: list[str] = []
                 edits[index] = _carried(specs[index], release.version, python, url, pre, notes)
+                sync.set_up[release.version] = specs[index]["tf"]
                 sync.changes.append(f"~ {specs[index]['tf']} -> {release.version} on Python {python}: a newer patch"
                                     + "".join(f"; {n}" for n in notes))
             for number, index in enumerate(pres):
@@ -386,16 +410,18 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
                     edits[index] = None
                     sync.changes.append(f"- {specs[index]['tf']}: the release candidate of {release.version}, "
                                         "which is listed")
-                else:
+                else:  # set up anew from the stable neighbour: a variant the candidate could not have may follow now
                     notes = []
-                    edits[index] = _carried(specs[index], release.version, python, url, pre, notes)
+                    edits[index] = _carried(_neighbour(specs, minor), release.version, python, url, pre, notes)
+                    sync.set_up[release.version] = _neighbour(specs, minor)["tf"]
                     sync.changes.append(f"~ {specs[index]['tf']} -> {release.version} on Python {python}: the final "
-                                        "release of a release candidate" + "".join(f"; {n}" for n in notes))
+                                        f"release of a release candidate, set up as {_neighbour(specs, minor)['tf']}"
+                                        + "".join(f"; {n}" for n in notes))
             if not stable and not pres:
-                neighbour = max((s for s in specs if _stable(s) and _release(s["tf"]) < minor),
-                                key=lambda s: Version(s["tf"]), default=min(specs, key=lambda s: Version(s["tf"])))
+                neighbour = _neighbour(specs, minor)
                 notes = []
                 added.append(_carried(neighbour, release.version, python, url, pre, notes))
+                sync.set_up[release.version] = neighbour["tf"]
                 sync.changes.append(f"+ {release.version} on Python {python}: a new minor release, set up as "
                                     f"{neighbour['tf']}" + "".join(f"; {n}" for n in notes))
             continue
@@ -407,13 +433,16 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
             current = max(pres, key=lambda i: Version(specs[i]["tf"]))
             if Version(release.version) > Version(specs[current]["tf"]):
                 notes = []
-                edits[current] = {**_carried(specs[current], release.version, python, url, True, notes), "pre": True}
+                edits[current] = {**_carried(_neighbour(specs, minor), release.version, python, url, True, notes),
+                                  "pre": True}
+                sync.set_up[release.version] = _neighbour(specs, minor)["tf"]
                 sync.changes.append(f"~ {specs[current]['tf']} -> {release.version} on Python {python}: a newer "
                                     "release candidate" + "".join(f"; {n}" for n in notes))
         elif minor > newest_final_minor and pre:
             neighbour = max((s for s in specs if _stable(s)), key=lambda s: Version(s["tf"]))
             notes = []
             added.append({**_carried(neighbour, release.version, python, url, True, notes), "pre": True})
+            sync.set_up[release.version] = neighbour["tf"]
             sync.changes.append(f"+ {release.version} on Python {python}: a release candidate (pre), set up as "
                                 f"{neighbour['tf']}" + "".join(f"; {n}" for n in notes))
         elif minor > newest_final_minor:
@@ -430,7 +459,9 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
         count = f"{len(wheels)} minor release{'s' if len(wheels) != 1 else ''}"
         sync.changes.append("~ wheels: " + (f"the Python range of {count}, from the index" if not before
                                             else ", ".join(moved)))
-    sync.new = _edited(text, edits, added, wheels if before != wheels else None)
+    edited = _edited(text, edits, added, wheels if before != wheels else None)
+    gone = {specs[index]["tf"] for index in edits}  # entries replaced or removed: their own expect rules go
+    sync.new = _expected(edited, matrix, Matrix.from_text(edited, path), sync, gone)
     Matrix.from_text(sync.new, path)  # what --write would write loads like any matrix
     return sync
 
@@ -460,10 +491,12 @@ def _follow_nightlies(sync: Sync, specs: list[dict[str, Any]], edits: dict[int, 
                      "package": {"cpu": f"{package}=={{tf}}"}, "nightly": True}
             entry.pop("images", None)
             added.append(entry)
+            sync.set_up[release.version] = spec["tf"]
             sync.changes.append(f"+ {release.version} on Python {python}: {package}'s newest nightly (CPU), set up "
                                 f"as {spec['tf']}" + "".join(f"; {n}" for n in notes))
         elif Version(release.version) > Version(spec["tf"]):
             edits[index] = _carried(spec, release.version, python, sync.index_url, True, notes) | {"nightly": True}
+            sync.set_up[release.version] = spec["tf"]
             sync.changes.append(f"~ {spec['tf']} -> {release.version} on Python {python}: {package}'s newest nightly"
                                 + "".join(f"; {n}" for n in notes))
 
@@ -490,7 +523,7 @@ def image_exists(image: str, registry: str) -> bool | None:
         if exc.code == 404:
             return False
         raise RegistryUnreachable(f"{registry}: looking up {image} answered HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: a URL urllib cannot parse
         raise RegistryUnreachable(f"{registry}: cannot look up {image}: {getattr(exc, 'reason', exc)}") from None
 
 
@@ -577,6 +610,53 @@ def _wheels_splice(text: str, root: yaml.MappingNode, wheels: dict[str, str]) ->
         at = _line_start(text, _comment_start(text, expect[0].start_mark.index))
         return at, at, WHEELS_COMMENT + block + "\n"
     return len(text), len(text), ("" if text.endswith("\n") else "\n") + "\n" + WHEELS_COMMENT + block
+
+
+def _expected(text: str, old: Matrix, new: Matrix, sync: Sync, gone: set[str]) -> str:
+    """`text` with `expect:` following the new and changed entries: each new release expects, cell by cell, what the
+    release it was set up as expected (where the rules would say otherwise, explicit rules for it are appended:
+    the last matching rule wins), until a run and an edit of the rules say otherwise; the rules that name a
+    release no longer listed go."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    found = _mapping_value(root, "expect") if isinstance(root, yaml.MappingNode) else None
+    if not found or not isinstance(found[1], yaml.SequenceNode) or not found[1].value:
+        return text
+    rules = found[1].value
+    before = {cell.id: cell for cell in all_cells(old)}
+    after = all_cells(new)
+    lines = []
+    for version, source in sync.set_up.items():
+        wanted: dict[tuple[str, str], list[str]] = {}
+        runs: dict[str, list[str]] = {}
+        for cell in (c for c in after if c.tf == version):
+            previous = before.get(f"tf-{source}-" + cell.id.removeprefix(f"tf-{version}-"))
+            for name in cell.scenarios:
+                runs.setdefault(name, []).append(cell.id)
+                status = previous.expect.get(name) if previous else None
+                if status and status != cell.expect.get(name):
+                    wanted.setdefault((name, status), []).append(cell.id)
+        if wanted:
+            lines.append(f"  # {version} {SYNC_MARK} what {source} expects, until a run says otherwise")
+            for (name, status), ids in wanted.items():
+                patterns = [f"tf-{version}-*"] if ids == runs[name] else ids
+                lines += [f'  - {{cells: "{p}", scenario: {name}, status: {status}}}' for p in patterns]
+            sync.changes.append(f"~ expect: {version} expects what {source} does "
+                                f"({len(wanted)} scenario{'s' if len(wanted) != 1 else ''} where the rules differ)")
+    stale = [node for node in rules if isinstance(node, yaml.MappingNode) and any(
+        str(v.value).startswith(f"tf-{tf}-") or str(v.value) == f"tf-{tf}*"
+        for k, v in node.value if k.value == "cells" for tf in gone)]
+    if stale:
+        sync.changes.append(f"- expect: {len(stale)} rule{'s' if len(stale) != 1 else ''} of "
+                            f"{', '.join(sorted(gone))}, no longer listed")
+    splices = [(_line_start(text, n.start_mark.index), _line_end(text, n.end_mark.index), "") for n in stale]
+    splices += [(m.start(), _line_end(text, m.start()), "") for tf in gone  # the comment sync wrote above them
+                for m in re.finditer(rf"^  # {re.escape(tf)} {re.escape(SYNC_MARK)} ", text, re.M)]
+    if lines:
+        at = _line_end(text, rules[-1].end_mark.index)
+        splices.append((at, at, "\n".join(lines) + "\n"))
+    for start, end, replacement in sorted(splices, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
 
 
 def _tf(node: yaml.Node) -> str:

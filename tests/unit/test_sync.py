@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from bnmatrix.cli import main
-from bnmatrix.config import data_path
+from bnmatrix.config import Matrix, data_path
 from bnmatrix.index import entry_text, index_files
+from bnmatrix.plan import plan
 
 MATRIX = data_path("matrix.yaml")
 NO_REGISTRY = "http://127.0.0.1:9"  # nothing listens there
@@ -87,7 +88,8 @@ def test_check_fails_until_write_brings_the_matrix_up_to_date_keeping_its_commen
     old = matrix.read_text()
     assert sync(capsys, "--matrix", str(matrix), "--index-url", url, "--check")[0] == 1
     code, out = sync(capsys, "--matrix", str(matrix), "--index-url", url, "--write", "--registry-url", NO_REGISTRY)
-    assert code == 0 and "rewritten: 4 changes" in out, out
+    assert code == 0 and "rewritten: 5 changes" in out, out
+    assert "~ expect: 2.22.1 expects what 2.21.0 does (16 scenarios where the rules differ)" in out
     assert f"· GPU images not looked up ({NO_REGISTRY}: cannot look up tensorflow/tensorflow:" in out
     new = matrix.read_text()
     comments = [line for line in old.splitlines() if line.lstrip().startswith("#")]
@@ -112,6 +114,11 @@ def test_check_fails_until_write_brings_the_matrix_up_to_date_keeping_its_commen
         "tf-2.22.1-gpu-tfkeras"]
     gpu = next(c for c in cells if c["id"] == "tf-2.22.1-gpu")
     assert gpu["image"] == "tensorflow/tensorflow:2.22.1-gpu" and gpu["python"] == "3.13"
+    # each cell of the new release expects what its 2.21.0 counterpart does, not what `tf-*` says of 2.0 to 2.15
+    expected = {c.id: c.expect for c in plan(Matrix.from_file(matrix))}
+    assert all(expected[cell_id] == expected[cell_id.replace("2.22.1", "2.21.0")] for cell_id in expected
+               if cell_id.startswith("tf-2.22.1-"))
+    assert expected["tf-2.22.1-cpu"]["keras_bn_custom_estimator"] == "unsupported"
 
 
 def test_pre_adds_the_candidate_follows_it_and_gives_way_to_the_final_release(
@@ -134,6 +141,10 @@ def test_pre_adds_the_candidate_follows_it_and_gives_way_to_the_final_release(
     versions = [e["tf"] for e in yaml.safe_load(matrix.read_text())["versions"]]
     assert versions[:2] == ["2.22.0", "2.21.0"] and "2.22.0rc2" not in versions
     assert "pre" not in entry_of(matrix, "2.22.0")
+    # the candidate's expect rules went with it; the final release has its own
+    assert "2.22.0rc" not in matrix.read_text() and "- expect: 17 rules of 2.22.0rc2, no longer listed" in out
+    assert plan(Matrix.from_file(matrix), select=["tf-2.22.0-cpu"])[0].expect == \
+        plan(Matrix.from_file(matrix), select=["tf-2.21.0-cpu"])[0].expect
 
 
 def test_yanked_releases_and_releases_without_a_wheel_for_the_scenarios_pythons_are_left_out_with_why(
@@ -276,3 +287,29 @@ def test_gpu_images_take_the_versions_own_tag_or_the_nearest_older_patchs_that_t
     assert "images" not in entry_of(matrix, "2.18.2")  # its own tag exists: the override of 2.18.0-gpu goes
     assert main(["plan", "--matrix", str(matrix), "--json", "--select", "tf-2.18.2-gpu"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["image"] == "tensorflow/tensorflow:2.18.2-gpu"
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("notaurl", "notaurl: not a package index URL; expected an http(s):// or file:// URL such as https://pypi.org/simple"),
+    ("/tmp", "/tmp: not a package index URL"),
+    ("http://[::1", "cannot list the releases of tensorflow: Invalid IPv6 URL"),
+    ("file:///nonexistent", "file:///nonexistent: no such folder (/nonexistent); expected a local index"),
+])
+def test_an_index_url_that_is_none_is_one_clear_error(matrix: Path, capsys: pytest.CaptureFixture[str], url: str,
+                                                      message: str) -> None:
+    index_files.cache_clear()
+    code, out = sync(capsys, "--matrix", str(matrix), "--index-url", url, "--write")
+    assert code == 2 and message in out and "Traceback" not in out, out
+    assert sync(capsys, "--matrix", str(matrix), "--registry-url", "notaurl")[1].startswith(
+        "bnmatrix: --registry-url notaurl: expected an http(s):// URL of Docker Hub's API")
+
+
+def test_the_matrix_an_installed_bnmatrix_ships_is_never_rewritten(tmp_path: Path) -> None:
+    from bnmatrix.config import PACKAGE_DIR
+    from bnmatrix.errors import BnMatrixError
+    from bnmatrix.index import Sync
+
+    shipped = PACKAGE_DIR / "_data" / "matrix.yaml"  # where a wheel keeps it
+    with pytest.raises(BnMatrixError, match=r"is the matrix this bnmatrix installation ships; expected your own: copy"):
+        Sync(path=shipped, index_url="", package="tensorflow", old="", new="changed").write()
+    assert not shipped.exists()
