@@ -10,11 +10,13 @@ What the pages show is view.py's View; this module renders it and writes the sit
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,23 +187,21 @@ def pattern_code(source: ScenarioSource) -> tuple[str, list[tuple[int, str]]]:
     (number, text). A script that does not parse is shown alone."""
     parts = [source.code.rstrip("\n")]
     try:
-        trees = {name: ast.parse(text) for name, text in source.modules.items()}
-        script = ast.parse(source.code)
+        modules = {name: _module(text) for name, text in source.modules.items()}
+        script = _module(source.code)
     except (SyntaxError, ValueError, RecursionError):  # a script or module of a run that is no Python we can read
-        script, trees = None, {}
+        script, modules = None, {}
     if script is not None:
-        defined = {module: _defined(tree) for module, tree in trees.items()}
-        queue = _references(script, None, trees, defined)
+        queue = _references(script.tree, None, script, modules)
         shown: set[int] = set()
         while queue:
             module, name = queue.pop(0)
-            node = defined[module].get(name)
+            node = modules[module].defined.get(name)
             if node is None or id(node) in shown:
                 continue
             shown.add(id(node))
-            segment = ast.get_source_segment(source.modules[module], node) or ""
-            parts.append(f"# --- {module}.py: {name} ---\n{segment}")
-            queue += _references(node, module, trees, defined)
+            parts.append(f"# --- {module}.py: {name} ---\n{modules[module].segment(node)}")
+            queue += _references(node, module, modules[module], modules)
     text = "\n\n\n".join(parts) + "\n"
     fragments = [f for f in source.notes.get("decides", []) if isinstance(f, str) and f.strip()]
     marked = [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
@@ -209,27 +209,45 @@ def pattern_code(source: ScenarioSource) -> tuple[str, list[tuple[int, str]]]:
     return text, marked
 
 
-def _defined(tree: ast.Module) -> dict[str, ast.stmt]:
-    """A module's top-level functions, classes and constants, by name."""
-    found: dict[str, ast.stmt] = {}
+@dataclass(frozen=True)
+class _Module:
+    """A module's code as pattern_code reads it, once per text (every scenario page of a folder shares its modules)."""
+
+    tree: ast.Module
+    lines: list[bytes]  # its lines, as the offsets of its nodes count them (UTF-8)
+    defined: dict[str, ast.stmt]  # its top-level functions, classes and constants, by name
+    imports: dict[str, str]  # the modules it imports: the name it uses -> the module's name
+
+    def segment(self, node: ast.stmt) -> str:
+        """`node`'s source (ast.get_source_segment, without splitting the module again for each node)."""
+        first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
+        if first == last:
+            return self.lines[first][node.col_offset:node.end_col_offset].decode()
+        return b"".join([self.lines[first][node.col_offset:], *self.lines[first + 1:last],
+                         self.lines[last][:node.end_col_offset]]).decode()
+
+
+@functools.lru_cache(maxsize=256)
+def _module(text: str) -> _Module:
+    tree = ast.parse(text)
+    defined: dict[str, ast.stmt] = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            found[node.name] = node
+            defined[node.name] = node
         elif isinstance(node, ast.Assign):
-            found.update({target.id: node for target in node.targets if isinstance(target, ast.Name)})
-    return found
+            defined.update({target.id: node for target in node.targets if isinstance(target, ast.Name)})
+    imports = {a.asname or a.name: a.name for child in ast.walk(tree) if isinstance(child, ast.Import)
+               for a in child.names}
+    return _Module(tree, text.encode().splitlines(keepends=True), defined, imports)
 
 
-def _references(node: ast.AST, module: str | None, trees: dict[str, ast.Module],
-                defined: dict[str, dict[str, ast.stmt]]) -> list[tuple[str, str]]:
-    """What `node` (the script's functions, or a function of `module`) uses of the folder's modules (`defined`: each
-    one's top-level names): (module, name), in the order the code names them."""
-    tree = trees[module] if module else node
-    aliases = {a.asname or a.name: a.name for child in ast.walk(tree) if isinstance(child, ast.Import)
-               for a in child.names if a.name in trees}
+def _references(node: ast.AST, module: str | None, code: _Module, modules: dict[str, _Module]) -> list[tuple[str, str]]:
+    """What `node` (the script's functions, or a function of `module`, whose code is `code`) uses of the folder's
+    modules: (module, name), in the order the code names them."""
+    aliases = {alias: name for alias, name in code.imports.items() if name in modules}
     parts = [node] if module else [n for n in getattr(node, "body", [])
                                    if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-    local = defined[module] if module else {}
+    local = code.defined if module else {}
     found: list[tuple[str, str]] = []
     for part in parts:
         for child in ast.walk(part):
