@@ -13,10 +13,8 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-import os
 import platform
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -33,6 +31,7 @@ from packaging.version import InvalidVersion, Version
 from bnmatrix.config import DEFAULT_INDEX_URL, INDEX_URL, PACKAGE_DIR, Matrix, read_user_text
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.plan import all_cells
+from bnmatrix.store.files import write_atomically
 
 INDEX_TIMEOUT_S = 60
 # The Pythons the scenario scripts are written and tested for (docs/scenarios.md): sync picks a cell's among them.
@@ -208,17 +207,7 @@ class Sync:
         if self.path.resolve().is_relative_to(PACKAGE_DIR):
             raise BnMatrixError(f"{self.path}: is the matrix this bnmatrix installation ships; expected your own: copy "
                                 "it to ./matrix.yaml (or name one with --matrix) and sync that")
-        temporary = None
-        try:
-            fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-            os.fchmod(fd, self.path.stat().st_mode & 0o777)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.new)
-            os.replace(temporary, self.path)
-        except OSError as exc:
-            if temporary:
-                Path(temporary).unlink(missing_ok=True)
-            raise BnMatrixError(f"{self.path}: cannot write the matrix: {exc.strerror or exc}") from None
+        write_atomically(self.path, self.new.encode("utf-8"), mode=self.path.stat().st_mode & 0o777)
 
 
 def _release(version: str) -> tuple[int, int]:
@@ -412,10 +401,11 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
                                         "which is listed")
                 else:  # set up anew from the stable neighbour: a variant the candidate could not have may follow now
                     notes = []
-                    edits[index] = _carried(_neighbour(specs, minor), release.version, python, url, pre, notes)
-                    sync.set_up[release.version] = _neighbour(specs, minor)["tf"]
+                    neighbour = _neighbour(specs, minor)
+                    edits[index] = _carried(neighbour, release.version, python, url, pre, notes)
+                    sync.set_up[release.version] = neighbour["tf"]
                     sync.changes.append(f"~ {specs[index]['tf']} -> {release.version} on Python {python}: the final "
-                                        f"release of a release candidate, set up as {_neighbour(specs, minor)['tf']}"
+                                        f"release of a release candidate, set up as {neighbour['tf']}"
                                         + "".join(f"; {n}" for n in notes))
             if not stable and not pres:
                 neighbour = _neighbour(specs, minor)
@@ -433,13 +423,13 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
             current = max(pres, key=lambda i: Version(specs[i]["tf"]))
             if Version(release.version) > Version(specs[current]["tf"]):
                 notes = []
-                edits[current] = {**_carried(_neighbour(specs, minor), release.version, python, url, True, notes),
-                                  "pre": True}
-                sync.set_up[release.version] = _neighbour(specs, minor)["tf"]
+                neighbour = _neighbour(specs, minor)
+                edits[current] = {**_carried(neighbour, release.version, python, url, True, notes), "pre": True}
+                sync.set_up[release.version] = neighbour["tf"]
                 sync.changes.append(f"~ {specs[current]['tf']} -> {release.version} on Python {python}: a newer "
                                     "release candidate" + "".join(f"; {n}" for n in notes))
         elif minor > newest_final_minor and pre:
-            neighbour = max((s for s in specs if _stable(s)), key=lambda s: Version(s["tf"]))
+            neighbour = _neighbour(specs, minor)
             notes = []
             added.append({**_carried(neighbour, release.version, python, url, True, notes), "pre": True})
             sync.set_up[release.version] = neighbour["tf"]
@@ -472,11 +462,11 @@ def _follow_nightlies(sync: Sync, specs: list[dict[str, Any]], edits: dict[int, 
     tf-nightly 2.23.0.dev20261026); with `add` and none in the matrix, a CPU nightly entry of NIGHTLY_PACKAGE is added,
     set up as the newest stable entry."""
     nightlies = [i for i, s in enumerate(specs) if s.get("nightly")]
-    wanted = [(i, specs[i], Requirement(specs[i]["package"]["cpu"].format(tf="0", python="3")).name)
+    wanted = [(i, Requirement(specs[i]["package"]["cpu"].format(tf="0", python="3")).name)
               for i in nightlies if "cpu" in specs[i].get("package", {})]
     if add and not nightlies:
-        wanted.append((-1, max((s for s in specs if _stable(s)), key=lambda s: Version(s["tf"])), NIGHTLY_PACKAGE))
-    for index, spec, package in wanted:
+        wanted.append((-1, NIGHTLY_PACKAGE))
+    for index, package in wanted:
         releases, _ = list_releases(sync.index_url, package, dev=True)
         newest = next(((r, p) for r in reversed(releases) if (p := _newest_python(r))
                        and Version(r.version).is_devrelease), None)
@@ -485,6 +475,7 @@ def _follow_nightlies(sync: Sync, specs: list[dict[str, Any]], edits: dict[int, 
                                  f"{PYTHONS[-1]} on the index")
             continue
         release, python = newest
+        spec = specs[index] if index >= 0 else _neighbour(specs, _release(release.version))
         notes: list[str] = []
         if index < 0:
             entry = {**_carried(spec, release.version, python, sync.index_url, True, notes), "devices": ["cpu"],

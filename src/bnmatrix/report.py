@@ -56,7 +56,7 @@ def glance_text(found: Glance | None) -> str:
     if not found:
         return "–"
     return "; ".join([f"{STATES[span.status][0]} {span.words}{' ✓' if span.pinned else ''}" for span in found.ranges]
-                     + [f"**{words}**" if words.startswith("changes") else words for words in ahead_words(found.ahead)])
+                     + [f"**{words}**" if changes else words for words, changes in ahead_words(found.ahead)])
 
 
 def _judged_layers(result: ScenarioResult) -> dict[str, Any]:

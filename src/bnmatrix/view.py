@@ -164,8 +164,11 @@ def _findings(run: Run, now: Run) -> dict[tuple[str, str], tuple[Finding, list[s
     """(cell id, scenario) -> the finding (status and facets) of every entry of `run`, and how the packages its cell
     installed differ from that cell's in `now` (history.package_changes)."""
     cells = {c.id: c for c in now.cells}
-    return {(c.id, name): (c.entry_finding(name), package_changes(c, cells[c.id]) if c.id in cells else [])
-            for c in run.cells for name in c.cell.scenarios}
+    found = {}
+    for c in run.cells:
+        moved = package_changes(c, cells[c.id]) if c.id in cells else []  # once per cell, for all its scenarios
+        found.update({(c.id, name): (c.entry_finding(name), moved) for name in c.cell.scenarios})
+    return found
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ class Site:
         run that produced the one shown (a results root only), and how the packages of the two results' cells differ
         (history.package_changes)."""
         before = {}
+        moved: dict[tuple[int, int], list[str]] = {}  # per pair of results, once for all their scenarios
         for cell_id, timeline in self.timelines.items():
             produced: dict[str, list[tuple[str, Finding, CellResult]]] = {}
             for past in timeline:
@@ -305,8 +309,13 @@ class Site:
                     producer, seen = result.reused_from or past.run_id or "", produced.setdefault(name, [])
                     if not seen or seen[-1][0] != producer:
                         seen.append((producer, result.finding, past))
-            before.update({(cell_id, name): (seen[-2][1], package_changes(seen[-2][2], seen[-1][2]))
-                           for name, seen in produced.items() if len(seen) > 1})
+            for name, seen in produced.items():
+                if len(seen) > 1:
+                    (_, finding, older), (_, _, newer) = seen[-2:]
+                    pair = (id(older), id(newer))
+                    if pair not in moved:
+                        moved[pair] = package_changes(older, newer)
+                    before[(cell_id, name)] = (finding, moved[pair])
         return before
 
 
@@ -416,12 +425,14 @@ class Ahead:
                 "changes": self.changes, "text": self.words}
 
 
-def ahead_words(found: list[Ahead]) -> list[str]:
-    """The glance's words on the versions not yet released of a line: each change, then one line for those that
-    agree with the newest release ("next: as 2.21.0 on 2.22.0rc0, 2.23.0.dev20261026"), then any other."""
+def ahead_words(found: list[Ahead]) -> list[tuple[str, bool]]:
+    """The glance's words on the versions not yet released of a line, each with whether it is a change: each change,
+    then one line for those that agree with the newest release ("next: as 2.21.0 on 2.22.0rc0, 2.23.0.dev20261026"),
+    then any other."""
     same = [ahead for ahead in found if ahead.same]
-    agree = [f"next: as {same[0].released} on {', '.join(a.tf for a in same)}"] if same else []
-    return [a.words for a in found if a.changes] + agree + [a.words for a in found if not a.changes and not a.same]
+    agree = [(f"next: as {same[0].released} on {', '.join(a.tf for a in same)}", False)] if same else []
+    return ([(a.words, True) for a in found if a.changes] + agree
+            + [(a.words, False) for a in found if not a.changes and not a.same])
 
 
 @dataclass(frozen=True)
@@ -725,6 +736,6 @@ def _ranges_text(lines: dict[Line, Glance], device: str) -> str:
     for (line_device, variant), found in lines.items():
         if line_device != device:
             continue
-        text = " · ".join([span.words for span in found.ranges] + ahead_words(found.ahead))
+        text = " · ".join([span.words for span in found.ranges] + [words for words, _ in ahead_words(found.ahead)])
         parts.append(f"({variant}: {text})" if variant else text)
     return " ".join(parts) or "not run on this host"

@@ -31,14 +31,20 @@ class StoreError(BnMatrixError):
 
 
 def write_json(path: Path, data: Any, durable: bool = True) -> str:
+    """Write atomically (write_atomically); returns the file's SHA-256."""
+    return write_atomically(path, (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode(),
+                            durable)
+
+
+def write_atomically(path: Path, content: bytes, durable: bool = True, mode: int = 0o666 & ~UMASK) -> str:
     """Write atomically: a reader sees the old file or the new one, never half of one; `durable`: on disk
-    before the rename, so that even a power cut leaves one of the two. Returns the file's SHA-256."""
-    content = (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+    before the rename, so that even a power cut leaves one of the two. `mode`: by default what the umask lets
+    everyone read (mkstemp makes 0600: results are for colleagues and web servers too). Returns the SHA-256."""
     temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600: results are for colleagues and web servers too
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(content)
             handle.flush()
