@@ -32,12 +32,21 @@ def copy_run_started(run: Path, target: Path, started: str) -> None:
 
 
 FAKE_SMI = """#!/bin/sh
-# A fake nvidia-smi: one H100 with a 2024 driver; FAKE_SMI_OLD=1 is a driver whose --query-gpu has no compute_cap.
+# A fake nvidia-smi: an H100 with a 2024 driver (CUDA 12.4), or FAKE_SMI_GPU=t4: a T4 with a 2023 driver (CUDA 12.2);
+# FAKE_SMI_DRIVER=470.82.01 gives it an older driver (CUDA 11.4); FAKE_SMI_OLD=1 is a driver whose --query-gpu has
+# no compute_cap.
+if [ "$FAKE_SMI_GPU" = t4 ]; then
+  name="Tesla T4"; capability=7.5; driver=535.183.01; cuda=12.2; memory="15360 MiB"
+else
+  name="NVIDIA H100 80GB HBM3"; capability=9.0; driver=550.54.15; cuda=12.4; memory="81559 MiB"
+fi
+if [ -n "$FAKE_SMI_DRIVER" ]; then driver=$FAKE_SMI_DRIVER; cuda=11.4; fi
 case "$1" in
-  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-4a3c1c2e-0000-0000-0000-000000000000)";;
+  -L) echo "GPU 0: $name (UUID: GPU-4a3c1c2e-0000-0000-0000-000000000000)";;
   --query-gpu=*)
     if [ -n "$FAKE_SMI_OLD" ]; then echo 'Field "compute_cap" is not a valid field to query.' >&2; exit 2; fi
-    echo "NVIDIA H100 80GB HBM3, 9.0, 550.54.15, 81559 MiB";;
+    echo "$name, $capability, $driver, $memory";;
+  "") echo "| NVIDIA-SMI $driver             Driver Version: $driver     CUDA Version: $cuda     |";;
   *) exit 1;;
 esac
 """

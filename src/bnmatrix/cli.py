@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
@@ -22,11 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from bnmatrix import __version__
-from bnmatrix.backends import Setup, backend_kinds, select_backend
+from bnmatrix.backends import Setup, backend_kinds, gpu_prediction, select_backend
 from bnmatrix.backends.venv import default_cache_dir
 from bnmatrix.config import Matrix, default_matrix_path, parse_image_map
 from bnmatrix.errors import EXIT_CELL_FAILED, EXIT_OK, EXIT_USAGE, BnMatrixError, Stop, Terminated
+from bnmatrix.gpu import CANNOT, JIT, NATIVE, UNKNOWN
 from bnmatrix.history import History, diff, import_archive
+from bnmatrix.host import host_gpus
 from bnmatrix.index import REGISTRY_URL, sync_matrix
 from bnmatrix.plan import GITHUB_JOB_LIMIT, Cell, github_jobs, plan
 from bnmatrix.runner import ProgressCallback
@@ -224,21 +227,31 @@ def build_parser() -> argparse.ArgumentParser:
 def command_plan(args: argparse.Namespace, console: Console) -> int:
     matrix = load_matrix(args.matrix, args.scenarios)
     cells = plan(matrix, args.select, args.skip, image_map=parse_image_map(args.image_map))
-    if args.format == "json":  # with what each backend installs for the cell (a GPU venv adds CUDA's wheels)
-        kinds = backend_kinds()
+    if args.format == "json":  # with what each backend installs for the cell (a GPU venv adds CUDA's wheels), and
+        kinds = backend_kinds()  # for a GPU cell what its release does on this host's first GPU (nvidia-smi)
+        gpus = host_gpus() if any(cell.device == "gpu" for cell in cells) else []
+
+        def gpu(cell: Cell) -> dict[str, Any] | None:
+            prediction = gpu_prediction(cell, gpus)
+            return None if prediction is None else {"on": gpus[0].describe(), **prediction.describe()}
+
         print(json.dumps([{**cell.describe(), "installs": {name: list(kind.installs(cell)) for name, kind in
-                                                           kinds.items()}} for cell in cells], indent=1))
+                                                           kinds.items()}, "gpu": gpu(cell)} for cell in cells],
+                         indent=1))
         return EXIT_OK
     if args.format == "github":
         if args.max_jobs < 1 or args.max_jobs > GITHUB_JOB_LIMIT:
             raise BnMatrixError(f"--max-jobs {args.max_jobs}: expected 1 to {GITHUB_JOB_LIMIT}")
-        print(json.dumps({"include": github_jobs(cells, matrix.runners, args.max_jobs)}, separators=(",", ":")))
+        print(json.dumps({"include": github_jobs(cells, matrix.runs_on, args.max_jobs)}, separators=(",", ":")))
         return EXIT_OK
     scenarios = cells[0].scenarios if cells else matrix.scenarios
     backend, why = select_backend(args.backend, Setup(matrix=matrix, run_id=new_run_id(), cache_dir=default_cache_dir(),
-                                                      images=[cell.image for cell in cells], sweep=False))
+                                                      images=[cell.image for cell in cells], sweep=False,
+                                                      select=args.select))
     try:
         unserved = {cell.id: reason for cell in cells if (reason := backend.serves(cell))}
+        predicted = {cell.id: prediction for cell in cells if cell.id not in unserved
+                     and (prediction := gpu_prediction(cell, backend.cell_gpus(cell)))}
     finally:
         backend.close()
     table = Table(title=f"{len(cells)} cells from {matrix.path}",
@@ -247,7 +260,9 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
     for column in ("cell", "python", "requirements", *(["image"] if images else []), "steps", "here"):
         table.add_column(column, overflow="fold")
     for cell in cells:
-        here = Text("– not run", style=Status.NOT_RUN.colour) if cell.id in unserved else Text("✔ runs")
+        here = Text("– not run", style=Status.NOT_RUN.colour) if cell.id in unserved else Text("✔ runs" + {
+            JIT: " after a PTX JIT", CANNOT: " (asked for: predicted to fail)", UNKNOWN: " (not predicted)"}.get(
+            predicted[cell.id].outcome if cell.id in predicted else NATIVE, ""))
         table.add_row(cell.id, cell.python, " ".join(cell.requirements), *([cell.image] if images else []),
                       str(cell.steps), here)
     console.print(table)
@@ -258,6 +273,9 @@ def command_plan(args: argparse.Namespace, console: Console) -> int:
     for reason, ids in by_reason.items():
         console.print(f"{len(ids)} cell{'s' if len(ids) != 1 else ''} cannot run here ({', '.join(ids)}): "
                       f"{reason}", highlight=False, soft_wrap=True, markup=False)
+    for cell_id, prediction in predicted.items():
+        if prediction.outcome != NATIVE:
+            console.print(f"{cell_id}: {prediction.reason}", highlight=False, soft_wrap=True, markup=False)
     return EXIT_OK
 
 

@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
 
 from bnmatrix.errors import BnMatrixError
 
@@ -61,6 +63,7 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000  # after alias expansion: a billion-laughs file stops here
 HELPER_MODULE = "bnmatrix_scenario"
 ZYGOTE_MODULE = "bnmatrix_zygote"  # beside the helper: imports TF once per cell and forks the scenarios
+WARMUP_MODULE = "bnmatrix_warmup"  # beside the helper: a GPU cell's warm-up before its scenarios (no verdict)
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 # A scenario's folder comes first on the scenario's sys.path, so a script, helper or subfolder named like a module
 # that Python, TensorFlow or their dependencies import (json.py, numpy/) would replace it for every scenario there.
@@ -131,7 +134,7 @@ def discover_scenarios(directory: Path, origin: str) -> dict[str, Scenario]:
             raise BnMatrixError(f"{entry}: {shadows}; expected another name (rename it)")
     for script in sorted(directory.glob("*.py")):
         name = script.stem
-        if name.startswith("_") or name in (HELPER_MODULE, ZYGOTE_MODULE):
+        if name.startswith("_") or name in (HELPER_MODULE, ZYGOTE_MODULE, WARMUP_MODULE):
             continue
         if not SCENARIO_NAME.fullmatch(name):
             raise BnMatrixError(f"{script}: scenario name {name!r} is not a plain identifier; expected lower case "
@@ -269,12 +272,20 @@ class Matrix:
     timeout_s: float
     index_url: str
     container: ContainerSettings
-    runners: dict[str, str | list[str]]
+    runners: dict[str, tuple[tuple[SpecifierSet | None, str | list[str]], ...]]  # device -> (releases, runs-on)
     image_map: dict[str, str]
     variants: dict[str, Variant]
     versions: tuple[TFVersion, ...]
     expect: tuple[tuple[str, str, str], ...] = ()  # (cell glob, scenario, status), last match wins
     keep_runs: int = 50  # runs a results root keeps (settings.keep_runs); see results.prune
+
+    def runs_on(self, device: str, tf: str) -> str | list[str]:
+        """The GitHub Actions runner of a cell (settings.runners: its device's, or the first rule for its release)."""
+        for releases, labels in self.runners[device]:
+            if releases is None or releases.contains(Version(tf), prereleases=True):
+                return labels
+        raise BnMatrixError(f"{self.path}: settings.runners.{device} has no rule for TF {tf}; expected a last rule "
+                            "without tf:, which takes every release")
 
     @classmethod
     def from_file(cls, path: Path) -> Matrix:
@@ -341,7 +352,7 @@ class Matrix:
             timeout_s=float(settings.get("scenario_timeout_s", 900)),
             index_url=index_url,
             container=ContainerSettings(**settings.get("container", {})),
-            runners={"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"], **settings.get("runners", {})},
+            runners=_runners(settings.get("runners", {}), where),
             image_map=load_image_map(path.parent / IMAGE_MAP_FILE),
             variants=variants,
             versions=versions,
@@ -558,6 +569,24 @@ def _wheel_pythons(wheels: dict[str, str]) -> dict[str, tuple[int, int]]:
         low, _, high = span.partition("-")
         result[minor] = (int(low.split(".")[1]), int((high or low).split(".")[1]))
     return result
+
+
+def _runners(given: dict[str, Any], where: _Locator) -> dict[str, tuple[tuple[SpecifierSet | None, Any], ...]]:
+    """settings.runners as rules per device: a plain runs-on takes every release."""
+    found: dict[str, tuple[tuple[SpecifierSet | None, Any], ...]] = {}
+    for device, value in {"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"], **given}.items():
+        if not (isinstance(value, list) and value and isinstance(value[0], dict)):
+            found[device] = ((None, value),)
+            continue
+        rules = []
+        for index, rule in enumerate(value):
+            try:
+                rules.append((SpecifierSet(rule["tf"]) if "tf" in rule else None, rule["runs-on"]))
+            except InvalidSpecifier:
+                raise where.error(("settings", "runners", device, index, "tf"), f"found {rule['tf']!r}, expected a "
+                                  "PEP 440 version specifier such as '<2.4' or '>=2.12,<2.16'") from None
+        found[device] = tuple(rules)
+    return found
 
 
 def _check_requirements(requirements: list[str], keys: tuple[Any, ...], where: _Locator) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -185,6 +186,7 @@ class Gpu:
     compute_capability: str | None = None  # "9.0"
     driver: str | None = None  # "550.54.15"
     memory: str | None = None  # "81559 MiB"
+    cuda: str | None = None  # the newest CUDA the driver runs, as nvidia-smi's header says ("12.4")
 
     def describe(self) -> str:
         """"NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15, 81559 MiB)": what a GPU result records."""
@@ -193,19 +195,32 @@ class Gpu:
         return self.name + (f" ({', '.join(k for k in known if k)})" if any(known) else "")
 
 
+GPU_QUERY = ["--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader"]
+
+
+def parse_gpus(query: str, header: str) -> list[Gpu]:
+    """The GPUs of `nvidia-smi --query-gpu` (GPU_QUERY)'s CSV, with the driver's CUDA from plain nvidia-smi's header."""
+    cuda = re.search(r"CUDA Version:\s*([0-9.]+)", header)
+    rows = [[field.strip() for field in line.split(",")] for line in query.splitlines() if line.strip()]
+
+    def known(value: str) -> str | None:
+        return value if value and "N/A" not in value else None
+
+    return [Gpu(row[0], known(row[1]), known(row[2]), known(row[3]), cuda.group(1) if cuda else None)
+            for row in rows if len(row) == 4]
+
+
 def host_gpus() -> list[Gpu]:
     """The GPUs nvidia-smi lists: name, compute capability, driver and memory where its --query-gpu knows them
     (compute_cap needs a driver from 2022 on), else the names of `nvidia-smi -L`; none without nvidia-smi."""
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
-    query = [smi, "--query-gpu=name,compute_cap,driver_version,memory.total", "--format=csv,noheader"]
     try:
-        found = subprocess.run(query, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+        found = subprocess.run([smi, *GPU_QUERY], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         if found.returncode == 0 and found.stdout.strip():
-            rows = [[field.strip() for field in line.split(",")] for line in found.stdout.splitlines() if line.strip()]
-            return [Gpu(row[0], *(value if value and "N/A" not in value else None for value in row[1:4]))
-                    for row in rows if len(row) == 4]
+            header = subprocess.run([smi], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S).stdout
+            return parse_gpus(found.stdout, header)
         listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return []

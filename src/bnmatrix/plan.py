@@ -6,7 +6,7 @@ import fnmatch
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -141,29 +141,41 @@ def shard(cells: Sequence[Cell], index: int, count: int) -> list[Cell]:
     return list(cells[index - 1::count])
 
 
-def github_jobs(cells: Sequence[Cell], runners: dict[str, str | list[str]],
+def github_jobs(cells: Sequence[Cell], runs_on: Callable[[str, str], str | list[str]],
                 max_jobs: int = GITHUB_JOB_LIMIT) -> list[dict[str, Any]]:
     """Jobs for a GitHub Actions matrix: one per cell, or shards when there are more than `max_jobs`.
 
-    Cells of one device share a runner (matrix.yaml settings.runners), so shards never mix devices.
+    Cells of one runner (matrix.yaml settings.runners: per device, and per TF release where it has rules, e.g. a
+    T4 for TF 1.x and an H100 for 2.12+) share its jobs, so shards never mix runners.
     """
     groups: dict[str, list[Cell]] = {}
+    labels: dict[str, str | list[str]] = {}
     for cell in cells:
-        groups.setdefault(cell.device, []).append(cell)
+        runner = runs_on(cell.device, cell.tf)
+        key = f"{cell.device} {json.dumps(runner)}"
+        groups.setdefault(key, []).append(cell)
+        labels[key] = runner
     if max_jobs < len(groups):
         raise BnMatrixError(f"--max-jobs {max_jobs}: the selection needs at least {len(groups)} jobs "
-                            f"(one per runner kind: {', '.join(groups)})")
+                            f"(one per runner: {', '.join(groups)})")
     if len(cells) <= max_jobs:
-        counts = {device: len(group) for device, group in groups.items()}
-    else:  # each device gets its share of the jobs, at least one
-        counts = {device: max(1, max_jobs * len(group) // len(cells)) for device, group in groups.items()}
+        counts = {key: len(group) for key, group in groups.items()}
+    else:  # each runner gets its share of the jobs, at least one
+        counts = {key: max(1, max_jobs * len(group) // len(cells)) for key, group in groups.items()}
         while sum(counts.values()) > max_jobs:
             counts[max(counts, key=lambda d: counts[d])] -= 1
+    devices = [key.split(" ", 1)[0] for key in groups]
     jobs = []
-    for device, group in groups.items():
-        count = counts[device]
+    for key, group in groups.items():
+        device = key.split(" ", 1)[0]
+        title = device if devices.count(device) == 1 else f"{device} on {_labels(labels[key])}"
+        count = counts[key]
         for index in range(1, count + 1):
             part = shard(group, index, count)
-            name = part[0].id if len(part) == 1 else f"{device} {index}/{count}"
-            jobs.append({"name": name, "cells": " ".join(c.id for c in part), "runs-on": runners[device]})
+            name = part[0].id if len(part) == 1 else f"{title} {index}/{count}"
+            jobs.append({"name": name, "cells": " ".join(c.id for c in part), "runs-on": labels[key]})
     return jobs
+
+
+def _labels(runner: str | list[str]) -> str:
+    return runner if isinstance(runner, str) else ", ".join(runner)

@@ -380,6 +380,8 @@ def write_report(results: Path, out: Path, previous: Path | None = None, matrix:
             # The full logs, next to the cell's page (regular files only), each from the run holding its result.
             logs = {"setup": origin, **{name: site.holders.get((cell_result.id, name), (origin, ""))[0]
                                         for name in cell_result.scenarios}}
+            if (cell_result.environment or {}).get("warmup"):  # a GPU cell's warm-up
+                logs["warmup"] = origin
             for name, holder in logs.items():
                 log = _log_file(holder, cell_result.id, name)
                 if os.path.lexists(log):

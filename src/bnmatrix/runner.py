@@ -19,7 +19,7 @@ from typing import Any
 from packaging.version import InvalidVersion, Version
 
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
-from bnmatrix.config import Scenario, file_digests
+from bnmatrix.config import WARMUP_MODULE, Scenario, file_digests
 from bnmatrix.errors import BnMatrixError, Cancelled, Stop
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
@@ -36,6 +36,8 @@ STOP_POLL_S = 0.5  # how often waiting for cells looks for a stop whose exceptio
 
 # (cell index, cell count, cell, step text, the cell's result once it is done).
 ProgressCallback = Callable[[int, int, Cell, str, CellResult | None], None]
+WARMUP_TIMEOUT_S = 3600.0  # a GPU cell's warm-up: compiling a release's PTX for a newer GPU can take 30 minutes
+JIT_WARNING = "jit-compiled from PTX"  # TF's warning where it has no machine code for the GPU (gpu_device.cc)
 
 
 def tail(text: str, lines: int = 40) -> str:
@@ -45,7 +47,8 @@ def tail(text: str, lines: int = 40) -> str:
 def folder_sources(directories: tuple[Path, ...]) -> dict[Path, dict[str, str]]:
     """Each scenario folder's Python files by their path in the folder, digested once for a whole run (editing a
     scenario's notes does not redo anything); in the folders' order, the built-in one first."""
-    return {directory: {name: digest for name, digest in file_digests(directory).items() if name.endswith(".py")}
+    return {directory: {name: digest for name, digest in file_digests(directory).items()
+                        if name.endswith(".py") and name != f"{WARMUP_MODULE}.py"}  # the warm-up decides no verdict
             for directory in directories}
 
 
@@ -139,6 +142,28 @@ def parse_scenario(name: str, cell: Cell, run: ScenarioRun, timeout_s: float) ->
     return result
 
 
+def warm_up(session: Any, cell: Cell, builtin: Path, log: Path, relative: Callable[[Path], str]) -> dict[str, Any]:
+    """A GPU cell's warm-up (bnmatrix_warmup.py: a matmul and a BatchNormalization step on the GPU), timed and
+    outside the scenario timeout, so that a PTX JIT fills the cache before the first scenario's clock starts."""
+    warmup = Scenario(name="warmup", script=builtin / f"{WARMUP_MODULE}.py", root=builtin)
+    run = session.run(warmup, ["--device", cell.device, "--tf-version", cell.tf], WARMUP_TIMEOUT_S, log)
+    try:
+        answer = parse_json(run.result_line, "the warm-up's result line") if run.result_line else {}
+    except BnMatrixError:
+        answer = {}
+    answer = answer if isinstance(answer, dict) else {}
+    found = {"seconds": run.duration_s, "log": relative(log),
+             "jit": JIT_WARNING in log.read_text(encoding="utf-8", errors="replace"),
+             "outcome": str(answer.get("outcome") or ("timeout" if run.timed_out else f"exit {run.returncode}"))[:200]}
+    for key, limit in (("cuda", 100), ("cudnn", 100), ("error", 1000)):
+        if isinstance(answer.get(key), str):
+            found[key] = answer[key][:limit]
+    described = answer.get("gpus_described")
+    if isinstance(described, list):
+        found["devices"] = [str(item)[:500] for item in described[:64]]
+    return found
+
+
 def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: RunStore, timeout_s: float,
              inputs_hash: str, step: Callable[[str], None], scenarios: ThreadPoolExecutor,
              scenario_dirs: tuple[Path, ...], hashes: dict[str, str] | None = None,
@@ -169,6 +194,10 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
     try:
         with backend.open(cell, setup_log, step) as session:
             result.environment = session.environment
+            if cell.device == "gpu":
+                step("warming up the GPU (outside the scenario timeout)")
+                result.environment = {**session.environment, "warmup": warm_up(
+                    session, cell, scenario_dirs[0], store.log_path(cell.id, "warmup"), store.relative)}
             done = []
 
             def one(name: str) -> ScenarioResult:
@@ -200,6 +229,11 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
                     future.cancel()
                 raise
         result.scenarios = {name: result.scenarios[name] for name in cell.scenarios}
+        predicted = (result.environment or {}).get("gpu_prediction") or {}
+        if predicted.get("outcome") == "cannot":  # asked for by name: each failure says what was predicted
+            for scenario in result.scenarios.values():
+                if scenario.status is Status.ERROR and not scenario.reused_from:
+                    scenario.reason = f"{scenario.reason}; bnmatrix predicted this: {predicted['reason']}"
     except CellNotRun as exc:
         result.status, result.reason, result.scenarios, result.code = CellStatus.NOT_RUN, str(exc), {}, None
     except CellSetupError as exc:

@@ -143,7 +143,7 @@ class RunSession:
         backend, why = select_backend(options.backend, Setup(matrix=matrix, run_id=run_id,
                                                              cache_dir=default_cache_dir(), rebuild=options.rebuild,
                                                              images=[cell.image for cell in cells],
-                                                             fresh=options.fresh_processes))
+                                                             fresh=options.fresh_processes, select=options.select))
         self.say(why)
         try:
             store = RunStore(options.results, run_id, {

@@ -324,3 +324,23 @@ def test_a_container_two_threads_remove_at_once_is_no_error(docker_runs: dict[st
         assert failures == []
         backend.closed = False
     assert ours(docker_client) == []
+
+
+def test_a_gpu_cell_on_a_daemon_that_serves_no_gpu_is_not_run_with_the_daemons_answer(
+        docker_runs: dict[str, Any], docker_client: Any, image_map_args: list[str], tmp_path: Path) -> None:
+    """GPUs are probed with `docker run --gpus all ... nvidia-smi`, not read from the daemon's runtimes: here (no
+    NVIDIA Container Toolkit) the daemon refuses the device request, and the cell says so, as `not run`."""
+    matrix = probe_matrix(tmp_path, 60, ["layers_bn_session"])
+    matrix.write_text(matrix.read_text().replace("devices: [cpu]", "devices: [gpu]"))
+    python = dict(entry.split("=", 1) for entry in image_map_args[1::2]).get("python:3.7-slim", "python:3.7-slim")
+    mapped = [*image_map_args, "--image-map", f"tensorflow/tensorflow:1.15.5-gpu-py3={python}"]
+    assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
+                 *mapped]) == 0  # not asked for by name: left out
+    (run,) = (tmp_path / "r").iterdir()  # (`latest` names a run with a cell that ran)
+    (cell,) = load_run(run).cells
+    assert cell.status.value == "not-run" and cell.reason is not None
+    assert cell.reason.startswith(f"no GPU in containers: `docker run --gpus all {python} nvidia-smi` answered: ")
+    assert "could not select device driver" in cell.reason, cell.reason  # the daemon's own words
+    assert main(["run", "--matrix", str(matrix), "--backend", "docker", "--results", str(tmp_path / "r"),
+                 "--select", "tf-1.15.5-gpu", *mapped]) == 1  # asked for: a cell that cannot run fails the run
+    assert ours(docker_client) == []  # the probe's container is gone

@@ -46,6 +46,12 @@ class _Gpu(object):  # FAULT_GPU=1: a GPU, as TF lists one where CUDA finds it
 class config(object):
     @staticmethod
     def list_physical_devices(kind=None):
+        if _os.environ.get("FAULT_PTX_JIT"):  # TF's warning where it compiles PTX for the GPU, and the time it takes
+            import sys as _sys
+            _sys.stderr.write("W gpu_device.cc: TensorFlow was not built with CUDA kernel binaries compatible with "
+                              "compute capability 9.0. CUDA kernels will be jit-compiled from PTX, which could take "
+                              "30 minutes or longer.\\n")
+            _time.sleep(float(_os.environ["FAULT_PTX_JIT"]))
         return [_Device()] + ([_Gpu()] if _os.environ.get("FAULT_GPU") else [])
 '''
 # A PEP 517 backend without requirements: pip builds it offline, and the build sleeps $FAULT_SLOW_SECONDS.

@@ -110,7 +110,7 @@ def test_the_hosts_gpus_come_from_nvidia_smi_with_what_its_driver_can_say(tmp_pa
 
     monkeypatch.setenv("PATH", f"{fake_smi(tmp_path / 'bin')}:/usr/bin:/bin")
     (gpu,) = host_gpus()
-    assert gpu == Gpu("NVIDIA H100 80GB HBM3", "9.0", "550.54.15", "81559 MiB")
+    assert gpu == Gpu("NVIDIA H100 80GB HBM3", "9.0", "550.54.15", "81559 MiB", "12.4")  # CUDA: nvidia-smi's header
     assert gpu.describe() == "NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15, 81559 MiB)"
     monkeypatch.setenv("FAKE_SMI_OLD", "1")
     assert host_gpus() == [Gpu("NVIDIA H100 80GB HBM3")]  # an older driver: the name from nvidia-smi -L
@@ -144,6 +144,33 @@ def test_on_a_gpu_host_the_venv_backend_installs_cuda_as_wheels_from_2_14_and_le
     (shown,) = json.loads(capsys.readouterr().out)
     assert shown["installs"] == {"docker": ["tensorflow==2.15.1", "numpy<2"],
                                  "venv": ["tensorflow[and-cuda]==2.15.1", "numpy<2"]}
+    # and what the release does on this host's GPU: machine code for sm_80 at most, PTX compute_80 for the H100
+    assert shown["gpu"]["on"] == "NVIDIA H100 80GB HBM3 (compute capability 9.0, driver 550.54.15, 81559 MiB)"
+    assert shown["gpu"]["outcome"] == "jit" and "compute_80" in shown["gpu"]["reason"]
+    assert main(["plan", "--select", "tf-2.15.1-cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["gpu"] is None  # a CPU cell
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no nvidia-smi: no GPU, whatever the version
-    assert backend.serves(cells["tf-2.15.1-gpu"]) == ("no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' "
-                                                      "leaves GPU cells out")
+    assert VenvBackend(tmp_path / "cache").serves(cells["tf-2.15.1-gpu"]) == (
+        "no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' leaves GPU cells out")
+
+
+def test_plan_says_what_each_gpu_cells_release_does_on_this_hosts_gpu(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A T4 (fake nvidia-smi): 2.15.1 runs natively, 2.21.0 too (its image's CUDA 12.5 on a CUDA 12.2 driver); on the
+    H100 2.15.1 runs after a PTX JIT, which plan's table and its note say."""
+    from bnmatrix.cli import main
+
+    monkeypatch.setenv("PATH", f"{fake_smi(tmp_path / 'bin')}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SMI_GPU", "t4")
+    assert main(["plan", "--select", "tf-2.15.1-gpu", "--select", "tf-2.21.0-gpu", "--json"]) == 0
+    shown = {cell["id"]: cell["gpu"] for cell in json.loads(capsys.readouterr().out)}
+    assert {cell_id: gpu["outcome"] for cell_id, gpu in shown.items()} == {"tf-2.21.0-gpu": "native",
+                                                                           "tf-2.15.1-gpu": "native"}
+    assert shown["tf-2.15.1-gpu"]["on"] == "Tesla T4 (compute capability 7.5, driver 535.183.01, 15360 MiB)"
+    monkeypatch.delenv("FAKE_SMI_GPU")
+    monkeypatch.setenv("COLUMNS", "300")  # the table on one line per cell
+    assert main(["plan", "--select", "tf-2.15.1-gpu", "--backend", "venv"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "✔ runs after a PTX JIT" in printed
+    assert ("tf-2.15.1-gpu: TF 2.15.1 (CUDA 12.2, cuDNN 8) has machine code NVIDIA H100 80GB HBM3 (compute capability "
+            "9.0) runs for 0% of its kernels") in printed

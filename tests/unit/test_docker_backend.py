@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from bnmatrix.backends import Setup, select_backend
-from bnmatrix.backends.docker import image_tag, render_script, run_options
+from bnmatrix.backends.docker import image_tag, render_script, run_flags, run_options
 from bnmatrix.backends.venv import VenvBackend
 from bnmatrix.config import ContainerSettings, Matrix
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.host import Gpu
 from bnmatrix.intake import start_ticks
 from bnmatrix.plan import Cell, plan
 
@@ -99,11 +100,39 @@ def test_run_options_follow_matrix_settings(tmp_path: Path) -> None:
     assert "cap_drop" not in options and "security_opt" not in options
 
 
-def test_gpu_cells_request_every_gpu(matrix: Matrix) -> None:
-    options = run_options(cell(matrix, "tf-2.15.1-gpu"), ContainerSettings(), "r", "v", 60)
+H100 = Gpu("NVIDIA H100 80GB HBM3", "9.0", "550.54.15", "81559 MiB", "12.4")
+T4 = Gpu("Tesla T4", "7.5", "535.183.01", "15360 MiB", "12.2")
+
+
+def test_gpu_cells_request_every_gpu_with_a_jit_cache_volume_per_gpu_driver_and_release(matrix: Matrix) -> None:
+    options = run_options(cell(matrix, "tf-2.15.1-gpu"), ContainerSettings(), "r", "v", 60, [H100])
     (request,) = options["device_requests"]
     assert request["Count"] == -1 and request["Capabilities"] == [["gpu"]]
-    assert "CUDA_VISIBLE_DEVICES" not in options["environment"]
+    environment = options["environment"]
+    assert "CUDA_VISIBLE_DEVICES" not in environment and "NVIDIA_DISABLE_REQUIRES" not in environment
+    assert (environment["CUDA_CACHE_PATH"], environment["CUDA_CACHE_MAXSIZE"]) == ("/cuda-cache", str(4 << 30))
+    volume = "bnmatrix-cuda-cache-NVIDIA-H100-80GB-HBM3-driver-550.54.15-tf-2.15.1"
+    assert options["volumes"][volume] == {"bind": "/cuda-cache", "mode": "rw"}
+    assert options["volumes"]["v"]["mode"] == "ro"  # the scenarios stay read-only
+    flags = run_flags(options)
+    assert flags[flags.index("--gpus"):flags.index("--gpus") + 2] == ["--gpus", "all"]
+    assert f"{volume}:/cuda-cache" in flags and "CUDA_CACHE_PATH=/cuda-cache" in flags
+    cpu = run_options(cell(matrix, "tf-2.15.1-cpu"), ContainerSettings(), "r", "v", 60, [H100])
+    assert "device_requests" not in cpu and list(cpu["volumes"]) == ["v"]
+    assert "CUDA_CACHE_PATH" not in cpu["environment"] and cpu["environment"]["CUDA_VISIBLE_DEVICES"] == ""
+    assert "mkdir -p /cuda-cache && chmod 1777 /cuda-cache" in render_script(cell(matrix, "tf-2.15.1-gpu"))
+    assert "cuda-cache" not in render_script(cell(matrix, "tf-2.15.1-cpu"))
+
+
+def test_the_images_cuda_check_is_off_only_where_the_driver_runs_its_cuda_by_minor_version_compatibility(
+        matrix: Matrix) -> None:
+    """A T4 whose driver's CUDA is 12.2: TF 2.18's image (CUDA 12.5) would refuse it, NVIDIA_REQUIRE_CUDA; 2.15's
+    (12.2) would not, nor would any on the H100's driver (CUDA 12.4) for 2.15."""
+    older = run_options(cell(matrix, "tf-2.18.1-gpu"), ContainerSettings(), "r", "v", 60, [T4])
+    assert older["environment"]["NVIDIA_DISABLE_REQUIRES"] == "true"
+    for name, gpu in (("tf-2.15.1-gpu", T4), ("tf-2.15.1-gpu", H100)):
+        assert "NVIDIA_DISABLE_REQUIRES" not in run_options(cell(matrix, name), ContainerSettings(), "r", "v", 60,
+                                                            [gpu])["environment"]
 
 
 def test_image_substitution_from_option_and_overlay_file(tmp_path: Path, matrix: Matrix) -> None:

@@ -21,7 +21,12 @@ from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import Observed, ScenarioResult
 from bnmatrix.verdict import Status
 
-RUNNERS = {"cpu": "ubuntu-latest", "gpu": ["self-hosted", "gpu"]}
+
+def runs_on(device: str, tf: str) -> str | list[str]:
+    """Runners as settings.runners may name them: one for CPU cells, and GPU runners by TF release."""
+    if device == "cpu":
+        return "ubuntu-latest"
+    return ["self-hosted", "gpu", "t4"] if tf.startswith("1.") else ["self-hosted", "gpu", "h100"]
 
 
 def make_cell(tf: str, device: str, variant: str | None) -> Cell:
@@ -55,14 +60,19 @@ def test_shards_are_disjoint_and_cover_the_plan(cells: list[Cell], count: int) -
 
 @given(cells=cell_lists(), max_jobs=st.integers(2, GITHUB_JOB_LIMIT))
 def test_github_plan_never_exceeds_the_job_limit_and_runs_every_cell_once(cells: list[Cell], max_jobs: int) -> None:
-    jobs = github_jobs(cells, RUNNERS, max_jobs)
+    runners = {json.dumps(runs_on(c.device, c.tf)) for c in cells}
+    if max_jobs < len(runners):
+        with pytest.raises(BnMatrixError, match=f"at least {len(runners)} jobs"):
+            github_jobs(cells, runs_on, max_jobs)
+        return
+    jobs = github_jobs(cells, runs_on, max_jobs)
     assert 1 <= len(jobs) <= max_jobs
     ids = [cell_id for job in jobs for cell_id in job["cells"].split()]
     assert sorted(ids) == sorted(c.id for c in cells) and len(ids) == len(set(ids))
     by_id = {c.id: c for c in cells}
-    for job in jobs:
-        devices = {by_id[cell_id].device for cell_id in job["cells"].split()}
-        assert len(devices) == 1 and job["runs-on"] == RUNNERS[devices.pop()]
+    for job in jobs:  # a job's cells all want its runner
+        assert all(runs_on(by_id[i].device, by_id[i].tf) == job["runs-on"] for i in job["cells"].split())
+    assert len({job["name"] for job in jobs}) == len(jobs)
     if len(cells) <= max_jobs:
         assert all(len(job["cells"].split()) == 1 for job in jobs)  # one job per cell when they fit
 
@@ -75,12 +85,36 @@ def test_github_plan_for_the_default_matrix(capsys: pytest.CaptureFixture[str]) 
     assert {json.dumps(j["runs-on"]) for j in jobs} == {'"ubuntu-latest"', '["self-hosted", "gpu"]'}
 
 
+def test_gpu_runners_by_release_split_the_gpu_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """settings.runners.gpu as rules: TF 1.x-2.3 on a T4 runner, 2.12+ on an H100 one, the rest on a default."""
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "matrix.yaml").read_text().replace(
+        "runners: {cpu: ubuntu-latest, gpu: [self-hosted, gpu]}",
+        "runners: {cpu: ubuntu-latest, gpu: [{tf: '<2.4', runs-on: [self-hosted, t4]}, "
+        "{tf: '>=2.12', runs-on: [self-hosted, h100]}, {runs-on: [self-hosted, gpu]}]}")
+    (tmp_path / "matrix.yaml").write_text(text)
+    shutil.copy(repo / "matrix.schema.json", tmp_path)
+    assert main(["plan", "--matrix", str(tmp_path / "matrix.yaml"), "--format", "github", "--select", "*-gpu"]) == 0
+    jobs = {job["name"]: job["runs-on"] for job in json.loads(capsys.readouterr().out)["include"]}
+    assert jobs["tf-1.15.5-gpu"] == jobs["tf-2.3.4-gpu"] == ["self-hosted", "t4"]
+    assert jobs["tf-2.4.4-gpu"] == jobs["tf-2.11.1-gpu"] == ["self-hosted", "gpu"]
+    assert jobs["tf-2.12.1-gpu"] == jobs["tf-2.21.0-gpu"] == ["self-hosted", "h100"]
+    assert main(["plan", "--matrix", str(tmp_path / "matrix.yaml"), "--format", "github", "--select", "*-gpu",
+                 "--max-jobs", "3"]) == 0
+    jobs = json.loads(capsys.readouterr().out)["include"]
+    assert sorted(job["name"] for job in jobs) == ["gpu on self-hosted, gpu 1/1", "gpu on self-hosted, h100 1/1",
+                                                   "gpu on self-hosted, t4 1/1"]
+    (tmp_path / "matrix.yaml").write_text(text.replace("{runs-on: [self-hosted, gpu]}", "{tf: '~=x', runs-on: a}"))
+    assert main(["plan", "--matrix", str(tmp_path / "matrix.yaml"), "--format", "github"]) == 2
+    assert "settings.runners.gpu[2].tf" in capsys.readouterr().err
+
+
 def test_bad_shard_and_job_limit_are_user_errors() -> None:
     for text in ("0/3", "4/3", "x", "1/0"):
         with pytest.raises(BnMatrixError, match="expected K/N"):
             parse_shard(text)
     with pytest.raises(BnMatrixError, match="at least 2 jobs"):
-        github_jobs([make_cell("1.0.0", "cpu", None), make_cell("1.0.0", "gpu", None)], RUNNERS, 1)
+        github_jobs([make_cell("1.0.0", "cpu", None), make_cell("1.0.0", "gpu", None)], runs_on, 1)
 
 
 T0 = "2026-01-01T00:00:00+00:00"

@@ -8,6 +8,7 @@ The runner never asks which backend it holds; a backend signals a cell it cannot
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 import pkgutil
 import re
@@ -21,6 +22,8 @@ from typing import Any, BinaryIO, Protocol
 
 from bnmatrix.config import Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
+from bnmatrix.gpu import CANNOT, Prediction, predict
+from bnmatrix.host import Gpu
 from bnmatrix.plan import Cell
 
 StepReporter = Callable[[str], None]
@@ -228,6 +231,10 @@ class Backend(Protocol):
         """Whether a cell on Python `python` (X.Y) can run here: a release bisect probes has no matrix cell."""
         ...
 
+    def cell_gpus(self, cell: Cell) -> list[Gpu]:
+        """The GPUs a GPU cell would run on here (none for a CPU cell, or where there are none)."""
+        ...
+
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> AbstractContextManager[CellSession]:
         """Prepare the cell's environment (reusing a cached one) and yield a session to run scenarios."""
         ...
@@ -245,6 +252,35 @@ def cell_environment(cell: Cell) -> dict[str, str]:
     return {"OPENBLAS_NUM_THREADS": "1", **cell.env, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})}
 
 
+CUDA_CACHE_MAXSIZE = 4 << 30  # bytes: CUDA's JIT cache (its default, 256 MiB, holds a TF's compiled PTX only in part)
+
+
+def cuda_cache_key(gpus: Sequence[Gpu], cell: Cell) -> str:
+    """Where a GPU cell's CUDA JIT cache is kept, per GPU, driver and TF release ("NVIDIA-H100-...-driver-550.54.15/
+    tf-2.15.1"): what PTX compiled for one GPU and driver is of no use to another."""
+    gpu = gpus[0] if gpus else None
+    key = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-driver-{gpu.driver or 'unknown'}" if gpu else "unknown-gpu")
+    return f"{key.strip('-')}/tf-{cell.tf}"
+
+
+def asked_by_name(cell: Cell, select: Sequence[str]) -> bool:
+    """Whether a --select glob that matches the cell names its TF version (tf-1.15.5-gpu, 'tf-1.15.5-*')."""
+    return any(fnmatch.fnmatchcase(cell.id, pattern) and cell.tf in pattern for pattern in select)
+
+
+def gpu_prediction(cell: Cell, gpus: Sequence[Gpu]) -> Prediction | None:
+    """Whether the first GPU can run a GPU cell's release (gpu.predict); None for a CPU cell or without a GPU."""
+    return predict(cell.tf, gpus[0]) if cell.device == "gpu" and gpus else None
+
+
+def gpu_refusal(cell: Cell, gpus: Sequence[Gpu], select: Sequence[str]) -> str | None:
+    """Why a GPU cell is not started: predicted unable to run on this GPU and not asked for by name."""
+    prediction = gpu_prediction(cell, gpus)
+    if prediction is None or prediction.outcome != CANNOT or asked_by_name(cell, select):
+        return None
+    return f"{prediction.reason}: not started (--select {cell.id} runs it anyway)"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Setup:
     """What a command asks of the backend it opens."""
@@ -256,6 +292,7 @@ class Setup:
     images: Sequence[str] = ()  # the base images of the cells to run
     fresh: bool = False  # every scenario a fresh process: no zygote (bnmatrix run --fresh-processes)
     sweep: bool = True  # remove what dead runs left (a run does; `plan` only looks)
+    select: Sequence[str] = ()  # the --select globs: a GPU cell predicted not to run starts only if named in one
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import platform
+import re
 import shlex
 import socket
 import tarfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bnmatrix.backends import (
+    CUDA_CACHE_MAXSIZE,
     NO_ZYGOTE,
     Backend,
     BackendKind,
@@ -39,6 +41,9 @@ from bnmatrix.backends import (
     StepReporter,
     ZygoteOutput,
     cell_environment,
+    cuda_cache_key,
+    gpu_prediction,
+    gpu_refusal,
     launcher,
     register,
     zygote_server,
@@ -46,7 +51,7 @@ from bnmatrix.backends import (
 from bnmatrix.backends.venv import uv_binary
 from bnmatrix.config import DOCKER_FOLDER, ContainerSettings, Scenario, base_image_script, data_path, scenario_files
 from bnmatrix.errors import Cancelled
-from bnmatrix.host import process_alive
+from bnmatrix.host import GPU_QUERY, PROBE_TIMEOUT_S, Gpu, parse_gpus, process_alive
 from bnmatrix.intake import start_ticks
 from bnmatrix.plan import Cell
 
@@ -62,6 +67,7 @@ SCENARIO_MOUNT = "/scenarios"
 CACHE_VOLUME = "bnmatrix-cache"  # downloads (uv's and pip's caches, and uv itself) shared by every build
 CACHE_MOUNT = "/cache"
 ZYGOTE_SOCKET = "/tmp/bnmatrix-zygote.sock"  # in the container's own /tmp
+CUDA_CACHE_MOUNT = "/cuda-cache"  # a GPU cell's CUDA JIT cache: a volume per GPU, driver and TF release, kept
 # `timeout` sends SIGKILL to the scenario; 137 (128 + 9) is its exit status then.
 KILLED_EXIT = 137
 
@@ -97,6 +103,39 @@ def gpu_requests() -> list[DeviceRequest]:
     return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
+def cuda_cache_volume(gpus: Sequence[Gpu], cell: Cell) -> str:
+    """The volume that keeps a GPU cell's CUDA JIT cache across runs (never swept: it is not a run's)."""
+    return "bnmatrix-cuda-cache-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", cuda_cache_key(gpus, cell))
+
+
+def probe_gpus(client: docker.DockerClient, image: str, labels: dict[str, str]) -> tuple[list[Gpu], str]:
+    """The GPUs a container of `image` sees with `--gpus all` (nvidia-smi, which the NVIDIA Container Toolkit
+    mounts in), or none and the daemon's answer: whether the toolkit serves GPUs, whatever runtimes are listed."""
+    import docker
+    query = " ".join(["nvidia-smi", *GPU_QUERY])
+    container = None
+    try:
+        container = client.containers.create(image, ["sh", "-c", f"{query} && echo ---- && nvidia-smi"],
+                                             device_requests=gpu_requests(), network_disabled=True, labels=labels,
+                                             environment={"NVIDIA_DRIVER_CAPABILITIES": "compute,utility"})
+        container.start()
+        code = container.wait(timeout=PROBE_TIMEOUT_S).get("StatusCode")
+        output = container.logs(stdout=True, stderr=True)
+        if code != 0:
+            return [], f"nvidia-smi failed in the container (exit {code}): {output.decode('utf-8', 'replace')[-200:]}"
+    except docker.errors.DockerException as exc:
+        return [], str(getattr(exc, "explanation", None) or exc).splitlines()[0][-300:]
+    except Exception as exc:  # noqa: BLE001  a probe that hangs (a timeout of wait): no GPU, and why
+        return [], f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        if container is not None:
+            with suppress(docker.errors.DockerException):
+                container.remove(force=True)
+    query_text, _, header = output.decode("utf-8", "replace").partition("----")
+    gpus = parse_gpus(query_text, header)
+    return gpus, "" if gpus else "nvidia-smi listed no GPU"
+
+
 def owner_labels(run_id: str) -> dict[str, str]:
     """Labels that say which bnmatrix process made a container or volume, so a later run can tell dead ones."""
     return {LABEL: "bnmatrix", LABEL_RUN: run_id, LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid()),
@@ -104,10 +143,12 @@ def owner_labels(run_id: str) -> dict[str, str]:
 
 
 def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_volume: str,
-                lifetime_s: float) -> dict[str, Any]:
+                lifetime_s: float, gpus: Sequence[Gpu] = ()) -> dict[str, Any]:
     """Keyword arguments of containers.run for the cell's container (pure): hardened unless matrix.yaml says.
 
-    The container's own command ends after `lifetime_s`, so it cannot outlive a bnmatrix killed with -9.
+    The container's own command ends after `lifetime_s`, so it cannot outlive a bnmatrix killed with -9. A GPU
+    cell gets every GPU, its CUDA JIT cache volume, and the image's CUDA check switched off where `gpus`' driver
+    runs the image's CUDA only by minor-version compatibility (an older 11.x/12.x driver).
     """
     from docker.types import Ulimit
     # The helper lives in the built-in scenario folder, mounted first: importable from any scenario folder.
@@ -138,6 +179,11 @@ def run_options(cell: Cell, settings: ContainerSettings, run_id: str, scenarios_
         options["security_opt"] = ["no-new-privileges"]
     if cell.device == "gpu":
         options["device_requests"] = gpu_requests()
+        options["volumes"][cuda_cache_volume(gpus, cell)] = {"bind": CUDA_CACHE_MOUNT, "mode": "rw"}
+        environment.update(CUDA_CACHE_PATH=CUDA_CACHE_MOUNT, CUDA_CACHE_MAXSIZE=str(CUDA_CACHE_MAXSIZE))
+        prediction = gpu_prediction(cell, gpus)
+        if prediction is not None and prediction.disable_requires:
+            environment["NVIDIA_DISABLE_REQUIRES"] = "true"
     return options
 
 
@@ -155,6 +201,8 @@ def run_flags(options: dict[str, Any]) -> list[str]:
     flags += [item for capability in options.get("cap_drop", []) for item in ("--cap-drop", capability)]
     flags += [item for option in options.get("security_opt", []) for item in ("--security-opt", option)]
     flags += ["--gpus", "all"] if options.get("device_requests") else []
+    flags += [item for volume, spec in sorted(options.get("volumes", {}).items()) if spec["bind"] == CUDA_CACHE_MOUNT
+              for item in ("-v", f"{volume}:{CUDA_CACHE_MOUNT}")]
     flags += [item for k, v in sorted(options["environment"].items()) if k != "PYTHONPATH"
               for item in ("-e", f"{k}={v}")]
     return flags
@@ -243,7 +291,7 @@ class DockerBackend:
 
     def __init__(self, client: docker.DockerClient, settings: ContainerSettings, run_id: str,
                  scenario_dirs: tuple[Path, ...], rebuild: bool = False, scenario_timeout_s: float = 900,
-                 sweep: bool = True, fresh: bool = False):
+                 sweep: bool = True, fresh: bool = False, select: Sequence[str] = ()):
         self.client = client
         self.fresh = fresh  # no zygote: every scenario a fresh process
         self.settings = settings
@@ -254,21 +302,52 @@ class DockerBackend:
         self._volume: str | None = None
         self._uv: str | None = None  # the path of uv in the cache volume ("" for none), once known
         self.closed = False
-        info = client.info()
-        self.gpu_runtime = "nvidia" in (info.get("Runtimes") or {})
-        self.architecture = info.get("Architecture")
+        self.select = select  # the --select globs (a GPU cell predicted not to run starts only when named)
+        self._probes: dict[str, tuple[list[Gpu], str]] = {}  # base image -> what `docker run --gpus all` saw
+        self.architecture = client.info().get("Architecture")
         self.scenario_timeout_s = scenario_timeout_s
+        self.looks_only = not sweep  # `plan`: pulls no image (a GPU probe uses one the daemon has)
         if sweep:
             remove_dead_runs(client)
 
     def serves_python(self, python: str) -> bool:
         return True  # each cell's base image brings its Python
 
+    def pulled(self, image: str) -> None:
+        """Pull a base image this daemon does not have yet (docker-py's create does not)."""
+        import docker
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            self.client.images.pull(image)
+
+    def gpus(self, image: str) -> tuple[list[Gpu], str]:
+        """The GPUs containers see (probed once per run with the first image that can tell: the cell's base image,
+        pulled first, or for `plan` any base image the daemon has), or none and why."""
+        import docker
+        with self._lock:
+            seen = next((probe for probe in self._probes.values() if probe[0]), None)
+            if seen is None and image not in self._probes:
+                try:
+                    if not self.looks_only:
+                        self.pulled(image)
+                    self._probes[image] = probe_gpus(self.client, image, owner_labels(self.run_id))
+                except docker.errors.DockerException as exc:
+                    self._probes[image] = [], str(getattr(exc, "explanation", None) or exc).splitlines()[0][-300:]
+            return seen or self._probes[image]
+
+    def cell_gpus(self, cell: Cell) -> list[Gpu]:
+        return self.gpus(cell.image)[0] if cell.device == "gpu" else []
+
     def serves(self, cell: Cell) -> str | None:
         """Why this daemon cannot run the cell (None when it can): what `open` would say."""
-        if cell.device == "gpu" and not self.gpu_runtime:
-            return "no GPU runtime: the Docker daemon lists no 'nvidia' runtime"
-        return None
+        if cell.device != "gpu":
+            return None
+        gpus, why = self.gpus(cell.image)
+        if not gpus:
+            return (f"no GPU in containers: `docker run --gpus all {cell.image} nvidia-smi` answered: {why} (a GPU "
+                    "host needs the NVIDIA driver and the NVIDIA Container Toolkit: docs/gpu.md)")
+        return gpu_refusal(cell, gpus, self.select)
 
     @contextmanager
     def open(self, cell: Cell, setup_log: Path, report_step: StepReporter) -> Iterator[DockerSession]:
@@ -281,10 +360,17 @@ class DockerBackend:
         volume = self._scenarios_volume(tag)
         report_step("starting container")
         lifetime = self.scenario_timeout_s * max(1, len(cell.scenarios)) + LIFETIME_MARGIN_S
-        options = run_options(cell, self.settings, self.run_id, volume, lifetime)
+        gpus = self.cell_gpus(cell)
+        options = run_options(cell, self.settings, self.run_id, volume, lifetime, gpus)
         container = self.client.containers.run(tag, **options)
         try:
             session = DockerSession(container, cell, self.client, tag, self.scenario_dirs, run_flags(options))
+            if cell.device == "gpu":  # the GPUs it ran on, what bnmatrix predicted, the JIT cache volume it kept
+                session.environment["gpus"] = [gpu.describe() for gpu in gpus]
+                prediction = gpu_prediction(cell, gpus)
+                if prediction is not None:
+                    session.environment["gpu_prediction"] = prediction.describe()
+                session.environment["cuda_cache"] = cuda_cache_volume(gpus, cell)
             if not self.fresh:
                 report_step("starting the cell's zygote")
                 session.start_zygote(setup_log)
@@ -308,6 +394,7 @@ class DockerBackend:
             report_step(f"building {tag} from {cell.image}")
             error = None
             try:
+                self.pulled(cell.image)
                 uv = self._uv_in_cache(cell.image)
                 builder = self.client.containers.create(
                     cell.image, command=["sh", "-c", script, "cell.sh", *([uv] if uv else [])],
@@ -508,7 +595,7 @@ def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
                       f"{base_image_script()}, or map images with --image-map, to use Docker")
     return DockerBackend(client, setup.matrix.container, setup.run_id, setup.matrix.scenario_dirs,
                          rebuild=setup.rebuild, scenario_timeout_s=setup.matrix.timeout_s,
-                         sweep=setup.sweep, fresh=setup.fresh), f"{about} answered"
+                         sweep=setup.sweep, fresh=setup.fresh, select=setup.select), f"{about} answered"
 
 
 def reproduce(what: Reproduction) -> str:

@@ -7,7 +7,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -15,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -26,6 +25,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from bnmatrix.backends import (
+    CUDA_CACHE_MAXSIZE,
     NO_ZYGOTE,
     Backend,
     BackendKind,
@@ -38,6 +38,9 @@ from bnmatrix.backends import (
     StepReporter,
     ZygoteOutput,
     cell_environment,
+    cuda_cache_key,
+    gpu_prediction,
+    gpu_refusal,
     launcher,
     register,
     well_formed,
@@ -120,15 +123,10 @@ def installs(cell: Cell) -> tuple[str, ...]:
     return tuple(found)
 
 
-CUDA_CACHE_MAXSIZE = 4 << 30  # bytes: CUDA's largest JIT cache (its default, 256 MiB, fits a TF's PTX only in part)
-
-
 def jit_cache(cache_dir: Path, gpus: list[Gpu], cell: Cell) -> dict[str, str]:
     """CUDA's compute cache for a GPU cell, kept under the cache folder per GPU, driver and TF release: a release
     whose wheels lack this GPU's kernels compiles their PTX once (which can take many minutes), not in every run."""
-    gpu = gpus[0] if gpus else None
-    key = re.sub(r"[^A-Za-z0-9.]+", "-", f"{gpu.name}-driver-{gpu.driver or 'unknown'}" if gpu else "unknown-gpu")
-    path = cache_dir / "cuda-cache" / key.strip("-") / f"tf-{cell.tf}"
+    path = cache_dir / "cuda-cache" / cuda_cache_key(gpus, cell)
     path.mkdir(parents=True, exist_ok=True)
     return {"CUDA_CACHE_PATH": str(path), "CUDA_CACHE_MAXSIZE": str(CUDA_CACHE_MAXSIZE)}
 
@@ -147,8 +145,11 @@ class VenvBackend:
     name = "venv"
     uses_images = False
 
-    def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False, fresh: bool = False):
+    def __init__(self, cache_dir: Path, run_id: str = "", rebuild: bool = False, fresh: bool = False,
+                 select: Sequence[str] = ()):
         check_cache_dir(cache_dir)
+        self.select = select  # the --select globs (a GPU cell predicted not to run starts only when named)
+        self._gpus: list[Gpu] | None = None
         self.cache_dir = cache_dir
         self.fresh = fresh  # no zygote: every scenario a fresh process
         self.processes = ProcessGroups(run_id)
@@ -159,6 +160,16 @@ class VenvBackend:
 
     def close(self) -> None:
         self.processes.close()
+
+    def gpus(self) -> list[Gpu]:
+        """This host's GPUs (nvidia-smi), asked once per run."""
+        with self._lock:
+            if self._gpus is None:
+                self._gpus = host_gpus()
+            return self._gpus
+
+    def cell_gpus(self, cell: Cell) -> list[Gpu]:
+        return self.gpus() if cell.device == "gpu" else []
 
     def interpreter(self, python: str) -> tuple[Interpreter | None, list[str]]:
         """Python X.Y on this host, and the places looked in; found once per run and shared by its cells."""
@@ -173,11 +184,14 @@ class VenvBackend:
     def serves(self, cell: Cell) -> str | None:
         """Why this host cannot run the cell (None when it can): what `open` would say, and how to get what is
         missing."""
-        if cell.device == "gpu" and not host_gpus():
+        if cell.device == "gpu" and not self.gpus():
             return "no GPU on this host (nvidia-smi lists none); --skip '*-gpu*' leaves GPU cells out"
         if cell.device == "gpu" and Version(cell.tf) < AND_CUDA_FROM:
             return (f"TF {cell.tf} has no tensorflow[and-cuda] (CUDA and cuDNN come as wheels from {AND_CUDA_FROM} "
                     "on): its GPU cell needs TF's GPU image, which has CUDA (--backend docker)")
+        refusal = gpu_refusal(cell, self.gpus(), self.select)
+        if refusal:
+            return refusal
         interpreter, looked = self.interpreter(cell.python)
         if interpreter is None:
             return f"no Python {cell.python} on this host (looked in {', '.join(looked)}); {python_hint(cell.python)}"
@@ -192,7 +206,7 @@ class VenvBackend:
         interpreter, _ = self.interpreter(cell.python)
         assert interpreter is not None
         venv = self._venv(cell, interpreter, setup_log, report_step)
-        session = VenvSession(venv, cell, self.processes, self.cache_dir)
+        session = VenvSession(venv, cell, self.processes, self.cache_dir, self.gpus())
         try:
             if not self.fresh:
                 report_step("starting the cell's zygote")
@@ -309,7 +323,7 @@ class VenvSession:
     """Runs scenario scripts with the cell's venv Python, each in its own process group: forked from the cell's
     zygote (bnmatrix_zygote.py, started by start_zygote) where it can, else as a fresh process."""
 
-    def __init__(self, venv: Path, cell: Cell, processes: ProcessGroups, cache_dir: Path):
+    def __init__(self, venv: Path, cell: Cell, processes: ProcessGroups, cache_dir: Path, gpus: list[Gpu]):
         self.venv = venv
         self.cell = cell
         self.processes = processes
@@ -323,9 +337,11 @@ class VenvSession:
             "variables": cell_environment(cell),
         }
         self.cuda: dict[str, str] = {}
-        if cell.device == "gpu":  # the GPUs it ran on, and a CUDA JIT cache that outlives the run
-            gpus = host_gpus()
+        if cell.device == "gpu":  # the GPUs it ran on, what bnmatrix predicted, and a JIT cache that outlives the run
             self.environment["gpus"] = [gpu.describe() for gpu in gpus]
+            prediction = gpu_prediction(cell, gpus)
+            if prediction is not None:
+                self.environment["gpu_prediction"] = prediction.describe()
             self.cuda = jit_cache(cache_dir, gpus, cell)
             self.environment["cuda_cache"] = self.cuda["CUDA_CACHE_PATH"]
         self.helper = data_path(SCENARIOS_FOLDER)
@@ -389,7 +405,7 @@ def _chunks(stream: IO[bytes]) -> Iterator[bytes]:
 
 def _open(setup: Setup, chosen: bool) -> tuple[Backend | None, str]:
     """Always opens: it needs only this host (each cell says whether the host has its Python)."""
-    return (VenvBackend(setup.cache_dir, setup.run_id, setup.rebuild, setup.fresh),
+    return (VenvBackend(setup.cache_dir, setup.run_id, setup.rebuild, setup.fresh, setup.select),
             f"one virtualenv per cell in {setup.cache_dir}")
 
 
