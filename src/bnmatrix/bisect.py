@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from bnmatrix.backends import Backend
@@ -45,6 +46,8 @@ class Search:
     unavailable: dict[str, str]  # releases in range that cannot be probed here: why
     exhaustive: bool
     probes: dict[str, Probe] = field(default_factory=dict)
+    package: str | None = None  # --package: this package's releases are the candidates, TF held at `tf`
+    tf: str | None = None
 
     def status(self, index: int) -> Status | None:
         probe = self.probes.get(self.candidates[index])
@@ -107,6 +110,7 @@ class Search:
         words = ["bnmatrix", "bisect", "--scenario", self.scenario, "--good", self.candidates[0],
                  "--bad", self.candidates[-1], "--device", self.device]
         words += ["--variant", self.variant] if self.variant else []
+        words += ["--package", self.package, "--tf", self.tf or ""] if self.package else []
         return shlex.join(words + (["--exhaustive"] if self.exhaustive else []))
 
     def conclusion(self) -> Conclusion:
@@ -120,7 +124,8 @@ class Search:
         changes = [Change(self.candidates[a], self.candidates[b], self.probes[self.candidates[a]].finding,
                           self.probes[self.candidates[b]].finding, b == a + 1, self.candidates[a + 1:b])
                    for a, b in pins]
-        label = f"{self.scenario} ({self.device}{', ' + self.variant if self.variant else ''})"
+        label = f"{self.scenario} ({self.device}{', ' + self.variant if self.variant else ''})" + (
+            f" with {self.package} on TF {self.tf}" if self.package else "")
         if nxt is not None:
             low, high = (pins[-1][1], last) if pins else (0, last)
             outcome = Outcome.INCOMPLETE
@@ -162,7 +167,7 @@ class Search:
             unavailable=[{"version": v, "why": self.unavailable[v]} for v in sorted(self.unavailable, key=Version)],
             probes=[self.probes[v] for v in checked], checked=len(checked), total=len(self.candidates),
             changes=changes, exhaustive=self.exhaustive, assumed_monotonic=not self.exhaustive, monotonic=monotonic,
-            command=self.command(), updated=now())
+            command=self.command(), updated=now(), package=self.package, tf=self.tf)
 
 
 # --- from the matrix to searches -----------------------------------------------------------------------
@@ -214,10 +219,42 @@ class Bisector:
     exhaustive: bool = False
     searches: list[Search] = field(default_factory=list)
     releases: dict[tuple[str, str], Release] = field(default_factory=dict)  # (package, version) -> release
+    pinned: str | None = None  # --package: the package whose releases are searched, TF held at `held`
+    held: str | None = None
 
     def package(self, version: str, device: str, variant: str | None) -> str:
+        """The package whose releases are searched: --package's, else the TF package of the matrix's entry."""
+        if self.pinned:
+            return self.pinned
         entry = template_entry(self.matrix, version, device, variant)
         return Requirement(entry.at(version, entry.python).packages[device]).name
+
+    def held_cell(self, device: str, variant: str | None, scenarios: Sequence[str]) -> Cell:
+        """--package: the matrix's cell of the TF release held fixed (on its own Python)."""
+        assert self.held is not None
+        entry = next((e for e in self.matrix.versions if e.tf == self.held), None)
+        python = entry.python if entry else template_entry(self.matrix, self.held, device, variant).python
+        return probe_cell(self.matrix, self.held, python, device, variant, scenarios)
+
+    def cell(self, version: str, python: str, device: str, variant: str | None, scenarios: Sequence[str]) -> Cell:
+        """The cell that probes `version`: of TF, as the matrix's nearest entry sets it up; with --package, the held
+        TF's cell with that release of the package pinned, and everything else as of the later of the two releases
+        (the package's upload plus the matrix's grace), so that what the release needs exists."""
+        if not self.pinned:
+            cell = probe_cell(self.matrix, version, python, device, variant, scenarios)
+            release = self.releases.get((self.package(version, device, variant), version))
+            dated = self.matrix.released and not (variant and self.matrix.variants[variant].latest)
+            if cell.exclude_newer is None and dated and release is not None and release.uploaded:
+                # a release between the matrix's rows: its dependencies as of its own upload, as the rows' are
+                cell = replace(cell, exclude_newer=self.matrix.after_grace(release.uploaded))
+            return cell
+        base = self.held_cell(device, variant, scenarios)
+        release = self.releases.get((self.pinned, version))
+        cutoff = base.exclude_newer
+        if cutoff and release and release.uploaded:
+            cutoff = max(cutoff, self.matrix.after_grace(release.uploaded))
+        return replace(base, id=f"{base.id}+{canonicalize_name(self.pinned)}-{version}", exclude_newer=cutoff,
+                       requirements=(*base.requirements, f"{self.pinned}=={version}"))
 
     def range(self, good: str, bad: str, device: str, variant: str | None,
               endpoints_known: bool = False) -> tuple[list[str], dict[str, str]]:
@@ -246,8 +283,13 @@ class Bisector:
             if not low <= Version(release.version) <= high:
                 continue
             self.releases[(package, release.version)] = release
-            preferred = template_entry(self.matrix, release.version, device, variant).python
-            python, why = choose_python(release, preferred, self.serves)
+            if self.pinned:  # the held TF's Python: the package must have a wheel for it
+                held = self.held_cell(device, variant, ()).python
+                python, why = (held, "") if release.has_wheel_for(held) else (
+                    None, f"no wheel for Python {held} (TF {self.held}'s)")
+            else:
+                preferred = template_entry(self.matrix, release.version, device, variant).python
+                python, why = choose_python(release, preferred, self.serves)
             if python is None:
                 unavailable[release.version] = why
             else:
@@ -271,11 +313,14 @@ class Bisector:
     def add(self, scenario: str, device: str, variant: str | None, good: str, bad: str,
             endpoints: dict[str, Probe] | None = None) -> Search:
         candidates, unavailable = self.range(good, bad, device, variant, endpoints_known=endpoints is not None)
-        search = Search(scenario, device, variant, candidates, unavailable, self.exhaustive, dict(endpoints or {}))
+        search = Search(scenario, device, variant, candidates, unavailable, self.exhaustive, dict(endpoints or {}),
+                        self.pinned, self.held)
         self.searches.append(search)
         return search
 
     def python_for(self, version: str, device: str, variant: str | None) -> str:
+        if self.pinned:
+            return self.held_cell(device, variant, ()).python
         own = next((e for e in self.matrix.versions if e.tf == version and device in e.devices), None)
         if own is not None and self.serves(own.python):
             return own.python
@@ -295,6 +340,8 @@ class Bisector:
 
     def feed(self, result: CellResult, scenario: str) -> Probe:
         probe = Probe.of(result, scenario)
+        if self.pinned:  # the probe's release is the package's, pinned last in the cell's requirements
+            probe = replace(probe, version=next(iter(Requirement(result.cell.requirements[-1]).specifier)).version)
         for search in self.searches:
             if (search.scenario, search.device, search.variant) == (scenario, result.cell.device,
                                                                     result.cell.variant) \
@@ -321,7 +368,7 @@ class Bisector:
                 python = self.python_for(version, device, variant)
                 remaining = []
                 for name in sorted(names):
-                    cell = probe_cell(self.matrix, version, python, device, variant, (name,))
+                    cell = self.cell(version, python, device, variant, (name,))
                     hashes = scenario_hashes(cell, self.matrix.catalog, folders)
                     found = store.reusable_scenarios(cell, hashes, sources, backend.name).get(name)
                     if found is None:
@@ -329,7 +376,7 @@ class Bisector:
                     else:
                         say(f"  {name}: {self.feed(found[1], name).describe()} [from run {found[1].run_id}]")
                 if remaining:
-                    cells.append(probe_cell(self.matrix, version, python, device, variant, remaining))
+                    cells.append(self.cell(version, python, device, variant, remaining))
             for result in run_plan(cells, self.matrix.catalog, backend, store, self.matrix.scenario_dirs,
                                    self.matrix.timeout_s, False, progress, jobs):
                 for name in result.cell.scenarios:

@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     bisect_parser.add_argument("--device", default=None, metavar="DEVICE",
                                help="the cells' device (default cpu; with --from-run: every device)")
     bisect_parser.add_argument("--variant", default=None, metavar="NAME", help="the cells' variant, e.g. tfkeras")
+    bisect_parser.add_argument("--package", default=None, metavar="NAME",
+                               help="search this package's releases instead of TF's (--good and --bad are its "
+                                    "versions), TF held at --tf: e.g. --package keras --good 3.4.1 --bad 3.15.1")
+    bisect_parser.add_argument("--tf", default=None, metavar="VERSION",
+                               help="with --package: the TF release held fixed (default: the matrix's newest)")
     bisect_parser.add_argument("--pre", action="store_true", help="release candidates and betas count too")
     bisect_parser.add_argument("--exhaustive", action="store_true",
                                help="run every release in the range instead of a binary search (shows a verdict "
@@ -411,7 +416,8 @@ def command_bisect(args: argparse.Namespace, console: Console) -> int:
     say = functools.partial(console.print, highlight=False, soft_wrap=True, markup=False)
     session = BisectSession(BisectOptions(
         scenario=args.scenario, good=args.good, bad=args.bad, from_run=args.from_run, device=args.device,
-        variant=args.variant, pre=args.pre, exhaustive=args.exhaustive, budget_min=args.budget, matrix=args.matrix,
+        variant=args.variant, package=args.package, tf=args.tf, pre=args.pre, exhaustive=args.exhaustive,
+        budget_min=args.budget, matrix=args.matrix,
         scenario_dirs=tuple(args.scenarios), backend=args.backend, results=args.results, jobs=args.jobs), say=say)
     outcome = session.run(lambda total, expected, jobs: _cell_progress(console, None))
     code = bisect_exit_code(outcome)

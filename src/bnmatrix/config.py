@@ -4,6 +4,7 @@ the file, line, key, the value found and what was expected."""
 from __future__ import annotations
 
 import ast
+import datetime
 import difflib
 import hashlib
 import json
@@ -63,6 +64,7 @@ MAX_YAML_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000  # after alias expansion: a billion-laughs file stops here
 HELPER_MODULE = "bnmatrix_scenario"
 ZYGOTE_MODULE = "bnmatrix_zygote"  # beside the helper: imports TF once per cell and forks the scenarios
+RELEASE_GRACE_DAYS = 7  # a cell's dependencies: as they were this long after its TF release (released:)
 WARMUP_MODULE = "bnmatrix_warmup"  # beside the helper: a GPU cell's warm-up before its scenarios (no verdict)
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 # A scenario's folder comes first on the scenario's sys.path, so a script, helper or subfolder named like a module
@@ -224,6 +226,7 @@ class Variant:
     description: str
     env: dict[str, str] = field(default_factory=dict)
     scenarios: tuple[str, ...] = ()  # only these run in its cells; () means every scenario of the matrix
+    latest: bool = False  # its cells resolve their dependencies as of today, not as of their TF release
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -278,6 +281,20 @@ class Matrix:
     versions: tuple[TFVersion, ...]
     expect: tuple[tuple[str, str, str], ...] = ()  # (cell glob, scenario, status), last match wins
     keep_runs: int = 50  # runs a results root keeps (settings.keep_runs); see results.prune
+    released: dict[str, str] = field(default_factory=dict)  # TF version -> its upload time (matrix.yaml released:)
+    release_grace_days: int = RELEASE_GRACE_DAYS
+
+    def exclude_newer(self, tf: str) -> str | None:
+        """The time a cell of `tf` resolves its dependencies as of (uv --exclude-newer): its release's upload plus
+        the grace, so that what was released with it counts; None where the matrix has no date for it."""
+        uploaded = self.released.get(tf)
+        return None if uploaded is None else self.after_grace(uploaded)
+
+    def after_grace(self, uploaded: str) -> str:
+        """An upload time ("2024-06-28T18:50:50Z") plus settings.release_grace_days, in the same form."""
+        moment = datetime.datetime.strptime(uploaded, "%Y-%m-%dT%H:%M:%SZ") + datetime.timedelta(
+            days=self.release_grace_days)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def runs_on(self, device: str, tf: str) -> str | list[str]:
         """The GitHub Actions runner of a cell (settings.runners: its device's, or the first rule for its release)."""
@@ -313,7 +330,7 @@ class Matrix:
                 catalog = merge_scenarios(catalog, found)
         variants = {
             name: Variant(name=name, description=spec["description"], env=dict(spec.get("env", {})),
-                          scenarios=tuple(spec.get("scenarios", ())))
+                          scenarios=tuple(spec.get("scenarios", ())), latest=spec.get("dependencies") == "latest")
             for name, spec in raw.get("variants", {}).items()
         }
         for name, variant in variants.items():
@@ -358,6 +375,8 @@ class Matrix:
             versions=versions,
             expect=tuple((r["cells"], r["scenario"], r["status"]) for r in raw.get("expect", [])),
             keep_runs=int(settings.get("keep_runs", 50)),
+            released=dict(raw.get("released", {})),
+            release_grace_days=int(settings.get("release_grace_days", RELEASE_GRACE_DAYS)),
         )
 
 

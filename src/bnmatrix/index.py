@@ -10,6 +10,7 @@ Python range (`wheels:`). It edits the file's text, entry by entry, so that its 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import functools
 import json
@@ -62,9 +63,22 @@ class _Links(HTMLParser):
             self.files.append((name, "data-yanked" in values))
 
 
+IndexFile = tuple[str, bool, str | None]  # (file name, yanked, when it was uploaded: RFC 3339, UTC)
+
+
+def _modified(path: Path) -> str | None:
+    """A local index's upload time of a file: when it was last written."""
+    try:
+        moment = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
+    except OSError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @functools.cache
-def index_files(index_url: str, package: str) -> tuple[tuple[str, bool], ...]:
-    """Every file the index lists for `package`: (file name, yanked)."""
+def index_files(index_url: str, package: str) -> tuple[IndexFile, ...]:
+    """Every file the index lists for `package`: (file name, yanked, upload time where the index says: PEP 700's
+    upload-time of a JSON page, a local file's modification time; None on an HTML page)."""
     project = canonicalize_name(package)
     if not INDEX_URL.fullmatch(index_url):
         raise BnMatrixError(f"{index_url}: not a package index URL; expected an http(s):// or file:// URL such as "
@@ -78,9 +92,9 @@ def index_files(index_url: str, package: str) -> tuple[tuple[str, bool], ...]:
         if (folder / "index.html").is_file():
             parser = _Links()
             parser.feed((folder / "index.html").read_text(encoding="utf-8", errors="replace"))
-            return tuple(parser.files)
+            return tuple((name, yanked, _modified(folder / name)) for name, yanked in parser.files)
         if folder.is_dir():
-            return tuple((p.name, False) for p in sorted(folder.iterdir()) if p.is_file())
+            return tuple((p.name, False, _modified(p)) for p in sorted(folder.iterdir()) if p.is_file())
         raise NotListed(f"{index_url}: no project {project} in this local index (looked in {folder}); expected "
                         "the index the cells install from (settings.index_url or --index-url)")
     try:
@@ -100,13 +114,13 @@ def index_files(index_url: str, package: str) -> tuple[tuple[str, bool], ...]:
     if "json" in kind:
         try:
             data = json.loads(body)
-            return tuple((f["filename"], bool(f.get("yanked"))) for f in data["files"])
+            return tuple((f["filename"], bool(f.get("yanked")), f.get("upload-time") or None) for f in data["files"])
         except (ValueError, KeyError, TypeError) as exc:
             raise BnMatrixError(f"{index_url}: the {project} page is not a PEP 691 project page ({type(exc).__name__}: "
                                 f"{exc}); expected JSON with a 'files' list") from None
     parser = _Links()
     parser.feed(body.decode("utf-8", errors="replace"))
-    return tuple(parser.files)
+    return tuple((name, yanked, None) for name, yanked in parser.files)
 
 
 @dataclass(frozen=True)
@@ -116,6 +130,7 @@ class Release:
     version: str
     pythons: tuple[str, ...]  # empty with `any_python`
     any_python: bool = False  # a pure-Python (py3) wheel: any Python serves it
+    uploaded: str | None = None  # when its first file was uploaded (RFC 3339, UTC), where the index says
 
     def has_wheel_for(self, python: str) -> bool:
         return self.any_python or python in self.pythons
@@ -140,6 +155,16 @@ def _wheel_pythons(filename: str, machine: str) -> tuple[str | None, set[str]] |
     return (str(version), pythons) if pythons else None
 
 
+def _utc(text: str) -> str | None:
+    """An upload time as RFC 3339 in UTC to the second ("2024-06-28T18:50:15Z"); None if it is none."""
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def list_releases(index_url: str, package: str, pre: bool = False,
                   dev: bool = False) -> tuple[list[Release], dict[str, str]]:
     """The releases of `package` with a Linux wheel for this machine, oldest first (release candidates and betas
@@ -147,8 +172,9 @@ def list_releases(index_url: str, package: str, pre: bool = False,
     (yanked, no wheel for this platform)."""
     machine = platform.machine() or "x86_64"
     wheels: dict[str, set[str]] = {}
+    uploaded: dict[str, str] = {}
     seen: dict[str, str] = {}
-    for filename, yanked in index_files(index_url, package):
+    for filename, yanked, upload in index_files(index_url, package):
         match = re.match(r"[^-]+-([^-]+)-", filename)
         try:
             version = str(Version(match[1])) if match else None
@@ -167,8 +193,10 @@ def list_releases(index_url: str, package: str, pre: bool = False,
             seen.setdefault(version, f"no wheel for Linux {machine}")
             continue
         wheels.setdefault(served[0] or version, set()).update(served[1])
-    releases = [Release(v, tuple(sorted((p for p in pythons if p != "*"), key=minor_of)), "*" in pythons)
-                for v, pythons in wheels.items()]
+        if upload:
+            uploaded[served[0] or version] = min(upload, uploaded.get(served[0] or version, upload))
+    releases = [Release(v, tuple(sorted((p for p in pythons if p != "*"), key=minor_of)), "*" in pythons,
+                        _utc(uploaded[v]) if v in uploaded else None) for v, pythons in wheels.items()]
     left_out = {v: why for v, why in seen.items() if v not in wheels}
     return sorted(releases, key=lambda r: Version(r.version)), left_out
 
@@ -191,6 +219,7 @@ class Sync:
     changes: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)  # the GPU image each new or changed entry gets, and why
+    latest_variants: tuple[str, ...] = ()  # the variants of today's dependencies, which nightlies do without
     set_up: dict[str, str] = field(default_factory=dict)  # a new or changed entry's release -> the one it follows
 
     @property
@@ -327,6 +356,9 @@ def _line_end(text: str, index: int) -> int:
     return len(text) if end < 0 else end + 1
 
 
+RELEASED_COMMENT = ("# When each listed TF version was uploaded to the package index, written by `bnmatrix sync`: a "
+                    "cell installs\n# its dependencies as they were then, plus settings.release_grace_days (uv "
+                    "--exclude-newer).\n")
 WHEELS_COMMENT = ("# Python versions with a Linux x86_64 wheel of each TF minor release, from the package index: "
                   "written by\n# `bnmatrix sync` (a cell whose Python has no wheel for its release is refused).\n")
 
@@ -355,7 +387,8 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
                             f"{REGISTRY_URL}")
     template = raw.get("settings", {}).get("package", {}).get("cpu", "tensorflow=={tf}")
     package = Requirement(template.format(tf="0", python="3")).name
-    sync = Sync(path=path, index_url=url, package=package, old=text)
+    sync = Sync(path=path, index_url=url, package=package, old=text,
+                latest_variants=tuple(name for name, variant in matrix.variants.items() if variant.latest))
     releases, left_out = list_releases(url, package, pre=True)
     if not any(r.pythons for r in releases):
         raise BnMatrixError(f"{url}: lists no release of {package} with a Linux {platform.machine()} wheel; expected "
@@ -449,7 +482,18 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
         count = f"{len(wheels)} minor release{'s' if len(wheels) != 1 else ''}"
         sync.changes.append("~ wheels: " + (f"the Python range of {count}, from the index" if not before
                                             else ", ".join(moved)))
-    edited = _edited(text, edits, added, wheels if before != wheels else None)
+    versions_now = [spec["tf"] for index, spec in enumerate(specs) if edits.get(index, spec) is spec] + [
+        spec["tf"] for spec in [*edits.values(), *added] if spec]
+    dates: dict[str, str] = {r.version: r.uploaded for r in releases if r.uploaded}
+    was: dict[str, str] = raw.get("released") or {}
+    released = {v: dates.get(v) or was[v] for v in sorted(versions_now, key=Version, reverse=True)
+                if v in dates or v in was}
+    if released != was:
+        fresh = [v for v in released if was.get(v) != released[v]]
+        sync.changes.append(f"~ released: the upload time of {len(fresh)} version{'s' if len(fresh) != 1 else ''} "
+                            f"from the index ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
+    edited = _edited(text, edits, added, wheels if before != wheels else None,
+                     released if released != was else None)
     gone = {specs[index]["tf"] for index in edits}  # entries replaced or removed: their own expect rules go
     sync.new = _expected(edited, matrix, Matrix.from_text(edited, path), sync, gone)
     Matrix.from_text(sync.new, path)  # what --write would write loads like any matrix
@@ -476,6 +520,11 @@ def _follow_nightlies(sync: Sync, specs: list[dict[str, Any]], edits: dict[int, 
             continue
         release, python = newest
         spec = specs[index] if index >= 0 else _neighbour(specs, _release(release.version))
+        # a nightly installs today's dependencies anyway: a variant of today's (dependencies: latest) would repeat it
+        spec = {**spec, "variants": {name: pins for name, pins in spec.get("variants", {}).items()
+                                     if not sync.latest_variants or name not in sync.latest_variants}}
+        if not spec["variants"]:
+            spec.pop("variants")
         notes: list[str] = []
         if index < 0:
             entry = {**_carried(spec, release.version, python, sync.index_url, True, notes), "devices": ["cpu"],
@@ -558,9 +607,9 @@ def _place_images(sync: Sync, settings: dict[str, Any], specs: list[dict[str, An
 
 
 def _edited(text: str, edits: dict[int, dict[str, Any] | None], added: list[dict[str, Any]],
-            wheels: dict[str, str] | None) -> str:
-    """`text` with entries replaced, removed and inserted (newest first, as the list is) and `wheels:` rewritten
-    (unless None); everything else, comments included, as it was."""
+            wheels: dict[str, str] | None, released: dict[str, str] | None = None) -> str:
+    """`text` with entries replaced, removed and inserted (newest first, as the list is) and `wheels:` and
+    `released:` rewritten (unless None); everything else, comments included, as it was."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     assert isinstance(root, yaml.MappingNode)
     versions = _mapping_value(root, "versions")
@@ -579,8 +628,12 @@ def _edited(text: str, edits: dict[int, dict[str, Any] | None], added: list[dict
         after = next((n for n in items if Version(_tf(n)) < Version(spec["tf"])), None)
         at = _line_start(text, after.start_mark.index) if after else _line_end(text, items[-1].end_mark.index)
         splices.append((at, at, entry_text(spec, prefix) + "\n"))
+    if released is not None:  # before wheels: two blocks inserted at one place come out wheels first
+        block = "released:\n" + "".join(f'  "{version}": "{moment}"\n' for version, moment in released.items())
+        splices.append(_block_splice(text, root, "released", block, RELEASED_COMMENT))
     if wheels is not None:
-        splices.append(_wheels_splice(text, root, wheels))
+        block = "wheels:\n" + "".join(f'  "{minor}": "{span}"\n' for minor, span in wheels.items())
+        splices.append(_block_splice(text, root, "wheels", block, WHEELS_COMMENT))
     # From the end back, so that each splice's place still holds; two entries added at one place (oldest first in
     # `added`) keep the list newest first, as sorted() is stable.
     for start, end, replacement in sorted(splices, key=lambda s: (s[0], s[1]), reverse=True):
@@ -588,19 +641,19 @@ def _edited(text: str, edits: dict[int, dict[str, Any] | None], added: list[dict
     return text
 
 
-def _wheels_splice(text: str, root: yaml.MappingNode, wheels: dict[str, str]) -> tuple[int, int, str]:
-    """The `wheels:` block in place of the old one, or before `expect:` and its comment, or at the end."""
-    block = "wheels:\n" + "".join(f'  "{minor}": "{span}"\n' for minor, span in wheels.items())
-    current = _mapping_value(root, "wheels")
+def _block_splice(text: str, root: yaml.MappingNode, key: str, block: str, comment: str) -> tuple[int, int, str]:
+    """A top-level block (`wheels:`, `released:`) in place of the old one, or before `expect:` and its comment, or
+    at the end."""
+    current = _mapping_value(root, key)
     if current:
-        key, value = current
+        start, value = current
         last = value.value[-1][1] if isinstance(value, yaml.MappingNode) and value.value else value
-        return _line_start(text, key.start_mark.index), _line_end(text, last.end_mark.index), block
+        return _line_start(text, start.start_mark.index), _line_end(text, last.end_mark.index), block
     expect = _mapping_value(root, "expect")
     if expect:
         at = _line_start(text, _comment_start(text, expect[0].start_mark.index))
-        return at, at, WHEELS_COMMENT + block + "\n"
-    return len(text), len(text), ("" if text.endswith("\n") else "\n") + "\n" + WHEELS_COMMENT + block
+        return at, at, comment + block + "\n"
+    return len(text), len(text), ("" if text.endswith("\n") else "\n") + "\n" + comment + block
 
 
 def _expected(text: str, old: Matrix, new: Matrix, sync: Sync, gone: set[str]) -> str:

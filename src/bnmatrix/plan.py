@@ -31,6 +31,9 @@ class Cell:
     scenarios: tuple[str, ...]
     index_url: str
     expect: dict[str, str] = field(default_factory=dict)  # scenario -> known status (matrix.yaml expect:)
+    # its dependencies as they were at this time (uv --exclude-newer): its TF release's upload plus a grace; None
+    # for a `latest` variant, a version without a date, and results from before bnmatrix recorded it
+    exclude_newer: str | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Cell:
@@ -38,7 +41,7 @@ class Cell:
         not record is left empty."""
         names = {f.name for f in fields(cls)}
         values: dict[str, Any] = {"image": "", "requested_image": "", "index_url": DEFAULT_INDEX_URL, "variant": None,
-                                  "env": {}, "requirements": (), "scenarios": ()}
+                                  "env": {}, "requirements": (), "scenarios": (), "exclude_newer": None}
         values.update({k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in names})
         return cls(**values)
 
@@ -50,10 +53,15 @@ class Cell:
         return inputs_hash(self.describe(), scenario_sources)
 
 
+def _defining(definition: dict[str, Any], *left_out: str) -> dict[str, Any]:
+    """A cell's definition as its hashes take it: without `left_out`, and without an exclude_newer it does not have
+    (so a cell that resolves as of today hashes as cells did before bnmatrix had the key)."""
+    return {k: v for k, v in definition.items() if k not in left_out and not (k == "exclude_newer" and v is None)}
+
+
 def inputs_hash(definition: dict[str, Any], scenario_sources: dict[str, str]) -> str:
     """What decides a cell's outcome: its definition (not its expectations) and its scenarios' code."""
-    payload = json.dumps({"cell": {k: v for k, v in definition.items() if k != "expect"},
-                          "sources": scenario_sources}, sort_keys=True)
+    payload = json.dumps({"cell": _defining(definition, "expect"), "sources": scenario_sources}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -61,8 +69,8 @@ def scenario_inputs_hash(definition: dict[str, Any], scenario: str, sources: dic
     """What decides one scenario's outcome in a cell: the cell's definition (not its scenario list nor its
     expectations), the scenario's name, and the code of the folders it runs from (`sources`, by role: the
     built-in folder, which holds the helper, and its own)."""
-    payload = json.dumps({"cell": {k: v for k, v in definition.items() if k not in ("scenarios", "expect")},
-                          "scenario": scenario, "sources": sources}, sort_keys=True)
+    payload = json.dumps({"cell": _defining(definition, "scenarios", "expect"), "scenario": scenario,
+                          "sources": sources}, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -102,6 +110,8 @@ def all_cells(matrix: Matrix, scenarios: Sequence[str] = (), image_map: dict[str
                     scenarios=runs,
                     index_url=matrix.index_url,
                     expect={k: v for k, v in expectations(cell_id).items() if k in runs},
+                    exclude_newer=None if variant and matrix.variants[variant].latest else matrix.exclude_newer(
+                        version.tf),
                 ))
     return cells
 

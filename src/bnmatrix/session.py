@@ -194,6 +194,8 @@ class BisectOptions:
     from_run: str | None = None  # a run directory; "" for the results root's latest run
     device: str | None = None  # default cpu; with from_run: every device
     variant: str | None = None
+    package: str | None = None  # bisect this package's releases (--package keras), TF held at `tf`
+    tf: str | None = None  # default: the matrix's newest final release
     pre: bool = False
     exhaustive: bool = False
     budget_min: float | None = None
@@ -242,6 +244,12 @@ class BisectSession:
         if options.from_run is not None and any(one):
             raise BnMatrixError("--from-run bisects every change point of a run; --scenario/--good/--bad name one "
                                 "search: expected one or the other")
+        if options.from_run is not None and (options.package or options.tf):
+            raise BnMatrixError("--package and --tf name one search of a package's releases; --from-run bisects the "
+                                "TF releases of a run's change points: expected one or the other")
+        if options.tf and not options.package:
+            raise BnMatrixError(f"--tf {options.tf}: holds TF fixed while --package's releases are searched; expected "
+                                "--package NAME too (without it, --good and --bad are TF releases)")
         if options.from_run is None and not all(one):
             missing = [o for o, v in zip(("--scenario", "--good", "--bad"), one, strict=True) if not v]
             raise BnMatrixError(f"bisect: {', '.join(missing)} missing; expected --scenario NAME --good VERSION --bad "
@@ -272,7 +280,10 @@ class BisectSession:
         backend, why = select_backend(options.backend, Setup(matrix=matrix, run_id=run_id,
                                                              cache_dir=default_cache_dir()))
         try:
-            bisector = Bisector(matrix, backend.serves_python, pre=options.pre, exhaustive=options.exhaustive)
+            held = options.tf or (max((e.tf for e in matrix.versions if not Version(e.tf).is_prerelease
+                                       and not Version(e.tf).is_devrelease), key=Version) if options.package else None)
+            bisector = Bisector(matrix, backend.serves_python, pre=options.pre, exhaustive=options.exhaustive,
+                                pinned=options.package, held=held)
             source, known = None, []
             if options.from_run is not None:
                 run = load_run(Path(options.from_run) if options.from_run else options.results / "latest")
@@ -305,14 +316,16 @@ class BisectSession:
                 between = len(search.candidates) - 2
                 left_out = "; left out: " + ", ".join(f"{v} ({w})" for v, w in search.unavailable.items()) \
                     if search.unavailable else ""
-                self.say(f"{search.scenario} ({search.device}): {search.candidates[0]} -> {search.candidates[-1]}, "
-                         f"{between} release{'s' if between != 1 else ''} between{left_out}")
+                what = f" with {search.package} on TF {search.tf}" if search.package else ""
+                self.say(f"{search.scenario} ({search.device}){what}: {search.candidates[0]} -> "
+                         f"{search.candidates[-1]}, {between} release{'s' if between != 1 else ''} between{left_out}")
             store = RunStore(options.results, run_id, {
                 "matrix": str(matrix.path), "matrix_hash": matrix.digest, "backend": backend.name,
                 "bnmatrix_version": __version__, "cells": [],
                 "bisect": {"from_run": source, "scenario": options.scenario, "good": options.good,
                            "bad": options.bad, "device": options.device, "variant": options.variant,
-                           "pre": options.pre, "exhaustive": options.exhaustive},
+                           "pre": options.pre, "exhaustive": options.exhaustive,
+                           **({"package": options.package, "tf": held} if options.package else {})},
             }, kind=RunKind.BISECT)
         except BaseException:
             backend.close()

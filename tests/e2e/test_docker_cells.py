@@ -20,6 +20,7 @@ import pytest
 
 from bnmatrix.backends.docker import LABEL
 from bnmatrix.cli import main
+from bnmatrix.config import Matrix
 from bnmatrix.store.reader import load_run
 from bnmatrix.store.records import CellResult
 from tests.conftest import require
@@ -138,9 +139,10 @@ def probe_matrix(tmp_path: Path, timeout_s: float, scenarios: list[str], pins: s
     if pins:
         version = version.replace('"h5py<3"]', f'"h5py<3", "{pins}"]')
     path = tmp_path / "matrix.yaml"
+    released = Matrix.from_file(REPO / "matrix.yaml").released["1.15.5"]  # its dependencies as of its release too
     path.write_text(f"schema_version: 1\nsettings:\n  scenario_timeout_s: {timeout_s}\n  devices: [cpu]\n"
                     f"scenario_paths: [{TEST_SCENARIOS}]\nscenarios: {json.dumps(scenarios)}\n"
-                    f"versions:\n{version}\n")
+                    f"versions:\n{version}\nreleased: {{\"1.15.5\": \"{released}\"}}\n")
     return path
 
 

@@ -102,7 +102,7 @@ def test_the_table_shows_what_the_results_say(page: Any, site: Path, exported: d
     note = page.locator("section[aria-labelledby=matrix-title] > p").first.inner_text()
     for cell in exported["cells"]:
         if cell["device"] == "gpu":  # no GPU cell ran here: the column is folded into a line that says so
-            assert cell["status"] == "not-run" and "GPU: all 43 cells not run on this host" in note
+            assert cell["status"] == "not-run" and "GPU: all 45 cells not run on this host" in note
             continue
         for name, result in cell["scenarios"].items():
             status, text = by_href[f"{cell['page']}#{name}"]
@@ -371,10 +371,10 @@ def test_a_scenario_filter_keeps_the_header_spans_and_counts_collapsed_rows(page
     header = page.eval_on_selector_all("#matrix thead tr:nth-child(2) th:not([hidden])",
                                        "hs => hs.map(h => h.innerText)")
     assert [h.replace("\n", "") for h in header] == ["layers_bn_session", "keras_fit"]
-    assert page.text_content("#shown") == "43 version rows shown"  # 37 releases, 6 of them again on JAX
+    assert page.text_content("#shown") == "45 version rows shown"  # 37, 6 on JAX, 2 of today
     page.locator('button.toggle[aria-controls="group-2.x"]').click()
     twos = page.locator("#group-2\\.x tr[data-tf]").count()
-    assert page.text_content("#shown") == f"{43 - twos} version rows shown ({twos} more in collapsed groups)"
+    assert page.text_content("#shown") == f"{45 - twos} version rows shown ({twos} more in collapsed groups)"
 
 
 def test_an_unknown_version_in_the_address_is_ignored(page: Any, data_site: Path) -> None:
@@ -560,7 +560,7 @@ def test_a_page_per_version_from_the_picker_and_the_matrix(page: Any, data_site:
     page.get_by_role("link", name="2.16.2 →").click()
     assert page.url.endswith("versions/2.16.2.html")
     assert page.locator("table.version-table thead th").all_inner_texts() == ["scenario", "CPU", "CPU jax",
-                                                                              "CPU tfkeras"]
+                                                                              "CPU latest", "CPU tfkeras"]
     page.goto((data_site / "index.html").as_uri())
     assert page.locator("#matrix tr[data-tf='1.15.5'] th a").get_attribute("href") == "versions/1.15.5.html"
     page.goto((data_site / "index.html").as_uri() + "#status=wrong")  # a version or scenario page keeps the filter
@@ -611,7 +611,7 @@ def test_a_hundred_versions_by_forty_scenarios_keep_every_answer_in_view(browser
     answers = page.eval_on_selector_all("#overview td.ranges", "tds => tds.map(td => td.getBoundingClientRect())"
                                         ".map(r => [r.left, r.right])")
     assert len(answers) == 80 and all(left >= 0 and right <= 1440 for left, right in answers)
-    assert {round(w) for w in page.eval_on_selector_all("#overview .strip", "s => s.map(e => e.offsetWidth)")} == {144}
+    assert {round(w) for w in page.eval_on_selector_all("#overview .strip", "s => s.map(e => e.offsetWidth)")} == {112}
     assert page.locator("#overview a.earlier").first.inner_text() == "5 earlier ranges"
     rows = page.eval_on_selector_all("#overview tbody tr", "rs => rs.map(r => r.getBoundingClientRect().height)")
     assert max(rows) < 200, max(rows)

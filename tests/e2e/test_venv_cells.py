@@ -139,3 +139,28 @@ def test_the_reproduce_commands_of_a_venv_cell_give_its_numbers_without_bnmatrix
     python = Path(cell.environment["python"]).parent  # type: ignore[index]
     commands = reproduce_and_compare(tmp_path / "r", cell, path=str(python))
     assert all("--no-deps" in command and "tensorflow==1.15.5" in command for command in commands)
+
+
+def test_a_cell_installs_the_dependencies_of_its_release_and_the_latest_variant_todays(tmp_path: Path) -> None:
+    """TF 2.16.2 was uploaded on 2024-06-28: its cell resolves as of a week later (matrix.yaml released: and
+    settings.release_grace_days), so it gets the Keras of mid-2024, which has no renorm; its `latest` variant gets
+    today's Keras, which has it again."""
+    from bnmatrix.host import find_interpreter
+    from bnmatrix.store.reader import load_run
+
+    cell_id, _, python = KERAS3_CELL
+    interpreter, looked = find_interpreter(python)
+    assert interpreter is not None, looked
+    assert main(["run", "--matrix", str(REPO / "matrix.yaml"), "--backend", "venv", "--select", cell_id,
+                 "--select", f"{cell_id}-latest", "--scenario", "keras_bn_renorm", "--results", str(tmp_path)]) == 0
+    cells = {cell.id: cell for cell in load_run(tmp_path).cells}
+    released, today = cells[cell_id], cells[f"{cell_id}-latest"]
+
+    def keras(cell: CellResult) -> str:
+        return next(line.split("==")[1] for line in (cell.environment or {})["packages"] if line.startswith("keras=="))
+
+    assert released.cell.exclude_newer == "2024-07-05T18:50:50Z" and today.cell.exclude_newer is None
+    assert keras(released) == "3.4.1"  # uploaded 2024-06-26, the newest Keras before the cutoff
+    assert tuple(int(x) for x in keras(today).split(".")[:2]) > (3, 4)
+    assert released.scenarios["keras_bn_renorm"].status.value == "unsupported"
+    assert today.scenarios["keras_bn_renorm"].status.value != "unsupported"

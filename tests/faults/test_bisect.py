@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import Fault, bisect_index, stopped_at_once, wait_for
+from tests.faults.conftest import FAKE_TF, Fault, _wheel, bisect_index, stopped_at_once, wait_for, write_index
 
 pytestmark = pytest.mark.faults
 
@@ -261,3 +261,38 @@ def test_ends_given_the_wrong_way_round_give_the_change_in_release_order(fault: 
     (search,) = conclusions(fault)
     assert (search["good"]["version"], search["bad"]["version"], search["changed_in"]) == ("2.99.0", "2.99.6",
                                                                                           "2.99.4")
+
+
+def test_bisect_package_holds_tf_and_pins_the_change_to_the_package_release_that_made_it(fault: Fault) -> None:
+    """A fake TF 2.99.6 and fake keras releases 3.0.0 to 3.6.0 on one index, keras updating the statistics from 3.4.0
+    on: `bisect --package keras` probes the TF cell with each keras pinned and names the keras release."""
+    root = fault.dir / "index" / "simple"
+    for name in ("tensorflow", "keras"):
+        (root / name).mkdir(parents=True)
+    tensorflow = [_wheel(root / "tensorflow", "tensorflow", "2.99.6",
+                         {"tensorflow/__init__.py": FAKE_TF.format(version="2.99.6")})]
+    keras = [_wheel(root / "keras", "keras", f"3.{minor}.0",
+                    {"keras/__init__.py": f'__version__ = "3.{minor}.0"\nBN_UPDATES = {0 if minor < 4 else 100}\n'})
+             for minor in range(7)]
+    fault.index = write_index(root, {"tensorflow": tensorflow, "keras": keras})
+    fault.matrix(["keras_versioned"], versions=("2.99.6",), pins=["keras"])
+    code, output = bisect(fault, "--scenario", "keras_versioned", "--package", "keras", "--good", "3.0.0",
+                          "--bad", "3.6.0")
+    assert code == 0, output
+    assert ("keras_versioned (cpu) with keras on TF 2.99.6 changed from stale to updated in 3.4.0 (last stale: 3.3.0)"
+            in output)
+    (search,) = conclusions(fault)
+    assert (search["package"], search["tf"], search["changed_in"]) == ("keras", "2.99.6", "3.4.0")
+    assert "--package keras --tf 2.99.6" in search["command"]
+    cells = probe_cells(fault)
+    assert {cell["cell"]["id"] for cell in cells} >= {"tf-2.99.6-cpu+keras-3.0.0", "tf-2.99.6-cpu+keras-3.6.0"}
+    for cell in cells:  # TF held, keras pinned: the observation names the keras it ran with
+        pinned = cell["cell"]["requirements"][-1]
+        assert cell["cell"]["tf"] == "2.99.6" and pinned.startswith("keras==")
+        assert cell["scenarios"]["keras_versioned"]["observed"]["extra"]["keras"] == pinned.split("==")[1]
+    code, output = fault.bnmatrix("run", "--matrix", "matrix.yaml", "--backend", "venv", "--results", "results")
+    assert code == 0, output  # the matrix's own cell: today's keras
+    code, output = fault.bnmatrix("report", "--results", "results", "--out", "site")
+    assert code == 0, output
+    changes = (fault.dir / "site" / "changes.html").read_text()
+    assert "with keras on TF 2.99.6" in changes and "tf-2.99.6-cpu+keras-3.4.0" in changes

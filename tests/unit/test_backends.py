@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from bnmatrix import backends
 from bnmatrix.backends import Backend, BackendKind, CellSession, Reproduction, Setup, backend_kinds, select_backend
 from bnmatrix.config import Matrix, data_path
 from bnmatrix.errors import BnMatrixError
-from bnmatrix.plan import Cell
+from bnmatrix.plan import Cell, inputs_hash
 from tests.conftest import fake_smi
 
 
@@ -174,3 +175,26 @@ def test_plan_says_what_each_gpu_cells_release_does_on_this_hosts_gpu(
     assert "✔ runs after a PTX JIT" in printed
     assert ("tf-2.15.1-gpu: TF 2.15.1 (CUDA 12.2, cuDNN 8) has machine code NVIDIA H100 80GB HBM3 (compute capability "
             "9.0) runs for 0% of its kernels") in printed
+
+
+def test_a_cell_resolves_as_of_its_release_but_for_what_it_pins_from_below(tmp_path: Path) -> None:
+    """matrix.yaml released: 2.21.0 uploaded 2026-03-06T17:22:44Z, plus the 7 days' grace: uv's cutoff; tf_keras
+    2.21.0 came out 12 days after TF 2.21.0, so what a cell pins from below is exempt; the latest variant has none."""
+    from bnmatrix.backends import resolution_flags
+    from bnmatrix.backends.docker import render_script
+    from bnmatrix.plan import plan
+
+    matrix = Matrix.from_file(data_path("matrix.yaml"))
+    cells = {c.id: c for c in plan(matrix, select=["tf-2.21.0-cpu*"])}
+    assert cells["tf-2.21.0-cpu"].exclude_newer == "2026-03-13T17:22:44Z"
+    assert resolution_flags(cells["tf-2.21.0-cpu-tfkeras"]) == [
+        "--exclude-newer", "2026-03-13T17:22:44Z", "--exclude-newer-package", "setuptools=2100-01-01T00:00:00Z",
+        "--exclude-newer-package", "wheel=2100-01-01T00:00:00Z",
+        "--exclude-newer-package", "tensorflow=2100-01-01T00:00:00Z",
+        "--exclude-newer-package", "tf_keras=2100-01-01T00:00:00Z"]
+    assert cells["tf-2.21.0-cpu-latest"].exclude_newer is None and resolution_flags(cells["tf-2.21.0-cpu-latest"]) == []
+    assert "--exclude-newer 2026-03-13T17:22:44Z" in render_script(cells["tf-2.21.0-cpu"])
+    # a cell without a date (an entry sync has not dated) resolves as of the day it runs, and hashes as before
+    undated = replace(cells["tf-2.21.0-cpu"], exclude_newer=None)
+    assert "exclude_newer" in undated.describe() and undated.inputs_hash({}) == inputs_hash(
+        {k: v for k, v in undated.describe().items() if k != "exclude_newer"}, {})

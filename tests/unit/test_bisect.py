@@ -130,7 +130,9 @@ def test_change_points_of_the_real_run_pass_over_entries_without_a_verdict() -> 
     assert ("keras_fit_4d_variance", "2.15.1", "2.16.2") in points
     assert ("keras_bn_trainable_false", "1.15.5", "2.0.4") in points
     assert ("keras_bn_mirrored_plain", "2.15.1", "2.16.2") in points  # which data: the replicas' mean -> the first's
-    assert len(points) == 43
+    # the Keras of each release's day: nested training stale on 2.16 to 2.18, updated again from 2.19
+    assert ("keras_subclass_nested_training", "2.18.1", "2.19.1") in points
+    assert len(points) == 46
 
 
 def history_root(tmp_path: Path) -> Path:
@@ -156,21 +158,21 @@ def test_a_results_root_renders_each_cells_newest_result_with_its_history(tmp_pa
     root = history_root(tmp_path)
     site = Site.load(root)
     files = render_site(site)
-    assert len(site.run.cells) == 86 and site.origins["tf-1.9.0-cpu"].id == "20261120T000000Z-bbbbbb"
+    assert len(site.run.cells) == 90 and site.origins["tf-1.9.0-cpu"].id == "20261120T000000Z-bbbbbb"
     parser = html5lib.HTMLParser(strict=True)
     for name in ("index.html", "runs.html", "changes.html", "cells/tf-1.9.0-cpu.html"):
         parser.parse(files[name])
     page = files["cells/tf-1.9.0-cpu.html"]
     assert 'id="history-title"' in page and 'title="run 20261120T000000Z-bbbbbb: updated"' in page
-    assert 'title="run 20261130T004142Z-36b65d: stale"' in page  # the real run's own id, from its cells
+    assert 'title="run 20261130T061110Z-d708d2: stale"' in page  # the real run's own id, from its cells
     assert "Each cell shows its newest result" in files["index.html"]
     assert 'data-changed="1"' in files["index.html"]  # the one verdict that changed since the cell's last result
     # every result from the older run says so; the newest run's cell does not
-    # CPU (GPU folded): 37 cells x 36 scenarios and 6 jax cells x 14, less the newer run's cell
-    assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 37 * 36 + 6 * 14 - 36
+    # CPU (GPU folded): 37 cells x 36 scenarios and 6 jax and 2 latest cells x 14, less the newer run's cell
+    assert files["index.html"].count('<span class="age-note">from 2026-11-27</span>') == 37 * 36 + 8 * 14 - 36
     assert "[result of run 20261120T000000Z-bbbbbb, 2026-11-28]" in files["index.html"]
     data = json.loads(files["runs.html"].split('id="history-data">')[1].split("</script>")[0])
-    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261130T004142Z-36b65d"]
+    assert [r["id"] for r in data["runs"]] == ["20261120T000000Z-bbbbbb", "20261130T061110Z-d708d2"]
     schema = json.loads((data_path("report") / "results.schema.json").read_text())
     exported = json.loads(files["results.json"])
     jsonschema.validate(exported, schema)
@@ -184,7 +186,7 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
     found = diff(older, newer)
     assert [(c.cell, c.scenario, c.before.text, c.after.text) for c in found.changes] == [
         ("tf-1.9.0-cpu", "keras_bn_custom_estimator", "stale", "updated (biased variance)")]
-    assert found.compared == 36 and len(found.only_before) == 42  # CPU cells; the GPU cells did not run
+    assert found.compared == 36 and len(found.only_before) == 44  # CPU cells; the GPU cells did not run
     assert prune(root, keep=1) == []  # the older run holds the newest result of 73 cells
     shutil.copytree(root / "20261101T000000Z-aaaaaa", root / "20261125T000000Z-cccccc")
     manifest = json.loads((root / "20261125T000000Z-cccccc" / "manifest.json").read_text())
@@ -195,8 +197,9 @@ def test_diff_and_retention_of_a_results_root(tmp_path: Path) -> None:
 
 def test_diff_names_the_dependencies_a_cell_installed_differently_beside_its_changed_verdicts(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The same cell later, its TF the same but Keras newer (as TF 2.22.0rc0 brings Keras 3.16.0.dev): the diff, the
-    matrix entry's numbers and the cell's history give the verdict that changed and the packages that did."""
+    """The same cell later, its TF the same but Keras newer (as a new cutoff, or TF 2.22.0rc0, brings a newer Keras):
+    the diff, the matrix entry's numbers and the cell's history give the verdict that changed and the packages that
+    did."""
     root = tmp_path / "results"
     copy_run_started(REAL_RUN, root / "a", "2026-11-27T14:32:12+00:00")
     later = root / "20261130T013000Z-bbbbbb"
@@ -206,8 +209,8 @@ def test_diff_names_the_dependencies_a_cell_installed_differently_beside_its_cha
         "keras_finetune_inference_call"]
     cell["scenarios"]["keras_finetune_inference_call"] = stale
     packages = cell["environment"]["packages"]
-    assert "keras==3.15.1" in packages and any(p.startswith("namex==") for p in packages)
-    cell["environment"]["packages"] = [p.replace("keras==3.15.1", "keras==3.16.0") for p in packages
+    assert "keras==3.13.2" in packages and any(p.startswith("namex==") for p in packages)  # of 2.21.0's day
+    cell["environment"]["packages"] = [p.replace("keras==3.13.2", "keras==3.16.0") for p in packages
                                        if not p.startswith("namex==")] + ["keras-hub==0.21.0"]
     write_json(later / "cells" / "tf-2.21.0-cpu.json", cell)
     manifest = json.loads((REAL_RUN / "manifest.json").read_text())
@@ -217,7 +220,7 @@ def test_diff_names_the_dependencies_a_cell_installed_differently_beside_its_cha
     out = capsys.readouterr().out
     assert "1 of 36 verdicts changed" in out
     assert "tf-2.21.0-cpu keras_finetune_inference_call: ✔ updated -> ✘ stale" in out
-    moved = f"keras 3.15.1 -> 3.16.0, + keras-hub 0.21.0, - namex {next(p for p in packages if 'namex' in p)[7:]}"
+    moved = f"keras 3.13.2 -> 3.16.0, + keras-hub 0.21.0, - namex {next(p for p in packages if 'namex' in p)[7:]}"
     assert f"tf-2.21.0-cpu installed other dependencies (3): {moved}" in out
     found = diff(load_run(root / "a"), load_run(root / "a"))
     assert found.changes == [] and found.packages == {}
@@ -236,15 +239,38 @@ def test_the_report_of_the_real_runs_names_each_change_with_its_release() -> Non
             "(cpu): stale → updated in 1.10.0 (rows 1.9.0 → 1.10.1)</a>") in index
     assert ("keras_bn_model_to_estimator_tf_optimizer (cpu): stale (50/100 steps ran) → wrong (0.50×, 50/100 steps "
             "ran) in 1.10.0 (rows 1.9.0 → 1.10.1)" in index)  # the train op ran 50 times for 100 steps: both say so
-    assert index.count(" boundary") == index.count(" changes-here") == 43  # a line per change, a facet's too
+    assert index.count(" boundary") == index.count(" changes-here") == 46  # a line per change, a facet's too
     assert "keras_bn_model_to_estimator (cpu): updated → error" not in index  # an error is no verdict: no change
     assert "keras_bn_model_to_estimator (cpu): error →" not in index
     assert "pin it" not in index  # the real bisect narrowed every change point of the default matrix
-    assert len(site.searches) == 43 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
+    assert len(site.searches) == 46 and {s.outcome for s in site.searches} == {Outcome.NARROWED}
     changes = files["changes.html"]
-    assert changes.count('<section class="scenario"') == 43
+    assert changes.count('<section class="scenario"') == 46
     assert "keras_bn_trainable_false (cpu) forward_statistics changed from batch to moving in 2.0.0" in changes
     assert "keras_fit_4d_variance (cpu) variance_correction changed from unbiased to biased in 2.16.1" in changes
     for release in ("1.10.0", "1.13.1", "2.2.0", "2.2.1", "2.16.1", "2.0.0"):  # releases between rows: own pages
         assert f'href="cells/tf-{release}-cpu.html#' in changes and f"cells/tf-{release}-cpu.html" in files
     assert 'data-tf="2.16.1"' not in index and 'data-tf="2.16.2"' in index  # evidence cells are no matrix rows
+
+
+def test_a_probe_installs_the_dependencies_of_its_own_release() -> None:
+    """Between the matrix's rows a probe is dated by its release's upload on the index (the rows by released:);
+    a `latest` probe is not; a --package probe holds the TF cell and pins the package, everything else as of the
+    later of the two releases."""
+    from bnmatrix.bisect import Bisector
+    from bnmatrix.config import Matrix, data_path
+    from bnmatrix.index import Release
+
+    matrix = Matrix.from_file(data_path("matrix.yaml"))
+    bisector = Bisector(matrix, lambda python: True)
+    bisector.releases[("tensorflow", "2.16.1")] = Release("2.16.1", ("3.12",), uploaded="2024-03-07T20:00:00Z")
+    assert bisector.cell("2.16.1", "3.12", "cpu", None, ("keras_fit",)).exclude_newer == "2024-03-14T20:00:00Z"
+    assert bisector.cell("2.16.1", "3.12", "cpu", "latest", ("keras_fit",)).exclude_newer is None
+    assert bisector.cell("2.16.2", "3.12", "cpu", None, ("keras_fit",)).exclude_newer == "2024-07-05T18:50:50Z"
+    keras = Bisector(matrix, lambda python: True, pinned="keras", held="2.16.2")
+    keras.releases[("keras", "3.10.0")] = Release("3.10.0", (), True, "2025-05-19T12:00:00Z")
+    keras.releases[("keras", "3.0.0")] = Release("3.0.0", (), True, "2023-11-28T12:00:00Z")
+    newer, older = (keras.cell(v, "3.12", "cpu", None, ("keras_fit",)) for v in ("3.10.0", "3.0.0"))
+    assert newer.id == "tf-2.16.2-cpu+keras-3.10.0" and newer.tf == "2.16.2"
+    assert newer.requirements[-1] == "keras==3.10.0" and newer.exclude_newer == "2025-05-26T12:00:00Z"
+    assert older.exclude_newer == "2024-07-05T18:50:50Z"  # never before the held TF's own cutoff

@@ -24,7 +24,7 @@ def test_plan_json_lists_selected_cells(capsys: pytest.CaptureFixture[str]) -> N
 def test_plan_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "--matrix", str(REPO / "matrix.yaml"), "--select", "tf-2.16*", "--skip", "*gpu*"]) == 0
     out = capsys.readouterr().out
-    assert "3 cells" in out and "tf-2.16.2-cpu" in out and "tf-2.16.2-cpu-jax" in out
+    assert "4 cells" in out and "tf-2.16.2-cpu" in out and "tf-2.16.2-cpu-jax" in out and "tf-2.16.2-cpu-latest" in out
 
 
 def test_a_variant_runs_only_the_scenarios_it_names() -> None:
@@ -32,7 +32,7 @@ def test_a_variant_runs_only_the_scenarios_it_names() -> None:
     variant left with none of them is no cell of the plan."""
     matrix = Matrix.from_file(REPO / "matrix.yaml")
     cells = {c.id: c for c in plan(matrix, select=["tf-2.21.0-cpu*"])}
-    assert set(cells) == {"tf-2.21.0-cpu", "tf-2.21.0-cpu-tfkeras", "tf-2.21.0-cpu-jax"}
+    assert set(cells) == {"tf-2.21.0-cpu", "tf-2.21.0-cpu-tfkeras", "tf-2.21.0-cpu-jax", "tf-2.21.0-cpu-latest"}
     assert cells["tf-2.21.0-cpu"].scenarios == matrix.scenarios == cells["tf-2.21.0-cpu-tfkeras"].scenarios
     jax = cells["tf-2.21.0-cpu-jax"]
     assert set(jax.scenarios) == set(matrix.variants["jax"].scenarios)

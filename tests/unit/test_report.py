@@ -550,8 +550,8 @@ def test_a_cell_that_did_not_run_has_no_result_to_differ_from_its_expectation() 
     assert "differ from the expectations" not in files["index.html"]
     suites = {s.get("name"): s for s in ET.fromstring(files["junit.xml"])}
     gpu = suites["bnmatrix.gpu"]
-    # 37 GPU cells with every scenario, 6 jax ones with the Keras 3 scenarios
-    assert gpu.get("failures") == "0" and gpu.get("skipped") == gpu.get("tests") == str(37 * 36 + 6 * 14)
+    # 37 GPU cells with every scenario, 6 jax and 2 latest ones with the Keras 3 scenarios
+    assert gpu.get("failures") == "0" and gpu.get("skipped") == gpu.get("tests") == str(37 * 36 + 8 * 14)
 
 
 # Machado, Oliveira and Fernandes (2009), severity 1.0: linear-RGB matrices simulating each deficiency.
@@ -627,8 +627,9 @@ ODD_VALUES = [0, -1, 1e308, 10 ** 30, "", "a\nb", None, [], {}, "1.2.3.4.5", Tru
 
 def test_the_glance_of_the_committed_data_gives_each_verdicts_versions_and_the_bisect_that_pinned_them() -> None:
     view = build_view(Site.load(REAL_DATA))
-    assert view.overview.lines == [("cpu", None), ("cpu", "jax"), ("cpu", "tfkeras")]
-    assert view.overview.not_run == {("gpu", None): 31, ("gpu", "jax"): 6, ("gpu", "tfkeras"): 6}  # counted, not shown
+    assert view.overview.lines == [("cpu", None), ("cpu", "jax"), ("cpu", "latest"), ("cpu", "tfkeras")]
+    assert view.overview.not_run == {("gpu", None): 31, ("gpu", "jax"): 6, ("gpu", "latest"): 2,
+                                     ("gpu", "tfkeras"): 6}  # counted, not shown
     glance = view.overview.table["keras_bn_custom_estimator"]
     assert [(s.status, s.label, s.count, s.pinned) for s in glance[("cpu", None)].ranges] == [
         ("updated", "1.7.1–1.8.0", 2, None),
@@ -736,7 +737,8 @@ def test_every_range_of_a_scenario_whose_variance_varies_says_which_variance_it_
     table = build_view(Site.load(REAL_DATA)).overview.table
     texts = [s.words for glance in table["keras_fit_4d_variance"].values() for s in glance.ranges]
     assert texts == ["updated (unbiased variance) 1.7.1–2.15.1", "updated (biased variance) from 2.16.1",
-                     "updated (biased variance) 2.16.2–2.21.0", "updated (unbiased variance) 2.16.2–2.21.0"]
+                     "updated (biased variance) 2.16.2–2.21.0", "updated (biased variance) 2.16.2–2.21.0",
+                     "updated (unbiased variance) 2.16.2–2.21.0"]  # on JAX, with today's Keras, and tf_keras
     assert [s.words for s in table["keras_fit"][("cpu", None)].ranges] == ["updated 1.7.1–2.21.0"]
     assert [s.words for s in table["keras_bn_trainable_false"][("cpu", None)].ranges] == [
         "stale (forward: batch) 1.7.1–1.15.5", "stale (forward: moving) from 2.0.0"]

@@ -4,6 +4,7 @@ is a folder of wheel files (their names are what sync reads) or a local HTTP ser
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import json
 import re
@@ -74,7 +75,8 @@ def test_sync_proposes_a_new_minor_on_the_newest_python_the_scenarios_run_on_and
     assert "+ 2.22.1 on Python 3.13: a new minor release, set up as 2.21.0" in out
     assert "2.22.0rc1" not in out  # the final release is out: its candidate is no entry and no news
     # 2.22.1 has a 3.14 wheel too, but the scenarios run on 3.6 to 3.13
-    assert '+  - {tf: 2.22.1, python: "3.13", variants: {tfkeras: ["tf_keras~=2.22.0"], jax: ["jax"]}}' in out
+    assert ('+  - {tf: 2.22.1, python: "3.13", variants: {tfkeras: ["tf_keras~=2.22.0"], jax: ["jax"], latest: []}}'
+            in out)
     assert matrix.read_bytes() == before  # without --write nothing is written
 
 
@@ -88,19 +90,26 @@ def test_check_fails_until_write_brings_the_matrix_up_to_date_keeping_its_commen
     old = matrix.read_text()
     assert sync(capsys, "--matrix", str(matrix), "--index-url", url, "--check")[0] == 1
     code, out = sync(capsys, "--matrix", str(matrix), "--index-url", url, "--write", "--registry-url", NO_REGISTRY)
-    assert code == 0 and "rewritten: 5 changes" in out, out
-    assert "~ expect: 2.22.1 expects what 2.21.0 does (16 scenarios where the rules differ)" in out
+    assert code == 0 and "rewritten: 6 changes" in out, out
+    # when each listed version was uploaded (a local index: its files' times), for their cells' dependency cutoff
+    assert "~ released: the upload time of 4 versions from the index (2.22.1, 2.21.0, 2.19.2, 2.18.2)" in out
+    assert Matrix.from_file(matrix).released["2.22.1"] == datetime.datetime.fromtimestamp(
+        (tmp_path / "index" / "tensorflow" / wheel_names("2.22.1")[0]).stat().st_mtime,
+        datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert "~ expect: 2.22.1 expects what 2.21.0 does (17 scenarios where the rules differ)" in out
     assert f"· GPU images not looked up ({NO_REGISTRY}: cannot look up tensorflow/tensorflow:" in out
     new = matrix.read_text()
     comments = [line for line in old.splitlines() if line.lstrip().startswith("#")]
     assert all(line in new.splitlines() for line in comments)
-    # only the entries it replaced and the wheels it found (this index has fewer) changed
+    # only the entries it replaced, the wheels it found (this index has fewer) and the upload times changed
     removed = set(old.splitlines()) - set(new.splitlines())
-    assert {line for line in removed if not re.fullmatch(r'  "2\.(18|19|21|22)": "3\.[0-9]+-3\.[0-9]+"', line)} == {
+    assert {line for line in removed if not re.fullmatch(r'  "2\.(18|19|21|22)": "3\.[0-9]+-3\.[0-9]+"', line)
+            and not re.fullmatch(r'  "2\.(18|19|21)\.[0-9]+": "[0-9T:-]+Z"', line)} == {
         '  - {tf: 2.19.1, python: "3.12", variants: {tfkeras: ["tf_keras~=2.19.0"], jax: ["jax"]}}',
         '  - {tf: 2.18.1, python: "3.12", variants: {tfkeras: ["tf_keras~=2.18.0"], jax: ["jax"]},'}
     lines = new.splitlines()
-    first = lines.index('  - {tf: 2.22.1, python: "3.13", variants: {tfkeras: ["tf_keras~=2.22.0"], jax: ["jax"]}}')
+    first = lines.index('  - {tf: 2.22.1, python: "3.13", variants: {tfkeras: ["tf_keras~=2.22.0"], jax: ["jax"], '
+                        'latest: []}}')
     assert lines[first + 1].startswith("  - {tf: 2.21.0,")  # newest first, as the list was
     assert '  - {tf: 2.19.2, python: "3.12", variants: {tfkeras: ["tf_keras~=2.19.0"], jax: ["jax"]}}' in lines
     # without an answer from the registry, a newer patch keeps the minor's image override (an older patch's tag)
@@ -110,8 +119,8 @@ def test_check_fails_until_write_brings_the_matrix_up_to_date_keeping_its_commen
     planned = main(["plan", "--matrix", str(matrix), "--json", "--select", "tf-2.22*"])
     cells = json.loads(capsys.readouterr().out)
     assert planned == 0 and sorted(c["id"] for c in cells) == [
-        "tf-2.22.1-cpu", "tf-2.22.1-cpu-jax", "tf-2.22.1-cpu-tfkeras", "tf-2.22.1-gpu", "tf-2.22.1-gpu-jax",
-        "tf-2.22.1-gpu-tfkeras"]
+        "tf-2.22.1-cpu", "tf-2.22.1-cpu-jax", "tf-2.22.1-cpu-latest", "tf-2.22.1-cpu-tfkeras", "tf-2.22.1-gpu",
+        "tf-2.22.1-gpu-jax", "tf-2.22.1-gpu-latest", "tf-2.22.1-gpu-tfkeras"]
     gpu = next(c for c in cells if c["id"] == "tf-2.22.1-gpu")
     assert gpu["image"] == "tensorflow/tensorflow:2.22.1-gpu" and gpu["python"] == "3.13"
     # each cell of the new release expects what its 2.21.0 counterpart does, not what `tf-*` says of 2.0 to 2.15
@@ -129,7 +138,8 @@ def test_pre_adds_the_candidate_follows_it_and_gives_way_to_the_final_release(
     assert code == 0, out
     # no tf_keras 2.22 on the index: the variant cannot follow, and says so
     assert "variant tfkeras left out: no release of tf_keras on the index matches tf_keras~=2.22.0" in out
-    assert entry_of(matrix, "2.22.0rc1") == {"tf": "2.22.0rc1", "python": "3.13", "variants": {"jax": ["jax"]},
+    assert entry_of(matrix, "2.22.0rc1") == {"tf": "2.22.0rc1", "python": "3.13",
+                                             "variants": {"jax": ["jax"], "latest": []},
                                              "pre": True}
     url = write_index(root, {"tensorflow": wheel_names("2.21.0") + wheel_names("2.22.0rc1") + wheel_names("2.22.0rc2")})
     code, out = sync(capsys, "--matrix", str(matrix), "--index-url", url, "--check")  # no --pre: followed anyway
@@ -142,7 +152,7 @@ def test_pre_adds_the_candidate_follows_it_and_gives_way_to_the_final_release(
     assert versions[:2] == ["2.22.0", "2.21.0"] and "2.22.0rc2" not in versions
     assert "pre" not in entry_of(matrix, "2.22.0")
     # the candidate's expect rules went with it; the final release has its own
-    assert "2.22.0rc" not in matrix.read_text() and "- expect: 17 rules of 2.22.0rc2, no longer listed" in out
+    assert "2.22.0rc" not in matrix.read_text() and "- expect: 21 rules of 2.22.0rc2, no longer listed" in out
     assert plan(Matrix.from_file(matrix), select=["tf-2.22.0-cpu"])[0].expect == \
         plan(Matrix.from_file(matrix), select=["tf-2.21.0-cpu"])[0].expect
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from packaging.requirements import Requirement
+
 from bnmatrix.config import Matrix, Scenario
 from bnmatrix.errors import BnMatrixError
 from bnmatrix.gpu import CANNOT, Prediction, predict
@@ -250,6 +252,28 @@ def cell_environment(cell: Cell) -> dict[str, str]:
     so the cell's zygote may fork), the cell's own variables, and for a CPU cell no visible GPU, which no variable
     of the cell overrides (a CPU cell measures the CPU kernels even on a GPU host)."""
     return {"OPENBLAS_NUM_THREADS": "1", **cell.env, **({"CUDA_VISIBLE_DEVICES": ""} if cell.device == "cpu" else {})}
+
+
+PINNED_CUTOFF = "2100-01-01T00:00:00Z"  # uv's cutoff for a package the cell pins from below: none, in effect
+# What builds a package that has only a source release (absl-py 0.2.0, of TF 1.7's day): uv asks for setuptools>=40.8.0
+# to build a setup.py, newer than 2018's; the tools that build a package decide nothing of how it runs.
+BUILD_TOOLS = ("setuptools", "wheel")
+
+
+def resolution_flags(cell: Cell) -> list[str]:
+    """uv's options that resolve a cell's dependencies as of its release (plan.Cell.exclude_newer): the cutoff, and
+    none for what the cell pins from below (tf_keras~=2.21.0 came out 12 days after TF 2.21.0: its pin chooses it)
+    nor for the tools that build a source release."""
+    if not cell.exclude_newer:
+        return []
+    flags = ["--exclude-newer", cell.exclude_newer]
+    for tool in BUILD_TOOLS:
+        flags += ["--exclude-newer-package", f"{tool}={PINNED_CUTOFF}"]
+    for text in cell.requirements:
+        requirement = Requirement(text)
+        if any(spec.operator in ("==", "===", "~=", ">=", ">") for spec in requirement.specifier):
+            flags += ["--exclude-newer-package", f"{requirement.name}={PINNED_CUTOFF}"]
+    return flags
 
 
 CUDA_CACHE_MAXSIZE = 4 << 30  # bytes: CUDA's JIT cache (its default, 256 MiB, holds a TF's compiled PTX only in part)

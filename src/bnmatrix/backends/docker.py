@@ -46,6 +46,7 @@ from bnmatrix.backends import (
     gpu_refusal,
     launcher,
     register,
+    resolution_flags,
     zygote_server,
 )
 from bnmatrix.backends.venv import uv_binary
@@ -84,7 +85,7 @@ def render_script(cell: Cell) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(data_path(DOCKER_FOLDER)), undefined=jinja2.StrictUndefined,
                              autoescape=False, keep_trailing_newline=True)
     env.filters["shell"] = shlex.quote
-    return env.get_template("cell.sh.j2").render(cell=cell)
+    return env.get_template("cell.sh.j2").render(cell=cell, resolve=resolution_flags(cell))
 
 
 def image_tag(cell: Cell, script: str) -> str:

@@ -43,6 +43,7 @@ from bnmatrix.backends import (
     gpu_refusal,
     launcher,
     register,
+    resolution_flags,
     well_formed,
     zygote_server,
 )
@@ -216,7 +217,8 @@ class VenvBackend:
             session.close()
 
     def venv_path(self, cell: Cell, interpreter: Interpreter) -> Path:
-        key = json.dumps([str(interpreter.path), interpreter.version, installs(cell), cell.index_url])
+        key = json.dumps([str(interpreter.path), interpreter.version, installs(cell), cell.index_url,
+                          *([cell.exclude_newer] if cell.exclude_newer else [])])
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return self.cache_dir / "venvs" / f"tf-{cell.tf}-py{interpreter.version}-{digest}"
 
@@ -269,6 +271,7 @@ class VenvBackend:
              [uv, "venv", "--quiet", "--seed", "--python", str(interpreter.path), str(building)]),
             (f"installing {' '.join(installs(cell))}",
              [uv, "pip", "install", "--python", python, "--index-url", cell.index_url,
+              *resolution_flags(cell),
               *([] if old_python else ["--compile-bytecode"]), *installs(cell)]),
         ]
         if old_python:

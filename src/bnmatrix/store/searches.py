@@ -147,6 +147,8 @@ class Conclusion:
     command: str
     updated: str
     run_id: str | None = None  # the run holding it, once read from a results root (stored once, for the file)
+    package: str | None = None  # bisect --package: the package whose releases were searched, TF held at `tf`
+    tf: str | None = None
 
     # Written for readers of the file: the first change's ends and verdicts (read back from `changes`).
     FIRST_CHANGE = ("changed_in", "last_before", "from_status", "to_status")
@@ -165,13 +167,15 @@ class Conclusion:
     @property
     def key(self) -> tuple[Any, ...]:
         """What identifies a search: a rerun of the same search replaces its conclusion."""
-        return (self.scenario, self.device, self.variant, self.good.version, self.bad.version)
+        return (self.scenario, self.device, self.variant, self.good.version, self.bad.version, self.package, self.tf)
 
     @property
     def span(self) -> tuple[Any, ...]:
         """(scenario, device, variant, older version, newer version): the change the search looked at, whichever way
         round --good and --bad were given; what a change point of a run is matched with."""
         ends = sorted((self.good.version, self.bad.version), key=Version)
+        if self.package:  # a package's releases at one TF: no change point of a run's TF releases
+            return (self.scenario, self.device, self.variant, *ends, self.package, self.tf)
         return (self.scenario, self.device, self.variant, *ends)
 
     @classmethod
@@ -187,7 +191,8 @@ class Conclusion:
                       "changes": [Change.from_dict(c) for c in data["changes"]]})
 
     def to_dict(self) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run_id"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "run_id"
+                and not (f.name in ("package", "tf") and getattr(self, f.name) is None)}
         data.update(good=_end(self.good), bad=_end(self.bad), outcome=self.outcome.value,
                     probes=[p.to_dict() for p in self.probes], changes=[c.to_dict() for c in self.changes])
         if self.first_change:
