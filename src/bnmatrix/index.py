@@ -66,19 +66,11 @@ class _Links(HTMLParser):
 IndexFile = tuple[str, bool, str | None]  # (file name, yanked, when it was uploaded: RFC 3339, UTC)
 
 
-def _modified(path: Path) -> str | None:
-    """A local index's upload time of a file: when it was last written."""
-    try:
-        moment = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
-    except OSError:
-        return None
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @functools.cache
 def index_files(index_url: str, package: str) -> tuple[IndexFile, ...]:
     """Every file the index lists for `package`: (file name, yanked, upload time where the index says: PEP 700's
-    upload-time of a JSON page, a local file's modification time; None on an HTML page)."""
+    upload-time of a JSON page; None on an HTML page or in a local folder, where uv sees none either, so that a
+    cell's cutoff would leave it nothing to install)."""
     project = canonicalize_name(package)
     if not INDEX_URL.fullmatch(index_url):
         raise BnMatrixError(f"{index_url}: not a package index URL; expected an http(s):// or file:// URL such as "
@@ -92,9 +84,9 @@ def index_files(index_url: str, package: str) -> tuple[IndexFile, ...]:
         if (folder / "index.html").is_file():
             parser = _Links()
             parser.feed((folder / "index.html").read_text(encoding="utf-8", errors="replace"))
-            return tuple((name, yanked, _modified(folder / name)) for name, yanked in parser.files)
+            return tuple((name, yanked, None) for name, yanked in parser.files)
         if folder.is_dir():
-            return tuple((p.name, False, _modified(p)) for p in sorted(folder.iterdir()) if p.is_file())
+            return tuple((p.name, False, None) for p in sorted(folder.iterdir()) if p.is_file())
         raise NotListed(f"{index_url}: no project {project} in this local index (looked in {folder}); expected "
                         "the index the cells install from (settings.index_url or --index-url)")
     try:
@@ -490,8 +482,11 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
                 if v in dates or v in was}
     if released != was:
         fresh = [v for v in released if was.get(v) != released[v]]
-        sync.changes.append(f"~ released: the upload time of {len(fresh)} version{'s' if len(fresh) != 1 else ''} "
-                            f"from the index ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})")
+        gone = [v for v in was if v not in released]
+        parts = [f"the upload time of {len(fresh)} version{'s' if len(fresh) != 1 else ''} from the index "
+                 f"({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})"] if fresh else []
+        parts += [f"{', '.join(gone)} dropped (no longer listed)"] if gone else []
+        sync.changes.append("~ released: " + "; ".join(parts))
     edited = _edited(text, edits, added, wheels if before != wheels else None,
                      released if released != was else None)
     gone = {specs[index]["tf"] for index in edits}  # entries replaced or removed: their own expect rules go
