@@ -482,10 +482,10 @@ def sync_matrix(path: Path, index_url: str | None = None, pre: bool = False, nig
                 if v in dates or v in was}
     if released != was:
         fresh = [v for v in released if was.get(v) != released[v]]
-        gone = [v for v in was if v not in released]
+        dropped = [v for v in was if v not in released]
         parts = [f"the upload time of {len(fresh)} version{'s' if len(fresh) != 1 else ''} from the index "
                  f"({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''})"] if fresh else []
-        parts += [f"{', '.join(gone)} dropped (no longer listed)"] if gone else []
+        parts += [f"{', '.join(dropped)} dropped (no longer listed)"] if dropped else []
         sync.changes.append("~ released: " + "; ".join(parts))
     edited = _edited(text, edits, added, wheels if before != wheels else None,
                      released if released != was else None)
