@@ -279,12 +279,12 @@ class Bisector:
         low, high = sorted((Version(good), Version(bad)))
         inside: list[str] = []
         unavailable = {v: why for v, why in left_out.items() if low < Version(v) < high}
+        held = self.held_cell(device, variant, ()).python if self.pinned else ""  # the package must serve its Python
         for release in releases:
             if not low <= Version(release.version) <= high:
                 continue
             self.releases[(package, release.version)] = release
-            if self.pinned:  # the held TF's Python: the package must have a wheel for it
-                held = self.held_cell(device, variant, ()).python
+            if self.pinned:
                 python, why = (held, "") if release.has_wheel_for(held) else (
                     None, f"no wheel for Python {held} (TF {self.held}'s)")
             else:

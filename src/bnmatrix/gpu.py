@@ -82,6 +82,7 @@ class Prediction:
     outcome: str
     reason: str
     disable_requires: bool = False  # the image's CUDA check must be off: this driver runs it by minor-version compat
+    libraries: bool = False  # a JIT of the CUDA libraries too: they predate the GPU
 
     def describe(self) -> dict[str, Any]:
         return {"outcome": self.outcome, "reason": self.reason}
@@ -166,11 +167,10 @@ def predict(tf: str, gpu: Gpu, facts: Facts | None = None) -> Prediction:
         return Prediction(CANNOT, f"{what} must JIT-compile PTX on {gpu.name}, but driver {gpu.driver} supports "
                                   f"only CUDA {gpu.cuda}: PTX of a newer CUDA than the driver's cannot be compiled "
                                   "(CUDA_ERROR_UNSUPPORTED_PTX_VERSION, as in googlecolab/colabtools#5667)")
-    if libraries_jit:
-        return Prediction(JIT, f"{what} predates {on}: CUDA {build.cuda}'s libraries end at "
-                               f"{_arch(cuda.newest if cuda else 0)}, so they and TF's kernels ({build.kernels()}) "
-                               "run from PTX compiled at first use, untested by NVIDIA for this GPU; this can take "
-                               "30 minutes or longer")
+    if libraries_jit and cuda is not None:
+        return Prediction(JIT, f"{what} predates {on}: CUDA {build.cuda}'s libraries end at {_arch(cuda.newest)}, "
+                               f"so they and TF's kernels ({build.kernels()}) run from PTX compiled at first use, "
+                               "untested by NVIDIA for this GPU; this can take 30 minutes or longer", libraries=True)
     return Prediction(JIT, f"{what} has machine code {on} runs for {share:.0%} of its kernels ({native} of "
                            f"{relevant} kernel binaries; newest {newest}); the rest compile from PTX "
                            f"compute_{ptx[-1]} at first use, which can take 30 minutes or longer "
@@ -178,8 +178,8 @@ def predict(tf: str, gpu: Gpu, facts: Facts | None = None) -> Prediction:
 
 
 # Measuring the facts of a release from its GPU wheel on the package index, without downloading the whole wheel
-# (HTTP ranges): TF's own build_info.py where it lists its CUDA architectures (2.3 on), else the CUDA fat binaries
-# in its kernel libraries (each entry's header names its kind, PTX or machine code, and its architecture).
+# (HTTP ranges): TF's own build_info.py as it stands, and the CUDA fat binaries in its kernel libraries (each entry's
+# header names its kind, PTX or machine code, and its architecture).
 FATBIN_MAGIC = struct.pack("<I", 0xBA55ED50)
 
 
@@ -303,7 +303,7 @@ def table(facts: Facts | None = None) -> str:
             prediction = predict(f"{minor}.0", Gpu(name, capability, TABLE_DRIVER[0], None, TABLE_DRIVER[1]), facts)
             native, usable = build.coverage(_capability(capability))
             cells.append({NATIVE: "native", CANNOT: "no", UNKNOWN: "?"}.get(prediction.outcome) or (
-                "JIT, libraries too" if "predates" in prediction.reason else f"JIT ({native * 100 // usable}% native)"))
+                "JIT, libraries too" if prediction.libraries else f"JIT ({native * 100 // usable}% native)"))
         lines.append(f"| {minor} | {build.cuda} | {build.cudnn} | {kernels}; "
                      f"{', '.join(f'compute_{a}' for a in sorted(build.ptx))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

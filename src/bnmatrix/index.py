@@ -185,10 +185,11 @@ def list_releases(index_url: str, package: str, pre: bool = False,
             seen.setdefault(version, f"no wheel for Linux {machine}")
             continue
         wheels.setdefault(served[0] or version, set()).update(served[1])
-        if upload:
-            uploaded[served[0] or version] = min(upload, uploaded.get(served[0] or version, upload))
+        moment = _utc(upload) if upload else None  # compared in one form: the index's may carry microseconds
+        if moment:
+            uploaded[served[0] or version] = min(moment, uploaded.get(served[0] or version, moment))
     releases = [Release(v, tuple(sorted((p for p in pythons if p != "*"), key=minor_of)), "*" in pythons,
-                        _utc(uploaded[v]) if v in uploaded else None) for v, pythons in wheels.items()]
+                        uploaded.get(v)) for v, pythons in wheels.items()]
     left_out = {v: why for v, why in seen.items() if v not in wheels}
     return sorted(releases, key=lambda r: Version(r.version)), left_out
 
@@ -517,7 +518,7 @@ def _follow_nightlies(sync: Sync, specs: list[dict[str, Any]], edits: dict[int, 
         spec = specs[index] if index >= 0 else _neighbour(specs, _release(release.version))
         # a nightly installs today's dependencies anyway: a variant of today's (dependencies: latest) would repeat it
         spec = {**spec, "variants": {name: pins for name, pins in spec.get("variants", {}).items()
-                                     if not sync.latest_variants or name not in sync.latest_variants}}
+                                     if name not in sync.latest_variants}}
         if not spec["variants"]:
             spec.pop("variants")
         notes: list[str] = []

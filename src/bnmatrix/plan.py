@@ -158,26 +158,26 @@ def github_jobs(cells: Sequence[Cell], runs_on: Callable[[str, str], str | list[
     Cells of one runner (matrix.yaml settings.runners: per device, and per TF release where it has rules, e.g. a
     T4 for TF 1.x and an H100 for 2.12+) share its jobs, so shards never mix runners.
     """
-    groups: dict[str, list[Cell]] = {}
-    labels: dict[str, str | list[str]] = {}
+    groups: dict[tuple[str, str], list[Cell]] = {}  # (device, runner as JSON) -> its cells
+    labels: dict[tuple[str, str], str | list[str]] = {}
     for cell in cells:
         runner = runs_on(cell.device, cell.tf)
-        key = f"{cell.device} {json.dumps(runner)}"
+        key = (cell.device, json.dumps(runner))
         groups.setdefault(key, []).append(cell)
         labels[key] = runner
     if max_jobs < len(groups):
         raise BnMatrixError(f"--max-jobs {max_jobs}: the selection needs at least {len(groups)} jobs "
-                            f"(one per runner: {', '.join(groups)})")
+                            f"(one per runner: {', '.join(f'{d} {r}' for d, r in groups)})")
     if len(cells) <= max_jobs:
         counts = {key: len(group) for key, group in groups.items()}
     else:  # each runner gets its share of the jobs, at least one
         counts = {key: max(1, max_jobs * len(group) // len(cells)) for key, group in groups.items()}
         while sum(counts.values()) > max_jobs:
             counts[max(counts, key=lambda d: counts[d])] -= 1
-    devices = [key.split(" ", 1)[0] for key in groups]
+    devices = [device for device, _ in groups]
     jobs = []
     for key, group in groups.items():
-        device = key.split(" ", 1)[0]
+        device = key[0]
         title = device if devices.count(device) == 1 else f"{device} on {_labels(labels[key])}"
         count = counts[key]
         for index in range(1, count + 1):

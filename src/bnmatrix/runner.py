@@ -21,6 +21,7 @@ from packaging.version import InvalidVersion, Version
 from bnmatrix.backends import MAX_RESULT_BYTES, Backend, CellNotRun, CellSetupError, ScenarioRun
 from bnmatrix.config import WARMUP_MODULE, Scenario, file_digests
 from bnmatrix.errors import BnMatrixError, Cancelled, Stop
+from bnmatrix.gpu import CANNOT
 from bnmatrix.intake import parse_json, schema_problem
 from bnmatrix.plan import Cell, scenario_inputs_hash
 from bnmatrix.store.files import StoreError, now
@@ -230,7 +231,7 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
                 raise
         result.scenarios = {name: result.scenarios[name] for name in cell.scenarios}
         predicted = (result.environment or {}).get("gpu_prediction") or {}
-        if predicted.get("outcome") == "cannot":  # asked for by name: each failure says what was predicted
+        if predicted.get("outcome") == CANNOT:  # asked for by name: each failure says what was predicted
             for scenario in result.scenarios.values():
                 if scenario.status is Status.ERROR and not scenario.reused_from:
                     scenario.reason = f"{scenario.reason}; bnmatrix predicted this: {predicted['reason']}"

@@ -280,8 +280,8 @@ class BisectSession:
         backend, why = select_backend(options.backend, Setup(matrix=matrix, run_id=run_id,
                                                              cache_dir=default_cache_dir()))
         try:
-            held = options.tf or (max((e.tf for e in matrix.versions if not Version(e.tf).is_prerelease
-                                       and not Version(e.tf).is_devrelease), key=Version) if options.package else None)
+            held = options.tf or (max((e.tf for e in matrix.versions if not Version(e.tf).is_prerelease), key=Version)
+                                  if options.package else None)  # (a nightly's .devN is a pre-release too)
             bisector = Bisector(matrix, backend.serves_python, pre=options.pre, exhaustive=options.exhaustive,
                                 pinned=options.package, held=held)
             source, known = None, []

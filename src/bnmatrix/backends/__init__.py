@@ -297,6 +297,13 @@ def gpu_prediction(cell: Cell, gpus: Sequence[Gpu]) -> Prediction | None:
     return predict(cell.tf, gpus[0]) if cell.device == "gpu" and gpus else None
 
 
+def gpu_environment(cell: Cell, gpus: Sequence[Gpu]) -> dict[str, Any]:
+    """What a GPU cell's result records of its GPUs: each as nvidia-smi describes it, and bnmatrix's prediction."""
+    prediction = gpu_prediction(cell, gpus)
+    return {"gpus": [gpu.describe() for gpu in gpus],
+            **({"gpu_prediction": prediction.describe()} if prediction is not None else {})}
+
+
 def gpu_refusal(cell: Cell, gpus: Sequence[Gpu], select: Sequence[str]) -> str | None:
     """Why a GPU cell is not started: predicted unable to run on this GPU and not asked for by name."""
     prediction = gpu_prediction(cell, gpus)

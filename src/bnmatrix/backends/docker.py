@@ -42,6 +42,7 @@ from bnmatrix.backends import (
     ZygoteOutput,
     cell_environment,
     cuda_cache_key,
+    gpu_environment,
     gpu_prediction,
     gpu_refusal,
     launcher,
@@ -104,6 +105,11 @@ def gpu_requests() -> list[DeviceRequest]:
     return [DeviceRequest(count=-1, capabilities=[["gpu"]])]
 
 
+def daemon_says(exc: Exception) -> str:
+    """The first line of what the Docker daemon (or docker-py) said in an error."""
+    return str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+
+
 def cuda_cache_volume(gpus: Sequence[Gpu], cell: Cell) -> str:
     """The volume that keeps a GPU cell's CUDA JIT cache across runs (never swept: it is not a run's)."""
     return "bnmatrix-cuda-cache-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", cuda_cache_key(gpus, cell))
@@ -125,7 +131,7 @@ def probe_gpus(client: docker.DockerClient, image: str, labels: dict[str, str]) 
         if code != 0:
             return [], f"nvidia-smi failed in the container (exit {code}): {output.decode('utf-8', 'replace')[-200:]}"
     except docker.errors.DockerException as exc:
-        return [], str(getattr(exc, "explanation", None) or exc).splitlines()[0][-300:]
+        return [], daemon_says(exc)[-300:]
     except Exception as exc:  # noqa: BLE001  a probe that hangs (a timeout of wait): no GPU, and why
         return [], f"{type(exc).__name__}: {exc}"[:300]
     finally:
@@ -241,7 +247,7 @@ def unobtainable(client: docker.DockerClient, images: Sequence[str]) -> tuple[li
     try:
         client.api.inspect_distribution(missing[0])  # type: ignore[no-untyped-call]
     except docker.errors.APIError as exc:
-        message = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+        message = daemon_says(exc)
         return missing, message[-200:]
     except docker.errors.DockerException as exc:
         return missing, str(exc).splitlines()[0][-200:]
@@ -334,7 +340,7 @@ class DockerBackend:
                         self.pulled(image)
                     self._probes[image] = probe_gpus(self.client, image, owner_labels(self.run_id))
                 except docker.errors.DockerException as exc:
-                    self._probes[image] = [], str(getattr(exc, "explanation", None) or exc).splitlines()[0][-300:]
+                    self._probes[image] = [], daemon_says(exc)[-300:]
             return seen or self._probes[image]
 
     def cell_gpus(self, cell: Cell) -> list[Gpu]:
@@ -367,10 +373,7 @@ class DockerBackend:
         try:
             session = DockerSession(container, cell, self.client, tag, self.scenario_dirs, run_flags(options))
             if cell.device == "gpu":  # the GPUs it ran on, what bnmatrix predicted, the JIT cache volume it kept
-                session.environment["gpus"] = [gpu.describe() for gpu in gpus]
-                prediction = gpu_prediction(cell, gpus)
-                if prediction is not None:
-                    session.environment["gpu_prediction"] = prediction.describe()
+                session.environment.update(gpu_environment(cell, gpus))
                 session.environment["cuda_cache"] = cuda_cache_volume(gpus, cell)
             if not self.fresh:
                 report_step("starting the cell's zygote")
@@ -427,7 +430,7 @@ class DockerBackend:
                 finally:
                     self._remove(builder)
             except docker.errors.APIError as exc:
-                error = str(getattr(exc, "explanation", None) or exc).splitlines()[0]
+                error = daemon_says(exc)
                 log.write(error + "\n")
         if error is not None:
             hint = ""

@@ -39,7 +39,7 @@ from bnmatrix.backends import (
     ZygoteOutput,
     cell_environment,
     cuda_cache_key,
-    gpu_prediction,
+    gpu_environment,
     gpu_refusal,
     launcher,
     register,
@@ -341,10 +341,7 @@ class VenvSession:
         }
         self.cuda: dict[str, str] = {}
         if cell.device == "gpu":  # the GPUs it ran on, what bnmatrix predicted, and a JIT cache that outlives the run
-            self.environment["gpus"] = [gpu.describe() for gpu in gpus]
-            prediction = gpu_prediction(cell, gpus)
-            if prediction is not None:
-                self.environment["gpu_prediction"] = prediction.describe()
+            self.environment.update(gpu_environment(cell, gpus))
             self.cuda = jit_cache(cache_dir, gpus, cell)
             self.environment["cuda_cache"] = self.cuda["CUDA_CACHE_PATH"]
         self.helper = data_path(SCENARIOS_FOLDER)
