@@ -195,7 +195,8 @@ def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
     cell's zygote), the wall time of every scenario (--force) against the TF import."""
     matrix = Matrix.from_file(default_matrix_path())
     env = dict(os.environ)
-    rows = [f"| cell | scenarios started as | scenarios | wall, --jobs {jobs} | core time per scenario | "
+    rows = [f"| cell | scenarios started as | scenarios | the cell's wall, --jobs {jobs} (the command's) | "
+            "core time per scenario | "
             f"`import tensorflow` | per scenario / import | summed over the scenarios: {' · '.join(PHASES.values())} "
             "· the rest |", "|---" * 8 + "|"]
     for cell_id in COST_CELLS:
@@ -206,14 +207,17 @@ def scenario_cost(jobs: int, rounds: int, work: Path) -> str:
             f"on {machine()}: {rounds} rounds after one untimed run, medians. A warm cell runs every scenario of "
             f"the default matrix (`bnmatrix run --force --jobs {jobs}`), each scenario a fresh process that imports "
             "TensorFlow (`--fresh-processes`) or a fork of the cell's zygote, which imported it once (the default); "
-            f"the core time one scenario costs is the wall time x {jobs} / the scenarios, set against "
-            "`python -c \"import tensorflow\"` in the same environment, timed right after each run. The last column "
-            "is where the cell's core time goes, as each scenario measured it (bnmatrix_scenario.py: the "
-            "interpreter's start, or the fork, and the scenario's imports, the TensorFlow import, building and "
-            "training the pattern, reading the environment), summed over its scenarios; the rest is what no scenario "
-            "measured: the interpreter's exit, the zygote's import, bnmatrix's own work per scenario, and a core "
-            "left idle while the other ends the cell. The `import tensorflow` column is one import per round on an "
-            "idle machine; the fresh processes' own imports (the import sum over the scenarios) ran two at a time.\n\n"
+            "the core time one scenario costs is the cell's wall time (from its start, the environment checked and "
+            f"the zygote's import included, to its last scenario's end, as its result records it) x {jobs} / the "
+            "scenarios, set against `python -c \"import tensorflow\"` in the same environment, timed three times "
+            "right after each run (their median). The last column is where the cell's core time goes, as each "
+            "scenario measured it (bnmatrix_scenario.py: the interpreter's start, or the fork, and the scenario's "
+            "imports, the TensorFlow import, building and training the pattern, reading the environment), summed "
+            "over its scenarios; the rest is what no scenario measured: the interpreter's exit, the zygote's import, "
+            "bnmatrix's own work per scenario, and a core left idle while the other ends the cell. Each `import "
+            "tensorflow` ran on an idle machine; the fresh processes' own imports (the import sum over the "
+            "scenarios) ran two at a time. The command's wall time adds what a run does once, not per scenario: "
+            "bnmatrix's start, the plan, the results' checks and the report.\n\n"
             + "\n".join(rows) + "\n")
 
 
@@ -222,7 +226,8 @@ def _cost_row(cell_id: str, count: int, way: str, options: list[str], jobs: int,
     results = work / f"cost-{cell_id}-{way}"
     command = [sys.executable, "-m", "bnmatrix", "run", "--backend", "venv", "--jobs", str(jobs), "--results",
                str(results), "--select", cell_id, "--force", *options]
-    walls: list[float] = []
+    walls: list[float] = []  # the cell's own, as its result records it
+    commands: list[float] = []  # the whole `bnmatrix run`: its start, the plan, the results and the report too
     imports: list[float] = []
     phases: dict[str, list[float]] = {phase: [] for phase in PHASES}  # per round: summed over the scenarios
     for number in range(rounds + 1):  # the first, untimed, builds the environment where it is missing
@@ -236,26 +241,37 @@ def _cost_row(cell_id: str, count: int, way: str, options: list[str], jobs: int,
         if launches != {way}:
             sys.exit(f"run_speed: {cell_id} {way}: the scenarios were started as {sorted(launches)}")
         python = str(Path(stored["environment"]["venv"]) / "bin" / "python")
-        started = time.monotonic()
-        subprocess.run([python, "-c", "import tensorflow"], env={**env, **stored["environment"]["variables"],
-                                                                "TF_CPP_MIN_LOG_LEVEL": "2"},
-                       stderr=subprocess.DEVNULL, check=True)
-        imported = time.monotonic() - started
+        imported = statistics.median(import_time(python, {**env, **stored["environment"]["variables"]})
+                                     for _ in range(IMPORTS_PER_ROUND))
         if number == 0:
             continue
-        walls.append(wall)
+        walls.append(stored["duration_s"])
+        commands.append(wall)
         imports.append(imported)
         for phase in PHASES:
             phases[phase].append(sum(s.get("timings", {}).get(phase, 0.0) for s in stored["scenarios"].values()))
-        print(f"  {cell_id} {way}: round {number}: {wall:.1f} s, import {imported:.2f} s", flush=True)
+        print(f"  {cell_id} {way}: round {number}: cell {stored['duration_s']:.1f} s, command {wall:.1f} s, "
+              f"import {imported:.2f} s", flush=True)
     per_scenario = statistics.median(walls) * jobs / count
     median_import = statistics.median(imports)
     summed = {phase: statistics.median(values) for phase, values in phases.items()}
     rest = statistics.median(walls) * jobs - sum(summed.values())  # process start and exit, bnmatrix, idle cores
     breakdown = " · ".join(f"{value:.1f} s" for value in [*summed.values(), rest])
     started_as = "fresh processes" if way == "fresh" else "forks of the zygote"
-    return (f"| {cell_id} | {started_as} | {count} | {statistics.median(walls):.1f} s | {per_scenario:.2f} s | "
+    return (f"| {cell_id} | {started_as} | {count} | {statistics.median(walls):.1f} s "
+            f"({statistics.median(commands):.1f} s) | {per_scenario:.2f} s | "
             f"{median_import:.2f} s | {per_scenario / median_import:.2f} | {breakdown} |")
+
+
+IMPORTS_PER_ROUND = 3  # one import alone moves by a third on a shared machine
+
+
+def import_time(python: str, env: dict[str, str]) -> float:
+    """Seconds `python -c "import tensorflow"` takes, the interpreter's start included."""
+    started = time.monotonic()
+    subprocess.run([python, "-c", "import tensorflow"], env={**env, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                   stderr=subprocess.DEVNULL, check=True)
+    return time.monotonic() - started
 
 
 def with_section(text: str, section: str) -> str:

@@ -10,7 +10,7 @@ def train(tf, cfg, scratch, layer="keras.layers.BatchNormalization", fix_updates
     """The report's model_fn with the BN layer `tf.<layer>`; `fix_updates` groups its updates with the train op."""
     batch_norm = common.require(tf, layer)
     estimator_module, model_fn = common.estimator_model_fn(tf, lambda: batch_norm(), fix_updates=fix_updates)
-    estimator = estimator_module.Estimator(model_fn=model_fn, model_dir=scratch)
+    estimator = estimator_module.Estimator(model_fn=model_fn, model_dir=scratch, config=common.run_config(tf))
     return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
 
 

@@ -14,7 +14,7 @@ def train(tf, cfg, scratch):
     outputs = keras.layers.Dense(1)(x)
     model = keras.Model(inputs=inputs, outputs=outputs)
     model.compile(optimizer=keras.optimizers.Adam(common.LEARNING_RATE), loss="mse", metrics=["accuracy"])
-    estimator = to_estimator(keras_model=model, model_dir=scratch)
+    estimator = to_estimator(keras_model=model, model_dir=scratch, config=common.run_config(tf))
     return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
 
 

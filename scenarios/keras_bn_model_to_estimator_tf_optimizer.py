@@ -13,7 +13,7 @@ def train(tf, cfg, scratch):
     outputs = keras.layers.Dense(1)(x)
     model = keras.Model(inputs=inputs, outputs=outputs)
     model.compile(optimizer=adam(learning_rate=common.LEARNING_RATE), loss="mse")
-    estimator = to_estimator(keras_model=model, model_dir=scratch)
+    estimator = to_estimator(keras_model=model, model_dir=scratch, config=common.run_config(tf))
     return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
 
 

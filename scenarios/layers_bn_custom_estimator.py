@@ -10,7 +10,7 @@ def train(tf, cfg, scratch):
     common.estimator_api(tf)
     batch_norm = common.require(tf, "layers.BatchNormalization", compat=True)
     estimator_module, model_fn = common.estimator_model_fn(tf, lambda: batch_norm())
-    estimator = estimator_module.Estimator(model_fn=model_fn, model_dir=scratch)
+    estimator = estimator_module.Estimator(model_fn=model_fn, model_dir=scratch, config=common.run_config(tf))
     return common.train_and_evaluate(tf, estimator, cfg.steps, lambda: common.constant_input_fn(tf))
 
 

@@ -8,6 +8,7 @@ early, and then every finished cell is already on disk.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -183,6 +184,10 @@ def run_cell(cell: Cell, catalog: dict[str, Scenario], backend: Backend, store: 
         scenario.reused_from = scenario.reused_from or holder.run_id
         result.scenarios[name] = scenario
     remaining = [name for name in cell.scenarios if name not in kept]
+    # The longest first (as they took last time; a new one counts as long), so that no core idles at the cell's end
+    # while one long scenario finishes on the other.
+    took = store.previous_scenario_durations(cell.id)
+    remaining.sort(key=lambda name: -took.get(name, math.inf))
     if not remaining:  # nothing to run: the newest holder's environment and setup log stand for the cell
         holder, directory = max(((h, d) for _, h, d in kept.values()), key=lambda item: item[0].started)
         result.environment, result.setup_log, result.reused_from = holder.environment, holder.setup_log, holder.run_id

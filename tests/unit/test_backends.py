@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -198,3 +199,30 @@ def test_a_cell_resolves_as_of_its_release_but_for_what_it_pins_from_below(tmp_p
     undated = replace(cells["tf-2.21.0-cpu"], exclude_newer=None)
     assert "exclude_newer" in undated.describe() and undated.inputs_hash({}) == inputs_hash(
         {k: v for k, v in undated.describe().items() if k != "exclude_newer"}, {})
+
+
+def test_a_cell_waits_for_its_zygotes_import_and_never_for_a_zygote_that_ended(tmp_path: Path) -> None:
+    """The run's scenario slots serve other cells while a zygote imports TensorFlow: the cell sends its scenarios
+    only once the zygote says how it will start them. A zygote that listened, then died, is not waited for (its
+    scenarios then run fresh); one that never listened gives no socket."""
+    imported = threading.Event()
+
+    def importing() -> Iterator[bytes]:
+        yield b"bnmatrix-zygote: listening on /tmp/z.sock (pid 7)\n"
+        imported.wait(30)  # TensorFlow's import
+        yield b"bnmatrix-zygote: forking each scenario\n"
+
+    output = backends.ZygoteOutput(tmp_path / "setup.log", importing())
+    answers: list[bool] = []
+    waiting = threading.Thread(target=lambda: answers.append(output.wait(timeout_s=30)))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and output.listening.is_set()  # it listens, and the cell still waits
+    imported.set()
+    waiting.join(30)
+    assert answers == [True]
+    assert "forking each scenario" in (tmp_path / "setup.log").read_text()
+    died = backends.ZygoteOutput(tmp_path / "died.log", iter([b"bnmatrix-zygote: listening on /tmp/z.sock\n"]))
+    assert died.wait(timeout_s=30) is True
+    never = backends.ZygoteOutput(tmp_path / "never.log", iter([b"Traceback: no TensorFlow\n"]))
+    assert never.wait(timeout_s=30) is False

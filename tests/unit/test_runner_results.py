@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,10 +208,47 @@ def test_force_and_changed_inputs_redo_cells(tmp_path: Path, cells: list[Cell]) 
     run(tmp_path, cells[:1], forced, force=True)
     assert forced.opened == ["tf-1.15.5-cpu"]
     changed = ReplayBackend({})
-    from dataclasses import replace
-
     run(tmp_path, [replace(cells[0], steps=50)], changed)
     assert changed.opened == ["tf-1.15.5-cpu"]
+
+
+def test_a_cell_starts_the_scenarios_that_took_longest_last_time_first(tmp_path: Path, cells: list[Cell]) -> None:
+    """So that no core idles at a cell's end while one long scenario finishes: one at a time, the first run goes in the
+    cell's order; the next starts with the one that took longest then, and a new one first of all; the results keep
+    the cell's order."""
+
+    class Recording(ReplayBackend):
+        def __init__(self, took: dict[str, float]):
+            super().__init__({}, {name: scenario_output(name, duration_s=seconds) for name, seconds in took.items()})
+            self.started: list[str] = []
+
+        @contextmanager
+        def open(self, cell: Cell, setup_log: Path, report_step: Any) -> Iterator[Any]:
+            with super().open(cell, setup_log, report_step) as session:
+                replay = session.run
+
+                def run(scenario: Scenario, *args: Any) -> ScenarioRun:
+                    self.started.append(scenario.name)
+                    return replay(scenario, *args)
+
+                session.run = run
+                yield session
+
+    order = cells[0].scenarios
+    assert order == ("keras_bn_custom_estimator", "layers_bn_session")
+    first = Recording({"keras_bn_custom_estimator": 0.5, "layers_bn_session": 2.0})
+    run(tmp_path, cells[:1], first)
+    assert first.started == ["keras_bn_custom_estimator", "layers_bn_session"]
+    again = Recording({"keras_bn_custom_estimator": 0.5, "layers_bn_session": 2.0})
+    run(tmp_path, cells[:1], again, force=True)
+    assert again.started == ["layers_bn_session", "keras_bn_custom_estimator"]
+    stored = json.loads((tmp_path / "latest" / "cells" / "tf-1.15.5-cpu.json").read_text())
+    assert list(stored["scenarios"]) == list(order)
+    assert [stored["scenarios"][name]["duration_s"] for name in order] == [0.5, 2.0]
+    grown = replace(cells[0], scenarios=(*order, "keras_fit"))
+    with_new = Recording({"keras_bn_custom_estimator": 0.5, "layers_bn_session": 2.0, "keras_fit": 0.1})
+    run(tmp_path, [grown], with_new, force=True)
+    assert with_new.started == ["keras_fit", "layers_bn_session", "keras_bn_custom_estimator"]
 
 
 def test_a_result_changed_after_its_run_is_checked_again_before_it_is_reused(tmp_path: Path,

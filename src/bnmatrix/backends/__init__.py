@@ -141,7 +141,7 @@ def _bounded(buffer: bytearray, size: int) -> bytearray:
 
 
 ZYGOTE_SCRIPT = "bnmatrix_zygote.py"  # in the built-in scenario folder
-ZYGOTE_START_S = 120.0  # the most a cell waits for its zygote to listen (it listens before it imports TensorFlow)
+ZYGOTE_START_S = 120.0  # the most a cell waits for its zygote's TensorFlow import (then its scenarios queue for it)
 NO_ZYGOTE = "-"  # the launcher's socket argument in a cell without a zygote: every scenario a fresh process
 ZYGOTE_LOG_BYTES = 1 << 20
 
@@ -159,10 +159,11 @@ def launcher(python: str, helper_folder: str, socket: str, script: str, args: li
 
 class ZygoteOutput:
     """Follows a cell's zygote: its output (the TensorFlow import's warnings, and why it cannot fork, if so) goes to
-    the end of the cell's setup log, and `wait` says when it listens."""
+    the end of the cell's setup log, and `wait` waits until it has imported TensorFlow."""
 
     def __init__(self, setup_log: Path, chunks: Iterator[bytes]):
         self.listening = threading.Event()
+        self.imported = threading.Event()  # it said how it will start the scenarios: forks, or fresh processes
         self.ended = threading.Event()
         self.thread = threading.Thread(target=self._follow, args=(setup_log, chunks), daemon=True,
                                        name="bnmatrix-zygote-output")
@@ -181,16 +182,19 @@ class ZygoteOutput:
                     seen = (seen + chunk)[-4096:]
                     if b"bnmatrix-zygote: listening" in seen:
                         self.listening.set()
+                    if b"bnmatrix-zygote: forking" in seen or b"bnmatrix-zygote: fresh processes" in seen:
+                        self.imported.set()
         except Exception:  # noqa: BLE001  the stream of a container being removed; the log is best effort
             pass
         finally:
             self.ended.set()
 
     def wait(self, timeout_s: float = ZYGOTE_START_S) -> bool:
-        """Whether the zygote listens, waiting until it does, ends or `timeout_s` passed."""
+        """Whether the zygote listens, waiting until it has imported TensorFlow, ended or `timeout_s` passed: the
+        run's scenario slots serve other cells meanwhile, where a scenario of this cell would wait for the import."""
         deadline = time.monotonic() + timeout_s
-        while not self.listening.is_set() and not self.ended.is_set() and time.monotonic() < deadline:
-            self.listening.wait(0.05)
+        while not self.imported.is_set() and not self.ended.is_set() and time.monotonic() < deadline:
+            self.imported.wait(0.05)
         return self.listening.is_set()
 
 

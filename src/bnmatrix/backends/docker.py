@@ -376,7 +376,7 @@ class DockerBackend:
                 session.environment.update(gpu_environment(cell, gpus))
                 session.environment["cuda_cache"] = cuda_cache_volume(gpus, cell)
             if not self.fresh:
-                report_step("starting the cell's zygote")
+                report_step("importing TensorFlow in the cell's zygote")
                 session.start_zygote(setup_log)
             yield session
         finally:
@@ -554,8 +554,9 @@ class DockerSession:
         return text
 
     def start_zygote(self, setup_log: Path) -> None:
-        """Start the cell's zygote in the container and wait until it listens; a zygote that does not leaves every
-        scenario a fresh process (the setup log says why). It ends with the container."""
+        """Start the cell's zygote in the container and wait until it has imported TensorFlow (ZygoteOutput.wait); a
+        zygote that does not listen leaves every scenario a fresh process (the setup log says why). It ends with the
+        container."""
         api = self.client.api
         exec_id = api.exec_create(self.container.id, zygote_server("python3", f"{SCENARIO_MOUNT}/0", ZYGOTE_SOCKET),
                                   workdir="/tmp")["Id"]

@@ -210,7 +210,7 @@ class VenvBackend:
         session = VenvSession(venv, cell, self.processes, self.cache_dir, self.gpus())
         try:
             if not self.fresh:
-                report_step("starting the cell's zygote")
+                report_step("importing TensorFlow in the cell's zygote")
                 session.start_zygote(setup_log)
             yield session
         finally:
@@ -362,8 +362,8 @@ class VenvSession:
         return env
 
     def start_zygote(self, setup_log: Path) -> None:
-        """Start the cell's zygote and wait until it listens; a zygote that does not leaves every scenario a fresh
-        process (its setup log says why)."""
+        """Start the cell's zygote and wait until it has imported TensorFlow (ZygoteOutput.wait); a zygote that does
+        not listen leaves every scenario a fresh process (its setup log says why)."""
         path = self.scratch / "zygote.sock"
         process, token = self.processes.spawn(
             zygote_server(str(self.venv / "bin" / "python"), str(self.helper), str(path)),

@@ -151,6 +151,11 @@ class RunStore:
         time of the run that made it; a cell this host cannot serve takes none): what an ETA rests on."""
         return next((r.duration_s for _, r in self._earlier_results(cell_id)), None)
 
+    def previous_scenario_durations(self, cell_id: str) -> dict[str, float]:
+        """How long each scenario of this cell took in the newest earlier run of the root where the cell ran."""
+        return next(({name: s.duration_s for name, s in r.scenarios.items() if s.duration_s is not None}
+                     for _, r in self._earlier_results(cell_id, ran_only=True) if r.scenarios), {})
+
     def reusable(self, cell_id: str, inputs_hash: str, backend: str) -> CellResult | None:
         """The newest earlier result of this cell, in any run of the root, that ran with the same inputs and
         backend (its logs copied); None when there is none."""
