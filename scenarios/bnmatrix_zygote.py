@@ -36,6 +36,7 @@ PER_SCENARIO = frozenset(["TMPDIR", TOKEN_VARIABLE, "PWD", "OLDPWD", "SHLVL", "_
 MAX_REQUEST_BYTES = 1 << 20
 REQUEST_TIMEOUT_S = 10.0
 REAP_EVERY_S = 1.0  # a child's end wakes the zygote (SIGCHLD); this only bounds a missed wake-up
+ACCEPT_RETRY_S = 0.05  # out of descriptors: how long the zygote waits before it accepts again
 HEADER = struct.Struct("!I")
 STREAMS = 3  # stdin, stdout, stderr
 _PR_SET_PDEATHSIG = 1
@@ -90,7 +91,7 @@ def serve(path):
           flush=True)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
-    wake_up = child_ends()
+    wake_up, wake_up_write = child_ends()
     selector.register(wake_up, selectors.EVENT_READ)
     zygote = os.getpid()
     children = {}  # pid: the launcher's connection (None once the launcher has gone)
@@ -102,7 +103,7 @@ def serve(path):
                 try:
                     connection = listener.accept()[0]
                 except OSError:  # out of descriptors for now: the launcher waits in the backlog
-                    time.sleep(REAP_EVERY_S)
+                    time.sleep(ACCEPT_RETRY_S)
                     continue
                 request, streams, why = receive(connection, own_environment)
                 why = unsafe or why
@@ -123,6 +124,7 @@ def serve(path):
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the scenario's own children, as in a fresh process
                     signal.set_wakeup_fd(-1)
                     os.close(wake_up)
+                    os.close(wake_up_write)
                     selector.close()
                     listener.close()
                     for other in children.values():
@@ -150,13 +152,14 @@ def serve(path):
 
 
 def child_ends():
-    """A descriptor that becomes readable when a child ends (SIGCHLD), so that its launcher hears at once."""
+    """A pipe (read end, write end) whose read end becomes readable when a child ends (SIGCHLD), so that its launcher
+    hears at once."""
     read, write = os.pipe()
     for end in (read, write):
         os.set_blocking(end, False)
     signal.set_wakeup_fd(write)
     signal.signal(signal.SIGCHLD, lambda number, frame: None)  # the wake-up byte is written before this runs
-    return read
+    return read, write
 
 
 def drain(descriptor):
